@@ -1,0 +1,14 @@
+"""Registers this distribution's modules. Lazy strings: nothing heavy is imported here."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from tpcli import hookimpl
+
+
+@hookimpl
+def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
+    register("encoder", "transformer", "tp_encoders.transformer:TransformerEncoder")
+    for name in ("first", "last", "mean", "max"):
+        register("pooling", name, f"tp_encoders.pooling:{name.capitalize()}Pooling")

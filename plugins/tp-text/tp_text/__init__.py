@@ -1,0 +1,1 @@
+"""tp's built-in text modules (registered through the `tp` entry point)."""

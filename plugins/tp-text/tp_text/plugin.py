@@ -1,0 +1,32 @@
+"""Registers this distribution's modules. Lazy strings: nothing heavy is imported here."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from tpcli import hookimpl
+
+
+@hookimpl
+def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
+    register("embedding", "word", "tp_text.word:WordEmbedding")
+    register("embedding", "pos", "tp_text.pos:PosEmbedding")
+    register("embedding", "seg", "tp_text.seg:SegEmbedding")
+    register("target", "mlm", "tp_text.mlm:MlmTarget")
+    register("target", "sp", "tp_text.sp:SpTarget")
+
+
+@hookimpl
+def tp_register_tokenizers(register: Callable[[str, Any], None]) -> None:
+    register("wordpiece", "tp_text.wordpiece:WordPieceTokenizer")
+
+
+@hookimpl
+def tp_register_processors(register: Callable[[str, Any], None]) -> None:
+    register("bert", "tp_text.bert_processor:BertProcessor")
+    register("mlm", "tp_text.mlm_processor:MlmProcessor")
+
+
+@hookimpl
+def tp_register_converters(register: Callable[[str, Any], None]) -> None:
+    register("bert", "tp_text.convert_bert:CONVERTER")

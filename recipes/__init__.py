@@ -1,0 +1,1 @@
+"""Built-in recipes (this folder is also the package tpcli.builtin_recipes, so installs carry it)."""

@@ -1,0 +1,83 @@
+"""The `tp` command. Thin: each verb parses its arguments and calls a typed function.
+
+Importing this module must stay cheap (no torch): `tp --help` answers in well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import typer
+
+from tpcli.cli import info, train
+
+app = typer.Typer(
+    name="tp",
+    help="tp: pre-train, fine-tune and convert models built from five components "
+    "(embedding, encoder, target embedding, decoder, target).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks for errors"),
+) -> None:
+    if debug:
+        os.environ["TP_DEBUG"] = "1"
+
+
+train.register(app)
+info.register(app)
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("TP_DEBUG") == "1"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `tp` console script; returns the exit code."""
+    import click
+
+    from tpcli.errors import TpError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="tp", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except TpError as e:
+        if _debug_requested(argv):
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug in tp or a plugin: say so, traceback with --debug
+        if _debug_requested(argv):
+            traceback.print_exc()
+        print(f"error: internal error: {type(e).__name__}: {e}\n  hint: rerun with --debug for "
+              "the traceback and report it", file=sys.stderr)
+        return 1
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,49 @@
+"""`tp preprocess` and `tp pretrain`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def preprocess(
+    recipe: str = typer.Argument(..., help="recipe folder, recipe file, or built-in recipe name"),
+    corpus: str = typer.Option(..., "--corpus", help="text corpus: a path or any fsspec URL"),
+    out: Path = typer.Option(..., "--out", help="dataset folder to create"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="a.b.c=value recipe overrides"),
+    workers: int = typer.Option(0, "--workers", help="tokenizer threads (0: all cores)"),
+) -> None:
+    """Tokenize a corpus into a memory-mapped dataset for a recipe."""
+    from tpcli.cli.render import print_summary
+    from tpcli.verbs import PreprocessRequest, preprocess as run
+
+    summary = run(PreprocessRequest(recipe, corpus, out, list(overrides or []), workers))
+    print_summary("preprocess", summary)
+
+
+def pretrain(
+    recipe: Optional[str] = typer.Argument(
+        None, help="recipe folder, file or built-in name (omit with --resume)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="a.b.c=value recipe overrides"),
+    data: Optional[Path] = typer.Option(None, "--data", help="dataset made by tp preprocess"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder to create"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="run folder to continue"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="live progress bar"),
+) -> None:
+    """Pre-train a recipe's model; --resume continues a stopped or killed run."""
+    from tpcli.cli.render import print_summary
+    from tpcli.verbs import PretrainRequest, pretrain as run
+
+    ovr = list(overrides or [])
+    if recipe is not None and "=" in recipe:  # `tp pretrain --resume RUN a=b`
+        ovr.insert(0, recipe)
+        recipe = None
+    summary = run(PretrainRequest(recipe, data, out, ovr, resume, progress))
+    print_summary("pretrain", summary)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(context_settings={"allow_interspersed_args": True})(preprocess)
+    app.command(context_settings={"allow_interspersed_args": True})(pretrain)

@@ -1,0 +1,418 @@
+"""Recipes: YAML/JSON loading, the paper's vocabulary, `a.b.c=value` overrides, validation.
+
+A recipe is a folder holding `recipe.yaml` with the sections `model`, `data` and `pretrain`.
+The model section speaks the paper's words and accepts its JSON as written::
+
+    embedding: [word, pos, seg]          # or {word: {}, pos: {max_length: 512}, seg: {}}
+    encoder: transformer                 # or {name: transformer, layers: 12}
+    target: [mlm, sp]                    # or {mlm: {weight: 1.0}, sp: {}}
+
+Lists and bare names are first normalised to mappings (so `model.embedding.pos.max_length=1024`
+and `model.encoder.layers=6` are valid overrides), overrides are applied, and then every module is
+looked up in the registry and its options checked against its `Config`. All problems are
+collected and raised together as one `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tpcli.errors import ConfigError, Problem, TpError
+from tpcli.registry import LIST_COMMAND, Registry, closest, unknown_name_message
+
+STACK_KEYS = ("embedding", "encoder", "pooling")
+MODULE_LIST_KEYS = ("embedding", "tgt_embedding", "target")  # several modules, in order
+MODULE_ONE_KEYS = ("encoder", "decoder", "pooling")  # one module
+KIND_OF = {
+    "embedding": "embedding",
+    "tgt_embedding": "embedding",
+    "encoder": "encoder",
+    "decoder": "decoder",
+    "pooling": "pooling",
+    "target": "target",
+}
+SECTIONS = ("model", "data", "pretrain")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelOptions(_Strict):
+    """Model-wide options (the rest of the model section names modules)."""
+
+    hidden_size: int = Field(768, gt=0, description="width of embeddings and hidden states")
+    vocab_size: int | None = Field(None, gt=0, description="default: the tokenizer's vocabulary")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout used by every module")
+    norm_eps: float = Field(1e-12, gt=0.0, description="epsilon of every normalisation layer")
+    init_std: float = Field(0.02, gt=0.0, description="std of the normal weight initialisation")
+    embedding_norm: Literal["layernorm", "rmsnorm", "none"] = Field(
+        "layernorm", description="normalisation after the embeddings are summed"
+    )
+    tie_weights: bool = Field(True, description="share the word embedding with output layers")
+    tie_streams: bool = Field(False, description="dual stream: stream_1 reuses stream_0's weights")
+
+
+class PretrainOptions(_Strict):
+    """The `pretrain` section: optimisation, precision, checkpoints, logging."""
+
+    steps: int = Field(1000, gt=0, description="optimizer steps to train for")
+    batch_size: int = Field(32, gt=0, description="examples per optimizer step (all micro-batches)")
+    grad_accum: int = Field(1, gt=0, description="micro-batches accumulated per optimizer step")
+    lr: float = Field(1e-4, gt=0.0, description="peak learning rate")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW decoupled weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    adam_eps: float = Field(1e-6, gt=0.0, description="AdamW epsilon")
+    warmup_ratio: float = Field(0.01, ge=0.0, le=1.0, description="warm-up as a share of steps")
+    warmup_steps: int | None = Field(None, ge=0, description="warm-up steps (wins over the ratio)")
+    schedule: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="decay after warm-up"
+    )
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr as a share of lr")
+    grad_clip: float = Field(1.0, ge=0.0, description="max global grad norm (0: no clipping)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision")
+    seed: int = Field(7, description="seed of initialisation, data order and masking")
+    log_every: int = Field(10, gt=0, description="steps between log lines")
+    save_every: int = Field(500, gt=0, description="steps between checkpoints")
+    keep_last: int = Field(3, gt=0, description="checkpoints kept on disk")
+    num_workers: int = Field(0, ge=0, description="data loader worker processes")
+    compile: bool = Field(False, description="wrap the model in torch.compile")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
+
+
+@dataclass
+class ModuleSpec:
+    kind: str
+    name: str
+    options: Any  # the module's validated Config instance
+
+
+@dataclass
+class StackSpec:
+    embedding: list[ModuleSpec]
+    encoder: ModuleSpec | None
+    pooling: ModuleSpec | None = None
+
+
+@dataclass
+class ModelSpec:
+    options: ModelOptions
+    stacks: dict[str, StackSpec]  # {"": stack} or {"stream_0": ..., "stream_1": ...}
+    tgt_embedding: list[ModuleSpec] = field(default_factory=list)
+    decoder: ModuleSpec | None = None
+    targets: list[ModuleSpec] = field(default_factory=list)
+
+    @property
+    def dual(self) -> bool:
+        return "stream_0" in self.stacks
+
+
+@dataclass
+class Recipe:
+    name: str
+    path: Path | None  # the recipe folder (relative paths in options resolve against it)
+    raw: dict[str, Any]  # normalised, overrides applied: what was validated, saved with runs
+    model: ModelSpec
+    tokenizer: ModuleSpec
+    processor: ModuleSpec
+    pretrain: PretrainOptions
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path if self.path is not None else Path.cwd()
+
+
+# ---------------------------------------------------------------- loading and normalising
+
+
+def read_recipe_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise TpError(f"cannot read recipe {path}: {e.strerror}") from e
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise TpError(f"recipe {path} is not valid YAML/JSON: {e}") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise TpError(f"recipe {path} must be a mapping with sections {', '.join(SECTIONS)}")
+    return data
+
+
+def _as_named(value: Any) -> Any:
+    """`"transformer"` -> `{"name": "transformer"}`; a mapping is kept."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+def _as_ordered(value: Any) -> Any:
+    """`["word", {"pos": {...}}]` / `"word"` -> `{"word": {}, "pos": {...}}`."""
+    if isinstance(value, str):
+        return {value: {}}
+    if isinstance(value, list):
+        out: dict[str, Any] = {}
+        for item in value:
+            if isinstance(item, str):
+                out[item] = {}
+            elif isinstance(item, dict) and "name" in item:
+                item = dict(item)
+                out[str(item.pop("name"))] = item
+            elif isinstance(item, dict) and len(item) == 1:
+                (k, v), = item.items()
+                out[str(k)] = v if v is not None else {}
+            else:
+                return value  # left for validation to report
+        return out
+    if isinstance(value, dict):
+        return {k: (v if v is not None else {}) for k, v in value.items()}
+    return value
+
+
+def _normalise_stack(section: dict[str, Any]) -> None:
+    for key in MODULE_LIST_KEYS:
+        if key in section:
+            section[key] = _as_ordered(section[key])
+    for key in MODULE_ONE_KEYS:
+        if key in section:
+            section[key] = _as_named(section[key])
+
+
+def normalise(raw: dict[str, Any]) -> dict[str, Any]:
+    """The paper's shorthand to the canonical mapping form (idempotent)."""
+    raw = copy.deepcopy(raw)
+    model = raw.get("model")
+    if isinstance(model, dict):
+        _normalise_stack(model)
+        for stream in ("stream_0", "stream_1"):
+            if isinstance(model.get(stream), dict):
+                _normalise_stack(model[stream])
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("tokenizer", "processor"):
+            if key in data:
+                data[key] = _as_named(data[key])
+    return raw
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text or text.startswith("="):
+        raise TpError(
+            f"override {text!r} is not of the form a.b.c=value",
+            hint="e.g. pretrain.lr=2e-4 or model.encoder.layers=6",
+        )
+    key, _, value = text.partition("=")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    for cast in (int, float):  # YAML 1.1 reads 2e-4 as a string
+        if isinstance(parsed, str):
+            try:
+                parsed = cast(parsed)
+            except ValueError:
+                pass
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    raw = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(path[:-1]):
+            nxt = node.get(part)
+            if not isinstance(nxt, dict):
+                if nxt is not None:
+                    where = ".".join(path[: i + 1])
+                    raise TpError(
+                        f"override {text!r}: {where} is {nxt!r}, not a section with options"
+                    )
+                nxt = node[part] = {}
+            node = nxt
+        node[path[-1]] = value
+    return raw
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _pydantic_problems(prefix: str, err: ValidationError, cls: Any, listing: str) -> list[Problem]:
+    out = []
+    fields = list(getattr(cls, "model_fields", {}))
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        path = f"{prefix}.{loc}" if loc else prefix
+        key = str(e["loc"][-1]) if e["loc"] else ""
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown option {key!r}"
+            guess = closest(key, fields)
+            if guess:
+                msg += f"; did you mean {guess!r}?"
+            msg += f" (options: {', '.join(fields) or 'none'}; see `{listing}`)"
+        else:
+            msg = f"{e.get('input')!r} is not valid: {e['msg']}"
+            if "literal" in e["type"] and "expected" in e.get("ctx", {}):
+                msg = f"{e.get('input')!r} is not one of {e['ctx']['expected']}"
+        out.append(Problem(path, msg))
+    return out
+
+
+def validate_options(
+    cls: Any, values: Any, path: str, listing: str, problems: list[Problem]
+) -> Any:
+    if not isinstance(values, dict):
+        problems.append(Problem(path, f"expected a mapping of options, got {values!r}"))
+        return None
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        problems.extend(_pydantic_problems(path, e, cls, listing))
+        return None
+
+
+def _module(
+    registry: Registry, kind: str, name: str, opts: Any, path: str, problems: list[Problem]
+) -> ModuleSpec | None:
+    if not registry.has(kind, name):
+        problems.append(Problem(path, unknown_name_message(kind, name, registry.names(kind))))
+        return None
+    entry = registry.entry(kind, name)
+    cfg_cls = entry.config_cls
+    listing = f"{LIST_COMMAND[kind]} {name}"
+    options = validate_options(cfg_cls, opts, path, listing, problems) if cfg_cls else None
+    if cfg_cls is None and opts:
+        problems.append(Problem(path, f"{kind} {name!r} takes no options"))
+    return ModuleSpec(kind, name, options)
+
+
+def _modules_list(
+    registry: Registry, section: dict[str, Any], key: str, path: str, problems: list[Problem]
+) -> list[ModuleSpec]:
+    value = section.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        problems.append(Problem(f"{path}.{key}", f"expected a list of module names, got {value!r}"))
+        return []
+    specs = []
+    for name, opts in value.items():
+        spec = _module(registry, KIND_OF[key], name, opts, f"{path}.{key}.{name}", problems)
+        if spec:
+            specs.append(spec)
+    return specs
+
+
+def _module_one(
+    registry: Registry, section: dict[str, Any], key: str, path: str, problems: list[Problem]
+) -> ModuleSpec | None:
+    value = section.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        problems.append(Problem(f"{path}.{key}", f"expected a module name, got {value!r}"))
+        return None
+    opts = {k: v for k, v in value.items() if k != "name"}
+    return _module(registry, KIND_OF[key], value["name"], opts, f"{path}.{key}", problems)
+
+
+def _stack(
+    registry: Registry, section: dict[str, Any], path: str, problems: list[Problem]
+) -> StackSpec:
+    for key in section:
+        if key not in STACK_KEYS:
+            problems.append(Problem(f"{path}.{key}", f"unknown key; a stream has {STACK_KEYS}"))
+    if not section.get("embedding"):
+        problems.append(Problem(f"{path}.embedding", "missing: name at least one embedding"))
+    return StackSpec(
+        _modules_list(registry, section, "embedding", path, problems),
+        _module_one(registry, section, "encoder", path, problems),
+        _module_one(registry, section, "pooling", path, problems),
+    )
+
+
+def _model(registry: Registry, model: dict[str, Any], problems: list[Problem]) -> ModelSpec:
+    module_keys = set(KIND_OF) | {"stream_0", "stream_1"}
+    option_values = {k: v for k, v in model.items() if k not in module_keys}
+    options = validate_options(ModelOptions, option_values, "model", "tp modules model", problems)
+    dual = "stream_0" in model or "stream_1" in model
+    stacks: dict[str, StackSpec] = {}
+    if dual:
+        for key in ("embedding", "encoder", "pooling"):
+            if key in model:
+                problems.append(Problem(f"model.{key}", "a dual-stream model puts it in stream_0/1"))
+        for stream in ("stream_0", "stream_1"):
+            sec = model.get(stream)
+            if not isinstance(sec, dict):
+                problems.append(Problem(f"model.{stream}", "missing: a dual-stream model has both"))
+                continue
+            stacks[stream] = _stack(registry, sec, f"model.{stream}", problems)
+    else:
+        stack_sec = {k: model[k] for k in STACK_KEYS if k in model}
+        stacks[""] = _stack(registry, stack_sec, "model", problems)
+    tgt_emb = _modules_list(registry, model, "tgt_embedding", "model", problems)
+    decoder = _module_one(registry, model, "decoder", "model", problems)
+    if ("decoder" in model) != ("tgt_embedding" in model):
+        problems.append(Problem("model", "decoder and tgt_embedding come together"))
+    if not model.get("target"):
+        problems.append(Problem("model.target", "missing: name at least one target"))
+    targets = _modules_list(registry, model, "target", "model", problems)
+    return ModelSpec(options or ModelOptions(), stacks, tgt_emb, decoder, targets)
+
+
+def build_recipe(
+    raw: dict[str, Any],
+    registry: Registry,
+    *,
+    name: str = "recipe",
+    path: Path | None = None,
+    overrides: list[str] | None = None,
+) -> Recipe:
+    """Normalise, apply overrides, validate everything; raise one ConfigError with all problems."""
+    raw = normalise(apply_overrides(normalise(raw), overrides or []))
+    problems: list[Problem] = []
+    for key in raw:
+        if key not in SECTIONS:
+            guess = closest(str(key), list(SECTIONS))
+            hint = f"; did you mean {guess!r}?" if guess else ""
+            problems.append(Problem(str(key), f"unknown section{hint} (sections: {SECTIONS})"))
+    model_sec = raw.get("model")
+    if not isinstance(model_sec, dict):
+        problems.append(Problem("model", "missing: the model section names the modules"))
+        model_sec = {}
+    model = _model(registry, model_sec, problems)
+    data = raw.get("data") or {}
+    if not isinstance(data, dict):
+        problems.append(Problem("data", f"expected a mapping, got {data!r}"))
+        data = {}
+    for key in data:
+        if key not in ("tokenizer", "processor"):
+            problems.append(Problem(f"data.{key}", "unknown key; data has tokenizer, processor"))
+    tok = proc = None
+    for key, kind in (("tokenizer", "tokenizer"), ("processor", "processor")):
+        if key not in data:
+            problems.append(Problem(f"data.{key}", f"missing: name a {kind} ({LIST_COMMAND[kind]})"))
+            continue
+        spec = None
+        value = data[key]
+        if isinstance(value, dict) and isinstance(value.get("name"), str):
+            opts = {k: v for k, v in value.items() if k != "name"}
+            spec = _module(registry, kind, value["name"], opts, f"data.{key}", problems)
+        else:
+            problems.append(Problem(f"data.{key}", f"expected a {kind} name, got {value!r}"))
+        tok, proc = (spec, proc) if key == "tokenizer" else (tok, spec)
+    pretrain_vals = raw.get("pretrain") or {}
+    pretrain = validate_options(
+        PretrainOptions, pretrain_vals, "pretrain", "tp modules pretrain", problems
+    )
+    if problems:
+        raise ConfigError(f"recipe {name}", problems)
+    assert tok is not None and proc is not None and pretrain is not None  # no problems above
+    return Recipe(name, path, raw, model, tok, proc, pretrain)

@@ -1,0 +1,141 @@
+"""Every hook tp calls. These docstrings are the plugin author's manual.
+
+A plugin is a Python module (or object) with functions named after these hooks and decorated with
+`tpcli.hookimpl`. Publish it under the entry-point group ``tp`` in your distribution's
+``pyproject.toml``::
+
+    [project.entry-points.tp]
+    myplugin = "my_package.plugin"
+
+Registration hooks receive a ``register`` callback: call it once per thing you provide. They must
+be cheap: do not build models or read files in them. The things you register may be classes or
+lazy ``"package.module:Attribute"`` strings, which tp imports only when the name is used.
+
+The verb hooks (``tp_preprocess``, ``tp_pretrain``) are ``firstresult``: the core ships default
+implementations (marked ``trylast``) and a plugin may replace them by returning a non-None value,
+or wrap them with ``hookwrapper=True``. Observer hooks (``tp_on_*``) are called on every plugin
+and their return values are ignored; loggers are plugins built on them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    from tpcli.verbs import PreprocessRequest, PretrainRequest
+
+hookspec = pluggy.HookspecMarker("tp")
+hookimpl = pluggy.HookimplMarker("tp")
+
+
+@hookspec
+def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
+    """Register model modules: ``register(kind, name, cls)``.
+
+    ``kind`` is one of ``embedding``, ``encoder``, ``decoder``, ``target``, ``pooling``. ``name``
+    is what a recipe writes (``word``, ``transformer``, ``mlm``): lower case, unique per kind
+    across every installed plugin (a clash is an error naming both plugins). ``cls`` is an
+    ``nn.Module`` subclass (or a lazy ``"pkg.mod:Class"`` string) with a class attribute
+    ``Config``: a ``tpcli.module.ModuleConfig`` subclass (pydantic, extra keys forbidden) whose
+    fields are the module's options, each with a default and a description. tp builds it as
+    ``cls(config, ctx)`` where ``ctx`` is a ``tpcli.module.BuildContext``.
+
+    Forward contracts, by kind (shapes: B batch, T time, H hidden):
+
+    - embedding: ``forward(inputs: dict[str, Tensor]) -> (B, T, H)``; ``inputs`` holds
+      ``input_ids`` (B, T), ``attention_mask`` (B, T) bool and, when the data has them,
+      ``segment_ids`` / ``position_ids``. The outputs of all embeddings of a stack are summed.
+      An embedding that owns the vocabulary matrix exposes it as ``word_weight`` (V, H) so targets
+      can tie to it.
+    - encoder: ``forward(x (B, T, H), mask (B, T) bool, True = real token) -> (B, T, H)``.
+    - decoder: ``forward(x, mask, memory, memory_mask) -> (B, T, H)``.
+    - pooling: ``forward(hidden (B, T, H), mask (B, T)) -> (B, H)``.
+    - target: ``forward(features: tpcli.module.Features, batch) -> tpcli.module.TargetOutput``
+      (a scalar loss plus metrics), ``predict(features, batch) -> Tensor`` (logits), and
+      optionally ``tie_weights(get_weight)`` to share the word embedding. Its Config derives
+      from ``tpcli.module.TargetConfig`` (which adds the multi-task ``weight``).
+    """
+
+
+@hookspec
+def tp_register_tokenizers(register: Callable[[str, Any], None]) -> None:
+    """Register tokenizers: ``register(name, cls)``.
+
+    ``cls`` implements ``tpcli.module.Tokenizer``: ``cls.Config`` (pydantic options, as for
+    modules), ``cls(config, base_dir)`` where relative paths in the options resolve against
+    ``base_dir`` (the recipe folder), ``encode_batch(texts) -> list[list[int]]``,
+    ``decode(ids) -> str``, ``vocab_size``, ``special_ids`` (``pad``, ``cls``, ``sep``, ``mask``,
+    ``unk`` where they exist), ``fingerprint()`` (a stable hash of the vocabulary, stored in every
+    dataset so a mismatch is caught) and ``save(dir)``.
+    """
+
+
+@hookspec
+def tp_register_processors(register: Callable[[str, Any], None]) -> None:
+    """Register data processors: ``register(name, cls)``.
+
+    A processor decides how a corpus is read at preprocess time and how training examples are
+    built from the stored tokens at load time. ``cls`` implements ``tpcli.data.Processor``:
+    ``Config`` (pydantic), ``corpus_format`` (``"sentences"``: one sentence per line, blank line
+    between documents; or ``"documents"``: one document per line), and
+    ``dataset(store, tokenizer_specials, seq_length, seed) -> torch Dataset`` yielding dicts of
+    tensors (``input_ids``, ``segment_ids``, ``attention_mask``, and each target's labels).
+    Masking is done there, dynamically, from the seed, the epoch and the index.
+    """
+
+
+@hookspec
+def tp_register_converters(register: Callable[[str, Any], None]) -> None:
+    """Register Hugging Face converters: ``register(name, converter)``.
+
+    ``converter`` is a ``tpcli.convert.Converter``: a declarative key map (renames, QKV merges,
+    transposes) between a tp model built from a recipe and a ``transformers`` architecture, plus
+    the config translation. Names are the HF ``model_type`` (``bert``, ``roberta``, ...).
+    """
+
+
+@hookspec
+def tp_register_recipe_dirs(register: Callable[[str], None]) -> None:
+    """Register folders that hold built-in recipes: ``register(path)``.
+
+    Each sub-folder with a ``recipe.yaml`` becomes a recipe usable by name
+    (``tp pretrain NAME``) and listed by ``tp recipes``.
+    """
+
+
+@hookspec(firstresult=True)
+def tp_preprocess(request: "PreprocessRequest") -> Any:
+    """Run ``tp preprocess``: read ``request.corpus``, tokenize, write the dataset to
+    ``request.out``; return a summary dict (counts, paths). The core's default implementation runs
+    last; return non-None to replace it."""
+
+
+@hookspec(firstresult=True)
+def tp_pretrain(request: "PretrainRequest") -> Any:
+    """Run ``tp pretrain``: train the recipe's model on ``request.data``, writing checkpoints to
+    ``request.out``; return a summary dict (steps, final loss, checkpoint path). The core's
+    default implementation runs last; return non-None to replace it."""
+
+
+@hookspec
+def tp_on_train_start(run: dict[str, Any]) -> None:
+    """Called once before the first step: ``run`` holds ``out`` (run folder), ``steps``,
+    ``start_step`` (non-zero on resume), ``params`` (parameter count) and ``recipe`` (dict)."""
+
+
+@hookspec
+def tp_on_log(step: int, metrics: dict[str, float]) -> None:
+    """Called every ``pretrain.log_every`` steps with scalar metrics: ``loss``, each target's loss
+    and metrics, ``lr``, ``grad_norm``, ``tokens_per_s``, ``mfu``, ``elapsed_s``."""
+
+
+@hookspec
+def tp_on_checkpoint(step: int, path: str) -> None:
+    """Called after a checkpoint has been written (atomically) to ``path``."""
+
+
+@hookspec
+def tp_on_train_end(summary: dict[str, Any]) -> None:
+    """Called once when training finishes (not when it is killed)."""

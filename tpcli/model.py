@@ -1,0 +1,225 @@
+"""Assemble the five components (and dual streams) from a validated recipe.
+
+    batch -> [embedding modules, summed -> norm -> dropout] -> encoder -> (pooling)
+          -> [tgt_embedding -> decoder(memory = encoder output)]            (seq2seq only)
+          -> targets (each a loss + metrics; total = sum of weight * loss)
+
+Nothing here names a model: BERT, T5 and CLIP are only different recipes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from tpcli.config import ModelSpec, ModuleSpec, StackSpec
+from tpcli.layers.norms import make_norm
+from tpcli.module import BuildContext, Features
+from tpcli.registry import Registry
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class ModelOutput:
+    loss: torch.Tensor  # scalar: sum of weight * target loss
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # per target
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # "mlm.acc", "sp.acc", ...
+
+
+def _build(registry: Registry, spec: ModuleSpec, ctx: BuildContext) -> nn.Module:
+    cls = registry.get(spec.kind, spec.name)
+    return cls(spec.options, ctx)
+
+
+def _view(batch: Batch, prefix: str) -> Batch:
+    """The inputs one stack sees: keys under `prefix` ("tgt_", "stream_0.") without it."""
+    if not prefix:
+        return batch
+    return {k[len(prefix):]: v for k, v in batch.items() if k.startswith(prefix)}
+
+
+class EmbeddingSum(nn.Module):
+    """Several embeddings summed, then an optional norm and dropout. # (B, T, H)"""
+
+    def __init__(self, modules: dict[str, nn.Module], norm: nn.Module, dropout: float) -> None:
+        super().__init__()
+        self.parts = nn.ModuleDict(modules)
+        self.norm = norm
+        self.dropout = nn.Dropout(dropout)
+
+    def word_weight(self) -> torch.Tensor | None:
+        for m in self.parts.values():
+            w = getattr(m, "word_weight", None)
+            if w is not None:
+                return w
+        return None
+
+    def forward(self, inputs: Batch) -> torch.Tensor:
+        parts = iter(self.parts.values())
+        x = next(parts)(inputs)
+        for m in parts:
+            x = x + m(inputs)
+        return self.dropout(self.norm(x))
+
+
+class Stack(nn.Module):
+    """One stream: embeddings -> encoder -> optional pooling."""
+
+    def __init__(self, emb: EmbeddingSum, encoder: nn.Module | None, pool: nn.Module | None):
+        super().__init__()
+        self.embedding = emb
+        self.encoder = encoder
+        self.pooling = pool
+
+    def forward(self, inputs: Batch) -> Features:
+        mask = inputs.get("attention_mask")
+        mask = mask.bool() if mask is not None else None
+        h = self.embedding(inputs)  # (B, T, H)
+        if self.encoder is not None:
+            h = self.encoder(h, mask)
+        pooled = self.pooling(h, mask) if self.pooling is not None else None
+        return Features(h, mask, pooled)
+
+
+class TpModel(nn.Module):
+    """A model built from a recipe's model section. `forward(batch)` returns the training loss."""
+
+    def __init__(self, spec: ModelSpec, registry: Registry, ctx: BuildContext) -> None:
+        super().__init__()
+        self.spec = spec
+        self.ctx = ctx
+        opts = spec.options
+
+        def embedding_sum(mods: list[ModuleSpec], c: BuildContext) -> EmbeddingSum:
+            built = {m.name: _build(registry, m, c) for m in mods}
+            return EmbeddingSum(built, make_norm(opts.embedding_norm, c.hidden_size, c.norm_eps),
+                                opts.dropout)
+
+        def stack(s: StackSpec, stream: str) -> Stack:
+            c = BuildContext(**{**ctx.__dict__, "stream": stream})
+            enc = _build(registry, s.encoder, c) if s.encoder else None
+            pool = _build(registry, s.pooling, c) if s.pooling else None
+            return Stack(embedding_sum(s.embedding, c), enc, pool)
+
+        if spec.dual:
+            self.stream_0 = stack(spec.stacks["stream_0"], "stream_0")
+            # tied streams (SBERT) run stream_0 twice; registering it twice would duplicate keys
+            self.stream_1 = None if opts.tie_streams else stack(spec.stacks["stream_1"], "stream_1")
+        else:
+            self.stack = stack(spec.stacks[""], "")
+        self.tgt_embedding: EmbeddingSum | None = None
+        self.decoder: nn.Module | None = None
+        if spec.decoder is not None:
+            tctx = BuildContext(**{**ctx.__dict__, "stream": "tgt"})
+            self.tgt_embedding = embedding_sum(spec.tgt_embedding, tctx)
+            self.decoder = _build(registry, spec.decoder, tctx)
+        self.targets = nn.ModuleDict({t.name: _build(registry, t, ctx) for t in spec.targets})
+        self.weights = {t.name: float(t.options.weight) for t in spec.targets}
+        self.apply(self._init_weights)
+        for m in self.modules():  # modules with their own scheme (e.g. scaled init) go last
+            if m is not self and hasattr(m, "reset_parameters_tp"):
+                m.reset_parameters_tp()
+        if opts.tie_weights:
+            self._tie()
+
+    # -- construction helpers
+
+    def _init_weights(self, m: nn.Module) -> None:
+        std = self.ctx.init_std
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+        elif isinstance(m, (nn.LayerNorm,)) and m.elementwise_affine:
+            nn.init.ones_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def _tie(self) -> None:
+        source = self.tgt_embedding if self.tgt_embedding is not None else self._first_stack().embedding
+        get_weight: Callable[[], torch.Tensor | None] = source.word_weight
+        if get_weight() is None:
+            return
+        for t in self.targets.values():
+            tie = getattr(t, "tie_weights", None)
+            if tie is not None:
+                tie(get_weight)
+
+    def _first_stack(self) -> Stack:
+        return self.stream_0 if self.spec.dual else self.stack
+
+    # -- running
+
+    def features(self, batch: Batch) -> Features:
+        """Hidden states for the targets: the encoder's, or the decoder's for seq2seq."""
+        if self.spec.dual:
+            f0 = self.stream_0(_view(batch, "stream_0."))
+            f1 = (self.stream_1 or self.stream_0)(_view(batch, "stream_1."))
+            return Features(None, None, None, (f0, f1))
+        enc = self.stack(batch)
+        if self.decoder is None or self.tgt_embedding is None:
+            return enc
+        tgt = _view(batch, "tgt_")
+        tmask = tgt.get("attention_mask")
+        tmask = tmask.bool() if tmask is not None else None
+        y = self.tgt_embedding(tgt)  # (B, T', H)
+        y = self.decoder(y, tmask, enc.hidden, enc.mask)
+        return Features(y, tmask, None)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        feats = self.features(batch)
+        total: torch.Tensor | None = None
+        losses: dict[str, torch.Tensor] = {}
+        metrics: dict[str, torch.Tensor] = {}
+        for name, target in self.targets.items():
+            out = target(feats, batch)
+            losses[name] = out.loss
+            for k, v in out.metrics.items():
+                metrics[f"{name}.{k}"] = v
+            term = self.weights[name] * out.loss
+            total = term if total is None else total + term
+        assert total is not None  # validation guarantees at least one target
+        return ModelOutput(total, losses, metrics)
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Each target's logits (e.g. `mlm` (B, T, V), `sp` (B, 2))."""
+        feats = self.features(batch)
+        return {name: t.predict(feats, batch) for name, t in self.targets.items()}
+
+
+def build_model(spec: ModelSpec, registry: Registry, vocab_size: int,
+                special_ids: dict[str, int] | None = None) -> TpModel:
+    o = spec.options
+    ctx = BuildContext(
+        hidden_size=o.hidden_size,
+        vocab_size=o.vocab_size or vocab_size,
+        dropout=o.dropout,
+        norm_eps=o.norm_eps,
+        init_std=o.init_std,
+        special_ids=dict(special_ids or {}),
+    )
+    return TpModel(spec, registry, ctx)
+
+
+def count_params(model: nn.Module) -> int:
+    seen: set[int] = set()
+    n = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n
+
+
+def describe(model: TpModel) -> dict[str, Any]:
+    return {"params": count_params(model), "targets": list(model.targets)}

@@ -1,0 +1,100 @@
+"""The contracts between tp and its modules: what a plugin's classes receive and return.
+
+Plugins import from here; tp's core never imports a plugin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import torch
+
+
+class ModuleConfig(BaseModel):
+    """Base of every module's options: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class TargetConfig(ModuleConfig):
+    """Base of every target's options; `weight` scales its loss in the multi-task sum."""
+
+    weight: float = Field(1.0, ge=0.0, description="weight of this target's loss in the total")
+
+
+@dataclass
+class BuildContext:
+    """Model-wide facts a module is built with (from the recipe's model section and tokenizer)."""
+
+    hidden_size: int
+    vocab_size: int
+    dropout: float = 0.1
+    norm_eps: float = 1e-12
+    init_std: float = 0.02
+    special_ids: dict[str, int] = field(default_factory=dict)
+    stream: str = ""  # "", "stream_0", "stream_1", or "tgt" for the target-embedding side
+
+    @property
+    def pad_id(self) -> int | None:
+        return self.special_ids.get("pad")
+
+
+@dataclass
+class Features:
+    """What targets see. `hidden` (B, T, H) is the last stack's output (the decoder's for seq2seq),
+    `mask` (B, T) is True on real tokens, `pooled` (B, H) is set when the stack has a pooling;
+    dual-stream models put one Features per stream in `streams`."""
+
+    hidden: "torch.Tensor | None"
+    mask: "torch.Tensor | None" = None
+    pooled: "torch.Tensor | None" = None
+    streams: tuple["Features", ...] = ()
+
+
+@dataclass
+class TargetOutput:
+    """A target's result: the scalar `loss` and `metrics` (scalar tensors, e.g. `acc`, and the
+    `count` of predictions they are averaged over)."""
+
+    loss: "torch.Tensor"
+    metrics: dict[str, "torch.Tensor"] = field(default_factory=dict)
+
+
+class Tokenizer(Protocol):
+    """What a registered tokenizer provides (see `tp_register_tokenizers`)."""
+
+    Config: ClassVar[type[ModuleConfig]]
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def special_ids(self) -> dict[str, int]: ...
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+    def fingerprint(self) -> str: ...
+
+    def save(self, directory: str) -> None: ...
+
+
+def options_of(cls: Any) -> list[dict[str, Any]]:
+    """Each option of a module's Config: name, type, default, description (for `tp modules`)."""
+    cfg = getattr(cls, "Config", None)
+    if cfg is None:
+        return []
+    out = []
+    for name, f in cfg.model_fields.items():
+        ann = f.annotation
+        type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        default = "(required)" if f.is_required() else f.default
+        out.append(
+            {"name": name, "type": type_name, "default": default, "description": f.description or ""}
+        )
+    return out

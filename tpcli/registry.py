@@ -1,0 +1,123 @@
+"""name -> (kind, class, Config, plugin): the one source of names in tp.
+
+The registry is filled by the plugins' registration hooks (see `tpcli.hookspecs`) and never by
+tp's own code, so built-in and third-party modules are found the same way.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from tpcli.errors import RegistryError, TpError
+
+MODULE_KINDS = ("embedding", "encoder", "decoder", "target", "pooling")
+KINDS = MODULE_KINDS + ("tokenizer", "processor", "converter")
+
+# What a user runs to see the valid names of each kind.
+LIST_COMMAND = {k: f"tp modules {k}" for k in MODULE_KINDS} | {
+    "tokenizer": "tp modules tokenizer",
+    "processor": "tp modules processor",
+    "converter": "tp plugins",
+}
+
+
+@dataclass
+class Entry:
+    kind: str
+    name: str
+    target: Any  # a class/object, or a lazy "pkg.mod:Attr" string
+    plugin: str
+    distribution: str
+    _resolved: Any = field(default=None, repr=False)
+
+    def load(self) -> Any:
+        """The registered object, importing it if it was registered lazily."""
+        if self._resolved is None:
+            if isinstance(self.target, str):
+                mod_name, _, attr = self.target.partition(":")
+                try:
+                    obj: Any = importlib.import_module(mod_name)
+                    for part in attr.split(".") if attr else []:
+                        obj = getattr(obj, part)
+                except (ImportError, AttributeError) as e:
+                    raise RegistryError(
+                        f"{self.kind} '{self.name}' from plugin '{self.plugin}' "
+                        f"({self.distribution}) cannot be imported from '{self.target}': {e}",
+                        hint=f"reinstall {self.distribution}, or leave the plugin out with "
+                        "TP_LOAD_PLUGINS",
+                    ) from e
+                self._resolved = obj
+            else:
+                self._resolved = self.target
+        return self._resolved
+
+    @property
+    def config_cls(self) -> Any:
+        return getattr(self.load(), "Config", None)
+
+    @property
+    def summary(self) -> str:
+        doc = (self.load().__doc__ or "").strip().splitlines()
+        return doc[0] if doc else ""
+
+
+class Registry:
+    """All registered names, by kind."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+
+    def add(self, kind: str, name: str, target: Any, plugin: str, distribution: str) -> None:
+        if kind not in self._entries:
+            raise RegistryError(
+                f"plugin '{plugin}' ({distribution}) registered {name!r} under unknown kind "
+                f"{kind!r}; kinds are: {', '.join(KINDS)}"
+            )
+        if not isinstance(name, str) or not name or name != name.strip():
+            raise RegistryError(f"plugin '{plugin}' ({distribution}) registered a bad name {name!r}")
+        old = self._entries[kind].get(name)
+        if old is not None:
+            raise RegistryError(
+                f"{kind} '{name}' is registered twice: by plugin '{old.plugin}' "
+                f"({old.distribution}) and by plugin '{plugin}' ({distribution})",
+                hint="uninstall one of the two distributions, or choose which plugins load with "
+                "TP_LOAD_PLUGINS=name1,name2",
+            )
+        self._entries[kind][name] = Entry(kind, name, target, plugin, distribution)
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._entries[kind])
+
+    def entries(self, kind: str | None = None) -> list[Entry]:
+        kinds = [kind] if kind else list(KINDS)
+        return [e for k in kinds for _, e in sorted(self._entries[k].items())]
+
+    def has(self, kind: str, name: str) -> bool:
+        return name in self._entries[kind]
+
+    def entry(self, kind: str, name: str) -> Entry:
+        try:
+            return self._entries[kind][name]
+        except KeyError:
+            raise TpError(unknown_name_message(kind, name, self.names(kind))) from None
+
+    def get(self, kind: str, name: str) -> Any:
+        return self.entry(kind, name).load()
+
+
+def closest(name: str, choices: list[str]) -> str | None:
+    match = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def unknown_name_message(kind: str, name: Any, choices: list[str]) -> str:
+    """`unknown embedding 'wrod'; did you mean 'word'? (installed: ...; list them: tp modules ...)`"""
+    msg = f"unknown {kind} {name!r}"
+    guess = closest(str(name), choices)
+    if guess:
+        msg += f"; did you mean {guess!r}?"
+    installed = ", ".join(choices) if choices else "none installed"
+    return f"{msg} (installed: {installed}; list them with `{LIST_COMMAND[kind]}`)"

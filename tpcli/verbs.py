@@ -1,0 +1,46 @@
+"""The verbs as typed functions that work without Typer: the CLI only parses and calls these.
+
+Each verb dispatches through its `firstresult` hook, so a plugin can replace or wrap it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tpcli.plugins import Plugins, get_plugins
+
+
+@dataclass
+class PreprocessRequest:
+    recipe: str  # folder, file or built-in name
+    corpus: str  # local path or any fsspec URL
+    out: Path
+    overrides: list[str] = field(default_factory=list)
+    workers: int = 0  # tokenizer threads (0: all cores)
+    shard_tokens: int = 100_000_000  # tokens per shard file
+    plugins: Plugins | None = None
+
+
+@dataclass
+class PretrainRequest:
+    recipe: str | None  # None with `resume`: the recipe saved in the run folder
+    data: Path | None
+    out: Path | None
+    overrides: list[str] = field(default_factory=list)
+    resume: Path | None = None
+    progress: bool = True
+    plugins: Plugins | None = None
+
+
+def preprocess(request: PreprocessRequest) -> dict[str, Any]:
+    plugins = request.plugins or get_plugins()
+    request.plugins = plugins
+    return plugins.hook.tp_preprocess(request=request)
+
+
+def pretrain(request: PretrainRequest) -> dict[str, Any]:
+    plugins = request.plugins or get_plugins()
+    request.plugins = plugins
+    return plugins.hook.tp_pretrain(request=request)
