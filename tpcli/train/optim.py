@@ -1,0 +1,60 @@
+"""AdamW with the usual no-decay groups, and the warm-up + decay schedules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from tpcli.config import PretrainOptions
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Biases and norm weights (1-D tensors) get no weight decay, as in BERT and GPT-2."""
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if p.ndim < 2 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(model: nn.Module, opts: PretrainOptions) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        param_groups(model, opts.weight_decay),
+        lr=opts.lr,
+        betas=opts.betas,
+        eps=opts.adam_eps,
+        # foreach is fast on CPU and GPU; fused only exists for some devices/dtypes
+        foreach=True,
+    )
+
+
+def warmup_steps(opts: PretrainOptions) -> int:
+    if opts.warmup_steps is not None:
+        return min(opts.warmup_steps, opts.steps)
+    return int(round(opts.warmup_ratio * opts.steps))
+
+
+def lr_factor(step: int, opts: PretrainOptions) -> float:
+    """Multiplier of the peak lr after `step` optimizer steps (LambdaLR convention)."""
+    warm = warmup_steps(opts)
+    if step < warm:
+        return (step + 1) / (warm + 1)
+    if opts.schedule == "constant":
+        return 1.0
+    span = max(1, opts.steps - warm)
+    progress = min(1.0, (step - warm) / span)
+    floor = opts.min_lr_ratio
+    if opts.schedule == "linear":
+        return floor + (1.0 - floor) * (1.0 - progress)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, opts: PretrainOptions):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, opts))
