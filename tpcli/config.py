@@ -19,12 +19,13 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from tpcli.errors import ConfigError, Problem, TpError
+from tpcli.errors import ConfigError, Problem, RegistryError, TpError
+from tpcli.options import ModelOptions, PretrainOptions  # also importable from here
 from tpcli.registry import LIST_COMMAND, Registry, closest, unknown_name_message
 
 STACK_KEYS = ("embedding", "encoder", "pooling")
@@ -39,52 +40,6 @@ KIND_OF = {
     "target": "target",
 }
 SECTIONS = ("model", "data", "pretrain")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ModelOptions(_Strict):
-    """Model-wide options (the rest of the model section names modules)."""
-
-    hidden_size: int = Field(768, gt=0, description="width of embeddings and hidden states")
-    vocab_size: int | None = Field(None, gt=0, description="default: the tokenizer's vocabulary")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout used by every module")
-    norm_eps: float = Field(1e-12, gt=0.0, description="epsilon of every normalisation layer")
-    init_std: float = Field(0.02, gt=0.0, description="std of the normal weight initialisation")
-    embedding_norm: Literal["layernorm", "rmsnorm", "none"] = Field(
-        "layernorm", description="normalisation after the embeddings are summed"
-    )
-    tie_weights: bool = Field(True, description="share the word embedding with output layers")
-    tie_streams: bool = Field(False, description="dual stream: stream_1 reuses stream_0's weights")
-
-
-class PretrainOptions(_Strict):
-    """The `pretrain` section: optimisation, precision, checkpoints, logging."""
-
-    steps: int = Field(1000, gt=0, description="optimizer steps to train for")
-    batch_size: int = Field(32, gt=0, description="examples per optimizer step (all micro-batches)")
-    grad_accum: int = Field(1, gt=0, description="micro-batches accumulated per optimizer step")
-    lr: float = Field(1e-4, gt=0.0, description="peak learning rate")
-    weight_decay: float = Field(0.01, ge=0.0, description="AdamW decoupled weight decay")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
-    adam_eps: float = Field(1e-6, gt=0.0, description="AdamW epsilon")
-    warmup_ratio: float = Field(0.01, ge=0.0, le=1.0, description="warm-up as a share of steps")
-    warmup_steps: int | None = Field(None, ge=0, description="warm-up steps (wins over the ratio)")
-    schedule: Literal["linear", "cosine", "constant"] = Field(
-        "linear", description="decay after warm-up"
-    )
-    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr as a share of lr")
-    grad_clip: float = Field(1.0, ge=0.0, description="max global grad norm (0: no clipping)")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision")
-    seed: int = Field(7, description="seed of initialisation, data order and masking")
-    log_every: int = Field(10, gt=0, description="steps between log lines")
-    save_every: int = Field(500, gt=0, description="steps between checkpoints")
-    keep_last: int = Field(3, gt=0, description="checkpoints kept on disk")
-    num_workers: int = Field(0, ge=0, description="data loader worker processes")
-    compile: bool = Field(False, description="wrap the model in torch.compile")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
 
 
 @dataclass
@@ -161,19 +116,29 @@ def _as_ordered(value: Any) -> Any:
         out: dict[str, Any] = {}
         for item in value:
             if isinstance(item, str):
-                out[item] = {}
+                name, opts = item, {}
             elif isinstance(item, dict) and "name" in item:
-                item = dict(item)
-                out[str(item.pop("name"))] = item
+                opts = dict(item)
+                name = str(opts.pop("name"))
             elif isinstance(item, dict) and len(item) == 1:
                 (k, v), = item.items()
-                out[str(k)] = v if v is not None else {}
+                name, opts = str(k), (v if v is not None else {})
             else:
                 return value  # left for validation to report
+            if name in out:
+                return value  # a module listed twice: left for validation to report
+            out[name] = opts
         return out
     if isinstance(value, dict):
         return {k: (v if v is not None else {}) for k, v in value.items()}
     return value
+
+
+def _item_name(item: Any) -> Any:
+    """The module name of one list item (`word`, `{pos: {...}}`, `{name: pos, ...}`)."""
+    if isinstance(item, dict):
+        return item.get("name", next(iter(item), None))
+    return item
 
 
 def _normalise_stack(section: dict[str, Any]) -> None:
@@ -205,7 +170,7 @@ def normalise(raw: dict[str, Any]) -> dict[str, Any]:
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text or text.startswith("="):
         raise TpError(
-            f"override {text!r} is not of the form a.b.c=value",
+            f"override {text!r}: not of the form a.b.c=value",
             hint="e.g. pretrain.lr=2e-4 or model.encoder.layers=6",
         )
     key, _, value = text.partition("=")
@@ -222,23 +187,44 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), parsed
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(
+    raw: dict[str, Any], overrides: list[str], problems: list[Problem] | None = None
+) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides to a normalised recipe. A bad override raises a TpError, or
+    is appended to `problems` when given (so it is shown with the validation problems)."""
     raw = copy.deepcopy(raw)
     for text in overrides:
-        path, value = parse_override(text)
-        node = raw
-        for i, part in enumerate(path[:-1]):
-            nxt = node.get(part)
-            if not isinstance(nxt, dict):
-                if nxt is not None:
-                    where = ".".join(path[: i + 1])
-                    raise TpError(
-                        f"override {text!r}: {where} is {nxt!r}, not a section with options"
-                    )
-                nxt = node[part] = {}
-            node = nxt
-        node[path[-1]] = value
+        try:
+            _apply_one(raw, text)
+        except TpError as e:
+            if problems is None:
+                raise
+            problems.append(Problem("", e.message + (f" (hint: {e.hint})" if e.hint else "")))
     return raw
+
+
+def _apply_one(raw: dict[str, Any], text: str) -> None:
+    path, value = parse_override(text)
+    node = raw
+    for i, part in enumerate(path[:-1]):
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            where = ".".join(path[: i + 1])
+            if nxt is not None:
+                raise TpError(f"override {text!r}: {where} is {nxt!r}, not a section with options")
+            parent = path[i - 1] if i else ""
+            if parent in MODULE_LIST_KEYS:  # an option override must not add a module silently
+                have = [str(k) for k in node]
+                guess = closest(part, have)
+                raise TpError(
+                    f"override {text!r}: the recipe has no {KIND_OF[parent]} {part!r}"
+                    + (f"; did you mean {guess!r}?" if guess else "")
+                    + f" (it has: {', '.join(have) or 'none'})",
+                    hint=f"to add it, override the list: {'.'.join(path[:i])}=[...]",
+                )
+            nxt = node[part] = {}
+        node = nxt
+    node[path[-1]] = value
 
 
 # ---------------------------------------------------------------- validation
@@ -257,8 +243,10 @@ def _pydantic_problems(prefix: str, err: ValidationError, cls: Any, listing: str
             if guess:
                 msg += f"; did you mean {guess!r}?"
             msg += f" (options: {', '.join(fields) or 'none'}; see `{listing}`)"
+        elif not e["loc"]:  # a check across options (a model validator): the input is all of them
+            msg = e["msg"].removeprefix("Value error, ")
         else:
-            msg = f"{e.get('input')!r} is not valid: {e['msg']}"
+            msg = f"{e.get('input')!r} is not valid: {e['msg'].removeprefix('Value error, ')}"
             if "literal" in e["type"] and "expected" in e.get("ctx", {}):
                 msg = f"{e.get('input')!r} is not one of {e['ctx']['expected']}"
         out.append(Problem(path, msg))
@@ -284,8 +272,11 @@ def _module(
     if not registry.has(kind, name):
         problems.append(Problem(path, unknown_name_message(kind, name, registry.names(kind))))
         return None
-    entry = registry.entry(kind, name)
-    cfg_cls = entry.config_cls
+    try:  # the Config lives in the module's file: a broken plugin is one problem, not a crash
+        cfg_cls = registry.entry(kind, name).config_cls
+    except RegistryError as e:
+        problems.append(Problem(path, e.message))
+        return None
     listing = f"{LIST_COMMAND[kind]} {name}"
     options = validate_options(cfg_cls, opts, path, listing, problems) if cfg_cls else None
     if cfg_cls is None and opts:
@@ -300,7 +291,11 @@ def _modules_list(
     if value is None:
         return []
     if not isinstance(value, dict):
-        problems.append(Problem(f"{path}.{key}", f"expected a list of module names, got {value!r}"))
+        names = [_item_name(v) for v in (value if isinstance(value, list) else [])]
+        twice = sorted({str(n) for n in names if names.count(n) > 1})
+        msg = (f"{', '.join(map(repr, twice))} listed twice; a module appears once per component"
+               if twice else f"expected a list of module names, got {value!r}")
+        problems.append(Problem(f"{path}.{key}", msg))
         return []
     specs = []
     for name, opts in value.items():
@@ -328,7 +323,8 @@ def _stack(
 ) -> StackSpec:
     for key in section:
         if key not in STACK_KEYS:
-            problems.append(Problem(f"{path}.{key}", f"unknown key; a stream has {STACK_KEYS}"))
+            keys = ", ".join(STACK_KEYS)
+            problems.append(Problem(f"{path}.{key}", f"unknown key; a stream has {keys}"))
     if not section.get("embedding"):
         problems.append(Problem(f"{path}.embedding", "missing: name at least one embedding"))
     return StackSpec(
@@ -376,13 +372,14 @@ def build_recipe(
     overrides: list[str] | None = None,
 ) -> Recipe:
     """Normalise, apply overrides, validate everything; raise one ConfigError with all problems."""
-    raw = normalise(apply_overrides(normalise(raw), overrides or []))
     problems: list[Problem] = []
+    raw = normalise(apply_overrides(normalise(raw), overrides or [], problems))
     for key in raw:
         if key not in SECTIONS:
             guess = closest(str(key), list(SECTIONS))
             hint = f"; did you mean {guess!r}?" if guess else ""
-            problems.append(Problem(str(key), f"unknown section{hint} (sections: {SECTIONS})"))
+            sections = ", ".join(SECTIONS)
+            problems.append(Problem(str(key), f"unknown section{hint} (sections: {sections})"))
     model_sec = raw.get("model")
     if not isinstance(model_sec, dict):
         problems.append(Problem("model", "missing: the model section names the modules"))

@@ -68,7 +68,8 @@ def tp_register_tokenizers(register: Callable[[str, Any], None]) -> None:
     ``base_dir`` (the recipe folder), ``encode_batch(texts) -> list[list[int]]``,
     ``decode(ids) -> str``, ``vocab_size``, ``special_ids`` (``pad``, ``cls``, ``sep``, ``mask``,
     ``unk`` where they exist), ``fingerprint()`` (a stable hash of the vocabulary, stored in every
-    dataset so a mismatch is caught) and ``save(dir)``.
+    dataset so a mismatch is caught), ``save(dir)`` and the classmethod ``from_saved(dir)``
+    (checkpoints store the tokenizer with ``save`` and rebuild it with ``from_saved``).
     """
 
 
@@ -79,10 +80,12 @@ def tp_register_processors(register: Callable[[str, Any], None]) -> None:
     A processor decides how a corpus is read at preprocess time and how training examples are
     built from the stored tokens at load time. ``cls`` implements ``tpcli.data.Processor``:
     ``Config`` (pydantic), ``corpus_format`` (``"sentences"``: one sentence per line, blank line
-    between documents; or ``"documents"``: one document per line), and
-    ``dataset(store, tokenizer_specials, seq_length, seed) -> torch Dataset`` yielding dicts of
-    tensors (``input_ids``, ``segment_ids``, ``attention_mask``, and each target's labels).
-    Masking is done there, dynamically, from the seed, the epoch and the index.
+    between documents; or ``"documents"``: one document per line), ``cls(config)``, and
+    ``dataset(store, tokenizer, seed)`` (``store`` a ``tpcli.data.format.Reader``) returning a
+    map-style torch Dataset (subclass ``tpcli.data.dataset.ExampleDataset``) whose items are
+    unpadded dicts of tensors (``input_ids``, ``segment_ids``, and each target's labels) and
+    whose ``collate`` pads them and adds ``attention_mask``. Masking is done there,
+    dynamically, from the seed, the epoch (``set_epoch``) and the index.
     """
 
 

@@ -83,6 +83,9 @@ class Tokenizer(Protocol):
 
     def save(self, directory: str) -> None: ...
 
+    @classmethod
+    def from_saved(cls, directory: str) -> "Tokenizer": ...
+
 
 def options_of(cls: Any) -> list[dict[str, Any]]:
     """Each option of a module's Config: name, type, default, description (for `tp modules`)."""

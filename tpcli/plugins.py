@@ -18,6 +18,7 @@ from typing import Any
 import pluggy
 
 from tpcli import hookspecs
+from tpcli.errors import RegistryError
 from tpcli.registry import Registry
 
 GROUP = "tp"
@@ -57,7 +58,11 @@ def _selected(names: list[str]) -> set[str] | None:
     raw = os.environ.get("TP_LOAD_PLUGINS")
     if raw is None:
         return None
-    return {n.strip() for n in raw.split(",") if n.strip()}
+    chosen = {n.strip() for n in raw.split(",") if n.strip()}
+    for unknown in sorted(chosen - set(names)):  # a typo would otherwise silently load nothing
+        print(f"tp: warning: TP_LOAD_PLUGINS names {unknown!r}, which is not installed "
+              f"(installed: {', '.join(sorted(names)) or 'none'})", file=sys.stderr)
+    return chosen
 
 
 def _load_entry_points(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> None:
@@ -93,7 +98,14 @@ def _fill_registry(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> Re
                 registry.add(k, name, target, _info.name, _info.distribution)
                 _info.registered.append(f"{k}:{name}")
 
-            impl.function(register=register)
+            try:
+                impl.function(register=register)
+            except RegistryError:  # a clash or a malformed name: the user must choose
+                raise
+            except Exception as e:  # a buggy registration hook must not brick tp either
+                info.error = f"{hook_name}: {type(e).__name__}: {e}"
+                print(f"tp: warning: plugin '{info.name}' ({info.distribution}) failed in "
+                      f"{info.error}; what it registered before that is kept", file=sys.stderr)
     return registry
 
 

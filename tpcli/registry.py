@@ -119,5 +119,5 @@ def unknown_name_message(kind: str, name: Any, choices: list[str]) -> str:
     guess = closest(str(name), choices)
     if guess:
         msg += f"; did you mean {guess!r}?"
-    installed = ", ".join(choices) if choices else "none installed"
-    return f"{msg} (installed: {installed}; list them with `{LIST_COMMAND[kind]}`)"
+    installed = f"installed: {', '.join(choices)}" if choices else f"no {kind} is installed"
+    return f"{msg} ({installed}; list them with `{LIST_COMMAND[kind]}`)"

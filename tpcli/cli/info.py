@@ -52,7 +52,7 @@ def modules(
     from rich.table import Table
 
     from tpcli.config import ModelOptions, PretrainOptions
-    from tpcli.errors import TpError
+    from tpcli.errors import RegistryError, TpError
     from tpcli.plugins import get_plugins
     from tpcli.registry import KINDS, closest
 
@@ -80,10 +80,19 @@ def modules(
     for entry in reg.entries(kind):
         if entry.kind == "converter":
             continue
-        cfg = entry.config_cls
-        opts = ", ".join(f"{n}={f.default!r}" for n, f in (cfg.model_fields.items() if cfg else []))
-        table.add_row(entry.kind, entry.name, entry.plugin, opts, entry.summary)
-    console.print(table)
+        try:
+            cfg = entry.config_cls
+            summary = entry.summary
+        except RegistryError as e:  # one broken module must not hide the others
+            table.add_row(entry.kind, entry.name, entry.plugin, "", f"CANNOT IMPORT: {e.message}")
+            continue
+        opts = ", ".join(n if f.is_required() else f"{n}={f.default!r}"
+                         for n, f in (cfg.model_fields.items() if cfg else []))
+        table.add_row(entry.kind, entry.name, entry.plugin, opts, summary)
+    if table.row_count:
+        console.print(table)
+    else:
+        console.print(f"no {kind or 'module'} is installed (plugins: `tp plugins`)")
 
 
 def recipes() -> None:

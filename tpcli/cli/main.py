@@ -40,10 +40,24 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("TP_DEBUG") == "1"
 
 
+def _click_classes(name: str) -> tuple[type[BaseException], ...]:
+    """Click's exception `name` from every click that may be in play: typer >= 0.20 vendors its
+    own copy (typer._click), whose classes are not the installed click's."""
+    import importlib
+
+    found: list[type[BaseException]] = []
+    for mod_name in ("typer._click.exceptions", "typer.exceptions", "click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(mod_name), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and issubclass(cls, BaseException) and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tp` console script; returns the exit code."""
-    import click
-
     from tpcli.errors import TpError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -51,12 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command.main(args=argv, prog_name="tp", standalone_mode=False)
         return 0
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Abort:
+    except _click_classes("Exit") as e:
+        return int(getattr(e, "exit_code", 0) or 0)
+    except _click_classes("ClickException") as e:
+        e.show()  # type: ignore[attr-defined]
+        return int(getattr(e, "exit_code", 1))
+    except _click_classes("Abort"):
         print("aborted", file=sys.stderr)
         return 130
     except KeyboardInterrupt:

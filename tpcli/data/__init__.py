@@ -1,0 +1,46 @@
+"""Data: the memory-mapped dataset format, the preprocess driver, masking and the loader.
+
+This module holds the processor contract and the two builders every data path shares; it stays
+cheap to import (no torch).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+from tpcli.module import ModuleConfig
+
+if TYPE_CHECKING:
+    from tpcli.config import Recipe
+    from tpcli.data.format import Reader
+    from tpcli.module import Tokenizer
+    from tpcli.plugins import Plugins
+
+CorpusFormat = Literal["sentences", "documents"]
+
+
+class Processor(Protocol):
+    """What a registered data processor provides (see `tp_register_processors`).
+
+    Built as ``cls(config)``. ``corpus_format`` says how ``tp preprocess`` reads the corpus:
+    ``"sentences"`` (one sentence per line, blank line between documents) or ``"documents"``
+    (one document per line). ``dataset(store, tokenizer, seed)`` returns a map-style dataset
+    (see `tpcli.data.dataset.ExampleDataset`) over the stored tokens.
+    """
+
+    Config: ClassVar[type[ModuleConfig]]
+    corpus_format: ClassVar[CorpusFormat]
+
+    def dataset(self, store: "Reader", tokenizer: "Tokenizer", seed: int) -> Any: ...
+
+
+def build_tokenizer(recipe: "Recipe", plugins: "Plugins") -> Any:
+    """The recipe's tokenizer; its files resolve against the recipe folder."""
+    cls = plugins.registry.get("tokenizer", recipe.tokenizer.name)
+    return cls(recipe.tokenizer.options, recipe.base_dir)
+
+
+def build_processor(recipe: "Recipe", plugins: "Plugins") -> Any:
+    """The recipe's data processor, built from its validated options."""
+    cls = plugins.registry.get("processor", recipe.processor.name)
+    return cls(recipe.processor.options)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -117,7 +117,7 @@ def find_checkpoint(path: Path) -> Path:
 def read_weights(ckpt: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(ckpt / WEIGHTS))
-    except (SafetensorsError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{ckpt / WEIGHTS} is corrupt or unreadable: {e}",
                               hint="use an earlier checkpoint of the run") from e
 

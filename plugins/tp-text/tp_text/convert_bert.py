@@ -1,0 +1,158 @@
+"""BERT <-> tp: the key map and config translation for `transformers`' BERT.
+
+tp's BERT is the recipe `embedding: [word, pos, seg]`, `encoder: transformer`, `target: [mlm, sp]`.
+HF's BertForPreTraining stores q, k and v separately (tp fuses them) and keeps a second name for
+the tied decoder (`cls.predictions.decoder.weight`, the word embedding; `.decoder.bias`, the
+prediction bias), which tp does not duplicate. The headless BertModel (sentence-transformers
+checkpoints such as all-MiniLM-L6-v2) has the same body without the `bert.` prefix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tpcli.convert import Concat, Converter, Drop, Rename, Rule, Tied
+from tpcli.errors import TpError
+
+_LAYER = "encoder.layer.{i}."
+_TP_LAYER = "stack.encoder.layers.{i}."
+
+# HF hidden_act -> tp activation (and back: the first HF name of each)
+_ACT_FROM_HF = {
+    "gelu": "gelu", "relu": "relu", "silu": "silu", "swish": "silu",
+    "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+}
+_ACT_TO_HF = {"gelu": "gelu", "relu": "relu", "silu": "silu", "gelu_tanh": "gelu_new"}
+
+
+def _pair(hf: str, tp: str, optional: bool = False) -> list[Rule]:
+    """weight and bias of one Linear / LayerNorm."""
+    return [Rename(f"{hf}.{p}", f"{tp}.{p}", optional) for p in ("weight", "bias")]
+
+
+def body_rules(prefix: str) -> list[Rule]:
+    """Embeddings and encoder layers; `prefix` is "bert." in the pre-training model, "" headless."""
+    e, L = f"{prefix}embeddings.", f"{prefix}{_LAYER}"
+    rules: list[Rule] = [
+        Rename(f"{e}word_embeddings.weight", "stack.embedding.parts.word.embedding.weight"),
+        Rename(f"{e}position_embeddings.weight", "stack.embedding.parts.pos.embedding.weight"),
+        Rename(f"{e}token_type_embeddings.weight", "stack.embedding.parts.seg.embedding.weight"),
+        *_pair(f"{e}LayerNorm", "stack.embedding.norm"),
+        Drop(f"{e}position_ids"),  # a buffer that old checkpoints saved
+    ]
+    for p in ("weight", "bias"):
+        qkv = tuple(f"{L}attention.self.{n}.{p}" for n in ("query", "key", "value"))
+        rules.append(Concat(qkv, f"{_TP_LAYER}attn.qkv.{p}"))
+    rules += [
+        *_pair(f"{L}attention.output.dense", f"{_TP_LAYER}attn.out"),
+        *_pair(f"{L}attention.output.LayerNorm", f"{_TP_LAYER}attn_norm"),
+        *_pair(f"{L}intermediate.dense", f"{_TP_LAYER}ffn.fc1"),
+        *_pair(f"{L}output.dense", f"{_TP_LAYER}ffn.fc2"),
+        *_pair(f"{L}output.LayerNorm", f"{_TP_LAYER}ffn_norm"),
+    ]
+    return rules
+
+
+def pretraining_rules() -> list[Rule]:
+    """BertForPreTraining: body + pooler + MLM head + NSP head."""
+    return [
+        *body_rules("bert."),
+        *_pair("bert.pooler.dense", "targets.sp.pooler"),
+        *_pair("cls.seq_relationship", "targets.sp.classifier"),
+        *_pair("cls.predictions.transform.dense", "targets.mlm.dense"),
+        *_pair("cls.predictions.transform.LayerNorm", "targets.mlm.norm"),
+        Rename("cls.predictions.bias", "targets.mlm.bias"),
+        # after the renames: tp -> HF copies what they produced
+        Tied("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight"),
+        Tied("cls.predictions.decoder.bias", "cls.predictions.bias"),
+    ]
+
+
+def base_rules() -> list[Rule]:
+    """BertModel (headless): body; its pooler, when present, is the sp target's pooler."""
+    return [*body_rules(""), *_pair("pooler.dense", "targets.sp.pooler", optional=True)]
+
+
+def config_to_recipe(hf: dict[str, Any]) -> dict[str, Any]:
+    """HF BertConfig (config.json as a dict) -> the recipe's model section."""
+    act = hf.get("hidden_act", "gelu")
+    if act not in _ACT_FROM_HF:
+        raise TpError(f"BERT hidden_act {act!r} has no tp equivalent",
+                      hint=f"supported: {', '.join(_ACT_FROM_HF)}")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise TpError(f"BERT position_embedding_type {hf['position_embedding_type']!r} is not "
+                      "supported", hint="tp's pos embedding is learned absolute positions")
+    activation = _ACT_FROM_HF[act]
+    return {
+        "hidden_size": hf["hidden_size"],
+        "vocab_size": hf["vocab_size"],
+        "dropout": hf.get("hidden_dropout_prob", 0.1),
+        "norm_eps": hf.get("layer_norm_eps", 1e-12),
+        "init_std": hf.get("initializer_range", 0.02),
+        "embedding_norm": "layernorm",
+        "tie_weights": True,
+        "embedding": {
+            "word": {},
+            "pos": {"max_length": hf.get("max_position_embeddings", 512)},
+            "seg": {"types": hf.get("type_vocab_size", 2)},
+        },
+        "encoder": {
+            "name": "transformer",
+            "layers": hf["num_hidden_layers"],
+            "heads": hf["num_attention_heads"],
+            "ffn_size": hf["intermediate_size"],
+            "activation": activation,
+            "pre_norm": False,
+            "mask": "fully_visible",
+            "attention_dropout": hf.get("attention_probs_dropout_prob", 0.1),
+            "bias": True,
+        },
+        "target": {"mlm": {"activation": activation}, "sp": {}},
+    }
+
+
+def recipe_to_config(spec: Any, vocab_size: int) -> dict[str, Any]:
+    """A validated tpcli.config.ModelSpec of the BERT recipe -> HF BertConfig dict."""
+    stack = spec.stacks.get("")
+    if stack is None or stack.encoder is None or stack.encoder.name != "transformer":
+        raise TpError("the bert converter needs a single-stream model with a transformer encoder")
+    emb = {m.name: m.options for m in stack.embedding}
+    if set(emb) != {"word", "pos", "seg"}:
+        raise TpError(f"the bert converter needs embedding [word, pos, seg], not {list(emb)}")
+    enc = stack.encoder.options
+    if enc.pre_norm or enc.mask != "fully_visible" or not enc.bias:
+        raise TpError("the bert converter needs a post-norm, fully visible encoder with biases")
+    o = spec.options
+    if o.embedding_norm != "layernorm":
+        raise TpError("the bert converter needs model.embedding_norm=layernorm")
+    return {
+        "architectures": ["BertForPreTraining"],
+        "model_type": "bert",
+        "vocab_size": o.vocab_size or vocab_size,
+        "hidden_size": o.hidden_size,
+        "num_hidden_layers": enc.layers,
+        "num_attention_heads": enc.heads,
+        "intermediate_size": enc.ffn_size,
+        "hidden_act": _ACT_TO_HF[enc.activation],
+        "hidden_dropout_prob": o.dropout,
+        "attention_probs_dropout_prob": (
+            o.dropout if enc.attention_dropout is None else enc.attention_dropout
+        ),
+        "max_position_embeddings": emb["pos"].max_length,
+        "type_vocab_size": emb["seg"].types,
+        "initializer_range": o.init_std,
+        "layer_norm_eps": o.norm_eps,
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": True,
+    }
+
+
+CONVERTER = Converter(
+    name="bert",
+    hf_architecture="BertForPreTraining",
+    rules=pretraining_rules(),
+    config_to_recipe=config_to_recipe,
+    recipe_to_config=recipe_to_config,
+    base_architecture="BertModel",
+    base_rules=base_rules(),
+)

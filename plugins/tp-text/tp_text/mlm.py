@@ -1,0 +1,84 @@
+"""Masked language model target (BERT): predict the original token at each masked position.
+
+    hidden -> dense (H, H) -> activation -> LayerNorm -> decoder (V, H) (tied to the word
+    embedding) + bias (V) -> cross-entropy against `mlm_labels` (-100 = not masked)
+
+Only ~15% of the positions are masked, and the vocabulary projection is the largest matmul of
+the model, so training gathers the masked rows first and projects only those.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from tpcli.errors import TpError
+from tpcli.layers.ffn import Activation, make_activation
+from tpcli.module import BuildContext, Features, TargetConfig, TargetOutput
+
+IGNORE = -100  # label of a position that is not predicted
+
+
+class MlmTarget(nn.Module):
+    """Masked language modelling (BERT's MLM head); metrics `acc` and `count` over masked tokens."""
+
+    class Config(TargetConfig):
+        activation: Activation = Field("gelu", description="activation of the transform layer")
+
+    def __init__(self, config: Config, ctx: BuildContext) -> None:
+        super().__init__()
+        self.config = config
+        h, v = ctx.hidden_size, ctx.vocab_size
+        self.dense = nn.Linear(h, h)
+        self.act = make_activation(config.activation)
+        self.norm = nn.LayerNorm(h, eps=ctx.norm_eps)
+        # own output matrix only while untied; tie_weights() drops it so no key is duplicated
+        self.decoder: nn.Linear | None = nn.Linear(h, v, bias=False)
+        self.bias = nn.Parameter(torch.zeros(v))
+        self._get_weight: Callable[[], torch.Tensor] | None = None
+
+    def tie_weights(self, get_weight: Callable[[], torch.Tensor]) -> None:
+        """Use the word embedding (V, H), read at forward time, as the output matrix."""
+        self.decoder = None
+        self._get_weight = get_weight
+
+    def _weight(self) -> torch.Tensor:
+        if self._get_weight is not None:
+            return self._get_weight()
+        assert self.decoder is not None  # one of the two is always set
+        return self.decoder.weight
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., H) -> (..., V)."""
+        x = self.norm(self.act(self.dense(hidden)))
+        return F.linear(x, self._weight(), self.bias)
+
+    def forward(self, features: Features, batch: dict[str, torch.Tensor]) -> TargetOutput:
+        labels = batch.get("mlm_labels")
+        if labels is None or features.hidden is None:
+            raise TpError(
+                "target mlm needs `mlm_labels` in the batch and hidden states from the encoder",
+                hint="use a data processor that masks tokens (e.g. `bert` or `mlm`)",
+            )
+        hidden = features.hidden  # (B, T, H)
+        flat_labels = labels.reshape(-1)  # (B*T,)
+        rows = (flat_labels != IGNORE).nonzero().squeeze(1)  # (N,) masked positions
+        targets = flat_labels.index_select(0, rows)  # (N,)
+        logits = self.logits(hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows))  # (N, V)
+        n = targets.numel()
+        # a batch without masked tokens gives loss 0 (still connected to the graph), not NaN
+        loss = F.cross_entropy(logits.float(), targets, reduction="sum") / max(n, 1)
+        with torch.no_grad():
+            correct = (logits.argmax(dim=-1) == targets).sum().float()
+            count = torch.tensor(float(n), device=hidden.device)
+            acc = correct / count.clamp(min=1.0)
+        return TargetOutput(loss, {"acc": acc, "count": count})
+
+    def predict(self, features: Features, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if features.hidden is None:
+            raise TpError("target mlm needs hidden states from the encoder")
+        return self.logits(features.hidden)  # (B, T, V)

@@ -1,0 +1,204 @@
+"""A declarative key map between two state-dict layouts (Hugging Face <-> tp), both directions.
+
+A converter is a list of rules; each rule names keys on both sides, so the same list converts
+either way. Patterns are literal keys where `{i}` stands for a layer number::
+
+    Rename("bert.encoder.layer.{i}.output.dense.weight", "stack.encoder.layers.{i}.ffn.fc2.weight")
+    Concat(("...query.weight", "...key.weight", "...value.weight"), "...attn.qkv.weight")
+    Tied("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight")
+    Drop("bert.embeddings.position_ids")
+
+Conversion is strict: every source key must be consumed by a rule (or named in `ignore`), every
+required rule must find its keys, and when the caller knows the keys the result must have
+(`expected`), both the missing and the unexpected ones are reported, by name, in one error.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Literal, Mapping, Protocol
+
+import torch
+
+from tpcli.errors import CheckpointError
+
+Direction = Literal["hf_to_tp", "tp_to_hf"]
+DIRECTIONS: tuple[str, ...] = ("hf_to_tp", "tp_to_hf")
+StateDict = dict[str, torch.Tensor]
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    return re.compile(re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)"))
+
+
+def _matches(pattern: str, keys: Iterable[str]) -> list[tuple[str, dict[str, str]]]:
+    """(key, placeholders) for each key the pattern matches fully, in layer order."""
+    rx = _compile(pattern)
+    found = [(k, m.groupdict()) for k in keys if (m := rx.fullmatch(k))]
+    return sorted(found, key=lambda kv: int(kv[1].get("i", -1)))
+
+
+@dataclass
+class _Run:
+    """The state of one conversion: the source, what has been used, what has been made."""
+
+    src: Mapping[str, torch.Tensor]
+    direction: Direction
+    out: StateDict = field(default_factory=dict)
+    consumed: set[str] = field(default_factory=set)
+    missing: list[str] = field(default_factory=list)
+
+    def take(self, key: str) -> torch.Tensor:
+        if key in self.consumed:
+            raise ValueError(f"key {key!r} is matched by two rules of the key map")
+        self.consumed.add(key)
+        return self.src[key]
+
+    def put(self, key: str, value: torch.Tensor) -> None:
+        if key in self.out:
+            raise ValueError(f"key {key!r} is produced by two rules of the key map")
+        self.out[key] = value
+
+
+class Rule(Protocol):
+    def apply(self, run: _Run) -> None: ...
+
+
+@dataclass(frozen=True)
+class Rename:
+    """One tensor, renamed. `optional`: the source may lack it (e.g. a pooler)."""
+
+    hf: str
+    tp: str
+    optional: bool = False
+
+    def apply(self, run: _Run) -> None:
+        src, dst = (self.hf, self.tp) if run.direction == "hf_to_tp" else (self.tp, self.hf)
+        found = _matches(src, run.src)
+        if not found and not self.optional:
+            run.missing.append(src)
+        for key, groups in found:
+            run.put(dst.format(**groups), run.take(key))
+
+
+@dataclass(frozen=True)
+class Concat:
+    """Several HF tensors <-> one tp tensor, concatenated along `dim` (fused q, k, v).
+
+    tp -> HF splits into `len(hf)` equal parts; the parts are copies, so the result can be saved
+    without shared storage."""
+
+    hf: tuple[str, ...]
+    tp: str
+    dim: int = 0
+    optional: bool = False
+
+    def apply(self, run: _Run) -> None:
+        if run.direction == "hf_to_tp":
+            found = _matches(self.hf[0], run.src)
+            for _, groups in found:
+                names = [p.format(**groups) for p in self.hf]
+                absent = [n for n in names if n not in run.src]
+                if absent:
+                    run.missing.extend(absent)
+                    continue
+                run.put(self.tp.format(**groups), torch.cat([run.take(n) for n in names], self.dim))
+        else:
+            found = _matches(self.tp, run.src)
+            for key, groups in found:
+                parts = run.take(key).chunk(len(self.hf), dim=self.dim)
+                for pattern, part in zip(self.hf, parts):
+                    run.put(pattern.format(**groups), part.clone())
+        if not found and not self.optional:
+            run.missing.append(self.hf[0] if run.direction == "hf_to_tp" else self.tp)
+
+
+@dataclass(frozen=True)
+class Tied:
+    """An HF key that holds the same tensor as another HF key (BERT's decoder = word embedding).
+
+    HF -> tp: consumed if present, after checking it really equals `same_as` (tp keeps one copy,
+    so an untied checkpoint would silently lose weights). tp -> HF: emitted as `same_as`'s
+    tensor; put it after the rule that makes `same_as`."""
+
+    hf: str
+    same_as: str
+
+    def apply(self, run: _Run) -> None:
+        if run.direction == "hf_to_tp":
+            if self.hf in run.src:
+                value = run.take(self.hf)
+                other = run.src.get(self.same_as)
+                if other is not None and not torch.equal(value, other):
+                    raise CheckpointError(
+                        f"{self.hf} differs from {self.same_as}: the checkpoint's weights are not "
+                        "tied, and tp's model shares one tensor for both",
+                        hint="set model.tie_weights=false and use a converter that maps both",
+                    )
+            return
+        if self.same_as not in run.out:
+            run.missing.append(self.same_as)
+            return
+        run.put(self.hf, run.out[self.same_as])
+
+
+@dataclass(frozen=True)
+class Drop:
+    """HF keys tp has no use for (e.g. the `position_ids` buffer of old checkpoints)."""
+
+    hf: str
+
+    def apply(self, run: _Run) -> None:
+        if run.direction == "hf_to_tp":
+            for key, _ in _matches(self.hf, run.src):
+                run.take(key)
+
+
+def _listing(keys: Iterable[str], limit: int = 20) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def convert(
+    state_dict: Mapping[str, torch.Tensor],
+    rules: Iterable[Rule],
+    direction: Direction,
+    *,
+    ignore: Iterable[str] = (),
+    expected: Iterable[str] | None = None,
+) -> StateDict:
+    """Apply `rules` to `state_dict` in `direction`; strict (see the module docstring).
+
+    ignore: glob patterns (`pooler.*`) of source keys deliberately left out (not converted).
+    expected: the keys the result must have (e.g. a model's `state_dict().keys()`).
+    Raises CheckpointError naming every unconsumed, missing and unexpected key."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
+    patterns = list(ignore)
+    kept = {k: v for k, v in state_dict.items()
+            if not any(fnmatch.fnmatchcase(k, p) for p in patterns)}
+    run = _Run(kept, direction)
+    for rule in rules:
+        rule.apply(run)
+    problems = []
+    unconsumed = set(kept) - run.consumed
+    if unconsumed:
+        problems.append(f"keys no rule converts: {_listing(unconsumed)}")
+    if run.missing:
+        problems.append(f"keys the source lacks: {_listing(set(run.missing))}")
+    if expected is not None:
+        want = set(expected)
+        if want - set(run.out):
+            problems.append(f"keys the result lacks: {_listing(want - set(run.out))}")
+        if set(run.out) - want:
+            problems.append(f"keys the result should not have: {_listing(set(run.out) - want)}")
+    if problems:
+        side = "Hugging Face" if direction == "hf_to_tp" else "tp"
+        raise CheckpointError(
+            f"cannot convert this {side} state dict ({direction}):\n  - " + "\n  - ".join(problems),
+            hint="is it the architecture the converter expects (e.g. a headless model: base=True)?",
+        )
+    return run.out

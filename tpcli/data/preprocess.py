@@ -1,0 +1,222 @@
+"""`tp preprocess`: stream a text corpus through the recipe's tokenizer into a dataset folder.
+
+The corpus (a local path or any fsspec URL; `.gz`, `.bz2`, ... are decompressed by extension) is
+read line by line in the processor's `corpus_format`, tokenized in large batches (the `tokenizers`
+library spreads a batch over all cores) and streamed into `tpcli.data.format.Writer`, so memory
+stays flat however large the corpus. Every failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator
+
+from tpcli.data import build_processor, build_tokenizer
+from tpcli.data.format import Writer
+from tpcli.errors import DataError, PluginError
+from tpcli.verbs import PreprocessRequest
+
+BATCH_LINES = 8192  # lines per encode_batch call: large enough to keep every core busy
+BATCH_CHARS = 4_000_000  # ...but bounded in characters, for corpora of very long lines
+FORMATS = ("sentences", "documents")
+
+
+CORPUS_HINT = "give a text file path or an fsspec URL (file://, memory://, s3://, ...)"
+
+
+def check_corpus(corpus: str) -> None:
+    """DataError unless the corpus exists and is a file."""
+    from fsspec.core import url_to_fs
+
+    hint = CORPUS_HINT
+    try:
+        fs, path = url_to_fs(corpus)
+        exists = fs.exists(path)
+        is_dir = exists and fs.isdir(path)
+    except (ImportError, ValueError, OSError) as e:
+        raise DataError(f"cannot open corpus {corpus}: {e}", hint=hint) from e
+    if not exists:
+        raise DataError(f"corpus {corpus} not found", hint=hint)
+    if is_dir:
+        raise DataError(f"corpus {corpus} is a folder, not a text file", hint=hint)
+
+
+@contextmanager
+def open_corpus(corpus: str) -> Iterator[IO[bytes]]:
+    """The corpus as a binary stream, decompressed by extension (.gz, .bz2, .xz, ...)."""
+    import fsspec
+
+    hint = CORPUS_HINT
+    check_corpus(corpus)
+    try:
+        opened = fsspec.open(corpus, "rb", compression="infer").open()
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot open corpus {corpus}: {e}", hint=hint) from e
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def _raw_lines(f: IO[bytes], corpus: str) -> Iterator[bytes]:
+    """The lines of `f`; a read failure (a corrupt or truncated .gz) is a DataError."""
+    it = iter(f)
+    while True:
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+        except (OSError, EOFError) as e:
+            raise DataError(f"cannot read corpus {corpus}: {e}",
+                            hint="check the file; a compressed corpus may be truncated") from e
+
+
+def decoded_lines(f: IO[bytes], corpus: str) -> Iterator[str]:
+    """UTF-8 lines without their line break; undecodable bytes are reported by line and offset."""
+    offset = 0
+    for number, raw in enumerate(_raw_lines(f, corpus), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"corpus {corpus} is not valid UTF-8: line {number}, byte offset "
+                f"{offset + e.start}: {e.reason} (byte 0x{raw[e.start]:02x})",
+                hint="re-encode the corpus as UTF-8, e.g. `iconv -f LATIN1 -t UTF-8 in > out`",
+            ) from None
+        if number == 1 and line.startswith("\ufeff"):
+            line = line[1:]  # a UTF-8 byte-order mark is not text
+        offset += len(raw)
+        yield line.rstrip("\r\n")
+
+
+def documents(lines: Iterable[str], corpus_format: str) -> Iterator[list[str]]:
+    """Documents as lists of lines: `sentences` ends a document at a blank line, `documents` is
+    one document per (non-blank) line."""
+    if corpus_format == "documents":
+        for line in lines:
+            if line.strip():
+                yield [line]
+        return
+    doc: list[str] = []
+    for line in lines:
+        if line.strip():
+            doc.append(line)
+        elif doc:
+            yield doc
+            doc = []
+    if doc:
+        yield doc
+
+
+def batches(docs: Iterable[list[str]]) -> Iterator[list[list[str]]]:
+    """Whole documents grouped into batches of about BATCH_LINES lines / BATCH_CHARS characters."""
+    batch: list[list[str]] = []
+    lines = chars = 0
+    for doc in docs:
+        batch.append(doc)
+        lines += len(doc)
+        chars += sum(len(s) for s in doc)
+        if lines >= BATCH_LINES or chars >= BATCH_CHARS:
+            yield batch
+            batch, lines, chars = [], 0, 0
+    if batch:
+        yield batch
+
+
+def _meta(request: PreprocessRequest, recipe: Any, tokenizer: Any, fmt: str) -> dict[str, Any]:
+    def dump(options: Any) -> dict[str, Any]:
+        return options.model_dump(mode="json") if options is not None else {}
+
+    return {
+        "tokenizer": {"name": recipe.tokenizer.name, "options": dump(recipe.tokenizer.options),
+                      "fingerprint": tokenizer.fingerprint(), "special_ids": tokenizer.special_ids},
+        "processor": {"name": recipe.processor.name, "options": dump(recipe.processor.options),
+                      "corpus_format": fmt},
+        "recipe": recipe.name,
+        "corpus": str(request.corpus),
+    }
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Any]:
+    """A live rich progress line on an interactive stderr; a no-op otherwise."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        yield progress
+
+
+def run_preprocess(request: PreprocessRequest) -> dict[str, Any]:
+    """Tokenize `request.corpus` into a new dataset folder `request.out`; return a summary."""
+    from tpcli.plugins import get_plugins
+    from tpcli.recipes import load_recipe
+
+    start = time.perf_counter()
+    if request.workers > 0:  # read by the tokenizers thread pool when it first starts
+        os.environ["RAYON_NUM_THREADS"] = str(request.workers)
+    out = Path(request.out)
+    # The cheap checks first: a typo in a path should not wait for the recipe's imports.
+    if out.exists():
+        raise DataError(f"output {out} already exists", hint="choose another --out or delete it")
+    check_corpus(request.corpus)
+    plugins = request.plugins or get_plugins()
+    recipe = load_recipe(request.recipe, request.overrides, plugins)
+    tokenizer = build_tokenizer(recipe, plugins)
+    processor = build_processor(recipe, plugins)
+    fmt = getattr(processor, "corpus_format", None)
+    if fmt not in FORMATS:
+        raise PluginError(f"processor {recipe.processor.name!r} has corpus_format {fmt!r}; "
+                          f"it must be one of {FORMATS}")
+    meta = _meta(request, recipe, tokenizer, fmt)
+    setup_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    with open_corpus(request.corpus) as f, _progress(sys.stderr.isatty()) as progress, \
+            Writer(out, tokenizer.vocab_size, meta, request.shard_tokens) as writer:
+        task = progress.add_task("tokenizing", total=None) if progress else None
+
+        def write(batch: list[list[str]], encoded: Future[list[list[int]]]) -> None:
+            ids, k = encoded.result(), 0
+            for doc in batch:
+                writer.append_document(ids[k:k + len(doc)])
+                k += len(doc)
+            if progress is not None:
+                c = writer.counts
+                progress.update(task, description=f"tokenizing: {c['documents']:,} documents, "
+                                f"{c['tokens']:,} tokens")
+
+        # Double buffering: while `tokenizers` encodes batch k (in Rust, without the GIL), this
+        # thread writes batch k-1 and reads batch k+1.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending: tuple[list[list[str]], Future[list[list[int]]]] | None = None
+            for batch in batches(documents(decoded_lines(f, request.corpus), fmt)):
+                encoded = pool.submit(tokenizer.encode_batch, [s for doc in batch for s in doc])
+                if pending is not None:
+                    write(*pending)
+                pending = (batch, encoded)
+            if pending is not None:
+                write(*pending)
+        if writer.counts["tokens"] == 0:
+            raise DataError(f"corpus {request.corpus} is empty: it holds no tokens",
+                            hint="check the file, and that its lines are text")
+        done = writer.finish()
+    seconds = time.perf_counter() - start
+    return {
+        "documents": done["documents"],
+        "sequences": done["sequences"],
+        "tokens": done["tokens"],
+        "shards": len(done["shards"]),
+        "out": str(out),
+        "seconds": round(seconds, 3),  # the pass over the corpus: read, tokenize, write
+        "setup_seconds": round(setup_seconds, 3),  # recipe, plugins and tokenizer loading
+        "tokens_per_s": round(done["tokens"] / max(seconds, 1e-9), 1),
+    }

@@ -1,0 +1,45 @@
+"""Boolean attention masks for `torch.nn.functional.scaled_dot_product_attention`.
+
+SDPA's boolean convention: True = this query may attend to this key. A query row whose keys are
+all False makes the softmax divide 0 by 0 (NaN), and one NaN poisons the whole batch through the
+next matmul; such rows (a sequence that is all padding, or a left-padded position under a causal
+mask) are opened to every key instead. Their outputs are meaningless but finite, and every
+consumer ignores them because they sit at padded positions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> torch.Tensor:
+    """(Tq, Tk) bool, True on and below the diagonal (aligned at the end when Tq < Tk)."""
+    return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(diagonal=t_k - t_q)
+
+
+def attention_mask(
+    key_mask: torch.Tensor | None,
+    causal: bool = False,
+    t_q: int | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor | None:
+    """The SDPA mask from a padding mask and a causal flag, or None when nothing is masked.
+
+    key_mask: (B, Tk), True/1 = real token (None: no padding). t_q: query length (default Tk).
+    Returns (B, 1, 1, Tk) for padding only (broadcast over heads and queries), (Tq, Tk) for causal
+    only, (B, 1, Tq, Tk) for both; None when neither applies.
+    """
+    if not causal:
+        if key_mask is None:
+            return None
+        mask = key_mask.bool()[:, None, None, :]  # (B, 1, 1, Tk)
+    else:
+        if key_mask is None:
+            if t_q is None:
+                raise ValueError("a causal mask without a padding mask needs t_q")
+            return causal_mask(t_q, t_q, device)  # (T, T): each row keeps its diagonal
+        t_k = key_mask.shape[1]
+        tri = causal_mask(t_k if t_q is None else t_q, t_k, key_mask.device)
+        mask = tri[None, None] & key_mask.bool()[:, None, None, :]  # (B, 1, Tq, Tk)
+    # open the rows with no visible key (see the module docstring)
+    return mask | ~mask.any(dim=-1, keepdim=True)

@@ -1,0 +1,57 @@
+"""The option sections of a recipe that are not modules: model-wide options and `pretrain`.
+
+Each is a strict pydantic model, like a module's Config: it feeds validation and
+`tp modules model` / `tp modules pretrain`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelOptions(_Strict):
+    """Model-wide options (the rest of the model section names modules)."""
+
+    hidden_size: int = Field(768, gt=0, description="width of embeddings and hidden states")
+    vocab_size: int | None = Field(None, gt=0, description="default: the tokenizer's vocabulary")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout used by every module")
+    norm_eps: float = Field(1e-12, gt=0.0, description="epsilon of every normalisation layer")
+    init_std: float = Field(0.02, gt=0.0, description="std of the normal weight initialisation")
+    embedding_norm: Literal["layernorm", "rmsnorm", "none"] = Field(
+        "layernorm", description="normalisation after the embeddings are summed"
+    )
+    tie_weights: bool = Field(True, description="share the word embedding with output layers")
+    tie_streams: bool = Field(False, description="dual stream: stream_1 reuses stream_0's weights")
+
+
+class PretrainOptions(_Strict):
+    """The `pretrain` section: optimisation, precision, checkpoints, logging."""
+
+    steps: int = Field(1000, gt=0, description="optimizer steps to train for")
+    batch_size: int = Field(32, gt=0, description="examples per optimizer step (all micro-batches)")
+    grad_accum: int = Field(1, gt=0, description="micro-batches accumulated per optimizer step")
+    lr: float = Field(1e-4, gt=0.0, description="peak learning rate")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW decoupled weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    adam_eps: float = Field(1e-6, gt=0.0, description="AdamW epsilon")
+    warmup_ratio: float = Field(0.01, ge=0.0, le=1.0, description="warm-up as a share of steps")
+    warmup_steps: int | None = Field(None, ge=0, description="warm-up steps (wins over the ratio)")
+    schedule: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="decay after warm-up"
+    )
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr as a share of lr")
+    grad_clip: float = Field(1.0, ge=0.0, description="max global grad norm (0: no clipping)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision")
+    seed: int = Field(7, description="seed of initialisation, data order and masking")
+    log_every: int = Field(10, gt=0, description="steps between log lines")
+    save_every: int = Field(500, gt=0, description="steps between checkpoints")
+    keep_last: int = Field(3, gt=0, description="checkpoints kept on disk")
+    num_workers: int = Field(0, ge=0, description="data loader worker processes")
+    compile: bool = Field(False, description="wrap the model in torch.compile")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
