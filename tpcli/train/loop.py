@@ -112,6 +112,8 @@ def train(s: Setup) -> dict[str, Any]:
     model = s.model.to(device)
     optimizer = make_optimizer(model, opts)
     scheduler = make_scheduler(optimizer, opts)
+    # measured before the RNG state is restored: it draws random matrices
+    meter = FlopMeter(peak_flops(device, opts.precision))
     pos = DataPosition()
     if s.trainer_state is not None:
         optimizer.load_state_dict(s.trainer_state["optimizer"])
@@ -131,7 +133,6 @@ def train(s: Setup) -> dict[str, Any]:
         "params": sum(p.numel() for p in model.parameters()), "recipe": s.recipe.raw,
         "progress": s.progress,
     })
-    meter = FlopMeter(peak_flops(device, opts.precision))
     model.train()
     window_loss = torch.zeros((), device=device)
     sums: dict[str, torch.Tensor] = {}
