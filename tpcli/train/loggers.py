@@ -29,7 +29,7 @@ _s = _State()
 
 
 def _fmt_metrics(metrics: dict[str, float]) -> str:
-    keys = ["loss"] + sorted(k for k in metrics if "." in k) + ["lr", "tokens_per_s", "mfu"]
+    keys = ["loss"] + sorted(k for k in metrics if "." in k and not k.endswith(".count")) + ["lr", "tokens_per_s", "mfu"]
     parts = []
     for k in keys:
         if k not in metrics:
@@ -53,7 +53,7 @@ def tp_on_train_start(run: dict[str, Any]) -> None:
     out = Path(run["out"])
     _s.jsonl = open(out / "metrics.jsonl", "a", encoding="utf-8")
     _s.steps, _s.start, _s.t0 = run["steps"], run["start_step"], time.perf_counter()
-    _s.console = Console(stderr=True)
+    _s.console = Console(stderr=True, soft_wrap=True)  # one line per log step, never wrapped
     verb = "resuming at step" if run["start_step"] else "training from step"
     _s.console.print(f"tp: {verb} {run['start_step']} to {run['steps']}, "
                      f"{run['params']:,} parameters, run folder {out}", highlight=False)
