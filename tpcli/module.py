@@ -6,7 +6,7 @@ Plugins import from here; tp's core never imports a plugin.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -95,7 +95,10 @@ def options_of(cls: Any) -> list[dict[str, Any]]:
     out = []
     for name, f in cfg.model_fields.items():
         ann = f.annotation
-        type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        if get_origin(ann) is Literal:  # show the allowed values, not just "Literal"
+            type_name = " | ".join(repr(a) for a in get_args(ann))
+        else:
+            type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
         default = "(required)" if f.is_required() else f.default
         out.append(
             {"name": name, "type": type_name, "default": default, "description": f.description or ""}
