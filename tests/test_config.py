@@ -101,12 +101,10 @@ def test_the_paper_json_reads_as_yaml_and_json(registry: Registry) -> None:
 
 def test_t5_block_names_what_is_not_installed(registry: Registry) -> None:
     problems = problems_of(recipe(T5), registry)
-    assert set(problems) == {"model.decoder", "model.target.lm"}  # word and the encoder are fine
+    assert set(problems) == {"model.decoder"}  # word, the encoder and lm are fine
     assert "unknown decoder 'transformer'" in problems["model.decoder"]
     assert "no decoder is installed" in problems["model.decoder"]
     assert "`tp modules decoder`" in problems["model.decoder"]
-    assert "unknown target 'lm'" in problems["model.target.lm"]
-    assert "installed: mlm, sp" in problems["model.target.lm"]
 
 
 def test_vilt_block_names_patch_word_and_cls(registry: Registry) -> None:
@@ -115,6 +113,7 @@ def test_vilt_block_names_patch_word_and_cls(registry: Registry) -> None:
     assert "unknown embedding 'patch_word'" in problems["model.embedding.patch_word"]
     assert "installed: pos, seg, word" in problems["model.embedding.patch_word"]
     assert "unknown target 'cls'" in problems["model.target.cls"]
+    assert "installed: lm, mlm, sp" in problems["model.target.cls"]
 
 
 def test_clip_block_streams_are_valid_modules_are_missing(registry: Registry) -> None:

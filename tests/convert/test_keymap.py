@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tpcli.convert.keymap import Concat, Drop, Rename, Tied, convert
+from tpcli.convert.keymap import Concat, Drop, Rename, Tied, Transpose, convert
 from tpcli.errors import CheckpointError
 
 RULES = [
@@ -70,3 +70,18 @@ def test_untied_source_is_refused() -> None:
     hf["decoder.weight"] = hf["emb.weight"] + 1
     with pytest.raises(CheckpointError, match="not tied"):
         convert(hf, RULES, "hf_to_tp")
+
+
+def test_transpose_both_ways_and_2d_only() -> None:
+    """Conv1D (in, out) <-> Linear (out, in): transposed, contiguous, bit-identical round trip."""
+    rules = [Transpose("h.{i}.c_fc.weight", "layers.{i}.fc1.weight")]
+    w = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))  # (in, out)
+    tp = convert({"h.0.c_fc.weight": w}, rules, "hf_to_tp")
+    assert tp["layers.0.fc1.weight"].shape == (5, 3) and tp["layers.0.fc1.weight"].is_contiguous()
+    assert torch.equal(tp["layers.0.fc1.weight"], w.t())
+    back = convert(tp, rules, "tp_to_hf")
+    assert torch.equal(back["h.0.c_fc.weight"], w)
+    with pytest.raises(CheckpointError, match="keys the source lacks: h.{i}.c_fc.weight"):
+        convert({}, rules, "hf_to_tp")
+    with pytest.raises(CheckpointError, match="Transpose needs 2-D"):
+        convert({"h.0.c_fc.weight": torch.zeros(3)}, rules, "hf_to_tp")

@@ -11,10 +11,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from tpcli.convert.keymap import Concat, Drop, Rename, Rule, StateDict, Tied, convert
+from tpcli.convert.keymap import (Concat, Drop, Rename, Rule, StateDict, Tied, Transpose,
+                                  convert)
 from tpcli.errors import TpError
 
-__all__ = ["Converter", "Concat", "Drop", "Rename", "Rule", "Tied", "convert"]
+__all__ = ["Converter", "Concat", "Drop", "Rename", "Rule", "Tied", "Transpose", "convert"]
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ either way. Patterns are literal keys where `{i}` stands for a layer number::
     Concat(("...query.weight", "...key.weight", "...value.weight"), "...attn.qkv.weight")
     Tied("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight")
     Drop("bert.embeddings.position_ids")
+    Transpose("h.{i}.mlp.c_fc.weight", "stack.encoder.layers.{i}.ffn.fc1.weight")  # Conv1D
 
 Conversion is strict: every source key must be consumed by a rule (or named in `ignore`), every
 required rule must find its keys, and when the caller knows the keys the result must have
@@ -81,6 +82,28 @@ class Rename:
             run.missing.append(src)
         for key, groups in found:
             run.put(dst.format(**groups), run.take(key))
+
+
+@dataclass(frozen=True)
+class Transpose:
+    """One 2-D tensor, renamed and transposed: GPT-2's Conv1D stores (in, out), tp's nn.Linear
+    (out, in). The result is a contiguous copy (savable); transposing twice is bit-identical."""
+
+    hf: str
+    tp: str
+    optional: bool = False
+
+    def apply(self, run: _Run) -> None:
+        src, dst = (self.hf, self.tp) if run.direction == "hf_to_tp" else (self.tp, self.hf)
+        found = _matches(src, run.src)
+        if not found and not self.optional:
+            run.missing.append(src)
+        for key, groups in found:
+            value = run.take(key)
+            if value.dim() != 2:
+                raise CheckpointError(f"{key} has shape {tuple(value.shape)}; Transpose needs 2-D",
+                                      hint="is the key map for this architecture?")
+            run.put(dst.format(**groups), value.t().contiguous())
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
     register("embedding", "seg", "tp_text.seg:SegEmbedding")
     register("target", "mlm", "tp_text.mlm:MlmTarget")
     register("target", "sp", "tp_text.sp:SpTarget")
+    register("target", "lm", "tp_text.lm:LmTarget")
 
 
 @hookimpl
@@ -30,3 +31,5 @@ def tp_register_processors(register: Callable[[str, Any], None]) -> None:
 @hookimpl
 def tp_register_converters(register: Callable[[str, Any], None]) -> None:
     register("bert", "tp_text.convert_bert:CONVERTER")
+    register("roberta", "tp_text.convert_roberta:CONVERTER")
+    register("gpt2", "tp_text.convert_gpt2:CONVERTER")

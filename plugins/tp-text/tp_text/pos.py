@@ -1,4 +1,4 @@
-"""Learned absolute position embedding (BERT, GPT-2)."""
+"""Learned absolute position embedding (BERT, GPT-2, RoBERTa)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,17 @@ from tpcli.module import BuildContext, ModuleConfig
 
 
 class PosEmbedding(nn.Module):
-    """Learned absolute positions: position_ids (or 0..T-1) -> (B, T, H)."""
+    """Learned absolute positions: position_ids (or offset + 0..T-1) -> (B, T, H)."""
 
     class Config(ModuleConfig):
-        max_length: int = Field(512, ge=1, description="longest sequence the model can read")
+        max_length: int = Field(
+            512, ge=1, description="rows of the position table (longest sequence + offset)")
+        offset: int = Field(
+            0, ge=0, description="row of the first position; rows below it are reserved "
+            "(HF RoBERTa: 2, its padding index + 1)")
+        padding_aware: bool = Field(
+            False, description="number only real tokens (attention_mask) and give padding the "
+            "row below `offset` (HF RoBERTa); false: every slot is numbered 0..T-1")
 
     def __init__(self, config: Config, ctx: BuildContext) -> None:
         super().__init__()
@@ -23,15 +30,22 @@ class PosEmbedding(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         position_ids = inputs.get("position_ids")
-        if position_ids is not None:
+        if position_ids is not None:  # explicit rows of the table, used as given
             return self.embedding(position_ids)  # (B, T, H)
         b, t = inputs["input_ids"].shape
-        if t > self.config.max_length:
+        off = self.config.offset
+        if t + off > self.config.max_length:
             raise TpError(
-                f"embedding pos: sequence length {t} is longer than max_length "
-                f"{self.config.max_length}",
+                f"embedding pos: sequence length {t} (+ offset {off}) is longer than "
+                f"max_length {self.config.max_length}",
                 hint="shorten the sequences (the processor's seq_length) or raise "
                 "model.embedding.pos.max_length (a new model then learns the extra positions)",
             )
-        # a broadcast view of the first T rows: no (B, T) index tensor, no gather
-        return self.embedding.weight[:t].unsqueeze(0).expand(b, t, -1)  # (B, T, H)
+        mask = inputs.get("attention_mask")
+        if self.config.padding_aware and mask is not None:
+            real = mask.long()  # (B, T)
+            # real tokens: offset + their rank among real tokens; padding: offset - 1 (>= 0)
+            rows = (torch.cumsum(real, dim=1) * real + (off - 1)).clamp(min=0)  # (B, T)
+            return self.embedding(rows)  # (B, T, H)
+        # a broadcast view of T consecutive rows: no (B, T) index tensor, no gather
+        return self.embedding.weight[off:off + t].unsqueeze(0).expand(b, t, -1)  # (B, T, H)

@@ -1,0 +1,154 @@
+"""tp's RoBERTa (the roberta-base recipe, shrunk) against Hugging Face `transformers`: MLM logits
+of a tiny random RobertaForMaskedLM with and without padding, the key map in both directions,
+the config translation, and two training steps of the recipe.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from pydoc_data.topics import topics
+
+from tpcli.config import build_recipe, read_recipe_file
+from tpcli.model import TpModel, build_model
+from tpcli.plugins import get_plugins
+from tpcli.recipes import resolve_recipe
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+from tp_text.convert_roberta import CONVERTER  # noqa: E402
+
+PAD = 1  # HF RoBERTa's pad_token_id: positions start at row PAD + 1
+HF_CONFIG = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=128, max_position_embeddings=34, type_vocab_size=1,
+                 hidden_act="gelu", layer_norm_eps=1e-5, pad_token_id=PAD)
+# the built-in recipe, shrunk: only sizes change, the layout options come from the recipe file
+OVERRIDES = ["model.hidden_size=64", "model.vocab_size=1000", "model.encoder.layers=2",
+             "model.encoder.heads=4", "model.encoder.ffn_size=128",
+             "model.embedding.pos.max_length=34"]
+B, T = 4, 16
+LENGTHS = (16, 11, 7, 3)
+
+
+def recipe_model(overrides: list[str] = OVERRIDES, model: dict[str, Any] | None = None) -> Any:
+    reg = get_plugins().registry
+    raw = read_recipe_file(resolve_recipe("roberta-base")[2])
+    if model is not None:
+        raw = {**raw, "model": model}
+    return build_recipe(raw, reg, overrides=overrides).model
+
+
+@pytest.fixture(scope="module")
+def hf_model() -> Any:
+    torch.manual_seed(0)
+    model = transformers.RobertaForMaskedLM(transformers.RobertaConfig(**HF_CONFIG)).eval()
+    with torch.no_grad():  # HF inits biases to 0 and norms to 1, which would hide swapped keys
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tp_model(hf_model: Any) -> TpModel:
+    model = build_model(recipe_model(), get_plugins().registry, 1000).eval()
+    sd = CONVERTER.hf_to_tp(hf_model.state_dict(), expected=model.state_dict().keys())
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def inputs(padded: bool) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 1000, (B, T), generator=g)  # never PAD: HF finds padding by id
+    mask = torch.ones(B, T, dtype=torch.long)
+    if padded:
+        for row, n in enumerate(LENGTHS):
+            mask[row, n:] = 0
+    ids = ids.masked_fill(mask == 0, PAD)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_recipe_matches_config_translation() -> None:
+    """The shrunk built-in recipe and the one translated from HF's config are the same model."""
+    translated = CONVERTER.config_to_recipe(transformers.RobertaConfig(**HF_CONFIG).to_dict())
+    assert recipe_model(overrides=["model.encoder.attention_dropout=0.1"]
+                        + OVERRIDES) == recipe_model([], translated)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
+def test_logits_match_hf(hf_model: Any, tp_model: TpModel, padded: bool) -> None:
+    batch = inputs(padded)
+    with torch.no_grad():
+        ref = hf_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ours = tp_model.predict(batch)["mlm"]
+    assert ours.shape == ref.shape == (B, T, 1000)
+    real = batch["attention_mask"].bool()
+    assert (ours - ref)[real].abs().max() <= 1e-5
+    # padding-aware positions: even the padding slots read HF's rows (their outputs are unused)
+    assert (ours - ref).abs().max() <= 1e-4
+
+
+def test_positions_follow_hf(tp_model: TpModel) -> None:
+    """Real tokens read rows PAD+1.., padding reads row PAD (HF's create_position_ids...)."""
+    batch = inputs(True)
+    table = tp_model.stack.embedding.parts.pos.embedding.weight  # (34, H)
+    got = tp_model.stack.embedding.parts.pos(batch)  # (B, T, H)
+    want = transformers.models.roberta.modeling_roberta.RobertaEmbeddings \
+        .create_position_ids_from_input_ids(batch["input_ids"], PAD)  # (B, T)
+    assert torch.equal(got, table[want])
+
+
+def test_keys_round_trip_bit_identical(hf_model: Any, tp_model: TpModel) -> None:
+    hf_sd = hf_model.state_dict()
+    tp_sd = tp_model.state_dict()
+    back = CONVERTER.tp_to_hf(tp_sd, expected=hf_sd.keys())
+    for key, value in hf_sd.items():
+        assert torch.equal(back[key], value), key
+    again = CONVERTER.hf_to_tp(back, expected=tp_sd.keys())
+    for key, value in tp_sd.items():
+        assert torch.equal(again[key], value), key
+
+
+def test_recipe_to_config_rebuilds_hf(hf_model: Any, tp_model: TpModel) -> None:
+    """tp -> HF config: a fresh RobertaForMaskedLM loads the converted weights, same logits."""
+    config = CONVERTER.recipe_to_config(recipe_model(), 1000)
+    assert config["pad_token_id"] == PAD and config["type_vocab_size"] == 1
+    hf = transformers.RobertaForMaskedLM(transformers.RobertaConfig(**config)).eval()
+    hf.load_state_dict(CONVERTER.tp_to_hf(tp_model.state_dict()), strict=True)
+    batch = inputs(True)
+    with torch.no_grad():
+        ref = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    real = batch["attention_mask"].bool()
+    assert (tp_model.predict(batch)["mlm"] - ref)[real].abs().max() <= 1e-5
+
+
+def test_recipe_trains_two_steps(tmp_path: Path) -> None:
+    """The built-in recipe, shrunk, preprocesses a corpus and trains: the first losses are those
+    of an untrained model over the 30,522-token vocabulary (ln V), and a checkpoint is written."""
+    corpus = tmp_path / "docs.txt"  # one document per line: the `mlm` processor's format
+    corpus.write_text("".join(" ".join(topics[n].split()) + "\n" for n in sorted(topics)[:10]))
+    shrink = ["model.hidden_size=32", "model.encoder.layers=1", "model.encoder.heads=2",
+              "model.encoder.ffn_size=64", "data.processor.seq_length=32", "pretrain.steps=2",
+              "pretrain.batch_size=4", "pretrain.warmup_steps=1", "pretrain.precision=fp32",
+              "pretrain.log_every=1", "pretrain.save_every=2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def tp(*args: str) -> str:
+        r = subprocess.run([sys.executable, "-m", "tpcli.cli.main", *args, *shrink],
+                           capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r.stdout + r.stderr
+
+    tp("preprocess", "roberta-base", "--corpus", str(corpus), "--out", str(tmp_path / "data"))
+    log = tp("pretrain", "roberta-base", "--data", str(tmp_path / "data"),
+             "--out", str(tmp_path / "run"))
+    losses = [float(x) for x in re.findall(r"\| loss ([0-9.]+)", log)]
+    assert len(losses) == 2 and all(abs(x - math.log(30522)) < 0.5 for x in losses), log
+    assert (tmp_path / "run" / "checkpoints" / "step-00000002").exists()

@@ -1,0 +1,106 @@
+"""RoBERTa <-> tp: the key map and config translation for `transformers`' RoBERTa.
+
+tp's RoBERTa is BERT's body without next-sentence prediction: `embedding: [word, pos, seg]`,
+`encoder: transformer`, `target: [mlm]`. Two details of HF's RoBERTa are spelled generically:
+
+- positions start at `pad_token_id + 1` and padding reads row `pad_token_id`: the pos embedding
+  with `offset: pad_token_id + 1` and `padding_aware: true` (table of max_position_embeddings
+  rows, 514 for 512 tokens);
+- a one-row token_type table, added to every token: `seg` with `types: 1`. Folding that row into
+  the position table would drop the seg module but is not bit-exact in either direction (the sum
+  is rounded differently, and tp -> HF could not split it back), so the row stays its own module.
+
+HF keeps the tied decoder under a second name (`lm_head.decoder.weight` = the word embedding,
+`lm_head.decoder.bias` = `lm_head.bias`); tp does not duplicate them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tpcli.convert import Converter, Rename, Rule, Tied
+from tpcli.errors import TpError
+from tp_text.convert_bert import _ACT_TO_HF, body_rules
+from tp_text.convert_bert import config_to_recipe as bert_config_to_recipe
+
+
+def _pair(hf: str, tp: str) -> list[Rule]:
+    return [Rename(f"{hf}.{p}", f"{tp}.{p}") for p in ("weight", "bias")]
+
+
+def masked_lm_rules() -> list[Rule]:
+    """RobertaForMaskedLM: body + the LM head."""
+    return [
+        *body_rules("roberta."),
+        *_pair("lm_head.dense", "targets.mlm.dense"),
+        *_pair("lm_head.layer_norm", "targets.mlm.norm"),
+        Rename("lm_head.bias", "targets.mlm.bias"),
+        # after the renames: tp -> HF copies what they produced
+        Tied("lm_head.decoder.weight", "roberta.embeddings.word_embeddings.weight"),
+        Tied("lm_head.decoder.bias", "lm_head.bias"),
+    ]
+
+
+def config_to_recipe(hf: dict[str, Any]) -> dict[str, Any]:
+    """HF RobertaConfig (config.json as a dict) -> the recipe's model section."""
+    model = bert_config_to_recipe(hf)  # same body options; BERT's checks on act and positions
+    pad = hf.get("pad_token_id", 1)
+    if pad is None or pad < 0:
+        raise TpError(f"RoBERTa pad_token_id {pad!r} gives no position offset",
+                      hint="HF RoBERTa numbers positions from pad_token_id + 1")
+    model["embedding"]["pos"].update(offset=pad + 1, padding_aware=True)
+    model["embedding"]["seg"] = {"types": hf.get("type_vocab_size", 1)}
+    # HF's RobertaLMHead applies gelu whatever hidden_act says
+    model["target"] = {"mlm": {"activation": "gelu"}}
+    return model
+
+
+def recipe_to_config(spec: Any, vocab_size: int) -> dict[str, Any]:
+    """A validated tpcli.config.ModelSpec of the RoBERTa recipe -> HF RobertaConfig dict."""
+    stack = spec.stacks.get("")
+    if stack is None or stack.encoder is None or stack.encoder.name != "transformer":
+        raise TpError("the roberta converter needs a single-stream model with a transformer encoder")
+    emb = {m.name: m.options for m in stack.embedding}
+    if set(emb) != {"word", "pos", "seg"}:
+        raise TpError(f"the roberta converter needs embedding [word, pos, seg], not {list(emb)}",
+                      hint="HF RoBERTa has a one-row token_type table: add `seg: {types: 1}`")
+    pos, enc, o = emb["pos"], stack.encoder.options, spec.options
+    if not pos.padding_aware or pos.offset < 1:
+        raise TpError("the roberta converter needs pos with padding_aware: true and offset >= 1",
+                      hint="HF RoBERTa: offset = pad_token_id + 1 (2)")
+    if enc.pre_norm or enc.mask != "fully_visible" or not enc.bias:
+        raise TpError("the roberta converter needs a post-norm, fully visible encoder with biases")
+    if o.embedding_norm != "layernorm":
+        raise TpError("the roberta converter needs model.embedding_norm=layernorm")
+    return {
+        "architectures": ["RobertaForMaskedLM"],
+        "model_type": "roberta",
+        "vocab_size": o.vocab_size or vocab_size,
+        "hidden_size": o.hidden_size,
+        "num_hidden_layers": enc.layers,
+        "num_attention_heads": enc.heads,
+        "intermediate_size": enc.ffn_size,
+        "hidden_act": _ACT_TO_HF[enc.activation],
+        "hidden_dropout_prob": o.dropout,
+        "attention_probs_dropout_prob": (
+            o.dropout if enc.attention_dropout is None else enc.attention_dropout
+        ),
+        "max_position_embeddings": pos.max_length,
+        "type_vocab_size": emb["seg"].types,
+        "pad_token_id": pos.offset - 1,
+        "initializer_range": o.init_std,
+        "layer_norm_eps": o.norm_eps,
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": True,
+    }
+
+
+CONVERTER = Converter(
+    name="roberta",
+    hf_architecture="RobertaForMaskedLM",
+    rules=masked_lm_rules(),
+    config_to_recipe=config_to_recipe,
+    recipe_to_config=recipe_to_config,
+    base_architecture="RobertaModel",
+    base_rules=body_rules(""),  # RobertaModel; its pooler has no tp module: ignore="pooler.*"
+)

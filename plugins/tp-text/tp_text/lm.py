@@ -1,0 +1,99 @@
+"""Language model target (GPT-2): predict the next token at every position.
+
+    hidden (B, T, H) -> output matrix (V, H) (tied to the word embedding) [+ bias (V)]
+    -> cross-entropy against the next token (-100 = not predicted)
+
+Labels are `lm_labels` (B, T) when the batch has them (a processor that packs documents and
+knows where they end); otherwise the input shifted left by one, where the last position and any
+position whose next token is padding are not predicted.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from tpcli.errors import TpError
+from tpcli.module import BuildContext, Features, TargetConfig, TargetOutput
+
+IGNORE = -100  # label of a position that is not predicted
+
+
+def next_token_labels(input_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """input_ids (B, T) -> labels (B, T): position t predicts token t+1 when that one is real."""
+    labels = torch.full_like(input_ids, IGNORE)
+    labels[:, :-1] = input_ids[:, 1:]
+    if mask is not None:
+        real_next = torch.zeros_like(labels, dtype=torch.bool)
+        real_next[:, :-1] = mask[:, 1:].bool()
+        labels = labels.masked_fill(~real_next, IGNORE)
+    return labels  # (B, T)
+
+
+class LmTarget(nn.Module):
+    """Next-token prediction (GPT-2's LM head); metrics `acc` and `count` over predicted tokens."""
+
+    class Config(TargetConfig):
+        bias: bool = Field(False, description="a learned bias (V) on the output logits")
+        label_smoothing: float = Field(
+            0.0, ge=0.0, lt=1.0, description="label smoothing of the cross-entropy (0: none)"
+        )
+
+    def __init__(self, config: Config, ctx: BuildContext) -> None:
+        super().__init__()
+        self.config = config
+        h, v = ctx.hidden_size, ctx.vocab_size
+        # own output matrix only while untied; tie_weights() drops it so no key is duplicated
+        self.decoder: nn.Linear | None = nn.Linear(h, v, bias=False)
+        self.bias = nn.Parameter(torch.zeros(v)) if config.bias else None
+        self._get_weight: Callable[[], torch.Tensor] | None = None
+
+    def tie_weights(self, get_weight: Callable[[], torch.Tensor]) -> None:
+        """Use the word embedding (V, H), read at forward time, as the output matrix."""
+        self.decoder = None
+        self._get_weight = get_weight
+
+    def _weight(self) -> torch.Tensor:
+        if self._get_weight is not None:
+            return self._get_weight()
+        if self.decoder is None:  # unreachable: tie_weights sets one when it drops the other
+            raise TpError("target lm has no output matrix")
+        return self.decoder.weight
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., H) -> (..., V)."""
+        return F.linear(hidden, self._weight(), self.bias)
+
+    def forward(self, features: Features, batch: dict[str, torch.Tensor]) -> TargetOutput:
+        if features.hidden is None:
+            raise TpError("target lm needs hidden states from the encoder",
+                          hint="give the model an encoder (e.g. a causal transformer)")
+        labels = batch.get("lm_labels")
+        if labels is None:
+            if "input_ids" not in batch:
+                raise TpError("target lm needs `lm_labels` or `input_ids` in the batch")
+            labels = next_token_labels(batch["input_ids"], batch.get("attention_mask"))
+        hidden = features.hidden  # (B, T, H)
+        flat_labels = labels.reshape(-1)  # (B*T,)
+        rows = (flat_labels != IGNORE).nonzero().squeeze(1)  # (N,) predicted positions
+        targets = flat_labels.index_select(0, rows)  # (N,)
+        # project only the predicted rows: padding never reaches the (N, V) matmul
+        logits = self.logits(hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows))  # (N, V)
+        n = targets.numel()
+        # a batch without predicted tokens gives loss 0 (still connected to the graph), not NaN
+        loss = F.cross_entropy(logits.float(), targets, reduction="sum",
+                               label_smoothing=self.config.label_smoothing) / max(n, 1)
+        with torch.no_grad():
+            correct = (logits.argmax(dim=-1) == targets).sum().float()
+            count = torch.tensor(float(n), device=hidden.device)
+            acc = correct / count.clamp(min=1.0)
+        return TargetOutput(loss, {"acc": acc, "count": count})
+
+    def predict(self, features: Features, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if features.hidden is None:
+            raise TpError("target lm needs hidden states from the encoder")
+        return self.logits(features.hidden)  # (B, T, V)
