@@ -113,7 +113,7 @@ def test_vilt_block_names_patch_word_and_cls(registry: Registry) -> None:
     assert "unknown embedding 'patch_word'" in problems["model.embedding.patch_word"]
     assert "installed: pos, seg, word" in problems["model.embedding.patch_word"]
     assert "unknown target 'cls'" in problems["model.target.cls"]
-    assert "installed: lm, mlm, sp" in problems["model.target.cls"]
+    assert "installed: bilm, lm, mlm, sp" in problems["model.target.cls"]
 
 
 def test_clip_block_streams_are_valid_modules_are_missing(registry: Registry) -> None:

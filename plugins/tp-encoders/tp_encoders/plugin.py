@@ -10,5 +10,9 @@ from tpcli import hookimpl
 @hookimpl
 def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
     register("encoder", "transformer", "tp_encoders.transformer:TransformerEncoder")
+    register("encoder", "lstm", "tp_encoders.lstm:LstmEncoder")
+    register("encoder", "gru", "tp_encoders.gru:GruEncoder")
+    register("encoder", "bilstm", "tp_encoders.bilstm:BilstmEncoder")
+    register("encoder", "birnn", "tp_encoders.birnn:BirnnEncoder")
     for name in ("first", "last", "mean", "max"):
         register("pooling", name, f"tp_encoders.pooling:{name.capitalize()}Pooling")

@@ -15,6 +15,7 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
     register("target", "mlm", "tp_text.mlm:MlmTarget")
     register("target", "sp", "tp_text.sp:SpTarget")
     register("target", "lm", "tp_text.lm:LmTarget")
+    register("target", "bilm", "tp_text.bilm:BilmTarget")
 
 
 @hookimpl

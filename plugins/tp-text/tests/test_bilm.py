@@ -1,0 +1,98 @@
+"""The `bilm` target (ELMo): the loss by hand, and the `elmo` recipe end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tpcli.cli.main import main as tp_main
+from tpcli.config import build_recipe
+from tpcli.module import BuildContext, Features
+from tpcli.plugins import get_plugins
+from tpcli.recipes import read_recipe_file, resolve_recipe
+
+from tp_text.bilm import BilmTarget
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _ce(logits: list[float], target: int) -> float:
+    return math.log(sum(math.exp(z) for z in logits)) - logits[target]
+
+
+def test_loss_equals_hand_computation() -> None:
+    h, v = 4, 5
+    target = BilmTarget(BilmTarget.Config(), BuildContext(hidden_size=h, vocab_size=v))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        target.output.weight.copy_(torch.randn(v, h // 2))
+        target.output.bias.copy_(torch.randn(v))
+    ids = torch.tensor([[1, 2, 3, 4], [4, 0, 0, 0], [2, 3, 0, 0]])  # row 1: one token
+    mask = ids != 0
+    hidden = torch.randn(3, 4, h)
+    out = target(Features(hidden, mask), {"input_ids": ids, "attention_mask": mask})
+
+    w, b = target.output.weight.tolist(), target.output.bias.tolist()
+
+    def logits(vec: list[float]) -> list[float]:
+        return [sum(wi * x for wi, x in zip(w[k], vec)) + b[k] for k in range(v)]
+
+    fwd, bwd = [], []
+    for r in range(3):
+        n = int(mask[r].sum())
+        for t in range(n - 1):  # forward: position t predicts token t+1
+            fwd.append(_ce(logits(hidden[r, t, :2].tolist()), int(ids[r, t + 1])))
+        for t in range(1, n):  # backward: position t predicts token t-1
+            bwd.append(_ce(logits(hidden[r, t, 2:].tolist()), int(ids[r, t - 1])))
+    assert len(fwd) == len(bwd) == 4  # 3 + 0 + 1 per direction
+    expected = (sum(fwd) / len(fwd) + sum(bwd) / len(bwd)) / 2
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+    assert out.metrics["count"].item() == 4
+    # predict: (B, T, 2, V) = next-token and previous-token logits
+    pred = target.predict(Features(hidden, mask), {})
+    assert pred.shape == (3, 4, 2, v)
+    torch.testing.assert_close(pred[0, 1, 1], torch.tensor(logits(hidden[0, 1, 2:].tolist())))
+
+
+def test_elmo_recipe_validates() -> None:
+    plugins = get_plugins()
+    name, folder, file = resolve_recipe("elmo", plugins)
+    r = build_recipe(read_recipe_file(file), plugins.registry, name=name, path=folder)
+    stack = r.model.stacks[""]
+    assert [m.name for m in stack.embedding] == ["word"]
+    assert stack.encoder is not None and stack.encoder.name == "bilstm"
+    assert stack.encoder.options.layers == 2
+    assert [t.name for t in r.model.targets] == ["bilm"]
+    assert r.model.options.hidden_size == 512 and r.model.options.embedding_norm == "none"
+
+
+def test_elmo_recipe_trains_two_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from pydoc_corpus import sentences
+    finally:
+        sys.path.pop(0)
+    from pydoc_data.topics import topics
+
+    corpus = tmp_path / "corpus.txt"  # the mlm processor reads one document per line
+    corpus.write_text("\n".join(" ".join(sentences(topics[k])) for k in sorted(topics)[:5]) + "\n")
+    shrink = ["model.hidden_size=32", "data.processor.seq_length=32"]
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert tp_main(["preprocess", "elmo", "--corpus", str(corpus), "--out", str(data),
+                    *shrink]) == 0
+    assert tp_main(["pretrain", "elmo", "--data", str(data), "--out", str(run), "--no-progress",
+                    *shrink, "pretrain.steps=2", "pretrain.batch_size=4",
+                    "pretrain.warmup_steps=1", "pretrain.log_every=1"]) == 0
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in recs] == [1, 2]
+    for m in recs:
+        assert math.isfinite(m["loss"])
+        # a small-init 30522-way softmax starts at ln(30522) = 10.33
+        assert abs(m["loss"] - math.log(30522)) < 0.3
+        assert "bilm.acc_fwd" in m and "bilm.acc_bwd" in m
