@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import torch
-from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file
 
 from tpcli.config import build_recipe
@@ -46,28 +45,9 @@ B, T = 4, 16
 LENGTHS = (16, 11, 7, 3)
 
 
-class _StandIn:
-    """Accepts any options: stands in for a data-side plugin that cannot be imported."""
-
-    class Config(BaseModel):
-        model_config = ConfigDict(extra="allow")
-
-
 def model_registry() -> Registry:
-    """The installed registry; if its tokenizer/processor do not import (a plugin in the
-    making), a copy whose data side is stand-ins: this file tests the model only."""
-    real = get_plugins().registry
-    try:
-        real.get("tokenizer", "wordpiece"), real.get("processor", "bert")
-        return real
-    except Exception:
-        reg = Registry()
-        for kind in ("embedding", "encoder", "decoder", "pooling", "target"):
-            for e in real.entries(kind):
-                reg.add(e.kind, e.name, e.load(), e.plugin, e.distribution)
-        reg.add("tokenizer", "wordpiece", _StandIn, "test", "test")
-        reg.add("processor", "bert", _StandIn, "test", "test")
-        return reg
+    """The installed registry (the parity tests use the real wordpiece/bert registrations)."""
+    return get_plugins().registry
 
 
 def build_tp(model_section: dict[str, Any], vocab_size: int) -> TpModel:

@@ -10,7 +10,6 @@ position whose next token is padding are not predicted.
 
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +17,7 @@ from pydantic import Field
 from torch import nn
 
 from tpcli.errors import TpError
+from tpcli.layers.output import TiedOutput
 from tpcli.module import BuildContext, Features, TargetConfig, TargetOutput
 
 IGNORE = -100  # label of a position that is not predicted
@@ -34,7 +34,7 @@ def next_token_labels(input_ids: torch.Tensor, mask: torch.Tensor | None) -> tor
     return labels  # (B, T)
 
 
-class LmTarget(nn.Module):
+class LmTarget(TiedOutput, nn.Module):
     """Next-token prediction (GPT-2's LM head); metrics `acc` and `count` over predicted tokens."""
 
     class Config(TargetConfig):
@@ -47,26 +47,11 @@ class LmTarget(nn.Module):
         super().__init__()
         self.config = config
         h, v = ctx.hidden_size, ctx.vocab_size
-        # own output matrix only while untied; tie_weights() drops it so no key is duplicated
-        self.decoder: nn.Linear | None = nn.Linear(h, v, bias=False)
-        self.bias = nn.Parameter(torch.zeros(v)) if config.bias else None
-        self._get_weight: Callable[[], torch.Tensor] | None = None
-
-    def tie_weights(self, get_weight: Callable[[], torch.Tensor]) -> None:
-        """Use the word embedding (V, H), read at forward time, as the output matrix."""
-        self.decoder = None
-        self._get_weight = get_weight
-
-    def _weight(self) -> torch.Tensor:
-        if self._get_weight is not None:
-            return self._get_weight()
-        if self.decoder is None:  # unreachable: tie_weights sets one when it drops the other
-            raise TpError("target lm has no output matrix")
-        return self.decoder.weight
+        self.init_output(h, v, bias=config.bias)  # own matrix until tie_weights()
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., H) -> (..., V)."""
-        return F.linear(hidden, self._weight(), self.bias)
+        return self.project(hidden)
 
     def forward(self, features: Features, batch: dict[str, torch.Tensor]) -> TargetOutput:
         if features.hidden is None:

@@ -9,7 +9,6 @@ the model, so training gathers the masked rows first and projects only those.
 
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,12 +17,13 @@ from torch import nn
 
 from tpcli.errors import TpError
 from tpcli.layers.ffn import Activation, make_activation
+from tpcli.layers.output import TiedOutput
 from tpcli.module import BuildContext, Features, TargetConfig, TargetOutput
 
 IGNORE = -100  # label of a position that is not predicted
 
 
-class MlmTarget(nn.Module):
+class MlmTarget(TiedOutput, nn.Module):
     """Masked language modelling (BERT's MLM head); metrics `acc` and `count` over masked tokens."""
 
     class Config(TargetConfig):
@@ -36,26 +36,12 @@ class MlmTarget(nn.Module):
         self.dense = nn.Linear(h, h)
         self.act = make_activation(config.activation)
         self.norm = nn.LayerNorm(h, eps=ctx.norm_eps)
-        # own output matrix only while untied; tie_weights() drops it so no key is duplicated
-        self.decoder: nn.Linear | None = nn.Linear(h, v, bias=False)
-        self.bias = nn.Parameter(torch.zeros(v))
-        self._get_weight: Callable[[], torch.Tensor] | None = None
-
-    def tie_weights(self, get_weight: Callable[[], torch.Tensor]) -> None:
-        """Use the word embedding (V, H), read at forward time, as the output matrix."""
-        self.decoder = None
-        self._get_weight = get_weight
-
-    def _weight(self) -> torch.Tensor:
-        if self._get_weight is not None:
-            return self._get_weight()
-        assert self.decoder is not None  # one of the two is always set
-        return self.decoder.weight
+        self.init_output(h, v, bias=True)  # own matrix until tie_weights()
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., H) -> (..., V)."""
         x = self.norm(self.act(self.dense(hidden)))
-        return F.linear(x, self._weight(), self.bias)
+        return self.project(x)
 
     def forward(self, features: Features, batch: dict[str, torch.Tensor]) -> TargetOutput:
         labels = batch.get("mlm_labels")
