@@ -111,23 +111,25 @@ def config_to_recipe(hf: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def recipe_to_config(spec: Any, vocab_size: int) -> dict[str, Any]:
-    """A validated tpcli.config.ModelSpec of the BERT recipe -> HF BertConfig dict."""
+def encoder_config(spec: Any, vocab_size: int, family: str,
+                   seg_hint: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Checks and HF config keys shared by the BERT family (BERT, RoBERTa): a single stream of
+    [word, pos, seg] into a post-norm, fully visible transformer. Returns (embeddings, config)."""
     stack = spec.stacks.get("")
     if stack is None or stack.encoder is None or stack.encoder.name != "transformer":
-        raise TpError("the bert converter needs a single-stream model with a transformer encoder")
+        raise TpError(f"the {family} converter needs a single-stream model with a transformer "
+                      "encoder")
     emb = {m.name: m.options for m in stack.embedding}
     if set(emb) != {"word", "pos", "seg"}:
-        raise TpError(f"the bert converter needs embedding [word, pos, seg], not {list(emb)}")
-    enc = stack.encoder.options
+        raise TpError(f"the {family} converter needs embedding [word, pos, seg], not {list(emb)}",
+                      hint=seg_hint)
+    enc, o = stack.encoder.options, spec.options
     if enc.pre_norm or enc.mask != "fully_visible" or not enc.bias:
-        raise TpError("the bert converter needs a post-norm, fully visible encoder with biases")
-    o = spec.options
+        raise TpError(f"the {family} converter needs a post-norm, fully visible encoder with "
+                      "biases")
     if o.embedding_norm != "layernorm":
-        raise TpError("the bert converter needs model.embedding_norm=layernorm")
-    return {
-        "architectures": ["BertForPreTraining"],
-        "model_type": "bert",
+        raise TpError(f"the {family} converter needs model.embedding_norm=layernorm")
+    return emb, {
         "vocab_size": o.vocab_size or vocab_size,
         "hidden_size": o.hidden_size,
         "num_hidden_layers": enc.layers,
@@ -145,6 +147,12 @@ def recipe_to_config(spec: Any, vocab_size: int) -> dict[str, Any]:
         "position_embedding_type": "absolute",
         "tie_word_embeddings": True,
     }
+
+
+def recipe_to_config(spec: Any, vocab_size: int) -> dict[str, Any]:
+    """A validated tpcli.config.ModelSpec of the BERT recipe -> HF BertConfig dict."""
+    _, config = encoder_config(spec, vocab_size, "bert")
+    return {"architectures": ["BertForPreTraining"], "model_type": "bert", **config}
 
 
 CONVERTER = Converter(

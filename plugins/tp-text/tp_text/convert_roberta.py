@@ -20,7 +20,7 @@ from typing import Any
 
 from tpcli.convert import Converter, Rename, Rule, Tied
 from tpcli.errors import TpError
-from tp_text.convert_bert import _ACT_TO_HF, body_rules
+from tp_text.convert_bert import body_rules, encoder_config
 from tp_text.convert_bert import config_to_recipe as bert_config_to_recipe
 
 
@@ -57,42 +57,15 @@ def config_to_recipe(hf: dict[str, Any]) -> dict[str, Any]:
 
 def recipe_to_config(spec: Any, vocab_size: int) -> dict[str, Any]:
     """A validated tpcli.config.ModelSpec of the RoBERTa recipe -> HF RobertaConfig dict."""
-    stack = spec.stacks.get("")
-    if stack is None or stack.encoder is None or stack.encoder.name != "transformer":
-        raise TpError("the roberta converter needs a single-stream model with a transformer encoder")
-    emb = {m.name: m.options for m in stack.embedding}
-    if set(emb) != {"word", "pos", "seg"}:
-        raise TpError(f"the roberta converter needs embedding [word, pos, seg], not {list(emb)}",
-                      hint="HF RoBERTa has a one-row token_type table: add `seg: {types: 1}`")
-    pos, enc, o = emb["pos"], stack.encoder.options, spec.options
+    emb, config = encoder_config(
+        spec, vocab_size, "roberta",
+        seg_hint="HF RoBERTa has a one-row token_type table: add `seg: {types: 1}`")
+    pos = emb["pos"]
     if not pos.padding_aware or pos.offset < 1:
         raise TpError("the roberta converter needs pos with padding_aware: true and offset >= 1",
                       hint="HF RoBERTa: offset = pad_token_id + 1 (2)")
-    if enc.pre_norm or enc.mask != "fully_visible" or not enc.bias:
-        raise TpError("the roberta converter needs a post-norm, fully visible encoder with biases")
-    if o.embedding_norm != "layernorm":
-        raise TpError("the roberta converter needs model.embedding_norm=layernorm")
-    return {
-        "architectures": ["RobertaForMaskedLM"],
-        "model_type": "roberta",
-        "vocab_size": o.vocab_size or vocab_size,
-        "hidden_size": o.hidden_size,
-        "num_hidden_layers": enc.layers,
-        "num_attention_heads": enc.heads,
-        "intermediate_size": enc.ffn_size,
-        "hidden_act": _ACT_TO_HF[enc.activation],
-        "hidden_dropout_prob": o.dropout,
-        "attention_probs_dropout_prob": (
-            o.dropout if enc.attention_dropout is None else enc.attention_dropout
-        ),
-        "max_position_embeddings": pos.max_length,
-        "type_vocab_size": emb["seg"].types,
-        "pad_token_id": pos.offset - 1,
-        "initializer_range": o.init_std,
-        "layer_norm_eps": o.norm_eps,
-        "position_embedding_type": "absolute",
-        "tie_word_embeddings": True,
-    }
+    return {"architectures": ["RobertaForMaskedLM"], "model_type": "roberta", **config,
+            "pad_token_id": pos.offset - 1}
 
 
 CONVERTER = Converter(
