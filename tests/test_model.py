@@ -132,3 +132,57 @@ def test_seq2seq_decoder_reads_the_encoder() -> None:
     model(batch).loss.backward()
     assert model.decoder.proj.weight.grad is not None
     assert model.stack.encoder is not None and next(model.stack.parameters()).grad is not None
+
+
+def test_share_embeddings_keeps_one_word_table() -> None:
+    section = {"embedding": ["word", "pos"], "encoder": ENC, "tgt_embedding": ["word", "pos"],
+               "decoder": "memdec", "target": ["hidden_l2"], "hidden_size": 16,
+               "share_embeddings": True}
+    model = _model(section)
+    keys = set(model.state_dict())
+    assert "stack.embedding.parts.word.embedding.weight" in keys
+    assert not any(k.startswith("tgt_embedding.parts.word") for k in keys)
+    src = model.stack.embedding.parts["word"]
+    assert model.tgt_embedding.parts["word"].word_weight is src.word_weight
+    batch = {"input_ids": _ids(2, 6, 3), "attention_mask": torch.ones(2, 6, dtype=torch.bool),
+             "tgt_input_ids": _ids(2, 4, 4), "tgt_attention_mask": torch.ones(2, 4, dtype=torch.bool)}
+    model.train()
+    model(batch).loss.backward()  # both sides' gradients land in the one table
+    assert src.embedding.weight.grad is not None
+    # a state dict saved from it loads strictly into a fresh copy
+    other = _model(section)
+    other.load_state_dict(model.state_dict(), strict=True)
+
+
+def test_share_embeddings_needs_word_on_both_sides() -> None:
+    import pytest
+
+    from tpcli.errors import TpError
+
+    section = {"embedding": ["word", "pos"], "encoder": ENC, "tgt_embedding": ["pos"],
+               "decoder": "memdec", "target": ["hidden_l2"], "hidden_size": 16,
+               "share_embeddings": True}
+    with pytest.raises(TpError, match="share_embeddings needs a `word` embedding"):
+        _model(section)
+
+
+def test_factorized_embedding_projects_to_hidden_size() -> None:
+    section = {"embedding": ["word", "pos", "seg"], "encoder": ENC, "target": ["mlm"],
+               "hidden_size": 16, "embedding_size": 8}
+    model = _model(section)
+    sd = model.state_dict()
+    assert sd["stack.embedding.parts.word.embedding.weight"].shape == (50, 8)
+    assert sd["stack.embedding.norm.weight"].shape == (8,)
+    assert sd["stack.embedding.project.weight"].shape == (16, 8)
+    assert sd["targets.mlm.dense.weight"].shape == (8, 16)  # H -> E, then the tied (V, E)
+    batch = {"input_ids": _ids(2, 5, 1), "segment_ids": torch.zeros(2, 5, dtype=torch.long),
+             "attention_mask": torch.ones(2, 5, dtype=torch.bool)}
+    logits = model.predict(batch)["mlm"]
+    assert logits.shape == (2, 5, 50)
+    # the tied output matrix is the (V, E) word table: logits = norm(...) @ W^T + b
+    emb = model.stack.embedding(batch)  # (B, T, H)
+    assert emb.shape == (2, 5, 16)
+    h = model.stack.encoder(emb, None)
+    t = model.targets["mlm"]
+    ref = t.norm(t.act(t.dense(h))) @ sd["stack.embedding.parts.word.embedding.weight"].T + t.bias
+    assert torch.allclose(logits, ref, atol=1e-5)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from tpcli.config import ModelSpec, ModuleSpec, StackSpec
+from tpcli.errors import TpError
 from tpcli.layers.norms import make_norm
 from tpcli.module import BuildContext, Features
 from tpcli.registry import Registry
@@ -43,13 +44,18 @@ def _view(batch: Batch, prefix: str) -> Batch:
 
 
 class EmbeddingSum(nn.Module):
-    """Several embeddings summed, then an optional norm and dropout. # (B, T, H)"""
+    """Several embeddings summed, then an optional norm and dropout. # (B, T, H)
 
-    def __init__(self, modules: dict[str, nn.Module], norm: nn.Module, dropout: float) -> None:
+    With a factorized embedding (ALBERT) the parts are E wide, and a Linear `project`
+    (E -> H) follows the norm and dropout."""
+
+    def __init__(self, modules: dict[str, nn.Module], norm: nn.Module, dropout: float,
+                 project: nn.Module | None = None) -> None:
         super().__init__()
         self.parts = nn.ModuleDict(modules)
         self.norm = norm
         self.dropout = nn.Dropout(dropout)
+        self.project = project
 
     def word_weight(self) -> torch.Tensor | None:
         for m in self.parts.values():
@@ -63,7 +69,8 @@ class EmbeddingSum(nn.Module):
         x = next(parts)(inputs)
         for m in parts:
             x = x + m(inputs)
-        return self.dropout(self.norm(x))
+        x = self.dropout(self.norm(x))  # (B, T, E)
+        return self.project(x) if self.project is not None else x  # (B, T, H)
 
 
 class Stack(nn.Module):
@@ -96,8 +103,10 @@ class TpModel(nn.Module):
 
         def embedding_sum(mods: list[ModuleSpec], c: BuildContext) -> EmbeddingSum:
             built = {m.name: _build(registry, m, c) for m in mods}
-            return EmbeddingSum(built, make_norm(opts.embedding_norm, c.hidden_size, c.norm_eps),
-                                opts.dropout)
+            e = c.embed_dim
+            project = nn.Linear(e, c.hidden_size) if e != c.hidden_size else None
+            return EmbeddingSum(built, make_norm(opts.embedding_norm, e, c.norm_eps),
+                                opts.dropout, project)
 
         def stack(s: StackSpec, stream: str) -> Stack:
             c = BuildContext(**{**ctx.__dict__, "stream": stream})
@@ -117,6 +126,8 @@ class TpModel(nn.Module):
             tctx = BuildContext(**{**ctx.__dict__, "stream": "tgt"})
             self.tgt_embedding = embedding_sum(spec.tgt_embedding, tctx)
             self.decoder = _build(registry, spec.decoder, tctx)
+            if opts.share_embeddings:
+                self._share_word_embedding()
         self.targets = nn.ModuleDict({t.name: _build(registry, t, ctx) for t in spec.targets})
         self.weights = {t.name: float(t.options.weight) for t in spec.targets}
         self.apply(self._init_weights)
@@ -153,6 +164,19 @@ class TpModel(nn.Module):
             tie = getattr(t, "tie_weights", None)
             if tie is not None:
                 tie(get_weight)
+
+    def _share_word_embedding(self) -> None:
+        """T5/BART: the target side reads the source side's word table (one key, one tensor)."""
+        assert self.tgt_embedding is not None
+        word_src = self._first_stack().embedding.parts["word"] if "word" in self._first_stack().embedding.parts else None
+        word_dst = self.tgt_embedding.parts["word"] if "word" in self.tgt_embedding.parts else None
+        share = getattr(word_dst, "share_from", None)
+        if word_src is None or share is None or type(word_src) is not type(word_dst):
+            raise TpError(
+                "model.share_embeddings needs a `word` embedding on both sides (embedding and "
+                "tgt_embedding)",
+                hint="add word to both lists, or set model.share_embeddings=false")
+        share(word_src)
 
     def _first_stack(self) -> Stack:
         return self.stream_0 if self.spec.dual else self.stack
@@ -207,6 +231,7 @@ def build_model(spec: ModelSpec, registry: Registry, vocab_size: int,
         norm_eps=o.norm_eps,
         init_std=o.init_std,
         special_ids=dict(special_ids or {}),
+        embedding_size=o.embedding_size,
     )
     return TpModel(spec, registry, ctx)
 

@@ -37,10 +37,16 @@ class BuildContext:
     init_std: float = 0.02
     special_ids: dict[str, int] = field(default_factory=dict)
     stream: str = ""  # "", "stream_0", "stream_1", or "tgt" for the target-embedding side
+    embedding_size: int | None = None  # ALBERT's factorized embedding width (None: hidden_size)
 
     @property
     def pad_id(self) -> int | None:
         return self.special_ids.get("pad")
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the embedding modules' output (and of a tied vocabulary matrix)."""
+        return self.embedding_size or self.hidden_size
 
 
 @dataclass

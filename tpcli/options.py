@@ -28,6 +28,12 @@ class ModelOptions(_Strict):
     )
     tie_weights: bool = Field(True, description="share the word embedding with output layers")
     tie_streams: bool = Field(False, description="dual stream: stream_1 reuses stream_0's weights")
+    embedding_size: int | None = Field(
+        None, gt=0, description="width of the embeddings when smaller than hidden_size (ALBERT's "
+        "factorized embedding: summed at this width, then projected to hidden_size)")
+    share_embeddings: bool = Field(
+        False, description="seq2seq: the target side's word embedding is the source side's "
+        "(T5, BART)")
 
 
 class PretrainOptions(_Strict):

@@ -1,6 +1,6 @@
 """Masked language model target (BERT): predict the original token at each masked position.
 
-    hidden -> dense (H, H) -> activation -> LayerNorm -> decoder (V, H) (tied to the word
+    hidden -> dense (H, E) -> activation -> LayerNorm -> decoder (V, E) (tied to the word
     embedding) + bias (V) -> cross-entropy against `mlm_labels` (-100 = not masked)
 
 Only ~15% of the positions are masked, and the vocabulary projection is the largest matmul of
@@ -32,11 +32,13 @@ class MlmTarget(TiedOutput, nn.Module):
     def __init__(self, config: Config, ctx: BuildContext) -> None:
         super().__init__()
         self.config = config
-        h, v = ctx.hidden_size, ctx.vocab_size
-        self.dense = nn.Linear(h, h)
+        # e = the embedding width: hidden_size, or ALBERT's smaller factorized width, so the
+        # output matrix (V, e) can be the word embedding itself
+        h, e, v = ctx.hidden_size, ctx.embed_dim, ctx.vocab_size
+        self.dense = nn.Linear(h, e)
         self.act = make_activation(config.activation)
-        self.norm = nn.LayerNorm(h, eps=ctx.norm_eps)
-        self.init_output(h, v, bias=True)  # own matrix until tie_weights()
+        self.norm = nn.LayerNorm(e, eps=ctx.norm_eps)
+        self.init_output(e, v, bias=True)  # own matrix until tie_weights()
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., H) -> (..., V)."""

@@ -26,7 +26,7 @@ class PosEmbedding(nn.Module):
     def __init__(self, config: Config, ctx: BuildContext) -> None:
         super().__init__()
         self.config = config
-        self.embedding = nn.Embedding(config.max_length, ctx.hidden_size)
+        self.embedding = nn.Embedding(config.max_length, ctx.embed_dim)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         position_ids = inputs.get("position_ids")

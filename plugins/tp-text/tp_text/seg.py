@@ -18,7 +18,7 @@ class SegEmbedding(nn.Module):
     def __init__(self, config: Config, ctx: BuildContext) -> None:
         super().__init__()
         self.config = config
-        self.embedding = nn.Embedding(config.types, ctx.hidden_size)
+        self.embedding = nn.Embedding(config.types, ctx.embed_dim)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         segment_ids = inputs.get("segment_ids")

@@ -9,7 +9,10 @@ from tpcli.module import BuildContext, ModuleConfig
 
 
 class WordEmbedding(nn.Module):
-    """Token embedding: input_ids (B, T) -> (B, T, H); exposes `word_weight` (V, H) for tying."""
+    """Token embedding: input_ids (B, T) -> (B, T, E); exposes `word_weight` (V, E) for tying.
+
+    A seq2seq model with `share_embeddings` makes its target-side word embedding read the source
+    side's table (`share_from`): one parameter, one state-dict key."""
 
     class Config(ModuleConfig):
         pass
@@ -20,11 +23,24 @@ class WordEmbedding(nn.Module):
         pad = ctx.pad_id
         # the padding row gets no gradient (as in BERT), so it stays at its initial zeros
         padding_idx = pad if pad is not None and 0 <= pad < ctx.vocab_size else None
-        self.embedding = nn.Embedding(ctx.vocab_size, ctx.hidden_size, padding_idx=padding_idx)
+        self.embedding: nn.Embedding | None = nn.Embedding(
+            ctx.vocab_size, ctx.embed_dim, padding_idx=padding_idx)
+        self._shared: list[WordEmbedding] = []  # a plain list: the source is not a submodule
+
+    def share_from(self, source: "WordEmbedding") -> None:
+        """Use `source`'s table from now on and drop this module's own."""
+        self.embedding = None
+        self._shared = [source]
+
+    def _table(self) -> nn.Embedding:
+        if self._shared:
+            return self._shared[0]._table()
+        assert self.embedding is not None  # invariant: share_from sets _shared when it drops it
+        return self.embedding
 
     @property
     def word_weight(self) -> torch.Tensor:
-        return self.embedding.weight  # (V, H)
+        return self._table().weight  # (V, E)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.embedding(inputs["input_ids"])  # (B, T, H)
+        return self._table()(inputs["input_ids"])  # (B, T, E)
