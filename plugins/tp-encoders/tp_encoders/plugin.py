@@ -14,5 +14,6 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
     register("encoder", "gru", "tp_encoders.gru:GruEncoder")
     register("encoder", "bilstm", "tp_encoders.bilstm:BilstmEncoder")
     register("encoder", "birnn", "tp_encoders.birnn:BirnnEncoder")
+    register("decoder", "lstm", "tp_encoders.lstm_decoder:LstmDecoder")
     for name in ("first", "last", "mean", "max"):
         register("pooling", name, f"tp_encoders.pooling:{name.capitalize()}Pooling")

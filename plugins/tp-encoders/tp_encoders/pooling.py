@@ -1,7 +1,8 @@
 """Poolings: (B, T, H) hidden states and a (B, T) mask (True = real token) -> (B, H).
 
-Every pooling is padding-aware: padded positions never contribute. A row that is all padding
-pools to zeros (mean) or to the dtype's minimum (max) rather than NaN or -inf.
+Each registered pooling is a thin module over the pure functions of `tpcli.layers.pooling`,
+which the `cls` target uses too: padding on either side never contributes, `first`/`last` are
+the first/last REAL tokens, and a row that is all padding pools to zeros.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tpcli.layers.pooling import first_pool, last_pool, max_pool, mean_pool
 from tpcli.module import BuildContext, ModuleConfig
 
 
@@ -21,13 +23,13 @@ class _Pooling(nn.Module):
 
 
 class FirstPooling(_Pooling):
-    """The first token's hidden state ([CLS] in BERT)."""
+    """The first real token's hidden state ([CLS] in BERT)."""
 
     class Config(ModuleConfig):
         pass
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return hidden[:, 0]  # (B, H)
+        return first_pool(hidden, mask)  # (B, H)
 
 
 class LastPooling(_Pooling):
@@ -37,12 +39,7 @@ class LastPooling(_Pooling):
         pass
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if mask is None:
-            return hidden[:, -1]
-        t = hidden.shape[1]
-        positions = torch.arange(1, t + 1, device=hidden.device)  # 1-based: 0 marks padding
-        last = (mask.long() * positions).argmax(dim=1)  # (B,) index of the last real token
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
+        return last_pool(hidden, mask)  # (B, H)
 
 
 class MeanPooling(_Pooling):
@@ -52,20 +49,14 @@ class MeanPooling(_Pooling):
         pass
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if mask is None:
-            return hidden.mean(dim=1)
-        m = mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
-        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)  # (B, H)
+        return mean_pool(hidden, mask)  # (B, H)
 
 
 class MaxPooling(_Pooling):
-    """The element-wise maximum over the real tokens' hidden states."""
+    """The element-wise maximum over the real tokens' hidden states (InferSent)."""
 
     class Config(ModuleConfig):
         pass
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if mask is None:
-            return hidden.amax(dim=1)
-        floor = torch.finfo(hidden.dtype).min
-        return hidden.masked_fill(~mask.bool().unsqueeze(-1), floor).amax(dim=1)  # (B, H)
+        return max_pool(hidden, mask)  # (B, H)

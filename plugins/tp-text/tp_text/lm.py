@@ -6,6 +6,16 @@
 Labels are `lm_labels` (B, T) when the batch has them (a processor that packs documents and
 knows where they end); otherwise the input shifted left by one, where the last position and any
 position whose next token is padding are not predicted.
+
+Prefix LM (`prefix_lm: true`): the batch carries `prefix_lengths` (B,), the number of leading
+tokens of each row that are the condition, not the text to learn. Only the continuation is
+predicted: position t predicts token t+1 for t >= prefix_length - 1 (the last prefix token
+predicts the first continuation token); earlier positions are not predicted. The encoder must
+then let the prefix see itself fully and the rest causally: query i may attend to key j iff
+j <= i or j < prefix_length (and j is a real token).
+
+`rescale_hidden` multiplies the hidden states by hidden_size ** -0.5 before the projection (T5
+with an output tied to the word embedding: HF T5ForConditionalGeneration does the same).
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from tpcli.errors import TpError
+from tpcli.errors import DataError, TpError
 from tpcli.layers.output import TiedOutput
 from tpcli.module import BuildContext, Features, TargetConfig, TargetOutput
 
@@ -34,6 +44,13 @@ def next_token_labels(input_ids: torch.Tensor, mask: torch.Tensor | None) -> tor
     return labels  # (B, T)
 
 
+def drop_prefix(labels: torch.Tensor, prefix_lengths: torch.Tensor) -> torch.Tensor:
+    """labels (B, T), prefix_lengths (B,) -> labels with positions t < prefix_length - 1 ignored."""
+    t = torch.arange(labels.shape[1], device=labels.device)  # (T,)
+    in_prefix = t[None, :] < (prefix_lengths.to(labels.device).long()[:, None] - 1)  # (B, T)
+    return labels.masked_fill(in_prefix, IGNORE)
+
+
 class LmTarget(TiedOutput, nn.Module):
     """Next-token prediction (GPT-2's LM head); metrics `acc` and `count` over predicted tokens."""
 
@@ -42,15 +59,24 @@ class LmTarget(TiedOutput, nn.Module):
         label_smoothing: float = Field(
             0.0, ge=0.0, lt=1.0, description="label smoothing of the cross-entropy (0: none)"
         )
+        prefix_lm: bool = Field(
+            False, description="prefix LM: predict only after each row's prefix, read from the "
+            "batch key `prefix_lengths` (B,); the encoder needs the matching prefix mask")
+        rescale_hidden: bool = Field(
+            False, description="multiply the hidden states by hidden_size ** -0.5 before the "
+            "projection (T5 with a tied output)")
 
     def __init__(self, config: Config, ctx: BuildContext) -> None:
         super().__init__()
         self.config = config
         h, v = ctx.hidden_size, ctx.vocab_size
         self.init_output(h, v, bias=config.bias)  # own matrix until tie_weights()
+        self.hidden_scale: float = h ** -0.5 if config.rescale_hidden else 1.0
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., H) -> (..., V)."""
+        if self.config.rescale_hidden:
+            hidden = hidden * self.hidden_scale
         return self.project(hidden)
 
     def forward(self, features: Features, batch: dict[str, torch.Tensor]) -> TargetOutput:
@@ -62,6 +88,14 @@ class LmTarget(TiedOutput, nn.Module):
             if "input_ids" not in batch:
                 raise TpError("target lm needs `lm_labels` or `input_ids` in the batch")
             labels = next_token_labels(batch["input_ids"], batch.get("attention_mask"))
+        if self.config.prefix_lm:
+            prefix_lengths = batch.get("prefix_lengths")
+            if prefix_lengths is None:
+                raise DataError(
+                    "target lm has prefix_lm on, but the batch has no `prefix_lengths`",
+                    hint="use a data processor that marks each row's prefix, or set "
+                    "model.target.lm.prefix_lm=false")
+            labels = drop_prefix(labels, prefix_lengths.reshape(-1))
         hidden = features.hidden  # (B, T, H)
         flat_labels = labels.reshape(-1)  # (B*T,)
         rows = (flat_labels != IGNORE).nonzero().squeeze(1)  # (N,) predicted positions

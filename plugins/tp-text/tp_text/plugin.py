@@ -16,6 +16,8 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
     register("target", "sp", "tp_text.sp:SpTarget")
     register("target", "lm", "tp_text.lm:LmTarget")
     register("target", "bilm", "tp_text.bilm:BilmTarget")
+    register("target", "cls", "tp_text.cls:ClsTarget")
+    register("embedding", "sinusoidalpos", "tp_text.sinusoidalpos:SinusoidalPosEmbedding")
 
 
 @hookimpl

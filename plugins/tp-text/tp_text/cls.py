@@ -1,0 +1,77 @@
+"""Sequence classification target (BERT fine-tuning, InferSent, ViT, ViLT's ITM).
+
+    hidden (B, T, H) -> pooling over the real tokens (first | last | mean | max) -> (B, H)
+        [or the stack's own pooling, features.pooled, when the recipe gives one]
+    -> [pooler: dense (H, H) -> tanh]  (BERT's pooler, optional)
+    -> dropout -> classifier (C, H) -> logits (B, C) -> cross-entropy against `labels` (B,)
+
+A sentence pair is one packed row ([CLS] a [SEP] b [SEP]) whose attention mask covers both
+sentences, so the pooling spans the whole pair; padding never contributes (either side).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from tpcli.errors import DataError, TpError
+from tpcli.layers.pooling import PoolingKind, pool
+from tpcli.module import BuildContext, Features, TargetConfig, TargetOutput
+
+
+class ClsTarget(nn.Module):
+    """Classify each sequence into one of `labels` classes; metrics `acc` and `count`."""
+
+    class Config(TargetConfig):
+        labels: int = Field(2, ge=2, description="number of classes")
+        pooling: PoolingKind = Field(
+            "first", description="how the hidden states become one vector: the first or last "
+            "real token, or the mean or element-wise max over the real tokens (ignored when the "
+            "stack has its own pooling: features.pooled is used as is)")
+        pooler: bool = Field(
+            False, description="BERT's pooler (dense H->H + tanh) before the classifier")
+
+    def __init__(self, config: Config, ctx: BuildContext) -> None:
+        super().__init__()
+        self.config = config
+        h = ctx.hidden_size
+        self.pooler = nn.Linear(h, h) if config.pooler else None
+        self.dropout = nn.Dropout(ctx.dropout)
+        self.classifier = nn.Linear(h, config.labels)
+
+    def logits(self, features: Features) -> torch.Tensor:
+        """Features -> (B, C)."""
+        if features.pooled is not None:  # a recipe-level pooling takes precedence
+            x = features.pooled  # (B, H)
+        elif features.hidden is not None:
+            x = pool(self.config.pooling, features.hidden, features.mask)  # (B, H)
+        else:
+            raise TpError("target cls needs hidden states (or a pooling) from the encoder",
+                          hint="give the model an encoder, or a pooling after it")
+        if self.pooler is not None:
+            x = torch.tanh(self.pooler(x))
+        return self.classifier(self.dropout(x))  # (B, C)
+
+    def forward(self, features: Features, batch: dict[str, torch.Tensor]) -> TargetOutput:
+        labels = batch.get("labels")
+        if labels is None:
+            raise TpError("target cls needs `labels` (one class index per sequence) in the batch",
+                          hint="use a data processor that reads labelled text (e.g. `cls`)")
+        labels = labels.reshape(-1).long()  # (B,)
+        c = self.config.labels
+        lo, hi = int(labels.min()), int(labels.max())  # checked here: on a GPU a bad index is
+        if lo < 0 or hi >= c:  # an unreadable device-side assert inside cross_entropy
+            raise DataError(f"target cls: label {lo if lo < 0 else hi} is outside 0..{c - 1}",
+                            hint=f"set model.target.cls.labels to the number of classes "
+                                 f"(now {c}), or fix the dataset's labels")
+        logits = self.logits(features)  # (B, C)
+        loss = F.cross_entropy(logits.float(), labels)
+        with torch.no_grad():
+            count = torch.tensor(float(labels.numel()), device=logits.device)
+            acc = (logits.argmax(dim=-1) == labels).sum().float() / count.clamp(min=1.0)
+        return TargetOutput(loss, {"acc": acc, "count": count})
+
+    def predict(self, features: Features, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.logits(features)  # (B, C)
