@@ -16,16 +16,18 @@ if TYPE_CHECKING:
     from tpcli.module import Tokenizer
     from tpcli.plugins import Plugins
 
-CorpusFormat = Literal["sentences", "documents"]
+CorpusFormat = Literal["sentences", "documents", "tsv"]
 
 
 class Processor(Protocol):
     """What a registered data processor provides (see `tp_register_processors`).
 
     Built as ``cls(config)``. ``corpus_format`` says how ``tp preprocess`` reads the corpus:
-    ``"sentences"`` (one sentence per line, blank line between documents) or ``"documents"``
-    (one document per line). ``dataset(store, tokenizer, seed)`` returns a map-style dataset
-    (see `tpcli.data.dataset.ExampleDataset`) over the stored tokens.
+    ``"sentences"`` (one sentence per line, blank line between documents), ``"documents"``
+    (one document per line) or ``"tsv"`` (one ``label<TAB>text[<TAB>text_b]`` example per line;
+    its fields are the document's sequences, label first). ``dataset(store, tokenizer, seed)``
+    returns a map-style dataset (see `tpcli.data.dataset.ExampleDataset`) over the stored
+    tokens.
     """
 
     Config: ClassVar[type[ModuleConfig]]

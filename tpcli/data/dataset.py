@@ -53,7 +53,8 @@ class Masker:
         return mask_tokens(
             ids, maskable, mask_id=self.mask_id, vocab_size=self.vocab_size, generator=g,
             mask_prob=c.mask_prob, mask_token_prob=c.mask_token_prob,
-            random_token_prob=c.random_token_prob, word_starts=starts,
+            random_token_prob=c.random_token_prob, word_starts=starts, span=c.span,
+            span_p=c.span_p, max_span=c.max_span,
         )
 
 
@@ -84,25 +85,97 @@ class ExampleDataset(Dataset):
         return self.example(index, example_generator(self.seed, self.epoch, index))
 
     def pad_value(self, key: str) -> int:
-        if key == "input_ids":
+        """Padding of a (T,) field: the pad id for `*input_ids`, -100 for `*labels`, else 0
+        (`*position_ids`, `*segment_ids`)."""
+        if key.endswith("input_ids"):
             return self.pad_id
         return IGNORE if key.endswith("labels") else 0
 
     def collate(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Pad (T,) fields to the longest example, stack scalar fields; add `attention_mask`
-        (B, T) bool, True on real tokens."""
+        """Pad each (T,) field to its longest example, stack scalar fields, and add
+        `<prefix>attention_mask` (B, T) bool, True on real tokens, for every `<prefix>input_ids`
+        (`input_ids` -> `attention_mask`, `tgt_input_ids` -> `tgt_attention_mask`)."""
         if not examples:
             raise ValueError("collate needs at least one example")
-        lengths = torch.tensor([len(e["input_ids"]) for e in examples])  # (B,)
-        width = int(lengths.max())
         batch: dict[str, torch.Tensor] = {}
         for key, first in examples[0].items():
             if first.dim() == 0:
                 batch[key] = torch.stack([e[key] for e in examples])  # (B,)
                 continue
+            lengths = torch.tensor([len(e[key]) for e in examples])  # (B,)
+            width = int(lengths.max())
             out = torch.full((len(examples), width), self.pad_value(key), dtype=first.dtype)
             for row, e in enumerate(examples):
                 out[row, : len(e[key])] = e[key]
             batch[key] = out  # (B, T)
-        batch["attention_mask"] = torch.arange(width)[None, :] < lengths[:, None]  # (B, T)
+            if key.endswith("input_ids"):
+                mask_key = key[: -len("input_ids")] + "attention_mask"
+                batch[mask_key] = torch.arange(width)[None, :] < lengths[:, None]  # (B, T)
         return batch
+
+
+def special_id(special_ids: dict[str, int], names: tuple[str, ...], processor: str,
+               purpose: str) -> int:
+    """The id of the first of `names` the vocabulary has; DataError naming them otherwise."""
+    for name in names:
+        if name in special_ids:
+            return int(special_ids[name])
+    wanted = " or ".join(f"'{n}'" for n in names)
+    raise DataError(
+        f"the {processor} processor needs a {wanted} special token ({purpose}); the tokenizer's "
+        f"special tokens are {sorted(special_ids) or 'none'}",
+        hint="use a vocabulary that has it (the tokenizer reports it in special_ids)",
+    )
+
+
+class TokenStore:
+    """Gathers tokens of a dataset by global token index, a shard at a time (no Python loop over
+    tokens). Holds no memory map itself, so it pickles small into DataLoader workers."""
+
+    def __init__(self, store: Reader) -> None:
+        self.store = store
+        shards = store.meta["shards"]
+        self.seq_start = np.concatenate(
+            [[0], np.cumsum([int(s["sequences"]) for s in shards])]).astype(np.int64)  # (K+1,)
+        self.tok_start = np.concatenate(
+            [[0], np.cumsum([int(s["tokens"]) for s in shards])]).astype(np.int64)  # (K+1,)
+
+    def gather(self, index: np.ndarray) -> np.ndarray:
+        """Token ids (int64) at global token positions `index` (any shape)."""
+        flat = np.asarray(index, dtype=np.int64).reshape(-1)
+        out = np.empty(flat.shape, np.int64)
+        shard = np.searchsorted(self.tok_start, flat, side="right") - 1
+        for k in np.unique(shard):
+            tokens = self.store.sequences(int(self.seq_start[k]), int(self.seq_start[k + 1]))
+            here = shard == k
+            out[here] = tokens[flat[here] - self.tok_start[k]]
+        return out.reshape(np.shape(index))
+
+
+class DocumentStream:
+    """The documents of a dataset laid end to end, a separator token after each one.
+
+    Stream position `p` holds either a document token or the separator that ends document
+    `doc(p)`. `window(lo, hi)` returns ids and document indexes of positions [lo, hi)."""
+
+    def __init__(self, store: Reader, separator: int) -> None:
+        self.tokens = TokenStore(store)
+        self.separator = int(separator)
+        lengths = store.sequence_lengths()  # (S,)
+        seq_cum = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])  # (S+1,)
+        bounds = store.document_bounds()  # (D+1,)
+        self.doc_first_token = seq_cum[bounds[:-1]]  # (D,) global token index of each document
+        self.doc_tokens = np.diff(seq_cum[bounds])  # (D,)
+        # (D+1,) stream position where each document starts (its tokens, then the separator)
+        self.doc_start = np.concatenate([[0], np.cumsum(self.doc_tokens + 1)]).astype(np.int64)
+        self.total = int(self.doc_start[-1])
+
+    def window(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids (n,) int64, doc (n,) document index, is_separator (n,) bool) of [lo, hi)."""
+        pos = np.arange(lo, hi, dtype=np.int64)  # (n,)
+        doc = np.searchsorted(self.doc_start, pos, side="right") - 1  # (n,)
+        offset = pos - self.doc_start[doc]
+        is_sep = offset == self.doc_tokens[doc]
+        ids = np.full(pos.shape, self.separator, np.int64)
+        ids[~is_sep] = self.tokens.gather(self.doc_first_token[doc[~is_sep]] + offset[~is_sep])
+        return ids, doc, is_sep

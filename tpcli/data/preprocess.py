@@ -23,7 +23,7 @@ from tpcli.verbs import PreprocessRequest
 
 BATCH_LINES = 8192  # lines per encode_batch call: large enough to keep every core busy
 BATCH_CHARS = 4_000_000  # ...but bounded in characters, for corpora of very long lines
-FORMATS = ("sentences", "documents")
+FORMATS = ("sentences", "documents", "tsv")
 
 
 CORPUS_HINT = "give a text file path or an fsspec URL (file://, memory://, s3://, ...)"
@@ -94,13 +94,34 @@ def decoded_lines(f: IO[bytes], corpus: str) -> Iterator[str]:
         yield line.rstrip("\r\n")
 
 
+def tsv_fields(line: str, number: int) -> list[str]:
+    """`label<TAB>text` or `label<TAB>text_a<TAB>text_b` -> its stripped fields (DataError
+    naming the line otherwise)."""
+    fields = [f.strip() for f in line.split("\t")]
+    if len(fields) not in (2, 3) or not all(fields):
+        raise DataError(
+            f"corpus line {number} is not `label<TAB>text` or `label<TAB>text_a<TAB>text_b`: "
+            f"it has {len(fields)} tab-separated field(s){'' if all(fields) else ', some empty'}: "
+            f"{line[:80]!r}",
+            hint="write one example per line: the label, a tab, the text (a tab and a second "
+            "text for pairs)",
+        )
+    return fields
+
+
 def documents(lines: Iterable[str], corpus_format: str) -> Iterator[list[str]]:
     """Documents as lists of lines: `sentences` ends a document at a blank line, `documents` is
-    one document per (non-blank) line."""
+    one document per (non-blank) line, `tsv` one document per (non-blank) line whose sequences
+    are its tab-separated fields, the label first."""
     if corpus_format == "documents":
         for line in lines:
             if line.strip():
                 yield [line]
+        return
+    if corpus_format == "tsv":
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                yield tsv_fields(line, number)
         return
     doc: list[str] = []
     for line in lines:

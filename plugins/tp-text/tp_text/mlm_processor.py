@@ -3,7 +3,9 @@
 The corpus is one document per line. At load time the documents are laid end to end with a
 [SEP] after each (the document separator of Liu et al., 2019, section 4.2) and cut into blocks
 of `seq_length - 2` tokens, each wrapped as ``[CLS] block [SEP]``; blocks may cross document
-boundaries. Tokens are masked dynamically; segment ids are all 0 and there is no pair label.
+boundaries. Tokens are masked dynamically (independent tokens, whole words, or SpanBERT spans
+with `span: geometric`, see `tpcli.data.masking`); segment ids are all 0 and there is no pair
+label.
 """
 
 from __future__ import annotations

@@ -29,6 +29,12 @@ def tp_register_tokenizers(register: Callable[[str, Any], None]) -> None:
 def tp_register_processors(register: Callable[[str, Any], None]) -> None:
     register("bert", "tp_text.bert_processor:BertProcessor")
     register("mlm", "tp_text.mlm_processor:MlmProcessor")
+    register("lm", "tp_text.lm_processor:LmProcessor")
+    register("albert", "tp_text.albert_processor:AlbertProcessor")
+    register("t5", "tp_text.t5_processor:T5Processor")
+    register("bart", "tp_text.bart_processor:BartProcessor")
+    register("bilm", "tp_text.bilm_processor:BilmProcessor")
+    register("cls", "tp_text.cls_processor:ClsProcessor")
 
 
 @hookimpl
