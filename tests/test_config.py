@@ -99,21 +99,17 @@ def test_the_paper_json_reads_as_yaml_and_json(registry: Registry) -> None:
     assert a["model"]["encoder"] == {"name": "transformer"}
 
 
-def test_t5_block_names_what_is_not_installed(registry: Registry) -> None:
-    problems = problems_of(recipe(T5), registry)
-    assert set(problems) == {"model.decoder"}  # word, the encoder and lm are fine
-    assert "unknown decoder 'transformer'" in problems["model.decoder"]
-    assert "no decoder is installed" in problems["model.decoder"]
-    assert "`tp modules decoder`" in problems["model.decoder"]
+def test_t5_block_validates(registry: Registry) -> None:
+    r = build_recipe(recipe(T5), registry, name="t5")
+    assert r.model.decoder is not None and r.model.decoder.name == "transformer"
+    assert [m.name for m in r.model.tgt_embedding] == ["word"]
 
 
-def test_vilt_block_names_patch_word_and_cls(registry: Registry) -> None:
+def test_vilt_block_names_patch_word(registry: Registry) -> None:
     problems = problems_of(recipe(VILT), registry)
-    assert set(problems) == {"model.embedding.patch_word", "model.target.cls"}
+    assert set(problems) == {"model.embedding.patch_word"}  # the cls target exists
     assert "unknown embedding 'patch_word'" in problems["model.embedding.patch_word"]
-    assert "installed: pos, seg, word" in problems["model.embedding.patch_word"]
-    assert "unknown target 'cls'" in problems["model.target.cls"]
-    assert "installed: bilm, lm, mlm, sp" in problems["model.target.cls"]
+    assert "installed: pos, seg, sinusoidalpos, word" in problems["model.embedding.patch_word"]
 
 
 def test_clip_block_streams_are_valid_modules_are_missing(registry: Registry) -> None:

@@ -9,6 +9,7 @@ Nothing here names a model: BERT, T5 and CLIP are only different recipes.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -41,6 +42,19 @@ def _view(batch: Batch, prefix: str) -> Batch:
     if not prefix:
         return batch
     return {k[len(prefix):]: v for k, v in batch.items() if k.startswith(prefix)}
+
+
+# Optional batch keys a stack's encoder (or the decoder, under the "tgt_" prefix) may take as
+# keyword arguments: restarting positions of packed documents, prefix-LM prefix lengths.
+ENCODER_KEYS = ("position_ids", "prefix_lengths")
+
+
+def _accepted(module: nn.Module | None, keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The `keys` that `module.forward` takes as keyword arguments (none for None)."""
+    if module is None:
+        return ()
+    params = inspect.signature(module.forward).parameters
+    return tuple(k for k in keys if k in params)
 
 
 class EmbeddingSum(nn.Module):
@@ -81,13 +95,16 @@ class Stack(nn.Module):
         self.embedding = emb
         self.encoder = encoder
         self.pooling = pool
+        # batch keys passed on to the encoder when present and its forward takes them
+        self.encoder_keys = _accepted(encoder, ENCODER_KEYS)
 
     def forward(self, inputs: Batch) -> Features:
         mask = inputs.get("attention_mask")
         mask = mask.bool() if mask is not None else None
         h = self.embedding(inputs)  # (B, T, H)
         if self.encoder is not None:
-            h = self.encoder(h, mask)
+            extra = {k: inputs[k] for k in self.encoder_keys if k in inputs}
+            h = self.encoder(h, mask, **extra)
         pooled = self.pooling(h, mask) if self.pooling is not None else None
         return Features(h, mask, pooled)
 
@@ -128,6 +145,7 @@ class TpModel(nn.Module):
             self.decoder = _build(registry, spec.decoder, tctx)
             if opts.share_embeddings:
                 self._share_word_embedding()
+        self.decoder_keys = _accepted(self.decoder, ENCODER_KEYS)
         self.targets = nn.ModuleDict({t.name: _build(registry, t, ctx) for t in spec.targets})
         self.weights = {t.name: float(t.options.weight) for t in spec.targets}
         self.apply(self._init_weights)
@@ -196,7 +214,8 @@ class TpModel(nn.Module):
         tmask = tgt.get("attention_mask")
         tmask = tmask.bool() if tmask is not None else None
         y = self.tgt_embedding(tgt)  # (B, T', H)
-        y = self.decoder(y, tmask, enc.hidden, enc.mask)
+        extra = {k: tgt[k] for k in self.decoder_keys if k in tgt}
+        y = self.decoder(y, tmask, enc.hidden, enc.mask, **extra)
         return Features(y, tmask, None)
 
     def forward(self, batch: Batch) -> ModelOutput:

@@ -1,10 +1,13 @@
 """Multi-head attention on `torch.nn.functional.scaled_dot_product_attention`.
 
-Self-attention projects q, k and v with ONE fused Linear (3H, H): one matmul instead of three,
-and the weight rows are [W_q; W_k; W_v], so a checkpoint with separate projections converts by
-concatenating along dim 0. Cross-attention projects q from the queries and a fused (2H, H) kv
-from the memory. Masks follow SDPA's boolean convention (True = may attend), built by
-`tpcli.layers.masks.attention_mask`.
+Self-attention projects q, k and v with ONE fused Linear: one matmul instead of three, and the
+weight rows are [W_q; W_k; W_v], so a checkpoint with separate projections converts by
+concatenating along dim 0. With grouped-query attention (`kv_heads` < `heads`, LLaMA-2/3) the
+three blocks have unequal sizes: heads * head_dim rows for q, kv_heads * head_dim each for k and
+v. Cross-attention projects q from the queries and a fused [W_k; W_v] kv from the memory.
+
+Masks follow SDPA's conventions, built by `tpcli.layers.masks`: a boolean mask (True = may
+attend), or an additive float mask when a position bias rides along (T5).
 """
 
 from __future__ import annotations
@@ -13,24 +16,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tpcli.layers.positions import apply_rotary
+
+# SDPA shares k/v heads itself from torch 2.5 (`enable_gqa`); before, k/v are repeated
+_NATIVE_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
 
 class MultiHeadAttention(nn.Module):
-    """softmax(q k^T / sqrt(d)) v over `heads` heads, then an output projection. # (B, T, H)"""
+    """softmax(q k^T * scale + bias) v over `heads` heads, then an output projection.
+
+    # (B, T, H) -> (B, T, H). scale is 1/sqrt(head_dim), or 1 when `scale` is False (T5 folds it
+    into the weights). `kv_heads` (default `heads`) k/v heads are each shared by
+    heads / kv_heads query heads.
+    """
 
     def __init__(self, hidden_size: int, heads: int, *, dropout: float = 0.0, bias: bool = True,
-                 cross: bool = False) -> None:
+                 cross: bool = False, kv_heads: int | None = None, scale: bool = True) -> None:
         super().__init__()
         if hidden_size % heads != 0:
             raise ValueError(f"hidden size {hidden_size} is not divisible by {heads} heads")
+        kv_heads = heads if kv_heads is None else kv_heads
+        if kv_heads < 1 or heads % kv_heads != 0:
+            raise ValueError(f"{heads} heads are not divisible by {kv_heads} kv heads")
         self.heads = heads
+        self.kv_heads = kv_heads
         self.head_dim = hidden_size // heads
+        self.kv_size = kv_heads * self.head_dim  # rows of W_k (and of W_v)
         self.dropout = dropout
         self.cross = cross
+        self.scale = scale
         if cross:
             self.q = nn.Linear(hidden_size, hidden_size, bias=bias)
-            self.kv = nn.Linear(hidden_size, 2 * hidden_size, bias=bias)
+            self.kv = nn.Linear(hidden_size, 2 * self.kv_size, bias=bias)
         else:
-            self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=bias)
+            self.qkv = nn.Linear(hidden_size, hidden_size + 2 * self.kv_size, bias=bias)
         self.out = nn.Linear(hidden_size, hidden_size, bias=bias)
 
     def _split(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
@@ -39,27 +58,58 @@ class MultiHeadAttention(nn.Module):
         parts = x.view(b, t, n, self.heads, self.head_dim).unbind(dim=2)
         return tuple(p.transpose(1, 2) for p in parts)
 
+    def _heads(self, x: torch.Tensor, n_heads: int) -> torch.Tensor:
+        """(B, T, n_heads*head_dim) -> (B, n_heads, T, head_dim), a view."""
+        b, t, _ = x.shape
+        return x.view(b, t, n_heads, self.head_dim).transpose(1, 2)
+
+    def _project(self, x: torch.Tensor, memory: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, heads, T, d), k and v (B, kv_heads, Tk, d)."""
+        if self.cross:
+            if memory is None:
+                raise ValueError("cross-attention needs memory")
+            k, v = self.kv(memory).split(self.kv_size, dim=-1)
+            return (self._heads(self.q(x), self.heads), self._heads(k, self.kv_heads),
+                    self._heads(v, self.kv_heads))
+        if self.kv_heads == self.heads:
+            q, k, v = self._split(self.qkv(x), 3)
+            return q, k, v
+        q, k, v = self.qkv(x).split([self.heads * self.head_dim, self.kv_size, self.kv_size], -1)
+        return (self._heads(q, self.heads), self._heads(k, self.kv_heads),
+                self._heads(v, self.kv_heads))
+
     def forward(
         self,
         x: torch.Tensor,
         mask: torch.Tensor | None = None,
         memory: torch.Tensor | None = None,
         is_causal: bool = False,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """x (B, T, H); mask: an SDPA bool mask broadcastable to (B, heads, T, Tk) or None;
-        memory (B, Tk, H) for cross-attention; is_causal: causal without a mask (fast path)."""
+        """x (B, T, H); mask: an SDPA bool or additive float mask broadcastable to
+        (B, heads, T, Tk), or None; memory (B, Tk, H) for cross-attention; is_causal: causal
+        without a mask (fast path); rotary: cos, sin (B, 1, T, head_dim) applied to q and k."""
         b, t, h = x.shape
-        if self.cross:
-            if memory is None:
-                raise ValueError("cross-attention needs memory")
-            (q,) = self._split(self.q(x), 1)
-            k, v = self._split(self.kv(memory), 2)
-        else:
-            q, k, v = self._split(self.qkv(x), 3)  # each (B, heads, T, head_dim)
+        q, k, v = self._project(x, memory)  # (B, heads, T, d), (B, kv_heads, Tk, d) x2
+        if rotary is not None:
+            cos, sin = (c.to(q.dtype) for c in rotary)  # autocast: q may be lower than x
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)  # SDPA wants an additive mask in the query's dtype
+        extra: dict[str, bool] = {}
+        if self.kv_heads != self.heads:
+            if mask is None and _NATIVE_GQA and q.dtype in (torch.float16, torch.bfloat16):
+                extra["enable_gqa"] = True  # the flash kernel reads the shared k/v heads as is
+            else:  # the kernels for masks or fp32 have no native GQA: repeat k/v per query head
+                rep = self.heads // self.kv_heads
+                k, v = (z.repeat_interleave(rep, dim=1) for z in (k, v))  # (B, heads, Tk, d)
         y = F.scaled_dot_product_attention(
             q, k, v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal and mask is None,
+            scale=None if self.scale else 1.0,
+            **extra,
         )  # (B, heads, T, head_dim)
         return self.out(y.transpose(1, 2).reshape(b, t, h))

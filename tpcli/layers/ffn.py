@@ -25,14 +25,22 @@ def make_activation(name: str) -> nn.Module:
 
 
 class FeedForward(nn.Module):
-    """fc2(act(fc1(x))): (B, T, H) -> (B, T, F) -> (B, T, H). Residual dropout is the caller's."""
+    """fc2(act(fc1(x))): (B, T, H) -> (B, T, F) -> (B, T, H). Residual dropout is the caller's.
+
+    Gated (`gate=True`, GLU family: LLaMA SwiGLU with silu, T5 v1.1 with gelu_tanh): fc1 is ONE
+    fused Linear (2F, H) whose rows are [W_gate; W_up], and out = fc2(act(gate x) * (up x)).
+    """
 
     def __init__(self, hidden_size: int, ffn_size: int, activation: str = "gelu",
-                 bias: bool = True) -> None:
+                 bias: bool = True, gate: bool = False) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(hidden_size, ffn_size, bias=bias)
+        self.gate = gate
+        self.fc1 = nn.Linear(hidden_size, (2 if gate else 1) * ffn_size, bias=bias)
         self.act = make_activation(activation)
         self.fc2 = nn.Linear(ffn_size, hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate:
+            gate, up = self.fc1(x).chunk(2, dim=-1)  # each (B, T, F)
+            return self.fc2(self.act(gate) * up)  # (B, T, H)
         return self.fc2(self.act(self.fc1(x)))  # (B, T, H)

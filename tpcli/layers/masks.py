@@ -43,3 +43,32 @@ def attention_mask(
         mask = tri[None, None] & key_mask.bool()[:, None, None, :]  # (B, 1, Tq, Tk)
     # open the rows with no visible key (see the module docstring)
     return mask | ~mask.any(dim=-1, keepdim=True)
+
+
+def with_bias(mask: torch.Tensor | None, bias: torch.Tensor) -> torch.Tensor:
+    """An additive float mask for SDPA: `bias` (e.g. T5's relative position bias, (1, heads, Tq,
+    Tk)) plus -inf where the boolean `mask` (from `attention_mask`, or None) hides a key.
+
+    The -inf never fills a whole row: `attention_mask` has already opened the rows with no
+    visible key, so every row keeps at least one finite score and the softmax stays finite.
+    """
+    if mask is None:
+        return bias
+    # contiguous: SDPA's fused GPU kernels need a mask whose last dim has stride 1
+    return torch.where(mask, bias, float("-inf")).contiguous()  # (B | 1, heads, Tq, Tk)
+
+
+def prefix_mask(prefix_lengths: torch.Tensor, t: int,
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The prefix-LM mask (UniLM, T5's prefix LM): query i of row b sees key j when j <= i (the
+    causal part) or j < prefix_lengths[b] (the prefix is fully visible), and j is a real token.
+
+    prefix_lengths (B,), key_mask (B, T) True = real token -> (B, 1, T, T) bool."""
+    pos = torch.arange(t, device=prefix_lengths.device)  # (T,)
+    causal = pos[None, :] <= pos[:, None]  # (T, T)
+    in_prefix = pos[None, None, :] < prefix_lengths.long()[:, None, None]  # (B, 1, T)
+    mask = causal[None] | in_prefix  # (B, T, T)
+    if key_mask is not None:
+        mask = mask & key_mask.bool()[:, None, :]
+    mask = mask[:, None]  # (B, 1, T, T)
+    return mask | ~mask.any(dim=-1, keepdim=True)  # rows with no visible key: see the docstring

@@ -10,6 +10,7 @@ from tpcli import hookimpl
 @hookimpl
 def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
     register("encoder", "transformer", "tp_encoders.transformer:TransformerEncoder")
+    register("decoder", "transformer", "tp_encoders.transformer_decoder:TransformerDecoder")
     register("encoder", "lstm", "tp_encoders.lstm:LstmEncoder")
     register("encoder", "gru", "tp_encoders.gru:GruEncoder")
     register("encoder", "bilstm", "tp_encoders.bilstm:BilstmEncoder")

@@ -1,12 +1,17 @@
-"""The transformer encoder: BERT's post-norm stack or GPT-2's pre-norm stack with a final norm.
+"""The transformer encoder: BERT's post-norm stack or GPT-2's pre-norm stack with a final norm,
+and the options that make it T5's, ALBERT's or LLaMA's.
 
     post-norm (BERT):  x = LN(x + drop(attn(x)));      x = LN(x + drop(ffn(x)))
     pre-norm (GPT-2):  x = x + drop(attn(LN(x)));      x = x + drop(ffn(LN(x)));  LN at the end
+
+T5 = rmsnorm + relative position bias + unscaled attention, no biases; LLaMA = rmsnorm + rotary +
+gated silu FFN (+ grouped-query attention); ALBERT = BERT with one layer's weights shared by all.
+The position bias and the rotary tables are computed once per forward and shared by all layers.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -15,8 +20,139 @@ from torch import nn
 from tpcli.errors import TpError
 from tpcli.layers.attention import MultiHeadAttention
 from tpcli.layers.ffn import Activation, FeedForward
-from tpcli.layers.masks import attention_mask
+from tpcli.layers.masks import attention_mask, causal_mask, prefix_mask, with_bias
+from tpcli.layers.norms import make_norm
+from tpcli.layers.positions import RelativePositionBias, RotaryEmbedding
 from tpcli.module import BuildContext, ModuleConfig
+
+
+class TransformerOptions(ModuleConfig):
+    """Options shared by the transformer encoder and decoder."""
+
+    layers: int = Field(12, ge=1, le=1024, description="number of transformer layers")
+    heads: int = Field(12, ge=1, description="attention heads (must divide hidden_size)")
+    ffn_size: int = Field(3072, ge=1, description="inner size of the feed-forward block")
+    activation: Activation = Field("gelu", description="feed-forward activation")
+    pre_norm: bool = Field(
+        False, description="False: BERT post-norm; True: GPT-2 pre-norm plus a final norm"
+    )
+    attention_dropout: float | None = Field(
+        None, ge=0.0, lt=1.0, description="dropout on attention weights (None: model dropout)"
+    )
+    bias: bool = Field(True, description="biases in the attention and feed-forward Linears")
+    norm: Literal["layernorm", "rmsnorm"] = Field(
+        "layernorm", description="layer norm (BERT, GPT-2) or RMSNorm without bias (T5, LLaMA)"
+    )
+    position: Literal["none", "relative", "rotary"] = Field(
+        "none", description="positions inside attention: none (the embedding has them), "
+        "relative (T5 bucketed bias) or rotary (RoPE, LLaMA)"
+    )
+    relative_buckets: int = Field(
+        32, ge=4, description="T5 relative-position buckets (position=relative)"
+    )
+    relative_max_distance: int = Field(
+        128, ge=2, description="distance from which all positions share the last bucket "
+        "(position=relative)"
+    )
+    rotary_base: float = Field(10000.0, gt=1.0, description="RoPE frequency base (position=rotary)")
+    ffn_gate: bool = Field(
+        False, description="gated feed-forward fc2(act(gate x) * up x): SwiGLU with silu "
+        "(LLaMA), GEGLU with gelu_tanh (T5 v1.1)"
+    )
+    kv_heads: int | None = Field(
+        None, ge=1, description="key/value heads for grouped-query attention (None: heads)"
+    )
+    scale_attention: bool = Field(
+        True, description="scale scores by 1/sqrt(head size); False for T5 (folded in weights)"
+    )
+    share_layers: bool = Field(
+        False, description="ALBERT: one layer's weights applied `layers` times"
+    )
+
+
+def check_options(config: TransformerOptions, ctx: BuildContext, kind: str) -> None:
+    """User errors in the options, with the recipe path to fix. `kind`: encoder | decoder."""
+    path = f"model.{kind}"
+    if ctx.hidden_size % config.heads != 0:
+        raise TpError(
+            f"{kind} transformer: hidden_size {ctx.hidden_size} is not divisible by "
+            f"heads {config.heads}",
+            hint=f"choose {path}.heads among the divisors of model.hidden_size "
+            "(e.g. 12 heads for 768)",
+        )
+    if config.kv_heads is not None and config.heads % config.kv_heads != 0:
+        raise TpError(
+            f"{kind} transformer: heads {config.heads} is not divisible by kv_heads "
+            f"{config.kv_heads}",
+            hint=f"choose {path}.kv_heads among the divisors of {path}.heads",
+        )
+    if config.position == "rotary" and (ctx.hidden_size // config.heads) % 2 != 0:
+        raise TpError(
+            f"{kind} transformer: rotary positions need an even head size, got "
+            f"{ctx.hidden_size // config.heads}",
+            hint=f"change {path}.heads or model.hidden_size so that hidden_size / heads is even",
+        )
+    exact = config.relative_buckets // 4  # one bucket per distance below this (bidirectional)
+    if config.position == "relative" and config.relative_max_distance <= exact:
+        raise TpError(
+            f"{kind} transformer: relative_max_distance {config.relative_max_distance} must be "
+            f"larger than relative_buckets // 4 = {exact}",
+            hint=f"T5 uses {path}.relative_buckets=32 and relative_max_distance=128",
+        )
+
+
+def layer_options(config: TransformerOptions, ctx: BuildContext) -> dict[str, Any]:
+    """The plain keyword arguments of one layer (layers never see a config)."""
+    return dict(
+        activation=config.activation, dropout=ctx.dropout,
+        attention_dropout=ctx.dropout if config.attention_dropout is None
+        else config.attention_dropout,
+        bias=config.bias, pre_norm=config.pre_norm, eps=ctx.norm_eps, norm=config.norm,
+        kv_heads=config.kv_heads, scale_attention=config.scale_attention,
+        ffn_gate=config.ffn_gate,
+    )
+
+
+def position_modules(config: TransformerOptions, ctx: BuildContext, bidirectional: bool
+                     ) -> tuple[RelativePositionBias | None, RotaryEmbedding | None]:
+    """The stack's one relative-bias table (key `relative_bias.embedding.weight`) or rotary."""
+    bias = rotary = None
+    if config.position == "relative":
+        bias = RelativePositionBias(config.heads, config.relative_buckets,
+                                    config.relative_max_distance, bidirectional)
+    elif config.position == "rotary":
+        rotary = RotaryEmbedding(ctx.hidden_size // config.heads, config.rotary_base)
+    return bias, rotary
+
+
+def self_attention_inputs(
+    x: torch.Tensor, mask: torch.Tensor | None, causal: bool,
+    relative_bias: RelativePositionBias | None, rotary: RotaryEmbedding | None,
+    position_ids: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, bool, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Once per forward: (SDPA mask or None, is_causal fast path, rotary cos/sin or None).
+
+    x (B, T, H); mask (B, T) True = real token, or a ready (B, 1, T, T) bool mask;
+    position_ids (B, T) (default 0..T-1).
+    """
+    t = x.shape[1]
+    if mask is not None and mask.dim() == 4:  # already a full (B, 1, T, T) mask (prefix LM)
+        attn_mask, is_causal = mask, False
+    else:
+        if mask is not None and bool(mask.all()):
+            mask = None  # no padding: let SDPA take its unmasked (or is_causal) fast path
+        attn_mask = attention_mask(mask, causal) if mask is not None else None
+        is_causal = causal and attn_mask is None
+    if relative_bias is not None:
+        if is_causal:  # SDPA takes no is_causal with a bias: spell the triangle out
+            attn_mask, is_causal = causal_mask(t, t, x.device), False
+        attn_mask = with_bias(attn_mask, relative_bias(t, t))  # (B | 1, heads, T, T) float
+    cos_sin = None
+    if rotary is not None:
+        if position_ids is None:
+            position_ids = torch.arange(t, device=x.device)[None]  # (1, T)
+        cos_sin = rotary(position_ids, x.dtype)
+    return attn_mask, is_causal, cos_sin
 
 
 class TransformerLayer(nn.Module):
@@ -24,73 +160,72 @@ class TransformerLayer(nn.Module):
 
     def __init__(self, hidden_size: int, heads: int, ffn_size: int, *, activation: str,
                  dropout: float, attention_dropout: float, bias: bool, pre_norm: bool,
-                 eps: float) -> None:
+                 eps: float, norm: str = "layernorm", kv_heads: int | None = None,
+                 scale_attention: bool = True, ffn_gate: bool = False) -> None:
         super().__init__()
         self.pre_norm = pre_norm
-        self.attn = MultiHeadAttention(hidden_size, heads, dropout=attention_dropout, bias=bias)
-        self.attn_norm = nn.LayerNorm(hidden_size, eps=eps)
-        self.ffn = FeedForward(hidden_size, ffn_size, activation, bias=bias)
-        self.ffn_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.attn = MultiHeadAttention(hidden_size, heads, dropout=attention_dropout, bias=bias,
+                                       kv_heads=kv_heads, scale=scale_attention)
+        self.attn_norm = make_norm(norm, hidden_size, eps)
+        self.ffn = FeedForward(hidden_size, ffn_size, activation, bias=bias, gate=ffn_gate)
+        self.ffn_norm = make_norm(norm, hidden_size, eps)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         if self.pre_norm:
-            x = x + self.dropout(self.attn(self.attn_norm(x), mask, is_causal=is_causal))
+            x = x + self.dropout(self.attn(self.attn_norm(x), mask, is_causal=is_causal,
+                                           rotary=rotary))
             return x + self.dropout(self.ffn(self.ffn_norm(x)))
-        x = self.attn_norm(x + self.dropout(self.attn(x, mask, is_causal=is_causal)))
+        x = self.attn_norm(x + self.dropout(self.attn(x, mask, is_causal=is_causal,
+                                                      rotary=rotary)))
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
 
 class TransformerEncoder(nn.Module):
     """Transformer encoder (BERT post-norm or GPT-2 pre-norm; fully visible or causal)."""
 
-    class Config(ModuleConfig):
-        layers: int = Field(12, ge=1, le=1024, description="number of transformer layers")
-        heads: int = Field(12, ge=1, description="attention heads (must divide hidden_size)")
-        ffn_size: int = Field(3072, ge=1, description="inner size of the feed-forward block")
-        activation: Activation = Field("gelu", description="feed-forward activation")
-        pre_norm: bool = Field(
-            False, description="False: BERT post-norm; True: GPT-2 pre-norm plus a final norm"
+    class Config(TransformerOptions):
+        mask: Literal["fully_visible", "causal", "prefix"] = Field(
+            "fully_visible", description="fully_visible (BERT), causal (GPT-2, left-to-right), "
+            "or prefix (prefix LM: each row's first `prefix_lengths` tokens see each other, the "
+            "rest is causal; the batch must carry prefix_lengths (B,))"
         )
-        mask: Literal["fully_visible", "causal"] = Field(
-            "fully_visible", description="fully_visible (BERT) or causal (GPT-2, left-to-right)"
-        )
-        attention_dropout: float | None = Field(
-            None, ge=0.0, lt=1.0, description="dropout on attention weights (None: model dropout)"
-        )
-        bias: bool = Field(True, description="biases in the attention and feed-forward Linears")
 
     def __init__(self, config: Config, ctx: BuildContext) -> None:
         super().__init__()
-        if ctx.hidden_size % config.heads != 0:
-            raise TpError(
-                f"encoder transformer: hidden_size {ctx.hidden_size} is not divisible by "
-                f"heads {config.heads}",
-                hint="choose model.encoder.heads among the divisors of model.hidden_size "
-                "(e.g. 12 heads for 768)",
-            )
+        check_options(config, ctx, "encoder")
         self.config = config
-        attn_drop = ctx.dropout if config.attention_dropout is None else config.attention_dropout
+        self.causal = config.mask == "causal"
+        self.prefix = config.mask == "prefix"
+        opts = layer_options(config, ctx)
+        n = 1 if config.share_layers else config.layers  # shared: ONE layer, key layers.0.*
         self.layers = nn.ModuleList(
-            TransformerLayer(
-                ctx.hidden_size, config.heads, config.ffn_size, activation=config.activation,
-                dropout=ctx.dropout, attention_dropout=attn_drop, bias=config.bias,
-                pre_norm=config.pre_norm, eps=ctx.norm_eps,
-            )
-            for _ in range(config.layers)
+            TransformerLayer(ctx.hidden_size, config.heads, config.ffn_size, **opts)
+            for _ in range(n)
         )
+        # T5 buckets both directions in an encoder, only the past in a causal stack
+        self.relative_bias, self.rotary = position_modules(config, ctx, not self.causal)
         # pre-norm leaves the residual stream un-normalised; GPT-2 normalises it once at the end
         self.final_norm = (
-            nn.LayerNorm(ctx.hidden_size, eps=ctx.norm_eps) if config.pre_norm else None
+            make_norm(config.norm, ctx.hidden_size, ctx.norm_eps) if config.pre_norm else None
         )
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, H), mask (B, T) True = real token -> (B, T, H)."""
-        causal = self.config.mask == "causal"
-        if mask is not None and bool(mask.all()):
-            mask = None  # no padding: let SDPA take its unmasked (or is_causal) fast path
-        attn_mask = attention_mask(mask, causal) if mask is not None else None
-        is_causal = causal and attn_mask is None
-        for layer in self.layers:
-            x = layer(x, attn_mask, is_causal)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None,
+                prefix_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, H), mask (B, T) True = real token, position_ids (B, T) for rotary (default
+        0..T-1), prefix_lengths (B,) for mask=prefix -> (B, T, H)."""
+        if self.prefix:
+            if prefix_lengths is None:
+                raise TpError(
+                    "encoder transformer has mask=prefix, but the batch has no `prefix_lengths`",
+                    hint="use a data processor that marks each row's prefix, or set "
+                    "model.encoder.mask to causal or fully_visible")
+            mask = prefix_mask(prefix_lengths.reshape(-1), x.shape[1], mask)  # (B, 1, T, T)
+        attn_mask, is_causal, rotary = self_attention_inputs(
+            x, mask, self.causal, self.relative_bias, self.rotary, position_ids)
+        for i in range(self.config.layers):
+            layer = self.layers[0 if self.config.share_layers else i]
+            x = layer(x, attn_mask, is_causal, rotary)
         return self.final_norm(x) if self.final_norm is not None else x

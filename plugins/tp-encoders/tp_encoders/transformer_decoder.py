@@ -1,0 +1,98 @@
+"""The transformer decoder of a seq2seq model: causal self-attention, cross-attention to the
+encoder's output (the memory), feed-forward.
+
+    post-norm (BART):  y = LN(y + attn(y));  y = LN(y + cross(y, mem));  y = LN(y + ffn(y))
+    pre-norm (T5):     y = y + attn(LN(y));  y = y + cross(LN(y), mem);  y = y + ffn(LN(y));
+                       LN at the end
+
+Position options act on the self-attention only: T5's relative bias is unidirectional here (a
+query sees only keys before it) and cross-attention has no position bias.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tp_encoders.transformer import (
+    TransformerOptions,
+    check_options,
+    layer_options,
+    position_modules,
+    self_attention_inputs,
+)
+from tpcli.layers.attention import MultiHeadAttention
+from tpcli.layers.ffn import FeedForward
+from tpcli.layers.masks import attention_mask
+from tpcli.layers.norms import make_norm
+from tpcli.module import BuildContext
+
+
+class TransformerDecoderLayer(nn.Module):
+    """Self-attention, cross-attention to the memory, feed-forward. # (B, T', H) -> (B, T', H)"""
+
+    def __init__(self, hidden_size: int, heads: int, ffn_size: int, *, activation: str,
+                 dropout: float, attention_dropout: float, bias: bool, pre_norm: bool,
+                 eps: float, norm: str = "layernorm", kv_heads: int | None = None,
+                 scale_attention: bool = True, ffn_gate: bool = False) -> None:
+        super().__init__()
+        self.pre_norm = pre_norm
+        attn = dict(dropout=attention_dropout, bias=bias, kv_heads=kv_heads, scale=scale_attention)
+        self.attn = MultiHeadAttention(hidden_size, heads, **attn)
+        self.attn_norm = make_norm(norm, hidden_size, eps)
+        self.cross = MultiHeadAttention(hidden_size, heads, cross=True, **attn)
+        self.cross_norm = make_norm(norm, hidden_size, eps)
+        self.ffn = FeedForward(hidden_size, ffn_size, activation, bias=bias, gate=ffn_gate)
+        self.ffn_norm = make_norm(norm, hidden_size, eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, y: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+                memory: torch.Tensor, memory_mask: torch.Tensor | None,
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """y (B, T', H); mask: the self-attention SDPA mask; memory (B, T, H); memory_mask: the
+        cross-attention SDPA mask (B, 1, 1, T) or None."""
+        drop = self.dropout
+        if self.pre_norm:
+            y = y + drop(self.attn(self.attn_norm(y), mask, is_causal=is_causal, rotary=rotary))
+            y = y + drop(self.cross(self.cross_norm(y), memory_mask, memory=memory))
+            return y + drop(self.ffn(self.ffn_norm(y)))
+        y = self.attn_norm(y + drop(self.attn(y, mask, is_causal=is_causal, rotary=rotary)))
+        y = self.cross_norm(y + drop(self.cross(y, memory_mask, memory=memory)))
+        return self.ffn_norm(y + drop(self.ffn(y)))
+
+
+class TransformerDecoder(nn.Module):
+    """Transformer decoder (BART post-norm or T5 pre-norm) reading the encoder's output."""
+
+    class Config(TransformerOptions):
+        """The encoder's options minus `mask`: the decoder's self-attention is always causal."""
+
+    def __init__(self, config: Config, ctx: BuildContext) -> None:
+        super().__init__()
+        check_options(config, ctx, "decoder")
+        self.config = config
+        opts = layer_options(config, ctx)
+        n = 1 if config.share_layers else config.layers  # shared: ONE layer, key layers.0.*
+        self.layers = nn.ModuleList(
+            TransformerDecoderLayer(ctx.hidden_size, config.heads, config.ffn_size, **opts)
+            for _ in range(n)
+        )
+        self.relative_bias, self.rotary = position_modules(config, ctx, bidirectional=False)
+        self.final_norm = (
+            make_norm(config.norm, ctx.hidden_size, ctx.norm_eps) if config.pre_norm else None
+        )
+
+    def forward(self, y: torch.Tensor, tmask: torch.Tensor | None, memory: torch.Tensor,
+                memory_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """y (B, T', H), tmask (B, T') True = real token, memory (B, T, H), memory_mask (B, T)
+        True = real token, position_ids (B, T') for rotary (default 0..T'-1) -> (B, T', H)."""
+        self_mask, is_causal, rotary = self_attention_inputs(
+            y, tmask, True, self.relative_bias, self.rotary, position_ids)
+        if memory_mask is not None and bool(memory_mask.all()):
+            memory_mask = None  # no source padding: unmasked fast path
+        cross_mask = attention_mask(memory_mask) if memory_mask is not None else None
+        for i in range(self.config.layers):
+            layer = self.layers[0 if self.config.share_layers else i]
+            y = layer(y, self_mask, is_causal, memory, cross_mask, rotary)
+        return self.final_norm(y) if self.final_norm is not None else y
