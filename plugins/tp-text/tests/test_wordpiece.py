@@ -168,3 +168,23 @@ def test_config_needs_exactly_one_source():
 def test_from_saved_without_files(tmp_path):
     with pytest.raises(TpError, match="tp_tokenizer.json"):
         WordPieceTokenizer.from_saved(tmp_path)
+
+
+def test_save_hf_loads_with_auto_tokenizer(tok, hf, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok.save_hf(tmp_path / "hf")
+    assert {p.name for p in (tmp_path / "hf").iterdir()} == {
+        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
+    auto = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    texts = pydoc_texts()[:40] + TRICKY
+    assert auto(texts)["input_ids"] == hf(texts)["input_ids"]  # with BERT's [CLS] ... [SEP]
+    assert auto(texts, add_special_tokens=False)["input_ids"] == tok.encode_batch(texts)
+    assert (auto.pad_token_id, auto.unk_token_id, auto.cls_token_id, auto.sep_token_id,
+            auto.mask_token_id) == (0, 100, 101, 102, 103)
+
+
+def test_corrupt_tokenizer_json(tmp_path):
+    (tmp_path / "t.json").write_text('{"model": {"type": "WordPiece", "vocab": [', "utf-8")
+    with pytest.raises(TpError, match="t.json"):
+        WordPieceTokenizer(WordPieceConfig(tokenizer_json="t.json"), tmp_path)

@@ -23,6 +23,9 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
 @hookimpl
 def tp_register_tokenizers(register: Callable[[str, Any], None]) -> None:
     register("wordpiece", "tp_text.wordpiece:WordPieceTokenizer")
+    register("bpe", "tp_text.bpe:BpeTokenizer")
+    register("unigram", "tp_text.unigram:UnigramTokenizer")
+    register("hf", "tp_text.hf_tokenizer:HfTokenizer")
 
 
 @hookimpl

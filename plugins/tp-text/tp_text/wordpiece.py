@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import numpy as np
 from pydantic import Field, model_validator
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
+from tp_text.tokenizer_files import load_tokenizer_json, parse_vocab, read_text, write_hf
 from tpcli.errors import TpError
 from tpcli.module import ModuleConfig
 
@@ -54,54 +54,6 @@ class WordPieceConfig(ModuleConfig):
         return self
 
 
-def resolve_ref(ref: str, base_dir: Path) -> str:
-    """A file reference as a local path or an fsspec URL (not checked for existence)."""
-    if ref.startswith("pkg:"):
-        package, _, rel = ref[4:].partition("/")
-        try:
-            root = resources.files(package)
-        except (ModuleNotFoundError, TypeError) as e:
-            raise TpError(
-                f"tokenizer file {ref!r}: no installed Python package {package!r}",
-                hint="install the package, or give a path or URL instead",
-            ) from e
-        return str(root.joinpath(rel))
-    if "://" in ref:
-        return ref
-    path = Path(ref).expanduser()
-    return str(path if path.is_absolute() else base_dir / path)
-
-
-def read_text(ref: str, base_dir: Path, what: str) -> str:
-    """The UTF-8 text of a tokenizer file; a missing or unreadable file is a TpError naming it."""
-    import fsspec
-
-    where = resolve_ref(ref, base_dir)
-    try:
-        with fsspec.open(where, "rb") as f:
-            data: bytes = f.read()
-    except FileNotFoundError as e:
-        raise TpError(
-            f"tokenizer {what} file not found: {where}",
-            hint=f"check data.tokenizer.{what} in the recipe (relative paths resolve against "
-            f"the recipe folder {base_dir})",
-        ) from e
-    except (OSError, ValueError, ImportError) as e:
-        raise TpError(f"cannot read tokenizer {what} file {where}: {e}") from e
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise TpError(f"tokenizer {what} file {where} is not UTF-8 text: {e}") from e
-
-
-def parse_vocab(text: str) -> dict[str, int]:
-    """vocab.txt -> {token: id}; the id is the line number (as BERT and `tokenizers` read it)."""
-    vocab: dict[str, int] = {}
-    for i, line in enumerate(text.splitlines()):
-        vocab[line.rstrip()] = i
-    return vocab
-
-
 class WordPieceTokenizer:
     """BERT WordPiece: BertNormalizer, BertPreTokenizer, greedy longest-match pieces ('##')."""
 
@@ -111,7 +63,7 @@ class WordPieceTokenizer:
         self.config = config
         base = Path(base_dir)
         if config.tokenizer_json is not None:
-            tok = Tokenizer.from_str(read_text(config.tokenizer_json, base, "tokenizer_json"))
+            tok = load_tokenizer_json(config.tokenizer_json, base)  # TpError when corrupt
         else:  # the Config validator guarantees exactly one of the two sources
             text = read_text(str(config.vocab), base, "vocab")
             tok = self._from_vocab(parse_vocab(text), config)
@@ -216,13 +168,20 @@ class WordPieceTokenizer:
 
     # ------------------------------------------------------------------ saving
 
+    def save_hf(self, directory: str | Path) -> None:
+        """tokenizer.json + tokenizer_config.json + special_tokens_map.json: the folder loads with
+        `transformers.AutoTokenizer.from_pretrained` and gives these ids (plus [CLS]/[SEP])."""
+        extra = {"do_lower_case": self.config.lowercase} if self.config.vocab is not None else {}
+        write_hf(self._tok, directory, self._special, extra=extra)
+
     def save(self, directory: str | Path) -> None:
-        """Write vocab.txt, tokenizer.json (loadable by `transformers`) and tp_tokenizer.json."""
+        """Write vocab.txt, the `save_hf` files (loadable by `transformers`) and
+        tp_tokenizer.json."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         by_id = sorted(self._tok.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
         (out / "vocab.txt").write_text("".join(f"{t}\n" for t, _ in by_id), encoding="utf-8")
-        self._tok.save(str(out / "tokenizer.json"))
+        self.save_hf(out)
         options = self.config.model_dump()
         options.update(vocab=None, tokenizer_json="tokenizer.json")
         info: dict[str, Any] = {
