@@ -115,9 +115,10 @@ def uniform_loss(recipe: Any, vocab: int) -> float | None:
     return total
 
 
-def write_corpus(path: Path, corpus_format: str, labels: list[str]) -> None:
+def write_corpus(path: Path, corpus_format: str, labels: list[str], pairs: bool = False) -> None:
     """A real corpus (Python's documentation: pydoc_data.topics) in the processor's format;
-    `tsv` lines take the given class labels in turn."""
+    `tsv` lines take the given class labels in turn or, with `pairs` (seq2seq), are
+    `sentence<TAB>next sentence`."""
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         from pydoc_corpus import sentences
@@ -132,6 +133,8 @@ def write_corpus(path: Path, corpus_format: str, labels: list[str]) -> None:
             f.write("\n\n".join("\n".join(d) for d in docs) + "\n")
         elif corpus_format == "documents":  # one document a line
             f.write("\n".join(" ".join(d) for d in docs) + "\n")
+        elif corpus_format == "tsv" and pairs:  # source<TAB>target: a sentence, the next one
+            f.write("\n".join(f"{a}\t{b}" for d in docs for a, b in zip(d, d[1:])) + "\n")
         elif corpus_format == "tsv":  # label<TAB>text, the labels in turn
             lines = [s for d in docs for s in d]
             f.write("\n".join(f"{labels[i % len(labels)]}\t{s}" for i, s in enumerate(lines))
@@ -160,7 +163,7 @@ class Datasets:
             fmt = plugins.registry.get("processor", recipe.processor.name).corpus_format
             labels = list(getattr(recipe.processor.options, "labels", None) or ["0", "1"])
             corpus = self.root / f"corpus{len(self.made)}.{fmt}.txt"
-            write_corpus(corpus, fmt, labels)
+            write_corpus(corpus, fmt, labels, pairs=recipe.processor.name == "seq2seq")
             out = self.root / f"data{len(self.made)}"
             preprocess(PreprocessRequest(recipe_name, str(corpus), out, overrides, plugins=plugins))
             self.made[key] = out

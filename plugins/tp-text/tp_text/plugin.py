@@ -38,6 +38,7 @@ def tp_register_processors(register: Callable[[str, Any], None]) -> None:
     register("bart", "tp_text.bart_processor:BartProcessor")
     register("bilm", "tp_text.bilm_processor:BilmProcessor")
     register("cls", "tp_text.cls_processor:ClsProcessor")
+    register("seq2seq", "tp_text.seq2seq_processor:Seq2SeqProcessor")
 
 
 @hookimpl
