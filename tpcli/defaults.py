@@ -7,10 +7,11 @@ a third-party plugin that implements them takes precedence.
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 from typing import Any, Callable
 
 from tpcli.hookspecs import hookimpl
-from tpcli.verbs import PreprocessRequest, PretrainRequest
+from tpcli.verbs import ConvertRequest, PreprocessRequest, PretrainRequest
 
 
 @hookimpl(trylast=True)
@@ -25,6 +26,20 @@ def tp_pretrain(request: PretrainRequest) -> Any:
     from tpcli.train.loop import run_pretrain
 
     return run_pretrain(request)
+
+
+@hookimpl(trylast=True)
+def tp_convert(request: ConvertRequest) -> Any:
+    from tpcli.convert.hf import from_hf, to_hf
+
+    assert request.plugins is not None  # set by tpcli.verbs.convert, never by a user
+    if request.direction == "to_hf":
+        result = to_hf(Path(request.source), request.out, request.plugins, arch=request.arch, check=request.check,
+                       tolerance=request.tolerance)
+    else:
+        result = from_hf(request.source, request.out, request.plugins, check=request.check,
+                         tolerance=request.tolerance)
+    return result.as_dict()
 
 
 @hookimpl

@@ -11,7 +11,7 @@ Registration hooks receive a ``register`` callback: call it once per thing you p
 be cheap: do not build models or read files in them. The things you register may be classes or
 lazy ``"package.module:Attribute"`` strings, which tp imports only when the name is used.
 
-The verb hooks (``tp_preprocess``, ``tp_pretrain``) are ``firstresult``: the core ships default
+The verb hooks (``tp_preprocess``, ``tp_pretrain``, ``tp_convert``) are ``firstresult``: the core ships default
 implementations (marked ``trylast``) and a plugin may replace them by returning a non-None value,
 or wrap them with ``hookwrapper=True``. Observer hooks (``tp_on_*``) are called on every plugin
 and their return values are ignored; loggers are plugins built on them.
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from tpcli.verbs import PreprocessRequest, PretrainRequest
+    from tpcli.verbs import ConvertRequest, PreprocessRequest, PretrainRequest
 
 hookspec = pluggy.HookspecMarker("tp")
 hookimpl = pluggy.HookimplMarker("tp")
@@ -80,7 +80,9 @@ def tp_register_processors(register: Callable[[str, Any], None]) -> None:
     A processor decides how a corpus is read at preprocess time and how training examples are
     built from the stored tokens at load time. ``cls`` implements ``tpcli.data.Processor``:
     ``Config`` (pydantic), ``corpus_format`` (``"sentences"``: one sentence per line, blank line
-    between documents; or ``"documents"``: one document per line), ``cls(config)``, and
+    between documents; ``"documents"``: one document per line; or ``"tsv"``: one
+    ``label<TAB>text[<TAB>text_b]`` example per line, its fields the document's sequences),
+    ``cls(config)``, and
     ``dataset(store, tokenizer, seed)`` (``store`` a ``tpcli.data.format.Reader``) returning a
     map-style torch Dataset (subclass ``tpcli.data.dataset.ExampleDataset``) whose items are
     unpadded dicts of tensors (``input_ids``, ``segment_ids``, and each target's labels) and
@@ -94,8 +96,13 @@ def tp_register_converters(register: Callable[[str, Any], None]) -> None:
     """Register Hugging Face converters: ``register(name, converter)``.
 
     ``converter`` is a ``tpcli.convert.Converter``: a declarative key map (renames, QKV merges,
-    transposes) between a tp model built from a recipe and a ``transformers`` architecture, plus
-    the config translation. Names are the HF ``model_type`` (``bert``, ``roberta``, ...).
+    transposes, reshapes, tied names; ``config_rules`` when the map depends on the config) between
+    a tp model built from a recipe and a ``transformers`` architecture, plus the config
+    translation both ways (``config_to_recipe``, ``recipe_to_config``), the data processor of a
+    converted checkpoint and the HF output fields ``tp convert --check`` compares. Names are the
+    HF ``model_type`` (``bert``, ``roberta``, ``xlm-roberta``, ...): ``tp convert --from hf``
+    picks the converter by config.json's model_type, ``--to hf`` the first whose
+    ``recipe_to_config`` accepts the model.
     """
 
 
@@ -120,6 +127,15 @@ def tp_pretrain(request: "PretrainRequest") -> Any:
     """Run ``tp pretrain``: train the recipe's model on ``request.data``, writing checkpoints to
     ``request.out``; return a summary dict (steps, final loss, checkpoint path). The core's
     default implementation runs last; return non-None to replace it."""
+
+
+@hookspec(firstresult=True)
+def tp_convert(request: "ConvertRequest") -> Any:
+    """Run ``tp convert``: ``request.direction`` is ``"to_hf"`` (``request.source`` a tp run or
+    checkpoint folder) or ``"from_hf"`` (a Hugging Face folder or Hub id); write the result to
+    ``request.out`` atomically and, with ``request.check``, fail above ``request.tolerance``.
+    Return a summary dict (converter, architecture, tensors, max_abs_diff). The core's default
+    implementation runs last; return non-None to replace it."""
 
 
 @hookspec

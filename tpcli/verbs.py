@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tpcli.plugins import Plugins, get_plugins
 
@@ -34,6 +34,17 @@ class PretrainRequest:
     plugins: Plugins | None = None
 
 
+@dataclass
+class ConvertRequest:
+    source: str  # to_hf: tp run or checkpoint folder; from_hf: HF folder or Hub id
+    out: Path
+    direction: Literal["to_hf", "from_hf"]
+    arch: str | None = None  # to_hf: the converter to use (default: the one accepting the model)
+    check: bool = False  # run both models on one padded batch and compare logits
+    tolerance: float = 1e-4  # --check fails above this max abs difference
+    plugins: Plugins | None = None
+
+
 def preprocess(request: PreprocessRequest) -> dict[str, Any]:
     plugins = request.plugins or get_plugins()
     request.plugins = plugins
@@ -44,3 +55,9 @@ def pretrain(request: PretrainRequest) -> dict[str, Any]:
     plugins = request.plugins or get_plugins()
     request.plugins = plugins
     return plugins.hook.tp_pretrain(request=request)
+
+
+def convert(request: ConvertRequest) -> dict[str, Any]:
+    plugins = request.plugins or get_plugins()
+    request.plugins = plugins
+    return plugins.hook.tp_convert(request=request)

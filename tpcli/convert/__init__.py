@@ -2,20 +2,24 @@
 
 A plugin registers one `Converter` per HF `model_type` (see `tp_register_converters`): the key
 map (rules from `tpcli.convert.keymap`, used in both directions) and the config translation.
+`tpcli.convert.hf` writes and reads the folders (`tp convert`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from tpcli.convert.keymap import (Concat, Drop, Rename, Rule, StateDict, Tied, Transpose,
-                                  convert)
+from tpcli.convert.keymap import (Concat, Drop, Rename, Reshape, Rule, StateDict, Tied,
+                                  Transpose, convert)
 from tpcli.errors import TpError
 
-__all__ = ["Converter", "Concat", "Drop", "Rename", "Rule", "Tied", "Transpose", "convert"]
+__all__ = ["Converter", "Concat", "Drop", "Rename", "Reshape", "Rule", "Tied", "Transpose",
+           "convert"]
+
+HfConfig = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -25,18 +29,33 @@ class Converter:
     rules: the key map of the full pre-training model (`hf_architecture`, e.g.
     BertForPreTraining). base_rules: the key map of the headless model (`base_architecture`,
     e.g. BertModel: no `bert.` prefix, no heads), used with `base=True`.
+    config_rules: when the key map depends on the config (LLaMA's grouped-query attention splits
+    the fused qkv into parts of unequal size): `(hf_config, base) -> rules`; it wins over
+    `rules` / `base_rules` whenever the caller passes `hf_config`.
     config_to_recipe: HF config.json dict -> the recipe's model section.
-    recipe_to_config: (validated tpcli.config.ModelSpec, vocab size) -> HF config.json dict."""
+    recipe_to_config: (validated tpcli.config.ModelSpec, vocab size) -> HF config.json dict.
+    processor: HF config dict -> the recipe's `data.processor` section (name and options) of a
+    checkpoint converted from HF (what pre-training it further would use).
+    outputs: tp target name -> the HF output field holding the same logits (`tp convert
+    --check`); a target not named here is compared with `logits`."""
 
     name: str
     hf_architecture: str
     rules: Sequence[Rule]
-    config_to_recipe: Callable[[dict[str, Any]], dict[str, Any]]
-    recipe_to_config: Callable[[Any, int], dict[str, Any]] | None = None
+    config_to_recipe: Callable[[HfConfig], dict[str, Any]]
+    recipe_to_config: Callable[[Any, int], HfConfig] | None = None
     base_architecture: str | None = None
     base_rules: Sequence[Rule] = ()
+    config_rules: Callable[[HfConfig, bool], Sequence[Rule]] | None = None
+    processor: Callable[[HfConfig], dict[str, Any]] | None = None
+    outputs: Mapping[str, str] = field(default_factory=dict)
 
-    def _rules(self, base: bool) -> Sequence[Rule]:
+    def rules_for(self, hf_config: HfConfig | None = None, base: bool = False) -> Sequence[Rule]:
+        """The key map for this config (the static one when the map does not depend on it)."""
+        if self.config_rules is not None:
+            if hf_config is None:
+                raise TpError(f"converter {self.name!r} needs the HF config to build its key map")
+            return self.config_rules(hf_config, base)
         if not base:
             return self.rules
         if not self.base_rules:
@@ -44,11 +63,20 @@ class Converter:
         return self.base_rules
 
     def hf_to_tp(self, hf_sd: Mapping[str, torch.Tensor], *, base: bool = False,
-                 ignore: Iterable[str] = (), expected: Iterable[str] | None = None) -> StateDict:
+                 ignore: Iterable[str] = (), expected: Iterable[str] | None = None,
+                 hf_config: HfConfig | None = None) -> StateDict:
         """An HF state dict -> tp keys (strict; see `tpcli.convert.keymap.convert`)."""
-        return convert(hf_sd, self._rules(base), "hf_to_tp", ignore=ignore, expected=expected)
+        return convert(hf_sd, self.rules_for(hf_config, base), "hf_to_tp", ignore=ignore,
+                       expected=expected)
 
     def tp_to_hf(self, tp_sd: Mapping[str, torch.Tensor], *, base: bool = False,
-                 ignore: Iterable[str] = (), expected: Iterable[str] | None = None) -> StateDict:
+                 ignore: Iterable[str] = (), expected: Iterable[str] | None = None,
+                 hf_config: HfConfig | None = None) -> StateDict:
         """A tp state dict -> HF keys (tied HF keys share one tensor)."""
-        return convert(tp_sd, self._rules(base), "tp_to_hf", ignore=ignore, expected=expected)
+        return convert(tp_sd, self.rules_for(hf_config, base), "tp_to_hf", ignore=ignore,
+                       expected=expected)
+
+    def tied_keys(self, hf_config: HfConfig | None = None, base: bool = False) -> list[str]:
+        """HF keys that only repeat another key's tensor: written once, as `transformers` saves
+        them (its `_tied_weights_keys`)."""
+        return [r.hf for r in self.rules_for(hf_config, base) if isinstance(r, Tied)]

@@ -110,13 +110,15 @@ class Transpose:
 class Concat:
     """Several HF tensors <-> one tp tensor, concatenated along `dim` (fused q, k, v).
 
-    tp -> HF splits into `len(hf)` equal parts; the parts are copies, so the result can be saved
-    without shared storage."""
+    tp -> HF splits into `len(hf)` equal parts, or into `sizes` along `dim` when the parts differ
+    (grouped-query attention: q has more rows than k and v); the parts are copies, so the result
+    can be saved without shared storage."""
 
     hf: tuple[str, ...]
     tp: str
     dim: int = 0
     optional: bool = False
+    sizes: tuple[int, ...] | None = None
 
     def apply(self, run: _Run) -> None:
         if run.direction == "hf_to_tp":
@@ -131,7 +133,16 @@ class Concat:
         else:
             found = _matches(self.tp, run.src)
             for key, groups in found:
-                parts = run.take(key).chunk(len(self.hf), dim=self.dim)
+                value = run.take(key)
+                if self.sizes is None:
+                    parts = value.chunk(len(self.hf), dim=self.dim)
+                elif sum(self.sizes) != value.shape[self.dim]:
+                    raise CheckpointError(
+                        f"{key} has shape {tuple(value.shape)}: {value.shape[self.dim]} rows along "
+                        f"dim {self.dim}, but the config splits it into {list(self.sizes)}",
+                        hint="the checkpoint does not match its config (heads, kv_heads?)")
+                else:
+                    parts = value.split(list(self.sizes), dim=self.dim)
                 for pattern, part in zip(self.hf, parts):
                     run.put(pattern.format(**groups), part.clone())
         if not found and not self.optional:
@@ -165,6 +176,37 @@ class Tied:
             run.missing.append(self.same_as)
             return
         run.put(self.hf, run.out[self.same_as])
+
+
+@dataclass(frozen=True)
+class Reshape:
+    """One tensor, renamed and reshaped: BART's `final_logits_bias` is (1, V), tp's lm bias (V,).
+
+    `hf_shape` / `tp_shape` may hold one -1 (as `Tensor.reshape`). The result is a contiguous
+    copy; reshaping back is bit-identical."""
+
+    hf: str
+    tp: str
+    hf_shape: tuple[int, ...]
+    tp_shape: tuple[int, ...]
+    optional: bool = False
+
+    def apply(self, run: _Run) -> None:
+        forward = run.direction == "hf_to_tp"
+        src, dst = (self.hf, self.tp) if forward else (self.tp, self.hf)
+        shape = self.tp_shape if forward else self.hf_shape
+        found = _matches(src, run.src)
+        if not found and not self.optional:
+            run.missing.append(src)
+        for key, groups in found:
+            value = run.take(key)
+            try:
+                out = value.reshape(shape).clone()
+            except RuntimeError as e:
+                raise CheckpointError(f"{key} has shape {tuple(value.shape)}, which cannot be "
+                                      f"reshaped to {shape}",
+                                      hint="is the key map for this architecture?") from e
+            run.put(dst.format(**groups), out)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import shutil
 import subprocess
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch

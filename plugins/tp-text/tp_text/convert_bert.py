@@ -152,7 +152,15 @@ def encoder_config(spec: Any, vocab_size: int, family: str,
 def recipe_to_config(spec: Any, vocab_size: int) -> dict[str, Any]:
     """A validated tpcli.config.ModelSpec of the BERT recipe -> HF BertConfig dict."""
     _, config = encoder_config(spec, vocab_size, "bert")
+    targets = {t.name: t.options for t in spec.targets}
+    if set(targets) != {"mlm", "sp"}:
+        raise TpError(f"the bert converter needs targets [mlm, sp], not {list(targets)}")
     return {"architectures": ["BertForPreTraining"], "model_type": "bert", **config}
+
+
+def processor(hf: dict[str, Any]) -> dict[str, Any]:
+    """Sentence pairs with next-sentence prediction, as long as the position table allows."""
+    return {"name": "bert", "seq_length": min(512, hf.get("max_position_embeddings", 512))}
 
 
 CONVERTER = Converter(
@@ -163,4 +171,6 @@ CONVERTER = Converter(
     recipe_to_config=recipe_to_config,
     base_architecture="BertModel",
     base_rules=base_rules(),
+    processor=processor,
+    outputs={"mlm": "prediction_logits", "sp": "seq_relationship_logits"},
 )

@@ -128,6 +128,11 @@ def recipe_to_config(spec: Any, vocab_size: int) -> dict[str, Any]:
     }
 
 
+def processor(hf: dict[str, Any]) -> dict[str, Any]:
+    """Packed documents for next-token prediction, one full context per example."""
+    return {"name": "lm", "seq_length": hf.get("n_positions", 1024)}
+
+
 CONVERTER = Converter(
     name="gpt2",
     hf_architecture="GPT2LMHeadModel",
@@ -136,4 +141,5 @@ CONVERTER = Converter(
     recipe_to_config=recipe_to_config,
     base_architecture="GPT2Model",
     base_rules=body_rules(""),
+    processor=processor,
 )

@@ -60,12 +60,21 @@ def recipe_to_config(spec: Any, vocab_size: int) -> dict[str, Any]:
     emb, config = encoder_config(
         spec, vocab_size, "roberta",
         seg_hint="HF RoBERTa has a one-row token_type table: add `seg: {types: 1}`")
+    targets = {t.name: t.options for t in spec.targets}
+    if set(targets) != {"mlm"}:
+        raise TpError(f"the roberta converter needs the single target mlm, not {list(targets)}")
     pos = emb["pos"]
     if not pos.padding_aware or pos.offset < 1:
         raise TpError("the roberta converter needs pos with padding_aware: true and offset >= 1",
                       hint="HF RoBERTa: offset = pad_token_id + 1 (2)")
     return {"architectures": ["RobertaForMaskedLM"], "model_type": "roberta", **config,
             "pad_token_id": pos.offset - 1}
+
+
+def processor(hf: dict[str, Any]) -> dict[str, Any]:
+    """Full sentences across documents (RoBERTa's FULL-SENTENCES), dynamic masking."""
+    rows = hf.get("max_position_embeddings", 514) - hf.get("pad_token_id", 1) - 1
+    return {"name": "mlm", "seq_length": max(8, min(512, rows))}
 
 
 CONVERTER = Converter(
@@ -76,4 +85,24 @@ CONVERTER = Converter(
     recipe_to_config=recipe_to_config,
     base_architecture="RobertaModel",
     base_rules=body_rules(""),  # RobertaModel; its pooler has no tp module: ignore="pooler.*"
+    processor=processor,
+)
+
+
+def xlmr_recipe_to_config(spec: Any, vocab_size: int) -> dict[str, Any]:
+    """XLM-RoBERTa is RoBERTa's model with a 250k SentencePiece vocabulary: the same config."""
+    config = recipe_to_config(spec, vocab_size)
+    return {**config, "architectures": ["XLMRobertaForMaskedLM"], "model_type": "xlm-roberta"}
+
+
+# XLM-R: the roberta key map and translation under its own model_type and class names
+XLMR_CONVERTER = Converter(
+    name="xlm-roberta",
+    hf_architecture="XLMRobertaForMaskedLM",
+    rules=masked_lm_rules(),
+    config_to_recipe=config_to_recipe,
+    recipe_to_config=xlmr_recipe_to_config,
+    base_architecture="XLMRobertaModel",
+    base_rules=body_rules(""),
+    processor=processor,
 )

@@ -46,3 +46,8 @@ def tp_register_converters(register: Callable[[str, Any], None]) -> None:
     register("bert", "tp_text.convert_bert:CONVERTER")
     register("roberta", "tp_text.convert_roberta:CONVERTER")
     register("gpt2", "tp_text.convert_gpt2:CONVERTER")
+    register("albert", "tp_text.convert_albert:CONVERTER")
+    register("xlm-roberta", "tp_text.convert_roberta:XLMR_CONVERTER")
+    register("t5", "tp_text.convert_t5:CONVERTER")
+    register("bart", "tp_text.convert_bart:CONVERTER")
+    register("llama", "tp_text.convert_llama:CONVERTER")

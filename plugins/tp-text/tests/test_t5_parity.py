@@ -1,0 +1,97 @@
+"""tp's T5 (relative position buckets, RMS norms, no biases, shared vocabulary, tied head with
+rescale) against a tiny random `transformers` T5ForConditionalGeneration: decoder logits with
+padding on both sides in both directions, the gated (v1.1) feed-forward, and the key map's
+bit-exact round trip."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import torch
+
+from tpcli.model import TpModel
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+from tp_text.convert_t5 import CONVERTER  # noqa: E402
+from tpcli.convert.testing import (assert_round_trip, hf_config_dict, hf_from_tp,  # noqa: E402
+                                   logits_diff, perturbed, tp_from_hf, tp_model_for)
+
+V, H = 1000, 64
+HF_CONFIG = dict(vocab_size=V, d_model=H, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+                 num_heads=4, relative_attention_num_buckets=8,
+                 relative_attention_max_distance=20, feed_forward_proj="relu",
+                 layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1,
+                 decoder_start_token_id=0)
+
+
+def make_hf(**extra: Any) -> Any:
+    torch.manual_seed(0)
+    config = transformers.T5Config(**{**HF_CONFIG, **extra})
+    return perturbed(transformers.T5ForConditionalGeneration(config))
+
+
+@pytest.fixture(scope="module")
+def hf_model() -> Any:
+    return make_hf()
+
+
+@pytest.fixture(scope="module")
+def tp_model(hf_model: Any) -> TpModel:
+    return tp_from_hf(CONVERTER, hf_model)
+
+
+def test_keys(tp_model: TpModel) -> None:
+    keys = set(tp_model.state_dict())
+    assert {"stack.encoder.relative_bias.embedding.weight",
+            "decoder.relative_bias.embedding.weight"} <= keys
+    assert not any(k.startswith("tgt_embedding.parts.word") for k in keys)
+    assert tp_model.spec.targets[0].options.rescale_hidden
+
+
+def test_logits_match_hf(hf_model: Any, tp_model: TpModel) -> None:
+    assert logits_diff(CONVERTER, hf_model, tp_model) <= 1e-5
+
+
+def test_gated_ffn() -> None:
+    hf = make_hf(feed_forward_proj="gated-gelu")
+    tp = tp_from_hf(CONVERTER, hf)
+    assert tp.state_dict()["stack.encoder.layers.0.ffn.fc1.weight"].shape == (2 * 128, H)
+    assert logits_diff(CONVERTER, hf, tp) <= 1e-5
+    assert CONVERTER.recipe_to_config(tp.spec, V)["feed_forward_proj"] == "gated-gelu"
+
+
+def test_untied_head_v1_1() -> None:
+    """T5 v1.1: its own lm_head and no rescale (transformers >= 5 marks it with
+    scale_decoder_outputs: false; tp -> HF -> tp keeps the two tables apart)."""
+    hf = make_hf(tie_word_embeddings=False, feed_forward_proj="gated-gelu")
+    config = hf_config_dict(hf)
+    with torch.no_grad():
+        # its own table, at the scale of the tied head (v1.1 does not rescale the output)
+        head = hf.shared.weight.detach() * H ** -0.5 + 0.01
+        hf.lm_head.weight = torch.nn.Parameter(head.clone())
+    tp = tp_from_hf(CONVERTER, hf)
+    assert "targets.lm.decoder.weight" in tp.state_dict()
+    assert not tp.spec.targets[0].options.rescale_hidden
+    assert logits_diff(CONVERTER, hf, tp) <= 1e-5
+    back = CONVERTER.tp_to_hf(tp.state_dict(), hf_config=config)
+    assert torch.equal(back["lm_head.weight"], hf.lm_head.weight)
+    assert not torch.equal(back["lm_head.weight"], back["shared.weight"])
+
+
+def test_tp_to_hf_logits_match() -> None:
+    fresh = perturbed(tp_model_for(CONVERTER.config_to_recipe(
+        transformers.T5Config(**HF_CONFIG).to_dict()), V), seed=3)
+    hf = hf_from_tp(CONVERTER, fresh, transformers.T5ForConditionalGeneration)
+    assert logits_diff(CONVERTER, hf, fresh) <= 1e-5
+
+
+def test_keys_round_trip_bit_identical(hf_model: Any, tp_model: TpModel) -> None:
+    assert_round_trip(CONVERTER, hf_model, tp_model)
+    config = hf_config_dict(hf_model)
+    back = CONVERTER.tp_to_hf(tp_model.state_dict(), hf_config=config)
+    # the relative tables go back to block 0 only
+    assert "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight" in back
+    assert "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" not in back

