@@ -36,3 +36,25 @@ def test_concat_with_sizes() -> None:
     assert set(back) == set(hf) and all(torch.equal(back[k], v) for k, v in hf.items())
     with pytest.raises(CheckpointError, match=r"splits it into \[4, 2, 2\]"):
         convert({"qkv.0": torch.zeros(9, 3)}, rules, "tp_to_hf")
+
+
+def test_pad_rows_both_ways() -> None:
+    """TencentPretrain's segment table: row 0 for padding before HF's rows A and B."""
+    from tpcli.convert.keymap import PadRows
+
+    rules = [PadRows("token_type.weight", "seg.weight", before=1)]
+    hf = {"token_type.weight": torch.randn(2, 4)}
+    tp = convert(hf, rules, "hf_to_tp")
+    assert tp["seg.weight"].shape == (3, 4)
+    assert torch.equal(tp["seg.weight"][0], torch.zeros(4))
+    assert torch.equal(tp["seg.weight"][1:], hf["token_type.weight"])
+    back = convert(tp, rules, "tp_to_hf")
+    assert torch.equal(back["token_type.weight"], hf["token_type.weight"])
+    # a vocabulary padded to a multiple of 8 behind the real rows
+    vocab = [PadRows("wte", "word", after=3)]
+    w = torch.randn(5, 2)
+    padded = convert({"wte": w}, vocab, "hf_to_tp")["word"]
+    assert padded.shape == (8, 2) and torch.equal(padded[:5], w)
+    assert torch.equal(convert({"word": padded}, vocab, "tp_to_hf")["wte"], w)
+    with pytest.raises(CheckpointError, match="has 3 rows; the key map cuts 0 before and 3 after"):
+        convert({"word": torch.zeros(3, 2)}, vocab, "tp_to_hf")

@@ -2,7 +2,7 @@
 
 A plugin registers one `Converter` per HF `model_type` (see `tp_register_converters`): the key
 map (rules from `tpcli.convert.keymap`, used in both directions) and the config translation.
-`tpcli.convert.hf` writes and reads the folders (`tp convert`).
+`tpcli.convert.hf` (to_hf.py, from_hf.py, check.py) writes and reads the folders (`tp convert`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from tpcli.convert.keymap import (Concat, Drop, Rename, Reshape, Rule, StateDict, Tied,
-                                  Transpose, convert)
+from tpcli.convert.keymap import (Concat, Drop, PadRows, Rename, Reshape, Rule, StateDict,
+                                  Tied, Transpose, convert)
 from tpcli.errors import TpError
 
-__all__ = ["Converter", "Concat", "Drop", "Rename", "Reshape", "Rule", "Tied", "Transpose",
-           "convert"]
+__all__ = ["Converter", "Concat", "Drop", "PadRows", "Rename", "Reshape", "Rule", "Tied",
+           "Transpose", "convert"]
 
 HfConfig = dict[str, Any]
 

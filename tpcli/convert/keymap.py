@@ -8,6 +8,7 @@ either way. Patterns are literal keys where `{i}` stands for a layer number::
     Tied("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight")
     Drop("bert.embeddings.position_ids")
     Transpose("h.{i}.mlp.c_fc.weight", "stack.encoder.layers.{i}.ffn.fc1.weight")  # Conv1D
+    PadRows("bert.embeddings.token_type_embeddings.weight", "...seg.embedding.weight", before=1)
 
 Conversion is strict: every source key must be consumed by a rule (or named in `ignore`), every
 required rule must find its keys, and when the caller knows the keys the result must have
@@ -147,6 +148,43 @@ class Concat:
                     run.put(pattern.format(**groups), part.clone())
         if not found and not self.optional:
             run.missing.append(self.hf[0] if run.direction == "hf_to_tp" else self.tp)
+
+
+@dataclass(frozen=True)
+class PadRows:
+    """One tensor whose tp copy has extra rows along dim 0: `before` rows ahead of HF's and
+    `after` rows behind them. TencentPretrain's segment table keeps row 0 for padding before
+    segments A and B; a vocabulary padded to a multiple of 64 for fast matmuls has rows HF lacks.
+
+    HF -> tp adds the rows, filled with `fill`; tp -> HF cuts them off (they stand for ids HF
+    never uses), so HF -> tp -> HF is bit-identical."""
+
+    hf: str
+    tp: str
+    before: int = 0
+    after: int = 0
+    fill: float = 0.0
+    optional: bool = False
+
+    def apply(self, run: _Run) -> None:
+        forward = run.direction == "hf_to_tp"
+        src, dst = (self.hf, self.tp) if forward else (self.tp, self.hf)
+        found = _matches(src, run.src)
+        if not found and not self.optional:
+            run.missing.append(src)
+        for key, groups in found:
+            value = run.take(key)
+            if forward:
+                rows = [value.new_full((n, *value.shape[1:]), self.fill)
+                        for n in (self.before, self.after)]
+                out = torch.cat([rows[0], value, rows[1]], dim=0)
+            else:
+                if value.shape[0] <= self.before + self.after:
+                    raise CheckpointError(
+                        f"{key} has {value.shape[0]} rows; the key map cuts {self.before} before "
+                        f"and {self.after} after them", hint="is the key map for this model?")
+                out = value[self.before:value.shape[0] - self.after].clone()
+            run.put(dst.format(**groups), out)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,264 @@
+"""`tp convert SRC --from hf`: a Hugging Face folder or Hub id -> a tp checkpoint folder with the
+layout training writes (model.safetensors, recipe.yaml, tokenizer/, checkpoint.json)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from tpcli.convert import Converter
+from tpcli.errors import CheckpointError, TpError
+from tpcli.plugins import Plugins
+from tpcli.convert.common import (BIN, BIN_INDEX, HF_INDEX, HUB_PATTERNS, TOKENIZER_FILES, WEIGHTS,
+                                  ConvertResult, converters, publish, raise_shapes,
+                                  shape_problems, staging)
+from tpcli.convert.check import hf_model_class, compare
+
+# ------------------------------------------------------------------------------ HF -> tp
+
+
+def resolve_source(source: str) -> Path:
+    """A local HF folder, or a Hub id downloaded (or found in the cache) by huggingface_hub."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise TpError(f"{source} is a file; --from hf reads a folder (config.json + weights)")
+        return path
+    if source.count("/") > 1 or source.startswith((".", "/", "~")) or not source.strip():
+        raise TpError(f"{source} does not exist",
+                      hint="give a Hugging Face folder or a Hub id such as bert-base-uncased")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, allow_patterns=HUB_PATTERNS))
+    except Exception as e:  # noqa: BLE001 - every hub failure (offline, 404, auth) is the user's
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        why = ("offline (HF_HUB_OFFLINE is set) and it is not in the local cache" if offline
+               else f"{type(e).__name__}: {e}")
+        raise TpError(f"cannot download {source!r} from the Hugging Face Hub: {why}",
+                      hint="check the id, go online, or pass a local folder") from e
+
+
+def read_hf_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise TpError(f"{folder} has no config.json: it is not a Hugging Face model folder") from e
+    except (OSError, json.JSONDecodeError) as e:
+        raise TpError(f"cannot read {path}: {e}") from e
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise TpError(f"{path} names no model_type", hint="is it a transformers config.json?")
+    return data
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is corrupt or unreadable: {e}",
+                              hint="download it again") from e
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt or unsafe file
+        raise CheckpointError(f"{path} is corrupt, or holds more than tensors: {e}",
+                              hint="tp unpickles no code (weights_only=True); prefer "
+                              "model.safetensors") from e
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path} holds a {type(sd).__name__}, not a state dict")
+    return sd
+
+
+def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """model.safetensors, its sharded index, or pytorch_model.bin (weights_only), in that order."""
+    for index_name, loader in ((HF_INDEX, _load_safetensors), (BIN_INDEX, _load_bin)):
+        index = folder / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (OSError, json.JSONDecodeError, KeyError, AttributeError) as e:
+                raise CheckpointError(f"{index} is not a valid shard index: {e}") from e
+            sd: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                if not (folder / shard).is_file():
+                    raise CheckpointError(f"{folder / shard} (listed in {index_name}) is missing")
+                sd.update(loader(folder / shard))
+            return sd
+    if (folder / WEIGHTS).is_file():
+        return _load_safetensors(folder / WEIGHTS)
+    if (folder / BIN).is_file():
+        return _load_bin(folder / BIN)
+    raise CheckpointError(f"{folder} holds no weights ({WEIGHTS}, {HF_INDEX} or {BIN})")
+
+
+def _legacy_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Old TF-converted checkpoints call LayerNorm's parameters gamma / beta (as transformers
+    renames them on load)."""
+    out = {}
+    for k, v in sd.items():
+        if k.endswith(".gamma"):
+            k = k[: -len("gamma")] + "weight"
+        elif k.endswith(".beta"):
+            k = k[: -len("beta")] + "bias"
+        out[k] = v
+    return out
+
+
+def choose_hf_converter(hf_config: dict[str, Any], plugins: Plugins) -> tuple[Converter, bool]:
+    """The converter for config.json's model_type, and whether the model is headless."""
+    convs = converters(plugins)
+    model_type = hf_config["model_type"]
+    conv = convs.get(model_type)
+    archs = hf_config.get("architectures") or []
+    arch = archs[0] if archs else None
+    if conv is None:
+        raise TpError(f"unsupported Hugging Face architecture {arch or model_type!r} "
+                      f"(model_type {model_type!r})",
+                      hint=f"supported model_types: {', '.join(sorted(convs)) or 'none'}")
+    if arch is None or arch == conv.hf_architecture:
+        return conv, False
+    if arch == conv.base_architecture:
+        return conv, True
+    known = [a for a in (conv.hf_architecture, conv.base_architecture) if a]
+    raise TpError(f"unsupported Hugging Face architecture {arch!r}: converter {conv.name!r} maps "
+                  f"{' and '.join(known)}", hint="convert the pre-training checkpoint of the model")
+
+
+def _tokenizer_section(folder: Path, plugins: Plugins) -> tuple[dict[str, Any], Path]:
+    """The recipe's data.tokenizer for the folder's tokenizer file, and that file."""
+    names = plugins.registry.names("tokenizer")
+    tj, vocab = folder / "tokenizer.json", folder / "vocab.txt"
+    tcfg: dict[str, Any] = {}
+    if (folder / "tokenizer_config.json").is_file():
+        try:
+            tcfg = json.loads((folder / "tokenizer_config.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            tcfg = {}
+    if tj.is_file():
+        try:
+            kind = json.loads(tj.read_text(encoding="utf-8")).get("model", {}).get("type")
+        except (OSError, json.JSONDecodeError, AttributeError) as e:
+            raise TpError(f"{tj} is not a valid tokenizer.json: {e}") from e
+        if kind == "WordPiece" and "wordpiece" in names:
+            return {"name": "wordpiece", "tokenizer_json": tj.name}, tj
+        if "hf" in names:
+            return {"name": "hf", "tokenizer_json": tj.name}, tj
+        raise TpError(f"{tj} is a {kind} tokenizer and no installed tokenizer reads it",
+                      hint=f"installed tokenizers: {', '.join(names)}")
+    if vocab.is_file() and "wordpiece" in names:
+        lower = bool(tcfg.get("do_lower_case", True))
+        return {"name": "wordpiece", "vocab": vocab.name, "lowercase": lower}, vocab
+    raise TpError(f"{folder} has no tokenizer file (looked for {', '.join(TOKENIZER_FILES)})",
+                  hint="save the tokenizer beside the model (tokenizer.save_pretrained(DIR))")
+
+
+def _to_tp(conv: Converter, hf_sd: dict[str, torch.Tensor], hf_config: dict[str, Any],
+           own: dict[str, torch.Tensor], base: bool) -> dict[str, torch.Tensor]:
+    """HF weights -> tp keys; a headless model may lack the targets (and its pooler may have no
+    tp counterpart)."""
+    ignore = ["pooler.*"] if base and not any(k.startswith("targets.") and ".pooler." in k
+                                              for k in own) else []
+    return conv.hf_to_tp(hf_sd, base=base, hf_config=hf_config, ignore=ignore,
+                         expected=None if base else own.keys())
+
+
+def from_hf(source: str, out: Path, plugins: Plugins, *, check: bool = False,
+            tolerance: float = 1e-4) -> ConvertResult:
+    """A Hugging Face folder or Hub id -> a tp checkpoint folder at `out`."""
+    from safetensors.torch import save_file
+
+    from tpcli.config import build_recipe
+    from tpcli.model import build_model
+
+    folder = resolve_source(source)
+    hf_config = read_hf_config(folder)
+    conv, base = choose_hf_converter(hf_config, plugins)
+    arch = (hf_config.get("architectures") or [conv.hf_architecture])[0]
+    model_section = conv.config_to_recipe(hf_config)
+    tok_section, tok_file = _tokenizer_section(folder, plugins)
+    hf_sd = _legacy_names(read_hf_weights(folder))
+    tmp = staging(out)
+    try:
+        tok_cls = plugins.registry.get("tokenizer", tok_section["name"])
+        options = {k: v for k, v in tok_section.items() if k != "name"}
+        tokenizer = tok_cls(tok_cls.Config(**options), folder)
+        tokenizer.save(str(tmp / "tokenizer"))
+        if not (tmp / "tokenizer" / tok_file.name).is_file():
+            shutil.copy(tok_file, tmp / "tokenizer" / tok_file.name)
+        key = "tokenizer_json" if "tokenizer_json" in tok_section else "vocab"
+        tok_section[key] = f"tokenizer/{tok_file.name}"  # the recipe beside it stays usable
+        data: dict[str, Any] = {"tokenizer": tok_section}
+        if conv.processor is not None:
+            data["processor"] = conv.processor(hf_config)
+        raw = {"model": model_section, "data": data, "pretrain": {}}
+        recipe = build_recipe(raw, plugins.registry, name=f"the recipe translated from {folder}",
+                              path=tmp)
+        vocab = model_section.get("vocab_size") or tokenizer.vocab_size
+        if tokenizer.vocab_size > vocab:
+            raise TpError(f"the tokenizer of {folder} has {tokenizer.vocab_size} tokens, more than "
+                          f"the model's vocab_size {vocab}")
+        model = build_model(recipe.model, plugins.registry, tokenizer.vocab_size,
+                            tokenizer.special_ids)
+        own = dict(model.state_dict())
+        headless = base  # the architecture's: what --check compares
+        try:
+            tp_sd = _to_tp(conv, hf_sd, hf_config, own, base)
+        except CheckpointError:
+            # some Hub checkpoints of a full architecture hold the headless model's keys (the
+            # released gpt2: `h.0...`, no `transformer.`), which transformers accepts too
+            if base or (not conv.base_rules and conv.config_rules is None):
+                raise
+            try:
+                tp_sd, base = _to_tp(conv, hf_sd, hf_config, own, True), True
+            except TpError:
+                tp_sd = _to_tp(conv, hf_sd, hf_config, own, False)  # the first error again
+        raise_shapes(shape_problems(tp_sd, own, "checkpoint"), str(folder))
+        notes: list[str] = []
+        fresh: list[str] = []
+        if base:  # a headless model: the targets start from tp's initialisation
+            unknown = sorted(set(tp_sd) - set(own))
+            if unknown:
+                raise CheckpointError(f"keys the tp model does not have: {unknown[:12]}")
+            fresh = sorted(set(own) - set(tp_sd))
+            if any(not k.startswith("targets.") for k in fresh):
+                raise CheckpointError("the headless checkpoint lacks body weights: "
+                                      f"{[k for k in fresh if not k.startswith('targets.')][:12]}")
+            tp_sd = {**{k: own[k] for k in fresh}, **tp_sd}
+            if fresh:
+                notes.append(f"{arch} is headless: {len(fresh)} target tensors are freshly "
+                             "initialised")
+        model.load_state_dict(tp_sd, strict=True)
+        save_file({k: v.contiguous() for k, v in tp_sd.items()}, str(tmp / WEIGHTS),
+                  metadata={"format": "pt", "step": "0"})
+        (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
+        info = {"step": 0, "weights": WEIGHTS, "converted_from": {
+            "source": source, "model_type": hf_config["model_type"], "architecture": arch,
+            "initialised": fresh}}
+        (tmp / "checkpoint.json").write_text(json.dumps(info, indent=1) + "\n")
+        result = ConvertResult(Path(out), conv.name, arch, len(tp_sd), notes=notes,
+                               compared="hidden states" if headless else "logits")
+        if check:
+            from tpcli.api import load_checkpoint
+
+            loaded = load_checkpoint(tmp, plugins)
+            hf_model = hf_model_class(arch).from_pretrained(str(folder)).eval()
+            result.max_abs_diff = compare(conv, hf_model, loaded.model, hf_config,
+                                           loaded.tokenizer, tolerance, base=headless)
+        publish(tmp, Path(out))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
+
