@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -42,6 +42,8 @@ def tp_pretrain(request):
     return None
 '''
 
+TableRows = Callable[[str], list[list[str]]]  # the table_rows fixture (conftest.py)
+
 
 def tp_command() -> list[str]:
     script = Path(sys.executable).with_name("tp")
@@ -56,16 +58,6 @@ def tp(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProces
         env["PYTHONPATH"] = str(pythonpath)
     return subprocess.run(tp_command() + list(args), capture_output=True, text=True, env=env,
                           timeout=120)
-
-
-def table_rows(out: str) -> list[list[str]]:
-    rows = []
-    for line in out.splitlines():
-        if line.startswith("│"):
-            cells = [c.strip() for c in line.strip("│").split("│")]
-            if cells[0]:
-                rows.append(cells)
-    return rows
 
 
 def write_recipe(folder: Path, raw: dict[str, Any]) -> Path:
@@ -179,7 +171,7 @@ def test_a_plugin_can_replace_a_verb(site: Path, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- listings
 
 
-def test_modules_lists_the_builtins() -> None:
+def test_modules_lists_the_builtins(table_rows: TableRows) -> None:
     proc = tp("modules")
     assert proc.returncode == 0, proc.stderr
     rows = {(r[0], r[1]): r for r in table_rows(proc.stdout)}
@@ -190,7 +182,7 @@ def test_modules_lists_the_builtins() -> None:
     assert "max_length=512" in rows[("embedding", "pos")][3]
 
 
-def test_modules_of_one_module_lists_its_options() -> None:
+def test_modules_of_one_module_lists_its_options(table_rows: TableRows) -> None:
     proc = tp("modules", "encoder", "transformer")
     assert proc.returncode == 0, proc.stderr
     assert "from plugin encoders (tp-encoders)" in proc.stdout
@@ -212,14 +204,14 @@ def test_modules_unknown_name_suggests() -> None:
     assert "unknown embedding 'wrod'; did you mean 'word'?" in proc.stderr
 
 
-def test_modules_sections_show_their_options() -> None:
+def test_modules_sections_show_their_options(table_rows: TableRows) -> None:
     proc = tp("modules", "pretrain")
     assert proc.returncode == 0
     names = [r[0] for r in table_rows(proc.stdout)]
     assert "lr" in names and "steps" in names
 
 
-def test_recipes_lists_registered_folders(site: Path) -> None:
+def test_recipes_lists_registered_folders(site: Path, table_rows: TableRows) -> None:
     proc = tp("recipes", pythonpath=site)
     assert proc.returncode == 0, proc.stderr
     rows = {r[0]: r for r in table_rows(proc.stdout)}

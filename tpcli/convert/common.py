@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,19 @@ def publish(tmp: Path, out: Path) -> None:
     if out.exists():
         out.rmdir()  # checked empty by _staging
     os.replace(tmp, out)
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A `staging` folder for `out`: published to `out` when the block ends, removed when it
+    raises."""
+    tmp = staging(out)
+    try:
+        yield tmp
+        publish(tmp, Path(out))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def shape_problems(got: dict[str, torch.Tensor], want: dict[str, Any], what: str) -> list[str]:

@@ -16,8 +16,8 @@ from tpcli.convert import Converter
 from tpcli.errors import CheckpointError, TpError
 from tpcli.plugins import Plugins
 from tpcli.convert.common import (BIN, BIN_INDEX, HF_INDEX, HUB_PATTERNS, TOKENIZER_FILES, WEIGHTS,
-                                  ConvertResult, converters, publish, raise_shapes,
-                                  shape_problems, staging)
+                                  ConvertResult, converters, raise_shapes, shape_problems,
+                                  staged)
 from tpcli.convert.check import hf_model_class, compare
 
 # ------------------------------------------------------------------------------ HF -> tp
@@ -189,8 +189,7 @@ def from_hf(source: str, out: Path, plugins: Plugins, *, check: bool = False,
     model_section = conv.config_to_recipe(hf_config)
     tok_section, tok_file = _tokenizer_section(folder, plugins)
     hf_sd = _legacy_names(read_hf_weights(folder))
-    tmp = staging(out)
-    try:
+    with staged(out) as tmp:
         tok_cls = plugins.registry.get("tokenizer", tok_section["name"])
         options = {k: v for k, v in tok_section.items() if k != "name"}
         tokenizer = tok_cls(tok_cls.Config(**options), folder)
@@ -256,9 +255,5 @@ def from_hf(source: str, out: Path, plugins: Plugins, *, check: bool = False,
             hf_model = hf_model_class(arch).from_pretrained(str(folder)).eval()
             result.max_abs_diff = compare(conv, hf_model, loaded.model, hf_config,
                                            loaded.tokenizer, tolerance, base=headless)
-        publish(tmp, Path(out))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result
 

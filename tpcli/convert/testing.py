@@ -42,6 +42,12 @@ def perturbed(model: Any, scale: float = 0.05, seed: int = 0) -> Any:
     return model.eval()
 
 
+def random_hf(model_cls: Any, config_cls: Any, **config: Any) -> Any:
+    """A tiny random `model_cls(config_cls(**config))` (torch seeded with 0), `perturbed`."""
+    torch.manual_seed(0)
+    return perturbed(model_cls(config_cls(**config)))
+
+
 def hf_config_dict(hf_model: Any) -> dict[str, Any]:
     config = hf_model.config.to_dict()
     config.setdefault("architectures", [type(hf_model).__name__])

@@ -13,8 +13,8 @@ import torch
 from tpcli.convert import Converter
 from tpcli.errors import CheckpointError, TpError
 from tpcli.plugins import Plugins
-from tpcli.convert.common import (WEIGHTS, ConvertResult, converters, describe_model, publish,
-                                  raise_shapes, shape_problems, staging, transformers_module)
+from tpcli.convert.common import (WEIGHTS, ConvertResult, converters, describe_model,
+                                  raise_shapes, shape_problems, staged, transformers_module)
 from tpcli.convert.check import hf_model_class, compare
 # ------------------------------------------------------------------------------ tp -> HF
 
@@ -181,8 +181,7 @@ def to_hf(checkpoint: Path, out: Path, plugins: Plugins, *, arch: str | None = N
     _check_hf_shapes(conv, hf_config, hf_sd, tied)
     dtypes = {v.dtype for v in tp_sd.values() if v.is_floating_point()}
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
-    tmp = staging(out)
-    try:
+    with staged(out) as tmp:
         weights = {k: v.contiguous() for k, v in hf_sd.items() if k not in tied}
         save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
         _write_config(tmp, conv, hf_config, dtype)
@@ -192,9 +191,5 @@ def to_hf(checkpoint: Path, out: Path, plugins: Plugins, *, arch: str | None = N
             hf_model = hf_model_class(hf_config["architectures"][0]).from_pretrained(str(tmp))
             result.max_abs_diff = compare(conv, hf_model.eval(), loaded.model, hf_config,
                                            loaded.tokenizer, tolerance, base=False)
-        publish(tmp, Path(out))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return result
 

@@ -9,6 +9,7 @@ import torch
 
 from tp_encoders.pooling import FirstPooling, LastPooling, MaxPooling, MeanPooling
 from tp_encoders.transformer import TransformerEncoder
+from tpcli.convert.testing import perturbed
 from tpcli.errors import TpError
 from tpcli.layers.attention import MultiHeadAttention
 from tpcli.layers.masks import attention_mask
@@ -153,15 +154,6 @@ def test_poolings_against_hand_computation() -> None:
 
 
 # -- T5 / LLaMA / ALBERT options, against Hugging Face `transformers` on tiny random models
-
-def perturbed(module: torch.nn.Module) -> torch.nn.Module:
-    """HF inits norms to 1 and biases to 0, which would hide swapped keys: add noise."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return module.eval()
-
 
 def load_exactly(module: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
     assert set(sd) == set(module.state_dict()), set(sd) ^ set(module.state_dict())

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tp_encoders.transformer_decoder import TransformerDecoder
+from tpcli.convert.testing import perturbed
 from tpcli.module import BuildContext
 
 transformers = pytest.importorskip("transformers")
@@ -18,15 +19,6 @@ B, T_SRC, T_TGT = 3, 11, 9
 
 def right_padded(lengths: list[int], t: int) -> torch.Tensor:
     return torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]  # (B, T) bool
-
-
-def perturbed(module: torch.nn.Module) -> torch.nn.Module:
-    """HF inits norms to 1 and biases to 0, which would hide swapped keys: add noise."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return module.eval()
 
 
 def decoder(eps: float = 1e-5, **options: object) -> TransformerDecoder:

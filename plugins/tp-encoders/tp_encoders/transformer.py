@@ -11,7 +11,7 @@ The position bias and the rotary tables are computed once per forward and shared
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -155,8 +155,11 @@ def self_attention_inputs(
     return attn_mask, is_causal, cos_sin
 
 
-class TransformerLayer(nn.Module):
-    """One self-attention + feed-forward block. # (B, T, H) -> (B, T, H)"""
+class LayerModules(nn.Module):
+    """The modules of a transformer layer: self-attention, cross-attention to a memory when the
+    class sets `cross_attention` (the decoder's), feed-forward, each with its norm."""
+
+    cross_attention: ClassVar[bool] = False
 
     def __init__(self, hidden_size: int, heads: int, ffn_size: int, *, activation: str,
                  dropout: float, attention_dropout: float, bias: bool, pre_norm: bool,
@@ -164,12 +167,20 @@ class TransformerLayer(nn.Module):
                  scale_attention: bool = True, ffn_gate: bool = False) -> None:
         super().__init__()
         self.pre_norm = pre_norm
-        self.attn = MultiHeadAttention(hidden_size, heads, dropout=attention_dropout, bias=bias,
-                                       kv_heads=kv_heads, scale=scale_attention)
+        attn: dict[str, Any] = dict(dropout=attention_dropout, bias=bias, kv_heads=kv_heads,
+                                    scale=scale_attention)
+        self.attn = MultiHeadAttention(hidden_size, heads, **attn)
         self.attn_norm = make_norm(norm, hidden_size, eps)
+        if self.cross_attention:
+            self.cross = MultiHeadAttention(hidden_size, heads, cross=True, **attn)
+            self.cross_norm = make_norm(norm, hidden_size, eps)
         self.ffn = FeedForward(hidden_size, ffn_size, activation, bias=bias, gate=ffn_gate)
         self.ffn_norm = make_norm(norm, hidden_size, eps)
         self.dropout = nn.Dropout(dropout)
+
+
+class TransformerLayer(LayerModules):
+    """One self-attention + feed-forward block. # (B, T, H) -> (B, T, H)"""
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
                 rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:

@@ -15,36 +15,22 @@ import torch
 from torch import nn
 
 from tp_encoders.transformer import (
+    LayerModules,
     TransformerOptions,
     check_options,
     layer_options,
     position_modules,
     self_attention_inputs,
 )
-from tpcli.layers.attention import MultiHeadAttention
-from tpcli.layers.ffn import FeedForward
 from tpcli.layers.masks import attention_mask
 from tpcli.layers.norms import make_norm
 from tpcli.module import BuildContext
 
 
-class TransformerDecoderLayer(nn.Module):
+class TransformerDecoderLayer(LayerModules):
     """Self-attention, cross-attention to the memory, feed-forward. # (B, T', H) -> (B, T', H)"""
 
-    def __init__(self, hidden_size: int, heads: int, ffn_size: int, *, activation: str,
-                 dropout: float, attention_dropout: float, bias: bool, pre_norm: bool,
-                 eps: float, norm: str = "layernorm", kv_heads: int | None = None,
-                 scale_attention: bool = True, ffn_gate: bool = False) -> None:
-        super().__init__()
-        self.pre_norm = pre_norm
-        attn = dict(dropout=attention_dropout, bias=bias, kv_heads=kv_heads, scale=scale_attention)
-        self.attn = MultiHeadAttention(hidden_size, heads, **attn)
-        self.attn_norm = make_norm(norm, hidden_size, eps)
-        self.cross = MultiHeadAttention(hidden_size, heads, cross=True, **attn)
-        self.cross_norm = make_norm(norm, hidden_size, eps)
-        self.ffn = FeedForward(hidden_size, ffn_size, activation, bias=bias, gate=ffn_gate)
-        self.ffn_norm = make_norm(norm, hidden_size, eps)
-        self.dropout = nn.Dropout(dropout)
+    cross_attention = True
 
     def forward(self, y: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
                 memory: torch.Tensor, memory_mask: torch.Tensor | None,

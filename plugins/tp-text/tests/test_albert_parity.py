@@ -18,23 +18,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 from tp_text.convert_albert import CONVERTER  # noqa: E402
 from tpcli.convert.testing import (assert_round_trip, hf_from_tp, logits_diff,  # noqa: E402
-                                   perturbed, tp_from_hf, tp_model_for)
+                                   perturbed, random_hf, tp_model_for)
 
 V, E, H = 1000, 16, 64
 HF_CONFIG = dict(vocab_size=V, embedding_size=E, hidden_size=H, num_hidden_layers=3,
                  num_attention_heads=4, intermediate_size=128, max_position_embeddings=64,
                  type_vocab_size=2, hidden_act="gelu_new", layer_norm_eps=1e-12)
-
-
-@pytest.fixture(scope="module")
-def hf_model() -> Any:
-    torch.manual_seed(0)
-    return perturbed(transformers.AlbertForPreTraining(transformers.AlbertConfig(**HF_CONFIG)))
-
-
-@pytest.fixture(scope="module")
-def tp_model(hf_model: Any) -> TpModel:
-    return tp_from_hf(CONVERTER, hf_model)
+HF_CLASSES = (transformers.AlbertForPreTraining, transformers.AlbertConfig)
 
 
 def test_logits_match_hf(hf_model: Any, tp_model: TpModel) -> None:
@@ -70,8 +60,7 @@ def test_builtin_recipe_is_the_translated_model() -> None:
 def test_several_layer_groups_are_refused() -> None:
     with pytest.raises(Exception, match="several layer groups"):
         CONVERTER.config_to_recipe({**HF_CONFIG, "num_hidden_groups": 2})
-    sd = dict(perturbed(transformers.AlbertForPreTraining(
-        transformers.AlbertConfig(**HF_CONFIG))).state_dict())
+    sd = dict(random_hf(*HF_CLASSES, **HF_CONFIG).state_dict())
     sd["albert.encoder.albert_layer_groups.1.albert_layers.0.ffn.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match="albert_layer_groups.1"):
         CONVERTER.hf_to_tp(sd)

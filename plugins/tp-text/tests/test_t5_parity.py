@@ -17,7 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 from tp_text.convert_t5 import CONVERTER  # noqa: E402
 from tpcli.convert.testing import (assert_round_trip, hf_config_dict, hf_from_tp,  # noqa: E402
-                                   logits_diff, perturbed, tp_from_hf, tp_model_for)
+                                   logits_diff, perturbed, random_hf, tp_from_hf,
+                                   tp_model_for)
 
 V, H = 1000, 64
 HF_CONFIG = dict(vocab_size=V, d_model=H, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
@@ -25,22 +26,7 @@ HF_CONFIG = dict(vocab_size=V, d_model=H, d_kv=16, d_ff=128, num_layers=2, num_d
                  relative_attention_max_distance=20, feed_forward_proj="relu",
                  layer_norm_epsilon=1e-6, pad_token_id=0, eos_token_id=1,
                  decoder_start_token_id=0)
-
-
-def make_hf(**extra: Any) -> Any:
-    torch.manual_seed(0)
-    config = transformers.T5Config(**{**HF_CONFIG, **extra})
-    return perturbed(transformers.T5ForConditionalGeneration(config))
-
-
-@pytest.fixture(scope="module")
-def hf_model() -> Any:
-    return make_hf()
-
-
-@pytest.fixture(scope="module")
-def tp_model(hf_model: Any) -> TpModel:
-    return tp_from_hf(CONVERTER, hf_model)
+HF_CLASSES = (transformers.T5ForConditionalGeneration, transformers.T5Config)
 
 
 def test_keys(tp_model: TpModel) -> None:
@@ -56,7 +42,7 @@ def test_logits_match_hf(hf_model: Any, tp_model: TpModel) -> None:
 
 
 def test_gated_ffn() -> None:
-    hf = make_hf(feed_forward_proj="gated-gelu")
+    hf = random_hf(*HF_CLASSES, **{**HF_CONFIG, "feed_forward_proj": "gated-gelu"})
     tp = tp_from_hf(CONVERTER, hf)
     assert tp.state_dict()["stack.encoder.layers.0.ffn.fc1.weight"].shape == (2 * 128, H)
     assert logits_diff(CONVERTER, hf, tp) <= 1e-5
@@ -66,7 +52,8 @@ def test_gated_ffn() -> None:
 def test_untied_head_v1_1() -> None:
     """T5 v1.1: its own lm_head and no rescale (transformers >= 5 marks it with
     scale_decoder_outputs: false; tp -> HF -> tp keeps the two tables apart)."""
-    hf = make_hf(tie_word_embeddings=False, feed_forward_proj="gated-gelu")
+    hf = random_hf(*HF_CLASSES, **{**HF_CONFIG, "tie_word_embeddings": False,
+                                   "feed_forward_proj": "gated-gelu"})
     config = hf_config_dict(hf)
     with torch.no_grad():
         # its own table, at the scale of the tied head (v1.1 does not rescale the output)

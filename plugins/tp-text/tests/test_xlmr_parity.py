@@ -8,7 +8,6 @@ import os
 from typing import Any
 
 import pytest
-import torch
 
 from tpcli.model import TpModel
 from tpcli.plugins import get_plugins
@@ -18,24 +17,13 @@ transformers = pytest.importorskip("transformers")
 from tp_text.convert_roberta import XLMR_CONVERTER as CONVERTER  # noqa: E402
 from tpcli.convert.hf import choose_hf_converter  # noqa: E402
 from tpcli.convert.testing import (assert_round_trip, hf_config_dict, hf_from_tp,  # noqa: E402
-                                   logits_diff, perturbed, tp_from_hf, tp_model_for)
+                                   logits_diff, perturbed, tp_model_for)
 
 V, H = 1000, 64
 HF_CONFIG = dict(vocab_size=V, hidden_size=H, num_hidden_layers=2, num_attention_heads=4,
                  intermediate_size=128, max_position_embeddings=66, type_vocab_size=1,
                  pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
-
-
-@pytest.fixture(scope="module")
-def hf_model() -> Any:
-    torch.manual_seed(0)
-    config = transformers.XLMRobertaConfig(**HF_CONFIG)
-    return perturbed(transformers.XLMRobertaForMaskedLM(config))
-
-
-@pytest.fixture(scope="module")
-def tp_model(hf_model: Any) -> TpModel:
-    return tp_from_hf(CONVERTER, hf_model)
+HF_CLASSES = (transformers.XLMRobertaForMaskedLM, transformers.XLMRobertaConfig)
 
 
 def test_chosen_by_model_type(hf_model: Any) -> None:

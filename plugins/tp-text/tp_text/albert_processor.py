@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from tp_text.bert_processor import chunk_documents, trimmed_lengths
+from tp_text.bert_processor import chunk_documents, pair_example
 from tpcli.data.dataset import ExampleDataset, Masker
 from tpcli.data.format import Reader
 from tpcli.data.masking import MaskingConfig, Span
@@ -42,13 +42,6 @@ class AlbertProcessorConfig(MaskingConfig):
 
 def _coin(g: torch.Generator, p: float) -> bool:
     return float(torch.rand(1, generator=g)) < p
-
-
-def _trim(x: np.ndarray, keep: int, g: torch.Generator) -> np.ndarray:
-    """`keep` tokens of x: each removed token comes off the front or the back with odds 1/2."""
-    removed = len(x) - keep
-    front = int((torch.rand(removed, generator=g) < 0.5).sum()) if removed > 0 else 0
-    return x[front:front + keep]
 
 
 class AlbertDataset(ExampleDataset):
@@ -99,16 +92,7 @@ class AlbertDataset(ExampleDataset):
         label = IN_ORDER
         if len(b) and _coin(g, self.config.swap_prob):
             a, b, label = b, a, SWAPPED
-        la, lb = trimmed_lengths(len(a), len(b), self.max_tokens)
-        a, b = _trim(a, la, g), _trim(b, lb, g)
-        cls, sep = self.special_ids["cls"], self.special_ids["sep"]
-        ids = np.concatenate([[cls], a, [sep], b, [sep]] if lb else [[cls], a, [sep]])
-        ids_t = torch.from_numpy(ids.astype(np.int64))  # (T,)
-        segments = torch.zeros_like(ids_t)
-        segments[la + 2:] = 1
-        inputs, labels = self.masker(ids_t, g)
-        return {"input_ids": inputs, "segment_ids": segments, "mlm_labels": labels,
-                "sp_labels": torch.tensor(label)}
+        return pair_example(a, b, label, self.max_tokens, self.special_ids, self.masker, g)
 
 
 class AlbertProcessor:

@@ -84,9 +84,29 @@ def trimmed_lengths(la: int, lb: int, max_total: int) -> tuple[int, int]:
     return (max_total + 1) // 2, max_total // 2
 
 
-def _front_share(removed: int, g: torch.Generator) -> int:
-    """How many of `removed` trimmed tokens come off the front: each one with odds 1/2."""
-    return int((torch.rand(removed, generator=g) < 0.5).sum()) if removed > 0 else 0
+def _trim(x: np.ndarray, keep: int, g: torch.Generator) -> np.ndarray:
+    """`keep` tokens of x: each removed token comes off the front or the back with odds 1/2."""
+    removed = len(x) - keep
+    front = int((torch.rand(removed, generator=g) < 0.5).sum()) if removed > 0 else 0
+    return x[front:front + keep]
+
+
+def pair_example(a: np.ndarray, b: np.ndarray, label: int, max_tokens: int,
+                 special_ids: dict[str, int], masker: Masker,
+                 g: torch.Generator) -> dict[str, torch.Tensor]:
+    """[CLS] A [SEP] B [SEP] ([CLS] A [SEP] when B is empty), masked, with segment ids and the
+    sentence-pair label `label`; A and B trimmed to `max_tokens` together, each trimmed token off
+    the front or the back with equal odds, as in BERT."""
+    la, lb = trimmed_lengths(len(a), len(b), max_tokens)
+    a, b = _trim(a, la, g), _trim(b, lb, g)
+    cls, sep = special_ids["cls"], special_ids["sep"]
+    ids = np.concatenate([[cls], a, [sep], b, [sep]] if len(b) else [[cls], a, [sep]])
+    ids_t = torch.from_numpy(ids.astype(np.int64))  # (T,)
+    segments = torch.zeros_like(ids_t)
+    segments[len(a) + 2:] = 1
+    inputs, labels = masker(ids_t, g)
+    return {"input_ids": inputs, "segment_ids": segments, "mlm_labels": labels,
+            "sp_labels": torch.tensor(label)}
 
 
 class BertDataset(ExampleDataset):
@@ -152,19 +172,7 @@ class BertDataset(ExampleDataset):
         a0, a1, b0, b1, label = self._pair(index, g)
         a = self.store.sequences(a0, a1)
         b = self.store.sequences(b0, b1)
-        la, lb = trimmed_lengths(len(a), len(b), self.max_tokens)
-        # Each trimmed token comes off the front or the back with equal odds, as in BERT.
-        a_front = _front_share(len(a) - la, g)
-        b_front = _front_share(len(b) - lb, g)
-        a, b = a[a_front:a_front + la], b[b_front:b_front + lb]
-        cls, sep = self.special_ids["cls"], self.special_ids["sep"]
-        ids = np.concatenate([[cls], a, [sep], b, [sep]] if lb else [[cls], a, [sep]])
-        ids_t = torch.from_numpy(ids.astype(np.int64))  # (T,)
-        segments = torch.zeros_like(ids_t)
-        segments[la + 2:] = 1
-        inputs, labels = self.masker(ids_t, g)
-        return {"input_ids": inputs, "segment_ids": segments, "mlm_labels": labels,
-                "sp_labels": torch.tensor(label)}
+        return pair_example(a, b, label, self.max_tokens, self.special_ids, self.masker, g)
 
 
 class BertProcessor:

@@ -16,13 +16,9 @@ from typing import Any
 
 from tpcli.convert import Concat, Converter, Rename, Reshape, Rule, Tied
 from tpcli.errors import TpError
-from tp_text.convert_bert import _ACT_FROM_HF, _ACT_TO_HF
+from tp_text.convert_bert import _ACT_FROM_HF, _ACT_TO_HF, pair
 
 OFFSET = 2  # rows BART's learned position tables reserve before position 0
-
-
-def _pair(hf: str, tp: str) -> list[Rule]:
-    return [Rename(f"{hf}.{p}", f"{tp}.{p}") for p in ("weight", "bias")]
 
 
 def _attention(hf: str, tp: str, cross: bool) -> list[Rule]:
@@ -47,21 +43,21 @@ def body_rules(prefix: str) -> list[Rule]:
     return [
         Rename(f"{prefix}shared.weight", "stack.embedding.parts.word.embedding.weight"),
         Rename(f"{enc}embed_positions.weight", "stack.embedding.parts.pos.embedding.weight"),
-        *_pair(f"{enc}layernorm_embedding", "stack.embedding.norm"),
+        *pair(f"{enc}layernorm_embedding", "stack.embedding.norm"),
         *_attention(f"{E}self_attn", f"{te}attn", cross=False),
-        *_pair(f"{E}self_attn_layer_norm", f"{te}attn_norm"),
-        *_pair(f"{E}fc1", f"{te}ffn.fc1"),
-        *_pair(f"{E}fc2", f"{te}ffn.fc2"),
-        *_pair(f"{E}final_layer_norm", f"{te}ffn_norm"),
+        *pair(f"{E}self_attn_layer_norm", f"{te}attn_norm"),
+        *pair(f"{E}fc1", f"{te}ffn.fc1"),
+        *pair(f"{E}fc2", f"{te}ffn.fc2"),
+        *pair(f"{E}final_layer_norm", f"{te}ffn_norm"),
         Rename(f"{dec}embed_positions.weight", "tgt_embedding.parts.pos.embedding.weight"),
-        *_pair(f"{dec}layernorm_embedding", "tgt_embedding.norm"),
+        *pair(f"{dec}layernorm_embedding", "tgt_embedding.norm"),
         *_attention(f"{D}self_attn", f"{td}attn", cross=False),
-        *_pair(f"{D}self_attn_layer_norm", f"{td}attn_norm"),
+        *pair(f"{D}self_attn_layer_norm", f"{td}attn_norm"),
         *_attention(f"{D}encoder_attn", f"{td}cross", cross=True),
-        *_pair(f"{D}encoder_attn_layer_norm", f"{td}cross_norm"),
-        *_pair(f"{D}fc1", f"{td}ffn.fc1"),
-        *_pair(f"{D}fc2", f"{td}ffn.fc2"),
-        *_pair(f"{D}final_layer_norm", f"{td}ffn_norm"),
+        *pair(f"{D}encoder_attn_layer_norm", f"{td}cross_norm"),
+        *pair(f"{D}fc1", f"{td}ffn.fc1"),
+        *pair(f"{D}fc2", f"{td}ffn.fc2"),
+        *pair(f"{D}final_layer_norm", f"{td}ffn_norm"),
         # the shared table's other names (after the rename that makes it)
         Tied(f"{enc}embed_tokens.weight", f"{prefix}shared.weight"),
         Tied(f"{dec}embed_tokens.weight", f"{prefix}shared.weight"),

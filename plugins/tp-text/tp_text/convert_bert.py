@@ -25,30 +25,39 @@ _ACT_FROM_HF = {
 _ACT_TO_HF = {"gelu": "gelu", "relu": "relu", "silu": "silu", "gelu_tanh": "gelu_new"}
 
 
-def _pair(hf: str, tp: str, optional: bool = False) -> list[Rule]:
+def pair(hf: str, tp: str, optional: bool = False) -> list[Rule]:
     """weight and bias of one Linear / LayerNorm."""
     return [Rename(f"{hf}.{p}", f"{tp}.{p}", optional) for p in ("weight", "bias")]
+
+
+def embedding_rules(e: str) -> list[Rule]:
+    """The BERT family's [word, pos, seg] tables and their LayerNorm; `e` is the HF prefix
+    ("bert.embeddings.", "albert.embeddings.", ...)."""
+    return [
+        Rename(f"{e}word_embeddings.weight", "stack.embedding.parts.word.embedding.weight"),
+        Rename(f"{e}position_embeddings.weight", "stack.embedding.parts.pos.embedding.weight"),
+        Rename(f"{e}token_type_embeddings.weight", "stack.embedding.parts.seg.embedding.weight"),
+        *pair(f"{e}LayerNorm", "stack.embedding.norm"),
+        Drop(f"{e}position_ids"),  # a buffer that old checkpoints saved
+    ]
+
+
+def qkv_rules(attention: str, tp_layer: str) -> list[Rule]:
+    """HF's separate query/key/value under `attention` <-> tp's fused `{tp_layer}attn.qkv`."""
+    return [Concat(tuple(f"{attention}{n}.{p}" for n in ("query", "key", "value")),
+                   f"{tp_layer}attn.qkv.{p}") for p in ("weight", "bias")]
 
 
 def body_rules(prefix: str) -> list[Rule]:
     """Embeddings and encoder layers; `prefix` is "bert." in the pre-training model, "" headless."""
     e, L = f"{prefix}embeddings.", f"{prefix}{_LAYER}"
-    rules: list[Rule] = [
-        Rename(f"{e}word_embeddings.weight", "stack.embedding.parts.word.embedding.weight"),
-        Rename(f"{e}position_embeddings.weight", "stack.embedding.parts.pos.embedding.weight"),
-        Rename(f"{e}token_type_embeddings.weight", "stack.embedding.parts.seg.embedding.weight"),
-        *_pair(f"{e}LayerNorm", "stack.embedding.norm"),
-        Drop(f"{e}position_ids"),  # a buffer that old checkpoints saved
-    ]
-    for p in ("weight", "bias"):
-        qkv = tuple(f"{L}attention.self.{n}.{p}" for n in ("query", "key", "value"))
-        rules.append(Concat(qkv, f"{_TP_LAYER}attn.qkv.{p}"))
+    rules = embedding_rules(e) + qkv_rules(f"{L}attention.self.", _TP_LAYER)
     rules += [
-        *_pair(f"{L}attention.output.dense", f"{_TP_LAYER}attn.out"),
-        *_pair(f"{L}attention.output.LayerNorm", f"{_TP_LAYER}attn_norm"),
-        *_pair(f"{L}intermediate.dense", f"{_TP_LAYER}ffn.fc1"),
-        *_pair(f"{L}output.dense", f"{_TP_LAYER}ffn.fc2"),
-        *_pair(f"{L}output.LayerNorm", f"{_TP_LAYER}ffn_norm"),
+        *pair(f"{L}attention.output.dense", f"{_TP_LAYER}attn.out"),
+        *pair(f"{L}attention.output.LayerNorm", f"{_TP_LAYER}attn_norm"),
+        *pair(f"{L}intermediate.dense", f"{_TP_LAYER}ffn.fc1"),
+        *pair(f"{L}output.dense", f"{_TP_LAYER}ffn.fc2"),
+        *pair(f"{L}output.LayerNorm", f"{_TP_LAYER}ffn_norm"),
     ]
     return rules
 
@@ -57,10 +66,10 @@ def pretraining_rules() -> list[Rule]:
     """BertForPreTraining: body + pooler + MLM head + NSP head."""
     return [
         *body_rules("bert."),
-        *_pair("bert.pooler.dense", "targets.sp.pooler"),
-        *_pair("cls.seq_relationship", "targets.sp.classifier"),
-        *_pair("cls.predictions.transform.dense", "targets.mlm.dense"),
-        *_pair("cls.predictions.transform.LayerNorm", "targets.mlm.norm"),
+        *pair("bert.pooler.dense", "targets.sp.pooler"),
+        *pair("cls.seq_relationship", "targets.sp.classifier"),
+        *pair("cls.predictions.transform.dense", "targets.mlm.dense"),
+        *pair("cls.predictions.transform.LayerNorm", "targets.mlm.norm"),
         Rename("cls.predictions.bias", "targets.mlm.bias"),
         # after the renames: tp -> HF copies what they produced
         Tied("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight"),
@@ -70,23 +79,29 @@ def pretraining_rules() -> list[Rule]:
 
 def base_rules() -> list[Rule]:
     """BertModel (headless): body; its pooler, when present, is the sp target's pooler."""
-    return [*body_rules(""), *_pair("pooler.dense", "targets.sp.pooler", optional=True)]
+    return [*body_rules(""), *pair("pooler.dense", "targets.sp.pooler", optional=True)]
 
 
-def config_to_recipe(hf: dict[str, Any]) -> dict[str, Any]:
-    """HF BertConfig (config.json as a dict) -> the recipe's model section."""
-    act = hf.get("hidden_act", "gelu")
+def hf_activation(hf: dict[str, Any], family: str, default: str) -> str:
+    """The tp activation of HF's `hidden_act` (`default` when absent); TpError when tp has none."""
+    act = hf.get("hidden_act", default)
     if act not in _ACT_FROM_HF:
-        raise TpError(f"BERT hidden_act {act!r} has no tp equivalent",
+        raise TpError(f"{family} hidden_act {act!r} has no tp equivalent",
                       hint=f"supported: {', '.join(_ACT_FROM_HF)}")
+    return _ACT_FROM_HF[act]
+
+
+def family_recipe(hf: dict[str, Any], family: str, activation: str,
+                  dropout: float) -> dict[str, Any]:
+    """The BERT family's model section (BERT, ALBERT): [word, pos, seg] into a post-norm, fully
+    visible transformer with targets [mlm, sp]; `dropout` is the default of both HF dropouts."""
     if hf.get("position_embedding_type", "absolute") != "absolute":
-        raise TpError(f"BERT position_embedding_type {hf['position_embedding_type']!r} is not "
+        raise TpError(f"{family} position_embedding_type {hf['position_embedding_type']!r} is not "
                       "supported", hint="tp's pos embedding is learned absolute positions")
-    activation = _ACT_FROM_HF[act]
     return {
         "hidden_size": hf["hidden_size"],
         "vocab_size": hf["vocab_size"],
-        "dropout": hf.get("hidden_dropout_prob", 0.1),
+        "dropout": hf.get("hidden_dropout_prob", dropout),
         "norm_eps": hf.get("layer_norm_eps", 1e-12),
         "init_std": hf.get("initializer_range", 0.02),
         "embedding_norm": "layernorm",
@@ -104,11 +119,16 @@ def config_to_recipe(hf: dict[str, Any]) -> dict[str, Any]:
             "activation": activation,
             "pre_norm": False,
             "mask": "fully_visible",
-            "attention_dropout": hf.get("attention_probs_dropout_prob", 0.1),
+            "attention_dropout": hf.get("attention_probs_dropout_prob", dropout),
             "bias": True,
         },
         "target": {"mlm": {"activation": activation}, "sp": {}},
     }
+
+
+def config_to_recipe(hf: dict[str, Any]) -> dict[str, Any]:
+    """HF BertConfig (config.json as a dict) -> the recipe's model section."""
+    return family_recipe(hf, "BERT", hf_activation(hf, "BERT", "gelu"), 0.1)
 
 
 def encoder_config(spec: Any, vocab_size: int, family: str,
@@ -129,7 +149,13 @@ def encoder_config(spec: Any, vocab_size: int, family: str,
                       "biases")
     if o.embedding_norm != "layernorm":
         raise TpError(f"the {family} converter needs model.embedding_norm=layernorm")
-    return emb, {
+    return emb, family_config(emb, enc, o, vocab_size)
+
+
+def family_config(emb: dict[str, Any], enc: Any, o: Any, vocab_size: int) -> dict[str, Any]:
+    """HF config keys shared by the BERT family from the checked embeddings `emb`, encoder
+    options `enc` and model options `o`."""
+    return {
         "vocab_size": o.vocab_size or vocab_size,
         "hidden_size": o.hidden_size,
         "num_hidden_layers": enc.layers,

@@ -20,20 +20,16 @@ from typing import Any
 
 from tpcli.convert import Converter, Rename, Rule, Tied
 from tpcli.errors import TpError
-from tp_text.convert_bert import body_rules, encoder_config
+from tp_text.convert_bert import body_rules, encoder_config, pair
 from tp_text.convert_bert import config_to_recipe as bert_config_to_recipe
-
-
-def _pair(hf: str, tp: str) -> list[Rule]:
-    return [Rename(f"{hf}.{p}", f"{tp}.{p}") for p in ("weight", "bias")]
 
 
 def masked_lm_rules() -> list[Rule]:
     """RobertaForMaskedLM: body + the LM head."""
     return [
         *body_rules("roberta."),
-        *_pair("lm_head.dense", "targets.mlm.dense"),
-        *_pair("lm_head.layer_norm", "targets.mlm.norm"),
+        *pair("lm_head.dense", "targets.mlm.dense"),
+        *pair("lm_head.layer_norm", "targets.mlm.norm"),
         Rename("lm_head.bias", "targets.mlm.bias"),
         # after the renames: tp -> HF copies what they produced
         Tied("lm_head.decoder.weight", "roberta.embeddings.word_embeddings.weight"),

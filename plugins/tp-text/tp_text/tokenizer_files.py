@@ -275,29 +275,16 @@ def read_saved(directory: str | Path, name: str) -> dict[str, Any]:
     return options
 
 
-class TokenizersBase:
-    """The Tokenizer protocol over a `tokenizers.Tokenizer` in `self._tok` with roles in
-    `self._special`. Subclasses set NAME, Config, build both in __init__ and give
-    `_saved_options()` (their options with the source replaced by the saved tokenizer.json)."""
+class TokenizerCalls:
+    """The ids half of the Tokenizer protocol over a `tokenizers.Tokenizer` in `self._tok` with
+    roles in `self._special`: encoding, decoding and token <-> id look-ups."""
 
-    NAME = ""
     _tok: Tokenizer
     _special: dict[str, int]
-    _fingerprint: str | None = None
-    config: Any
-
-    @property
-    def vocab_size(self) -> int:
-        return vocab_size_of(self._tok)
 
     @property
     def special_ids(self) -> dict[str, int]:
         return dict(self._special)
-
-    @property
-    def backend(self) -> Tokenizer:
-        """The underlying `tokenizers.Tokenizer` (with the post-processor `transformers` uses)."""
-        return self._tok
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Ids of each text, without special tokens; the batch is split over all cores."""
@@ -314,6 +301,25 @@ class TokenizersBase:
 
     def id_to_token(self, i: int) -> str | None:
         return self._tok.id_to_token(i)
+
+
+class TokenizersBase(TokenizerCalls):
+    """The Tokenizer protocol over a `tokenizers.Tokenizer` in `self._tok` with roles in
+    `self._special`. Subclasses set NAME, Config, build both in __init__ and give
+    `_saved_options()` (their options with the source replaced by the saved tokenizer.json)."""
+
+    NAME = ""
+    _fingerprint: str | None = None
+    config: Any
+
+    @property
+    def vocab_size(self) -> int:
+        return vocab_size_of(self._tok)
+
+    @property
+    def backend(self) -> Tokenizer:
+        """The underlying `tokenizers.Tokenizer` (with the post-processor `transformers` uses)."""
+        return self._tok
 
     def sentinel_ids(self) -> list[int]:
         """Ids of `<extra_id_0>`, `<extra_id_1>`, ... in N order; empty when there are none."""

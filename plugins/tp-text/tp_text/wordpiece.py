@@ -11,18 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydantic import Field, model_validator
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from tp_text.tokenizer_files import load_tokenizer_json, parse_vocab, read_text, write_hf
+from tp_text.tokenizer_files import (
+    TokenizerCalls, load_tokenizer_json, parse_vocab, read_saved, read_text, write_hf,
+    write_saved,
+)
 from tpcli.errors import TpError
 from tpcli.module import ModuleConfig
 
 NAME = "wordpiece"
-SAVED_FILE = "tp_tokenizer.json"  # what `from_saved` reads: name and options
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 PREFIX = "##"  # marks a piece that continues the previous one (not a word start)
 
@@ -54,7 +55,7 @@ class WordPieceConfig(ModuleConfig):
         return self
 
 
-class WordPieceTokenizer:
+class WordPieceTokenizer(TokenizerCalls):
     """BERT WordPiece: BertNormalizer, BertPreTokenizer, greedy longest-match pieces ('##')."""
 
     Config = WordPieceConfig
@@ -114,27 +115,6 @@ class WordPieceTokenizer:
     def vocab_size(self) -> int:
         return self._vocab_size
 
-    @property
-    def special_ids(self) -> dict[str, int]:
-        return dict(self._special)
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Ids of each text, without special tokens; the batch is split over all cores."""
-        encodings = self._tok.encode_batch_fast(texts, add_special_tokens=False)
-        return [e.ids for e in encodings]
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=False)
-
-    def token_to_id(self, token: str) -> int | None:
-        return self._tok.token_to_id(token)
-
-    def id_to_token(self, i: int) -> str | None:
-        return self._tok.id_to_token(i)
-
     def continuation_mask(self) -> np.ndarray:
         """(V,) bool, True for pieces that continue a word ('##ing'): whole-word masking uses it."""
         mask = np.zeros(self._vocab_size, dtype=bool)
@@ -184,28 +164,9 @@ class WordPieceTokenizer:
         self.save_hf(out)
         options = self.config.model_dump()
         options.update(vocab=None, tokenizer_json="tokenizer.json")
-        info: dict[str, Any] = {
-            "name": NAME,
-            "options": options,
-            "source": self.config.model_dump(),
-            "fingerprint": self.fingerprint(),
-        }
-        (out / SAVED_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        write_saved(out, NAME, options, self.config.model_dump(), self.fingerprint())
 
     @classmethod
     def from_saved(cls, directory: str | Path) -> "WordPieceTokenizer":
         """Rebuild a tokenizer written by `save`."""
-        folder = Path(directory)
-        meta_path = folder / SAVED_FILE
-        try:
-            info = json.loads(meta_path.read_text(encoding="utf-8"))
-        except FileNotFoundError as e:
-            raise TpError(
-                f"{folder} holds no saved tokenizer ({SAVED_FILE} is missing)",
-                hint="point at a folder written by the tokenizer's save()",
-            ) from e
-        except (OSError, json.JSONDecodeError) as e:
-            raise TpError(f"cannot read saved tokenizer {meta_path}: {e}") from e
-        if info.get("name") != NAME:
-            raise TpError(f"{meta_path} holds tokenizer {info.get('name')!r}, not {NAME!r}")
-        return cls(WordPieceConfig(**info["options"]), folder)
+        return cls(WordPieceConfig(**read_saved(directory, NAME)), Path(directory))
