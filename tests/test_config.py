@@ -290,3 +290,11 @@ def test_unreadable_recipes_are_user_errors(tmp_path: Path) -> None:
         read_recipe_file(tmp_path / "bad.yaml")
     with pytest.raises(TpError, match="must be a mapping"):
         read_recipe_file(tmp_path / "list.yaml")
+
+
+def test_deepspeed_options_need_strategy_deepspeed(registry: Registry) -> None:
+    raw = recipe(T5)
+    raw["pretrain"] = {"strategy": "ddp", "zero_stage": 3, "offload": True}
+    problems = problems_of(raw, registry)
+    assert "zero_stage=3, offload=True only apply to strategy=deepspeed, but strategy is 'ddp'" \
+        in problems["pretrain"]

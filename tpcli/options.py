@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -61,3 +61,25 @@ class PretrainOptions(_Strict):
     num_workers: int = Field(0, ge=0, description="data loader worker processes")
     compile: bool = Field(False, description="wrap the model in torch.compile")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
+    strategy: Literal["auto", "single", "ddp", "fsdp", "deepspeed"] = Field(
+        "auto", description="how training is distributed: auto (ddp under torchrun with more than "
+        "one process, else single), single, ddp, fsdp (FSDP2 fully_shard per layer), deepspeed")
+    zero_stage: Literal[1, 2, 3] = Field(2, description="deepspeed: ZeRO stage")
+    offload: bool = Field(False, description="deepspeed: keep optimizer state on the CPU")
+    deepspeed_config: str | None = Field(
+        None, description="deepspeed: a DeepSpeed JSON; its batch sizes, lr, clipping and "
+        "precision must agree with this section")
+    activation_checkpointing: bool = Field(
+        False, description="recompute each layer's activations in backward (less memory)")
+
+    @model_validator(mode="after")
+    def _deepspeed_options_need_deepspeed(self) -> PretrainOptions:
+        """zero_stage / offload / deepspeed_config do nothing under another strategy: say so
+        rather than train without what the user asked for."""
+        stray = [f"{f}={getattr(self, f)}" for f in ("zero_stage", "offload", "deepspeed_config")
+                 if f in self.model_fields_set and getattr(self, f) not in (None, False)]
+        if stray and self.strategy != "deepspeed":
+            raise ValueError(f"{', '.join(stray)} only apply to strategy=deepspeed, but "
+                             f"strategy is {self.strategy!r}: set pretrain.strategy=deepspeed "
+                             "(DS_BUILD_OPS=0 pip install deepspeed), or remove them")
+        return self

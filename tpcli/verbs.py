@@ -32,6 +32,7 @@ class PretrainRequest:
     resume: Path | None = None
     progress: bool = True
     plugins: Plugins | None = None
+    nproc: int = 1  # > 1: re-launch under torchrun with this many local processes
 
 
 @dataclass
@@ -52,6 +53,11 @@ def preprocess(request: PreprocessRequest) -> dict[str, Any]:
 
 
 def pretrain(request: PretrainRequest) -> dict[str, Any]:
+    if request.nproc > 1:
+        from tpcli.train.launch import launch, under_torchrun
+
+        if not under_torchrun():  # the children run this again, without nproc
+            return launch(request)
     plugins = request.plugins or get_plugins()
     request.plugins = plugins
     return plugins.hook.tp_pretrain(request=request)

@@ -31,8 +31,14 @@ def pretrain(
     out: Optional[Path] = typer.Option(None, "--out", help="run folder to create"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="run folder to continue"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="live progress bar"),
+    nproc: int = typer.Option(1, "--nproc", min=1,
+                              help="processes on this machine: re-launches under torchrun"),
 ) -> None:
-    """Pre-train a recipe's model; --resume continues a stopped or killed run."""
+    """Pre-train a recipe's model; --resume continues a stopped or killed run.
+
+    Under torchrun (or with --nproc N) every process runs this; rank 0 logs and prints."""
+    import os
+
     from tpcli.cli.render import print_summary
     from tpcli.verbs import PretrainRequest, pretrain as run
 
@@ -40,8 +46,9 @@ def pretrain(
     if recipe is not None and "=" in recipe:  # `tp pretrain --resume RUN a=b`
         ovr.insert(0, recipe)
         recipe = None
-    summary = run(PretrainRequest(recipe, data, out, ovr, resume, progress))
-    print_summary("pretrain", summary)
+    summary = run(PretrainRequest(recipe, data, out, ovr, resume, progress, nproc=nproc))
+    if nproc == 1 and os.environ.get("RANK", "0") == "0":  # --nproc: rank 0 printed it
+        print_summary("pretrain", summary)
 
 
 def register(app: typer.Typer) -> None:

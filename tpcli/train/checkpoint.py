@@ -6,11 +6,17 @@ Layout of a run folder::
     RUN/run.json                     dataset path and how the run was started
     RUN/metrics.jsonl                one JSON line per log step
     RUN/checkpoints/step-00001000/   model.safetensors, trainer.pt, recipe.yaml, tokenizer/,
-                                     checkpoint.json
+                                     checkpoint.json, and a sharded strategy's own files
+                                     (fsdp/, deepspeed/)
     RUN/last -> checkpoints/step-00001000
 
-A checkpoint is written into a temporary folder and renamed into place, then `last` is swapped
-atomically, so a run killed at any instant leaves the previous checkpoint intact. Loading is
+model.safetensors always holds the whole model with tp's keys, whatever the strategy (FSDP and
+ZeRO-3 shards are gathered by rank 0), so `tp convert` and fine-tuning read any checkpoint.
+checkpoint.json records {step, weights, strategy, world_size}.
+
+A checkpoint is written into a temporary folder (by every rank, under torchrun) and renamed into
+place by rank 0 after a barrier, then `last` is swapped atomically, so a run killed at any
+instant, or one of its ranks, leaves the previous checkpoint intact. Loading is
 strict, names every missing or unexpected key, and unpickles no code (`weights_only=True`).
 """
 
@@ -20,7 +26,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -29,6 +35,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tpcli.errors import CheckpointError, TpError
+
+if TYPE_CHECKING:
+    from tpcli.train.strategy import Dist, Strategy
 
 WEIGHTS = "model.safetensors"
 TRAINER = "trainer.pt"
@@ -57,25 +66,97 @@ def write_checkpoint(
         torch.save(trainer_state, tmp / TRAINER)
         (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe_raw, sort_keys=False))
         tokenizer.save(str(tmp / "tokenizer"))
-        (tmp / INFO).write_text(json.dumps({"step": step, "weights": WEIGHTS}, indent=1))
-        _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except OSError as e:
+        (tmp / INFO).write_text(json.dumps({"step": step, "weights": WEIGHTS,
+                                            "strategy": "single", "world_size": 1}, indent=1))
+        _commit(tmp, final)
+    except Exception as e:  # noqa: BLE001 - only write failures are the user's to fix
+        if not _is_write_failure(e):
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
-        raise TpError(
-            f"could not write checkpoint {final}: {e.strerror or e}; the previous checkpoint "
-            "is intact",
-            hint="free disk space (or choose another --out) and resume with --resume",
-        ) from e
+        raise _write_error(final, e) from e
     _point_last(run_dir, final)
     _prune(ckpt_root, keep_last, keep=final)
     return final
 
 
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    strategy: Strategy,
+    dist: Dist,
+    extra: dict[str, Any],
+    recipe_raw: dict[str, Any],
+    tokenizer: Any,
+    keep_last: int,
+) -> Path:
+    """Checkpoint `step` from any strategy; every rank calls it (it is collective).
+
+    Rank 0 makes the temporary folder; every rank writes its part into it (the gathered weights
+    and trainer.pt by rank 0, shards by each rank); after a barrier rank 0 renames it into place,
+    points `last` at it and prunes. A rank that dies before that barrier leaves only the
+    temporary folder, which the next save removes."""
+    ckpt_root = run_dir / "checkpoints"
+    final = ckpt_root / f"step-{step:08d}"
+    tmp = ckpt_root / f".tmp-step-{step:08d}"
+    try:
+        if dist.is_main:
+            ckpt_root.mkdir(parents=True, exist_ok=True)
+            for stale in ckpt_root.glob(".tmp-*"):  # left by a killed run
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()
+        dist.barrier()
+        weights = strategy.full_state_dict()  # collective under fsdp / ZeRO-3
+        if weights is not None:
+            save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt", "step": str(step)})
+        strategy.save_trainer_state(tmp, extra)
+        if dist.is_main:
+            (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe_raw, sort_keys=False))
+            tokenizer.save(str(tmp / "tokenizer"))
+            (tmp / INFO).write_text(json.dumps({
+                "step": step, "weights": WEIGHTS, "strategy": strategy.name,
+                "world_size": dist.world_size}, indent=1))
+        dist.barrier()  # every rank's part is on disk
+        if dist.is_main:
+            _commit(tmp, final)
+    except Exception as e:  # noqa: BLE001 - only write failures are the user's to fix
+        if not _is_write_failure(e):
+            raise
+        if dist.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(final, e) from e
+    if dist.is_main:
+        _point_last(run_dir, final)
+        _prune(ckpt_root, keep_last, keep=final)
+    dist.barrier()  # no rank runs ahead (and could be killed) before `last` moved
+    return final
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def _is_write_failure(e: BaseException) -> bool:
+    """A full disk or a file-size limit, as os, safetensors (SafetensorError) or torch.save
+    (RuntimeError "... failed writing file ...") report it."""
+    if isinstance(e, (OSError, SafetensorError)):
+        return True
+    return isinstance(e, RuntimeError) and "writ" in str(e).lower()
+
+
+def _write_error(final: Path, e: BaseException) -> TpError:
+    reason = getattr(e, "strerror", None) or e
+    return TpError(
+        f"could not write checkpoint {final}: {reason}; the previous checkpoint "
+        "is intact",
+        hint="free disk space (or choose another --out) and resume with --resume",
+    )
+
+
 def _fsync_dir(path: Path) -> None:
-    for f in path.iterdir():
+    for f in path.rglob("*"):
         if f.is_file():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -155,3 +236,30 @@ def read_trainer_state(ckpt: Path) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise CheckpointError(f"{ckpt / TRAINER} is corrupt: {e}",
                               hint="use an earlier checkpoint of the run") from e
+
+
+def read_info(ckpt: Path) -> dict[str, Any]:
+    """checkpoint.json; checkpoints from before strategies were recorded read as single, 1."""
+    try:
+        info = json.loads((ckpt / INFO).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{ckpt / INFO} is missing or corrupt: {e}",
+                              hint="use an earlier checkpoint of the run") from e
+    return {"strategy": "single", "world_size": 1, **info}
+
+
+def check_resumable(info: dict[str, Any], strategy: str, world_size: int, ckpt: Path) -> None:
+    """A checkpoint resumes in its strategy's family (single and ddp share one format); a sharded
+    strategy's (fsdp, deepspeed) also needs the same number of processes."""
+    was = info["strategy"]
+    family = {"single": "replicated", "ddp": "replicated"}
+    if family.get(was, was) != family.get(strategy, strategy):
+        raise CheckpointError(
+            f"checkpoint {ckpt} was written by the {was} strategy; this run uses {strategy}",
+            hint=f"resume with pretrain.strategy={was}")
+    if was in ("fsdp", "deepspeed") and int(info["world_size"]) != world_size:
+        raise CheckpointError(
+            f"checkpoint {ckpt} holds {was} shards of {info['world_size']} processes, but this "
+            f"run has {world_size}",
+            hint=f"resume with --nproc {info['world_size']} (or torchrun --nproc_per_node "
+            f"{info['world_size']})")

@@ -1,8 +1,14 @@
 """The training loop: one readable function, `train`, and the set-up around it (`run_pretrain`).
 
 Exact resume: the data order is a function of (seed, epoch) only, masking of (seed, epoch,
-index), and the RNG states are checkpointed, so a run killed and resumed produces the same losses
-as one that never stopped.
+index), and the RNG states (of every rank) are checkpointed, so a run killed and resumed produces
+the same losses as one that never stopped.
+
+Distributed: the same loop runs on every rank under torchrun; a `Strategy` (single, ddp, fsdp,
+deepspeed) owns the model's placement, the optimizer and their checkpoints. Every optimizer step
+consumes `batch_size` examples of one global permutation; rank r reads only the r-th slice of each
+micro-batch. Only rank 0 logs and calls the observer hooks; loss and metrics are averaged and
+tokens/s summed over ranks, in one all-reduce per log window.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +27,8 @@ import yaml
 from tpcli.errors import TpError
 from tpcli.plugins import Plugins
 from tpcli.train import checkpoint as ckpt_io
-from tpcli.train.optim import make_optimizer, make_scheduler
 from tpcli.train.perf import FlopMeter, peak_flops
+from tpcli.train.strategy import Dist, Strategy, make_strategy, resolved_name
 from tpcli.verbs import PretrainRequest
 
 
@@ -35,10 +41,15 @@ class DataPosition:
 
 
 class Sampler:
-    """Deterministic, resumable shuffling: epoch e visits randperm(n, seed=(seed, e))."""
+    """Deterministic, resumable shuffling: epoch e visits randperm(n, seed=(seed, e)).
 
-    def __init__(self, dataset: Any, seed: int, pos: DataPosition) -> None:
+    With `world` ranks, each `next_batch(size)` consumes `size` global examples and rank `rank`
+    loads only the `rank`-th contiguous slice of them: the order does not depend on `world`."""
+
+    def __init__(self, dataset: Any, seed: int, pos: DataPosition, rank: int = 0,
+                 world: int = 1) -> None:
         self.dataset, self.seed, self.pos = dataset, seed, pos
+        self.rank, self.world = rank, world
         self.n = len(dataset)
         if self.n == 0:
             raise TpError("the dataset holds no training examples",
@@ -52,23 +63,18 @@ class Sampler:
         return torch.randperm(self.n, generator=g)
 
     def next_batch(self, size: int) -> dict[str, torch.Tensor]:
+        """This rank's slice of the next `size` examples (all of them for one process)."""
+        per = size // self.world
+        lo, hi = self.rank * per, (self.rank + 1) * per
         examples = []
-        while len(examples) < size:
+        for j in range(size):
             if self.pos.offset >= self.n:
                 self.pos = DataPosition(self.pos.epoch + 1, 0)
                 self._perm = self._permutation(self.pos.epoch)
-            examples.append(self.dataset[int(self._perm[self.pos.offset])])
+            if lo <= j < hi:  # the other ranks' examples are skipped, never read
+                examples.append(self.dataset[int(self._perm[self.pos.offset])])
             self.pos.offset += 1
         return self.dataset.collate(examples)
-
-
-def _device(opts: Any) -> torch.device:
-    if opts.device == "cuda" or (opts.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise TpError("pretrain.device=cuda but no CUDA device is available",
-                          hint="use pretrain.device=cpu or auto")
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def _autocast(device: torch.device, precision: str) -> Any:
@@ -81,14 +87,43 @@ def _autocast(device: torch.device, precision: str) -> Any:
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # this rank's device
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # checkpoints before per-rank states: all devices
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            torch.cuda.set_rng_state(cuda)
+
+
+def _micro_batch(opts: Any, world: int) -> int:
+    """Examples per micro-batch over all ranks; each rank reads 1/world of them."""
+    if opts.batch_size % (opts.grad_accum * world):
+        ranks = f" x {world} processes" if world > 1 else ""
+        raise TpError(f"pretrain.batch_size={opts.batch_size} is not divisible by "
+                      f"pretrain.grad_accum={opts.grad_accum}{ranks}",
+                      hint="choose a batch size that is a multiple of grad_accum"
+                      + (" times the number of processes" if world > 1 else ""))
+    return opts.batch_size // opts.grad_accum
+
+
+def _diverged(loss: float, step: int) -> TpError:
+    return TpError(f"loss became {loss} at step {step}; training stopped and the last good "
+                   "checkpoint was kept",
+                   hint="lower pretrain.lr, use pretrain.precision=fp32 or bf16, or raise "
+                   "pretrain.warmup_ratio, then --resume")
+
+
+class _Silent:
+    """The observer hooks of ranks other than 0: every call does nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda **kwargs: None
 
 
 @dataclass
@@ -97,88 +132,89 @@ class Setup:
 
     recipe: Any
     tokenizer: Any
-    model: torch.nn.Module
+    model: torch.nn.Module  # weights already loaded when resuming
     dataset: Any
     out: Path
     plugins: Plugins
     progress: bool
     start_step: int = 0
-    trainer_state: dict[str, Any] | None = None
+    resume_from: Path | None = None  # the checkpoint folder whose trainer state to restore
+    dist: Dist = field(default_factory=Dist)
+    strategy: Strategy | None = None  # made by _start, before the run folder is written
 
 
 def train(s: Setup) -> dict[str, Any]:
-    opts = s.recipe.pretrain
-    device = _device(opts)
-    model = s.model.to(device)
-    optimizer = make_optimizer(model, opts)
-    scheduler = make_scheduler(optimizer, opts)
+    opts, dist = s.recipe.pretrain, s.dist
+    micro = _micro_batch(opts, dist.world_size)
+    params = sum(p.numel() for p in s.model.parameters())
+    strategy = s.strategy or make_strategy(opts, dist)
+    model = strategy.setup(s.model)
     # measured before the RNG state is restored: it draws random matrices
-    meter = FlopMeter(peak_flops(device, opts.precision))
+    meter = FlopMeter(peak_flops(dist.device, opts.precision))
     pos = DataPosition()
-    if s.trainer_state is not None:
-        optimizer.load_state_dict(s.trainer_state["optimizer"])
-        scheduler.load_state_dict(s.trainer_state["scheduler"])
-        pos = DataPosition(**s.trainer_state["data"])
-        _set_rng_state(s.trainer_state["rng"])
-    if opts.batch_size % opts.grad_accum:
-        raise TpError(f"pretrain.batch_size={opts.batch_size} is not divisible by "
-                      f"pretrain.grad_accum={opts.grad_accum}",
-                      hint="choose a batch size that is a multiple of grad_accum")
-    micro = opts.batch_size // opts.grad_accum
-    sampler = Sampler(s.dataset, opts.seed, pos)
+    if s.resume_from is not None:
+        extra = strategy.load_trainer_state(s.resume_from)
+        pos = DataPosition(**extra["data"])
+        rngs = extra.get("rng_ranks") or [extra["rng"]]
+        if dist.rank < len(rngs):
+            _set_rng_state(rngs[dist.rank])
+    sampler = Sampler(s.dataset, opts.seed, pos, dist.rank, dist.world_size)
     step_fn = torch.compile(model) if opts.compile else model
-    hook = s.plugins.hook
+    hook = s.plugins.hook if dist.is_main else _Silent()
     hook.tp_on_train_start(run={
-        "out": str(s.out), "steps": opts.steps, "start_step": s.start_step,
-        "params": sum(p.numel() for p in model.parameters()), "recipe": s.recipe.raw,
-        "progress": s.progress,
+        "out": str(s.out), "steps": opts.steps, "start_step": s.start_step, "params": params,
+        "recipe": s.recipe.raw, "progress": s.progress, "strategy": strategy.name,
+        "world_size": dist.world_size,
     })
     model.train()
-    window_loss = torch.zeros((), device=device)
+    window_loss = torch.zeros((), device=dist.device)
     sums: dict[str, torch.Tensor] = {}
     window_tokens, window_steps, t_window, t0 = 0, 0, time.perf_counter(), time.perf_counter()
     last_loss = float("nan")
     for step in range(s.start_step, opts.steps):
-        for _ in range(opts.grad_accum):
-            host = sampler.next_batch(micro)
+        for i in range(opts.grad_accum):
+            host = sampler.next_batch(micro)  # this rank's slice: micro / world examples
             mask = host.get("attention_mask")  # counted on the host: no device sync
             window_tokens += int(mask.sum()) if mask is not None else host["input_ids"].numel()
-            batch = {k: v.to(device, non_blocking=True) for k, v in host.items()}
-            with meter.count(step == s.start_step), _autocast(device, opts.precision):
+            batch = {k: v.to(dist.device, non_blocking=True) for k, v in host.items()}
+            with strategy.accumulate(i == opts.grad_accum - 1), \
+                    meter.count(step == s.start_step), _autocast(dist.device, opts.precision):
                 out = step_fn(batch)
-                (out.loss / opts.grad_accum).backward()
+                strategy.backward(out.loss / opts.grad_accum)
             window_loss += out.loss.detach() / opts.grad_accum
             for k, v in out.metrics.items():
                 sums[k] = sums.get(k, 0) + v.detach().float() / opts.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), opts.grad_clip if opts.grad_clip > 0 else math.inf)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = strategy.step()
         window_steps += 1
         done = step + 1
         if done % opts.log_every == 0 or done == opts.steps:
-            # the only host-device sync of the loop: once per log window
+            # the only host-device sync of the loop, and its only all-reduce: once per window
+            keys = sorted(sums)
+            stats = torch.stack([window_loss.double(), *(sums[k].double() for k in keys),
+                                 torch.tensor(float(window_tokens), device=dist.device,
+                                              dtype=torch.float64)])
+            stats = dist.all_reduce_sum(stats).tolist()  # loss, metrics, tokens over ranks
             elapsed = time.perf_counter() - t_window
-            last_loss = float(window_loss) / window_steps
+            last_loss = stats[0] / dist.world_size / window_steps
             if not math.isfinite(last_loss):
-                raise TpError(f"loss became {last_loss} at step {done}; training stopped and the "
-                              "last good checkpoint was kept",
-                              hint="lower pretrain.lr, use pretrain.precision=fp32 or bf16, or "
-                              "raise pretrain.warmup_ratio, then --resume")
-            metrics = {"loss": last_loss, "lr": scheduler.get_last_lr()[0],
-                       "grad_norm": float(grad_norm), "tokens_per_s": window_tokens / elapsed,
-                       "steps_per_s": window_steps / elapsed, "elapsed_s": time.perf_counter() - t0}
-            metrics |= {k: float(v) / window_steps for k, v in sums.items()}
-            metrics |= meter.mfu(window_steps / elapsed)
+                raise _diverged(last_loss, done)
+            metrics = {"loss": last_loss, "lr": strategy.lr(), "grad_norm": float(grad_norm),
+                       "tokens_per_s": stats[-1] / elapsed, "steps_per_s": window_steps / elapsed,
+                       "elapsed_s": time.perf_counter() - t0}
+            metrics |= {k: v / dist.world_size / window_steps for k, v in zip(keys, stats[1:])}
+            metrics |= meter.mfu(window_steps / elapsed)  # per chip: this rank's FLOPs
             hook.tp_on_log(step=done, metrics=metrics)
             window_loss.zero_()
             sums, window_tokens, window_steps, t_window = {}, 0, 0, time.perf_counter()
         if done % opts.save_every == 0 or done == opts.steps:
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "data": asdict(sampler.pos), "rng": _rng_state(), "step": done}
-            path = ckpt_io.write_checkpoint(s.out, done, model, state, s.recipe.raw, s.tokenizer,
-                                            opts.keep_last)
+            # never checkpoint weights that a non-finite loss already reached (one sync per save)
+            unlogged = dist.all_reduce_sum(window_loss.double().reshape(1)).item()
+            if not math.isfinite(unlogged):
+                raise _diverged(unlogged, done)
+            extra = {"data": asdict(sampler.pos), "rng": _rng_state(), "step": done,
+                     "rng_ranks": dist.gather_object(_rng_state())}
+            path = ckpt_io.save_checkpoint(s.out, done, strategy, dist, extra, s.recipe.raw,
+                                           s.tokenizer, opts.keep_last)
             hook.tp_on_checkpoint(step=done, path=str(path))
     summary = {"steps": opts.steps, "loss": last_loss, "out": str(s.out),
                "checkpoint": str(s.out / "last"), "seconds": round(time.perf_counter() - t0, 2)}
@@ -187,17 +223,25 @@ def train(s: Setup) -> dict[str, Any]:
 
 
 def run_pretrain(request: PretrainRequest) -> dict[str, Any]:
-    """Set up a new run or resume one, then `train`."""
-    from tpcli.api import load_tokenizer
-    from tpcli.config import build_recipe
-    from tpcli.data.loader import make_dataset
-    from tpcli.model import build_model
-    from tpcli.recipes import load_recipe
-
+    """Set up a new run or resume one, then `train`. Under torchrun every rank runs this."""
     plugins = request.plugins
     assert plugins is not None  # set by tpcli.verbs.pretrain
-    trainer_state = None
-    start = 0
+    recipe = None
+    dist: Dist | None = None
+    try:
+        recipe, data, out, ckpt = _open_run(request, plugins)
+        dist = Dist(recipe.pretrain.device)
+        return _start(request, plugins, recipe, data, out, ckpt, dist)
+    finally:
+        if dist is not None:
+            dist.close()
+
+
+def _open_run(request: PretrainRequest, plugins: Plugins) -> tuple[Any, Path, Path, Path | None]:
+    """The recipe, dataset, run folder and (resuming) checkpoint; nothing is written yet."""
+    from tpcli.config import build_recipe
+    from tpcli.recipes import load_recipe
+
     if request.resume is not None:
         run_dir = Path(request.resume)
         if not (run_dir / "recipe.yaml").is_file() or not (run_dir / "run.json").is_file():
@@ -209,36 +253,56 @@ def run_pretrain(request: PretrainRequest) -> dict[str, Any]:
         recipe = build_recipe(raw, plugins.registry, name=info.get("recipe", "run"),
                               path=Path(info["recipe_dir"]) if info.get("recipe_dir") else None,
                               overrides=request.overrides)
-        data = Path(request.data or info["data"])
-        trainer_state = ckpt_io.read_trainer_state(ckpt)
-        start = int(trainer_state["step"])
-        out = run_dir
-    else:
-        if request.recipe is None or request.data is None or request.out is None:
-            raise TpError("tp pretrain needs a RECIPE, --data and --out (or --resume RUN)",
-                          hint="tp pretrain recipes/bert-base --data data/bert --out runs/bert")
-        recipe = load_recipe(request.recipe, request.overrides, plugins)
-        data, out = Path(request.data), Path(request.out)
-        if out.exists() and any(out.iterdir()):
-            raise TpError(f"run folder {out} already exists",
-                          hint=f"continue it with `tp pretrain --resume {out}`, or choose "
-                          "another --out")
-    torch.manual_seed(recipe.pretrain.seed)
+        return recipe, Path(request.data or info["data"]), run_dir, ckpt
+    if request.recipe is None or request.data is None or request.out is None:
+        raise TpError("tp pretrain needs a RECIPE, --data and --out (or --resume RUN)",
+                      hint="tp pretrain recipes/bert-base --data data/bert --out runs/bert")
+    recipe = load_recipe(request.recipe, request.overrides, plugins)
+    out = Path(request.out)
+    if out.exists() and any(out.iterdir()):
+        raise TpError(f"run folder {out} already exists",
+                      hint=f"continue it with `tp pretrain --resume {out}`, or choose "
+                      "another --out")
+    return recipe, Path(request.data), out, None
+
+
+def _start(request: PretrainRequest, plugins: Plugins, recipe: Any, data: Path, out: Path,
+           ckpt: Path | None, dist: Dist) -> dict[str, Any]:
+    from tpcli.api import load_tokenizer
+    from tpcli.data.loader import make_dataset
+    from tpcli.model import build_model
+
+    start = 0
+    if ckpt is not None:
+        info = ckpt_io.read_info(ckpt)
+        start = int(info["step"])
+        ckpt_io.check_resumable(info, resolved_name(recipe.pretrain, dist.world_size),
+                                dist.world_size, ckpt)
+    # a strategy that cannot run (DeepSpeed missing, a DeepSpeed JSON contradicting the recipe)
+    # fails here, before anything is written into the run folder
+    strategy = make_strategy(recipe.pretrain, dist)
+    torch.manual_seed(recipe.pretrain.seed)  # the same initial weights on every rank
     tokenizer = load_tokenizer(recipe, plugins)
     dataset = make_dataset(data, recipe, tokenizer, recipe.pretrain.seed)
     model = build_model(recipe.model, plugins.registry, tokenizer.vocab_size,
                         tokenizer.special_ids)
-    if request.resume is not None:
+    if dist.rank > 0:  # dropout differs across ranks (rank 0 keeps the one-process stream)
+        torch.manual_seed(recipe.pretrain.seed + 1_000_003 * dist.rank)
+    if ckpt is not None:
         ckpt_io.load_weights(model, ckpt_io.read_weights(ckpt), str(ckpt))
         if start >= recipe.pretrain.steps:
             raise TpError(f"run {out} already finished step {start} of {recipe.pretrain.steps}",
                           hint=f"train longer with `tp pretrain --resume {out} "
                           f"pretrain.steps={start * 2}`")
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
-        (out / "run.json").write_text(json.dumps({
-            "recipe": recipe.name, "recipe_dir": str(recipe.base_dir), "data": str(data.resolve()),
-            "overrides": request.overrides}, indent=1))
+        dist.barrier()  # every rank has seen the run folder absent before rank 0 makes it
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
+            (out / "run.json").write_text(json.dumps({
+                "recipe": recipe.name, "recipe_dir": str(recipe.base_dir),
+                "data": str(data.resolve()), "overrides": request.overrides}, indent=1))
+        dist.barrier()
     return train(Setup(recipe, tokenizer, model, dataset, out, plugins, request.progress,
-                       start, trainer_state))
+                       start, ckpt, dist, strategy))
+

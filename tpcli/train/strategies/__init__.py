@@ -1,0 +1,2 @@
+"""The distribution strategies behind `tpcli.train.strategy.Strategy`: single, ddp, fsdp,
+deepspeed (imported lazily by `make_strategy`)."""
