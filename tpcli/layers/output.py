@@ -1,12 +1,150 @@
-"""The vocabulary projection shared by output targets (mlm, lm): own matrix until tied."""
+"""The vocabulary projection shared by output targets (mlm, lm): own matrix until tied, and the
+loss over it computed in row chunks without materialising the (N, V) logits.
+
+The cross-entropy of a vocabulary projection is the most memory-bound part of a language-model
+step: the (N, V) logits are written, upcast to fp32, log-softmaxed, arg-maxed for the accuracy,
+and the same again in backward, each a pass over N * V elements (2044 x 50257 for GPT-2 small at
+batch 4 x 512). `linear_cross_entropy` instead takes the rows a chunk at a time, computes the
+logits, their fp32 log-sum-exp, the loss, the arg-max and, when training, the gradient of the
+logits (softmax - one-hot) at once, and folds that gradient straight into the gradients of the
+input rows, the output matrix and the bias. Backward then only scales them by the incoming
+gradient. The matmuls are the ones the plain path does (no recomputation), in the same precision:
+under autocast the logits are computed in the autocast dtype and the softmax in fp32, as
+`F.cross_entropy` under autocast does.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# elements of one chunk of logits: the whole (N, V) of a usual step in one go (one large matmul
+# is the fastest), chunks only bound the memory of very large batches
+_CHUNK_ELEMENTS = 1 << 27
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and x.is_floating_point():
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """(loss summed over the rows (fp32), number of rows whose target logit is the row's largest).
+
+    Per chunk of rows, with z = x W^T + b (n, V) in the compute dtype and m its row maximum:
+    e = exp(z - m) in fp32 (in place over the fp32 copy of z), s = sum e, lse = m + log s,
+    loss = lse - z_t, and the gradient of the summed loss w.r.t. z is e / s - one-hot(t)
+    (label smoothing: - (1 - eps) one-hot - eps / V), written once in the compute dtype.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                targets: torch.Tensor, label_smoothing: float, dtype: torch.dtype
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        n, v = x.shape[0], weight.shape[0]
+        want_x, want_w, want_b = ctx.needs_input_grad[:3]
+        xc, wc = x.to(dtype), weight.to(dtype)  # (N, H), (V, H)
+        bc = bias.to(dtype) if bias is not None else None
+        loss = torch.zeros((), dtype=torch.float32, device=x.device)
+        correct = torch.zeros((), dtype=torch.long, device=x.device)
+        grad_x = torch.empty_like(xc) if want_x else None  # (N, H)
+        grad_w: torch.Tensor | None = None  # (V, H) fp32
+        grad_b = torch.zeros(v, dtype=torch.float32, device=x.device) if want_b else None
+        step = max(1, _CHUNK_ELEMENTS // max(v, 1))
+        eps = label_smoothing
+        with torch.autocast(x.device.type, enabled=False):
+            for r0 in range(0, n, step):
+                r1 = min(n, r0 + step)
+                rows, t = xc[r0:r1], targets[r0:r1, None]  # (n, H), (n, 1)
+                z = F.linear(rows, wc, bc)  # (n, V) in the compute dtype
+                picked = z.gather(1, t).float()  # (n, 1) the target logits
+                zf = z.float() if z.dtype != torch.float32 else z  # (n, V) fp32
+                m = zf.amax(dim=-1, keepdim=True)  # (n, 1)
+                # the target is the prediction when its logit is the largest (ties count)
+                correct += (picked >= m).sum()
+                mean = zf.mean(dim=-1, keepdim=True) if eps > 0.0 else None
+                e = zf.sub_(m).exp_()  # (n, V) exp(z - m), overwriting the fp32 logits
+                s = e.sum(dim=-1, keepdim=True)  # (n, 1)
+                lse = m + s.log()
+                nll = lse - picked
+                if mean is not None:  # torch's smoothing: (1 - eps) nll + eps mean_j(-log p_j)
+                    nll = (1.0 - eps) * nll + eps * (lse - mean)
+                loss += nll.sum()
+                if grad_x is None and not want_w and grad_b is None:
+                    continue
+                inv = s.reciprocal()  # (n, 1)
+                # d loss / d z at the targets, from the fp32 softmax: p_t - (1 - eps) - eps / V
+                at_t = e.gather(1, t) * inv - (1.0 - eps) - eps / v
+                if grad_b is not None:
+                    # sum over the rows of (softmax - eps / V), then - (1 - eps) at each target
+                    grad_b += torch.mv(e.t(), inv.squeeze(1)) - eps / v * (r1 - r0)
+                    grad_b.index_add_(0, t.squeeze(1), torch.full_like(picked.squeeze(1),
+                                                                      -(1.0 - eps)))
+                if z.dtype == torch.float32:
+                    g = e.mul_(inv)  # (n, V) softmax, in place
+                    if eps > 0.0:
+                        g.sub_(eps / v)
+                else:  # softmax written straight in the compute dtype: one pass
+                    g = torch.empty_like(z)
+                    if eps > 0.0:
+                        torch.addcmul(torch.full((1, 1), -eps / v, device=z.device), e, inv,
+                                      out=g)
+                    else:
+                        torch.mul(e, inv, out=g)
+                # index_put_, not scatter_: scatter_ on a CPU bf16 tensor passes over all of it
+                g.index_put_((torch.arange(r1 - r0, device=g.device), t.squeeze(1)),
+                             at_t.squeeze(1).to(g.dtype))
+                if grad_x is not None:
+                    torch.mm(g, wc, out=grad_x[r0:r1])
+                if want_w:
+                    gw = torch.mm(g.t(), rows).float()  # (V, H)
+                    grad_w = gw if grad_w is None else grad_w.add_(gw)
+        if want_w and grad_w is None:  # no rows
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=x.device)
+        ctx.save_for_backward(*(g if g is not None else torch.empty(0)
+                                for g in (grad_x, grad_w, grad_b)))
+        ctx.dtypes = (x.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        ctx.mark_non_differentiable(correct)
+        ctx.done = False
+        return loss, correct
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, _grad_correct: torch.Tensor
+                 ) -> tuple[torch.Tensor | None, ...]:
+        if ctx.done:
+            raise RuntimeError("linear_cross_entropy: its backward runs once (no retain_graph)")
+        ctx.done = True
+        grad_x, grad_w, grad_b = ctx.saved_tensors
+        want_x, want_w, want_b = ctx.needs_input_grad[:3]
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        # scaled in place: the gradients were computed for this one backward, and a fresh
+        # (V, H) buffer per step costs as much as the multiply
+        return (
+            grad_x.mul_(grad_loss).to(x_dtype) if want_x else None,
+            grad_w.mul_(grad_loss).to(w_dtype) if want_w else None,
+            grad_b.mul_(grad_loss).to(b_dtype) if want_b else None,
+            None, None, None,
+        )
+
+
+@torch.compiler.disable  # eager on purpose: a loop of large kernels, and in-place reuse
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         targets: torch.Tensor, label_smoothing: float = 0.0
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cross_entropy(x @ weight.T + bias, targets, reduction="sum") and the number of rows whose
+    arg-max logit is the target, without the (N, V) logits in memory.
+
+    x (N, H), weight (V, H), bias (V) or None, targets (N,) (every row predicted: no ignore
+    index) -> (loss sum, fp32 scalar), (correct count, long scalar; not differentiable). A row
+    counts as correct when its target logit is the largest; a tie for the largest counts too.
+    """
+    return _LinearCrossEntropy.apply(x, weight, bias, targets, float(label_smoothing),
+                                     _compute_dtype(x))
 
 
 class TiedOutput:
@@ -37,3 +175,9 @@ class TiedOutput:
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """(..., H) -> (..., V)."""
         return F.linear(x, self.output_weight(), self.bias)
+
+    def loss_and_correct(self, x: torch.Tensor, targets: torch.Tensor,
+                         label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, H) the rows to predict, targets (N,) -> (summed cross-entropy of their logits,
+        number of rows predicted right), through `linear_cross_entropy`."""
+        return linear_cross_entropy(x, self.output_weight(), self.bias, targets, label_smoothing)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -101,15 +100,17 @@ class LmTarget(TiedOutput, nn.Module):
         rows = (flat_labels != IGNORE).nonzero().squeeze(1)  # (N,) predicted positions
         targets = flat_labels.index_select(0, rows)  # (N,)
         # project only the predicted rows: padding never reaches the (N, V) matmul
-        logits = self.logits(hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows))  # (N, V)
+        x = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)  # (N, H)
+        if self.config.rescale_hidden:
+            x = x * self.hidden_scale
         n = targets.numel()
+        # the logits are never materialised whole: see tpcli.layers.output.linear_cross_entropy
+        total, correct = self.loss_and_correct(x, targets, self.config.label_smoothing)
         # a batch without predicted tokens gives loss 0 (still connected to the graph), not NaN
-        loss = F.cross_entropy(logits.float(), targets, reduction="sum",
-                               label_smoothing=self.config.label_smoothing) / max(n, 1)
+        loss = total / max(n, 1)
         with torch.no_grad():
-            correct = (logits.argmax(dim=-1) == targets).sum().float()
             count = torch.tensor(float(n), device=hidden.device)
-            acc = correct / count.clamp(min=1.0)
+            acc = correct.float() / count.clamp(min=1.0)
         return TargetOutput(loss, {"acc": acc, "count": count})
 
     def predict(self, features: Features, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -40,10 +39,13 @@ class MlmTarget(TiedOutput, nn.Module):
         self.norm = nn.LayerNorm(e, eps=ctx.norm_eps)
         self.init_output(e, v, bias=True)  # own matrix until tie_weights()
 
+    def transform(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., H) -> (..., E): the head's dense + activation + LayerNorm."""
+        return self.norm(self.act(self.dense(hidden)))
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., H) -> (..., V)."""
-        x = self.norm(self.act(self.dense(hidden)))
-        return self.project(x)
+        return self.project(self.transform(hidden))
 
     def forward(self, features: Features, batch: dict[str, torch.Tensor]) -> TargetOutput:
         labels = batch.get("mlm_labels")
@@ -56,14 +58,16 @@ class MlmTarget(TiedOutput, nn.Module):
         flat_labels = labels.reshape(-1)  # (B*T,)
         rows = (flat_labels != IGNORE).nonzero().squeeze(1)  # (N,) masked positions
         targets = flat_labels.index_select(0, rows)  # (N,)
-        logits = self.logits(hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows))  # (N, V)
+        rows_h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)  # (N, H)
+        x = self.transform(rows_h)  # (N, E)
         n = targets.numel()
+        # the logits are never materialised whole: see tpcli.layers.output.linear_cross_entropy
+        total, correct = self.loss_and_correct(x, targets)
         # a batch without masked tokens gives loss 0 (still connected to the graph), not NaN
-        loss = F.cross_entropy(logits.float(), targets, reduction="sum") / max(n, 1)
+        loss = total / max(n, 1)
         with torch.no_grad():
-            correct = (logits.argmax(dim=-1) == targets).sum().float()
             count = torch.tensor(float(n), device=hidden.device)
-            acc = correct / count.clamp(min=1.0)
+            acc = correct.float() / count.clamp(min=1.0)
         return TargetOutput(loss, {"acc": acc, "count": count})
 
     def predict(self, features: Features, batch: dict[str, torch.Tensor]) -> torch.Tensor:
