@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,4 +72,13 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory, tiny_recipe: Path, corpu
     out = tmp_path_factory.mktemp("data") / "tiny"
     r = run_tp("preprocess", str(tiny_recipe), "--corpus", str(corpus), "--out", str(out))
     assert r.returncode == 0, r.stderr
+    return out
+
+
+def losses(run: Path) -> dict[int, float]:
+    """step -> loss; on resume the later line for a step wins (it is the one that counts)."""
+    out: dict[int, float] = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec["loss"]
     return out

@@ -23,21 +23,12 @@ import torch
 from tpcli.errors import TpError
 from tpcli.recipes import load_recipe
 
-from .conftest import run_tp
+from .conftest import losses, run_tp
 
 INSTALL = "DS_BUILD_OPS=0 pip install deepspeed"
 needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
                                      reason=f"DeepSpeed is not installed: {INSTALL}")
 DS_ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-
-
-def losses(run: Path) -> dict[int, float]:
-    """step -> loss; on resume the later line for a step wins."""
-    out: dict[int, float] = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        out[rec["step"]] = rec["loss"]
-    return out
 
 
 def cut_back(run: Path, copy: Path, step: int) -> None:

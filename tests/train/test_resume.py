@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-from .conftest import TP, run_tp
-
-
-def losses(run: Path) -> dict[int, float]:
-    """step -> loss; on resume the later line for a step wins (it is the one that counts)."""
-    out: dict[int, float] = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        out[rec["step"]] = rec["loss"]
-    return out
+from .conftest import TP, losses, run_tp
 
 
 def test_sigkill_resume_matches_uninterrupted(tmp_path: Path, tiny_recipe: Path,
