@@ -42,6 +42,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
+from tpcli.train.perf import flop_counter  # noqa: E402
+
 MODELS = ("bert", "gpt2", "t5")
 PRECISIONS = ("fp32", "bf16")
 IGNORE = -100
@@ -172,23 +174,6 @@ def build_case(name: str, scale: int, layers: int | None = None) -> Case:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def flop_counter() -> Any:
-    """FlopCounterMode that also counts the CPU flash-attention kernels (torch counts only the
-    CUDA ones), with torch's own SDPA formulas."""
-    from torch.utils import flop_counter as fc
-
-    aten = torch.ops.aten
-    extra: dict[Any, Any] = {}
-    fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
-    if fwd is not None:
-        extra[fwd] = lambda q, k, v, *a, out_shape=None, **kw: fc.sdpa_flop_count(q, k, v)
-    if bwd is not None:
-        extra[bwd] = lambda go, q, k, v, *a, out_shape=None, **kw: (
-            fc.sdpa_backward_flop_count(go, q, k, v))
-    return fc.FlopCounterMode(display=False, custom_mapping=extra)
 
 
 def make_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], is_hf: bool,

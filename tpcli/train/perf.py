@@ -10,7 +10,7 @@ import functools
 import os
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -41,6 +41,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def flop_counter() -> Any:
+    """torch's FlopCounterMode, also counting the CPU flash-attention kernels (torch counts only
+    the CUDA ones) with torch's own SDPA formulas."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    extra: dict[Any, Any] = {}
+    fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if fwd is not None:
+        extra[fwd] = lambda q, k, v, *a, out_shape=None, **kw: fc.sdpa_flop_count(q, k, v)
+    if bwd is not None:
+        extra[bwd] = lambda go, q, k, v, *a, out_shape=None, **kw: (
+            fc.sdpa_backward_flop_count(go, q, k, v))
+    return fc.FlopCounterMode(display=False, custom_mapping=extra)
+
+
 class FlopMeter:
     """Counts the FLOPs of the first optimizer step (forward + backward of its micro-batches)."""
 
@@ -53,9 +70,7 @@ class FlopMeter:
         if not active:
             yield
             return
-        from torch.utils.flop_counter import FlopCounterMode
-
-        counter = FlopCounterMode(display=False)
+        counter = flop_counter()
         with counter:
             yield
         self.flops_per_step += counter.get_total_flops()
