@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tpcli.module import TargetOutput
+
 # elements of one chunk of logits: the whole (N, V) of a usual step in one go (one large matmul
 # is the fastest), chunks only bound the memory of very large batches
 _CHUNK_ELEMENTS = 1 << 27
@@ -181,3 +183,15 @@ class TiedOutput:
         """x (N, H) the rows to predict, targets (N,) -> (summed cross-entropy of their logits,
         number of rows predicted right), through `linear_cross_entropy`."""
         return linear_cross_entropy(x, self.output_weight(), self.bias, targets, label_smoothing)
+
+    def prediction_output(self, x: torch.Tensor, targets: torch.Tensor,
+                          label_smoothing: float = 0.0) -> TargetOutput:
+        """x (N, H) the rows to predict, targets (N,) -> mean loss, `acc` and `count`. A batch
+        without predicted rows gives loss 0 (still connected to the graph), not NaN."""
+        total, correct = self.loss_and_correct(x, targets, label_smoothing)
+        n = targets.numel()
+        loss = total / max(n, 1)
+        with torch.no_grad():
+            count = torch.tensor(float(n), device=x.device)
+            acc = correct.float() / count.clamp(min=1.0)
+        return TargetOutput(loss, {"acc": acc, "count": count})

@@ -103,15 +103,8 @@ class LmTarget(TiedOutput, nn.Module):
         x = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)  # (N, H)
         if self.config.rescale_hidden:
             x = x * self.hidden_scale
-        n = targets.numel()
         # the logits are never materialised whole: see tpcli.layers.output.linear_cross_entropy
-        total, correct = self.loss_and_correct(x, targets, self.config.label_smoothing)
-        # a batch without predicted tokens gives loss 0 (still connected to the graph), not NaN
-        loss = total / max(n, 1)
-        with torch.no_grad():
-            count = torch.tensor(float(n), device=hidden.device)
-            acc = correct.float() / count.clamp(min=1.0)
-        return TargetOutput(loss, {"acc": acc, "count": count})
+        return self.prediction_output(x, targets, self.config.label_smoothing)
 
     def predict(self, features: Features, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if features.hidden is None:
