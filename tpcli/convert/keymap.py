@@ -58,6 +58,15 @@ class _Run:
         self.consumed.add(key)
         return self.src[key]
 
+    def pairs(self, hf: str, tp: str, optional: bool) -> list[tuple[str, str]]:
+        """(source key, destination key) of a one-tensor rule, in this run's direction; a
+        required pattern that matches nothing is noted as missing."""
+        src, dst = (hf, tp) if self.direction == "hf_to_tp" else (tp, hf)
+        found = _matches(src, self.src)
+        if not found and not optional:
+            self.missing.append(src)
+        return [(key, dst.format(**groups)) for key, groups in found]
+
     def put(self, key: str, value: torch.Tensor) -> None:
         if key in self.out:
             raise ValueError(f"key {key!r} is produced by two rules of the key map")
@@ -77,12 +86,8 @@ class Rename:
     optional: bool = False
 
     def apply(self, run: _Run) -> None:
-        src, dst = (self.hf, self.tp) if run.direction == "hf_to_tp" else (self.tp, self.hf)
-        found = _matches(src, run.src)
-        if not found and not self.optional:
-            run.missing.append(src)
-        for key, groups in found:
-            run.put(dst.format(**groups), run.take(key))
+        for key, out in run.pairs(self.hf, self.tp, self.optional):
+            run.put(out, run.take(key))
 
 
 @dataclass(frozen=True)
@@ -95,16 +100,12 @@ class Transpose:
     optional: bool = False
 
     def apply(self, run: _Run) -> None:
-        src, dst = (self.hf, self.tp) if run.direction == "hf_to_tp" else (self.tp, self.hf)
-        found = _matches(src, run.src)
-        if not found and not self.optional:
-            run.missing.append(src)
-        for key, groups in found:
+        for key, out in run.pairs(self.hf, self.tp, self.optional):
             value = run.take(key)
             if value.dim() != 2:
                 raise CheckpointError(f"{key} has shape {tuple(value.shape)}; Transpose needs 2-D",
                                       hint="is the key map for this architecture?")
-            run.put(dst.format(**groups), value.t().contiguous())
+            run.put(out, value.t().contiguous())
 
 
 @dataclass(frozen=True)
@@ -168,11 +169,7 @@ class PadRows:
 
     def apply(self, run: _Run) -> None:
         forward = run.direction == "hf_to_tp"
-        src, dst = (self.hf, self.tp) if forward else (self.tp, self.hf)
-        found = _matches(src, run.src)
-        if not found and not self.optional:
-            run.missing.append(src)
-        for key, groups in found:
+        for key, dst in run.pairs(self.hf, self.tp, self.optional):
             value = run.take(key)
             if forward:
                 rows = [value.new_full((n, *value.shape[1:]), self.fill)
@@ -184,7 +181,7 @@ class PadRows:
                         f"{key} has {value.shape[0]} rows; the key map cuts {self.before} before "
                         f"and {self.after} after them", hint="is the key map for this model?")
                 out = value[self.before:value.shape[0] - self.after].clone()
-            run.put(dst.format(**groups), out)
+            run.put(dst, out)
 
 
 @dataclass(frozen=True)
@@ -230,13 +227,8 @@ class Reshape:
     optional: bool = False
 
     def apply(self, run: _Run) -> None:
-        forward = run.direction == "hf_to_tp"
-        src, dst = (self.hf, self.tp) if forward else (self.tp, self.hf)
-        shape = self.tp_shape if forward else self.hf_shape
-        found = _matches(src, run.src)
-        if not found and not self.optional:
-            run.missing.append(src)
-        for key, groups in found:
+        shape = self.tp_shape if run.direction == "hf_to_tp" else self.hf_shape
+        for key, dst in run.pairs(self.hf, self.tp, self.optional):
             value = run.take(key)
             try:
                 out = value.reshape(shape).clone()
@@ -244,7 +236,7 @@ class Reshape:
                 raise CheckpointError(f"{key} has shape {tuple(value.shape)}, which cannot be "
                                       f"reshaped to {shape}",
                                       hint="is the key map for this architecture?") from e
-            run.put(dst.format(**groups), out)
+            run.put(dst, out)
 
 
 @dataclass(frozen=True)
