@@ -18,6 +18,7 @@ from torch import nn
 
 from tpcli.config import ModelSpec, ModuleSpec, StackSpec
 from tpcli.errors import TpError
+from tpcli.layers.dropout import Dropout
 from tpcli.layers.norms import make_norm
 from tpcli.module import BuildContext, Features
 from tpcli.registry import Registry
@@ -68,7 +69,7 @@ class EmbeddingSum(nn.Module):
         super().__init__()
         self.parts = nn.ModuleDict(modules)
         self.norm = norm
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.project = project
 
     def word_weight(self) -> torch.Tensor | None:

@@ -1,4 +1,5 @@
-"""Multi-head attention on `torch.nn.functional.scaled_dot_product_attention`.
+"""Multi-head attention on `torch.nn.functional.scaled_dot_product_attention` (on CPU with
+attention dropout, `tpcli.layers.dropout.attention`: SDPA has no fused CPU kernel for it).
 
 Self-attention projects q, k and v with ONE fused Linear: one matmul instead of three, and the
 weight rows are [W_q; W_k; W_v], so a checkpoint with separate projections converts by
@@ -13,9 +14,9 @@ attend), or an additive float mask when a position bias rides along (T5).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from tpcli.layers.dropout import attention
 from tpcli.layers.positions import apply_rotary
 
 # SDPA shares k/v heads itself from torch 2.5 (`enable_gqa`); before, k/v are repeated
@@ -97,19 +98,14 @@ class MultiHeadAttention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)  # SDPA wants an additive mask in the query's dtype
-        extra: dict[str, bool] = {}
+        gqa = False
         if self.kv_heads != self.heads:
             if mask is None and _NATIVE_GQA and q.dtype in (torch.float16, torch.bfloat16):
-                extra["enable_gqa"] = True  # the flash kernel reads the shared k/v heads as is
+                gqa = True  # the flash kernel reads the shared k/v heads as is
             else:  # the kernels for masks or fp32 have no native GQA: repeat k/v per query head
                 rep = self.heads // self.kv_heads
                 k, v = (z.repeat_interleave(rep, dim=1) for z in (k, v))  # (B, heads, Tk, d)
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal and mask is None,
-            scale=None if self.scale else 1.0,
-            **extra,
-        )  # (B, heads, T, head_dim)
+        y = attention(q, k, v, mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                      is_causal=is_causal, scale=None if self.scale else 1.0,
+                      enable_gqa=gqa)  # (B, heads, T, head_dim)
         return self.out(y.transpose(1, 2).reshape(b, t, h))

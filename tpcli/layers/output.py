@@ -26,6 +26,10 @@ from tpcli.module import TargetOutput
 # elements of one chunk of logits: the whole (N, V) of a usual step in one go (one large matmul
 # is the fastest), chunks only bound the memory of very large batches
 _CHUNK_ELEMENTS = 1 << 27
+# elements of one block of the softmax passes (2 MiB in fp32): each pass over a block reads what
+# the previous one wrote from the core's cache instead of memory (~3.5x faster on CPU than
+# passes over the whole chunk)
+_BLOCK_ELEMENTS = 1 << 19
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -35,13 +39,52 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def _softmax_block(z: torch.Tensor, g: torch.Tensor, t: torch.Tensor, eps: float,
+                   grad_b: torch.Tensor | None, want_grad: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One block of rows of the logits z (b, V), small enough that its fp32 copy stays in cache
+    through the passes below: (summed loss, number right, d loss / d z at the targets (b, 1) or
+    None); writes softmax - eps / V into g (b, V) (g may be z itself when z is fp32) and adds
+    the column sums of softmax - eps / V to grad_b."""
+    v = z.shape[1]
+    picked = z.gather(1, t).float()  # (b, 1) the target logits
+    zf = z.float() if z.dtype != torch.float32 else z  # (b, V) fp32 (z itself when fp32)
+    m = zf.amax(dim=-1, keepdim=True)  # (b, 1)
+    # the target is the prediction when its logit is the largest (ties count)
+    hit = (picked >= m).sum()
+    mean = zf.mean(dim=-1, keepdim=True) if eps > 0.0 else None
+    e = zf.sub_(m).exp_()  # (b, V) exp(z - m), overwriting the fp32 logits
+    s = e.sum(dim=-1, keepdim=True)  # (b, 1)
+    lse = m + s.log()
+    nll = lse - picked
+    if mean is not None:  # torch's smoothing: (1 - eps) nll + eps mean_j(-log p_j)
+        nll = (1.0 - eps) * nll + eps * (lse - mean)
+    if not want_grad:
+        return nll.sum(), hit, None
+    inv = s.reciprocal()  # (b, 1)
+    # d loss / d z at the targets, from the fp32 softmax: p_t - (1 - eps) - eps / V
+    at_t = e.gather(1, t) * inv - (1.0 - eps) - eps / v
+    if grad_b is not None:  # sum over the rows of (softmax - eps / V)
+        grad_b += torch.mv(e.t(), inv.squeeze(1)) - eps / v * z.shape[0]
+    if g.data_ptr() == e.data_ptr():  # fp32: the softmax in place
+        e.mul_(inv)
+        if eps > 0.0:
+            e.sub_(eps / v)
+    elif eps > 0.0:
+        torch.addcmul(torch.full((1, 1), -eps / v, device=z.device), e, inv, out=g)
+    else:
+        torch.mul(e, inv, out=g)  # fp32 -> the compute dtype in the same pass
+    return nll.sum(), hit, at_t
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """(loss summed over the rows (fp32), number of rows whose target logit is the row's largest).
 
-    Per chunk of rows, with z = x W^T + b (n, V) in the compute dtype and m its row maximum:
-    e = exp(z - m) in fp32 (in place over the fp32 copy of z), s = sum e, lse = m + log s,
-    loss = lse - z_t, and the gradient of the summed loss w.r.t. z is e / s - one-hot(t)
-    (label smoothing: - (1 - eps) one-hot - eps / V), written once in the compute dtype.
+    Per chunk of rows, with z = x W^T + b (n, V) in the compute dtype (one matmul), then per
+    block of rows (`_softmax_block`), with m the row maximum: e = exp(z - m) in fp32 (in place
+    over the fp32 copy of z), s = sum e, lse = m + log s, loss = lse - z_t, and the gradient of
+    the summed loss w.r.t. z is e / s - one-hot(t) (label smoothing: - (1 - eps) one-hot -
+    eps / V), written once in the compute dtype.
     """
 
     @staticmethod
@@ -59,48 +102,34 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_b = torch.zeros(v, dtype=torch.float32, device=x.device) if want_b else None
         step = max(1, _CHUNK_ELEMENTS // max(v, 1))
         eps = label_smoothing
+        want_grad = want_x or want_w or want_b
+        # rows of one softmax block: cache-sized on CPU; on an accelerator the whole chunk (its
+        # kernels stream from memory anyway, and each block costs launches)
+        block = max(1, _BLOCK_ELEMENTS // max(v, 1)) if x.device.type == "cpu" else step
         with torch.autocast(x.device.type, enabled=False):
             for r0 in range(0, n, step):
                 r1 = min(n, r0 + step)
                 rows, t = xc[r0:r1], targets[r0:r1, None]  # (n, H), (n, 1)
                 z = F.linear(rows, wc, bc)  # (n, V) in the compute dtype
-                picked = z.gather(1, t).float()  # (n, 1) the target logits
-                zf = z.float() if z.dtype != torch.float32 else z  # (n, V) fp32
-                m = zf.amax(dim=-1, keepdim=True)  # (n, 1)
-                # the target is the prediction when its logit is the largest (ties count)
-                correct += (picked >= m).sum()
-                mean = zf.mean(dim=-1, keepdim=True) if eps > 0.0 else None
-                e = zf.sub_(m).exp_()  # (n, V) exp(z - m), overwriting the fp32 logits
-                s = e.sum(dim=-1, keepdim=True)  # (n, 1)
-                lse = m + s.log()
-                nll = lse - picked
-                if mean is not None:  # torch's smoothing: (1 - eps) nll + eps mean_j(-log p_j)
-                    nll = (1.0 - eps) * nll + eps * (lse - mean)
-                loss += nll.sum()
-                if grad_x is None and not want_w and grad_b is None:
+                # the softmax gradient: over z itself in fp32, else a fresh compute-dtype buffer
+                g = z if z.dtype == torch.float32 or not want_grad else torch.empty_like(z)
+                at_t = torch.empty((r1 - r0, 1), dtype=torch.float32, device=x.device)
+                for b0 in range(0, r1 - r0, block):
+                    b1 = min(r1 - r0, b0 + block)
+                    nll, hit, at = _softmax_block(z[b0:b1], g[b0:b1], t[b0:b1], eps, grad_b,
+                                                  want_grad)
+                    loss += nll
+                    correct += hit
+                    if at is not None:
+                        at_t[b0:b1] = at
+                if not want_grad:
                     continue
-                inv = s.reciprocal()  # (n, 1)
-                # d loss / d z at the targets, from the fp32 softmax: p_t - (1 - eps) - eps / V
-                at_t = e.gather(1, t) * inv - (1.0 - eps) - eps / v
-                if grad_b is not None:
-                    # sum over the rows of (softmax - eps / V), then - (1 - eps) at each target
-                    grad_b += torch.mv(e.t(), inv.squeeze(1)) - eps / v * (r1 - r0)
-                    grad_b.index_add_(0, t.squeeze(1), torch.full_like(picked.squeeze(1),
-                                                                      -(1.0 - eps)))
-                if z.dtype == torch.float32:
-                    g = e.mul_(inv)  # (n, V) softmax, in place
-                    if eps > 0.0:
-                        g.sub_(eps / v)
-                else:  # softmax written straight in the compute dtype: one pass
-                    g = torch.empty_like(z)
-                    if eps > 0.0:
-                        torch.addcmul(torch.full((1, 1), -eps / v, device=z.device), e, inv,
-                                      out=g)
-                    else:
-                        torch.mul(e, inv, out=g)
                 # index_put_, not scatter_: scatter_ on a CPU bf16 tensor passes over all of it
                 g.index_put_((torch.arange(r1 - r0, device=g.device), t.squeeze(1)),
                              at_t.squeeze(1).to(g.dtype))
+                if grad_b is not None:  # - (1 - eps) at each target
+                    grad_b.index_add_(0, t.squeeze(1), torch.full_like(at_t.squeeze(1),
+                                                                      -(1.0 - eps)))
                 if grad_x is not None:
                     torch.mm(g, wc, out=grad_x[r0:r1])
                 if want_w:

@@ -25,6 +25,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from tpcli.layers.dropout import Dropout
 from tpcli.layers.pooling import last_pool
 from tpcli.module import BuildContext
 
@@ -54,7 +55,7 @@ class LstmDecoder(nn.Module):
         self.attn_in = nn.Linear(h, h, bias=False) if config.attention == "general" else None
         # W_c of the attentional output tanh(W_c [c; h]); Luong's W_c has no bias
         self.combine = nn.Linear(2 * h, h, bias=False) if config.attention != "none" else None
-        self.dropout = nn.Dropout(drop)
+        self.dropout = Dropout(drop)
 
     def _initial_state(self, memory: torch.Tensor, memory_mask: torch.Tensor | None
                        ) -> tuple[torch.Tensor, torch.Tensor] | None:

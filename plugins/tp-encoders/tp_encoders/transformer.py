@@ -19,6 +19,7 @@ from torch import nn
 
 from tpcli.errors import TpError
 from tpcli.layers.attention import MultiHeadAttention
+from tpcli.layers.dropout import Dropout
 from tpcli.layers.ffn import Activation, FeedForward
 from tpcli.layers.masks import attention_mask, causal_mask, prefix_mask, with_bias
 from tpcli.layers.norms import make_norm
@@ -176,7 +177,7 @@ class LayerModules(nn.Module):
             self.cross_norm = make_norm(norm, hidden_size, eps)
         self.ffn = FeedForward(hidden_size, ffn_size, activation, bias=bias, gate=ffn_gate)
         self.ffn_norm = make_norm(norm, hidden_size, eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
 
 class TransformerLayer(LayerModules):

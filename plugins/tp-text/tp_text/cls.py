@@ -17,6 +17,7 @@ from pydantic import Field
 from torch import nn
 
 from tpcli.errors import DataError, TpError
+from tpcli.layers.dropout import Dropout
 from tpcli.layers.pooling import PoolingKind, pool
 from tpcli.module import BuildContext, Features, TargetConfig, TargetOutput
 
@@ -38,7 +39,7 @@ class ClsTarget(nn.Module):
         self.config = config
         h = ctx.hidden_size
         self.pooler = nn.Linear(h, h) if config.pooler else None
-        self.dropout = nn.Dropout(ctx.dropout)
+        self.dropout = Dropout(ctx.dropout)
         self.classifier = nn.Linear(h, config.labels)
 
     def logits(self, features: Features) -> torch.Tensor:

@@ -1,0 +1,136 @@
+"""tp's CPU dropout and attention-with-dropout: the drop rate, the scaling, reproducibility, and
+the attention's output and gradients against a float64 reference that applies the same mask."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tpcli.layers.attention import MultiHeadAttention
+from tpcli.layers.dropout import Dropout, attention, drop_mask, dropout
+
+
+@pytest.mark.parametrize("p", [0.1, 0.25, 0.5])
+def test_drop_rate_is_p(p: float) -> None:
+    torch.manual_seed(0)
+    n = 1 << 20
+    drop, scale = drop_mask((n,), p, torch.device("cpu"))
+    exact = round(p * 65536) / 65536
+    assert abs(exact - p) <= 1 / 131072
+    sigma = math.sqrt(exact * (1 - exact) / n)
+    assert abs(drop.float().mean().item() - exact) < 5 * sigma
+    assert scale == pytest.approx(1 / (1 - exact))
+    # consecutive draws are different masks; neighbours are independent
+    again, _ = drop_mask((n,), p, torch.device("cpu"))
+    assert (drop != again).any()
+    both = (drop[:-1] & drop[1:]).float().mean().item()
+    assert abs(both - exact * exact) < 5 * math.sqrt(exact * exact / n) + 1e-4
+
+
+def test_dropout_scales_kept_and_zeroes_dropped() -> None:
+    torch.manual_seed(1)
+    x = torch.randn(64, 257, requires_grad=True)
+    y = dropout(x, 0.2, training=True)
+    kept = y != 0
+    scale = 1 / (1 - round(0.2 * 65536) / 65536)
+    torch.testing.assert_close(y[kept], x.detach()[kept] * scale)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() * scale)
+    # the same seed gives the same mask: runs reproduce and resume
+    torch.manual_seed(1)
+    torch.randn(64, 257)
+    assert torch.equal(dropout(x.detach(), 0.2) != 0, kept)
+    assert dropout(x, 0.2, training=False) is x and dropout(x, 0.0) is x
+
+
+def test_module_matches_nn_dropout_interface() -> None:
+    m = Dropout(0.3)
+    assert m.p == 0.3 and m.state_dict() == {} and "p=0.3" in repr(m)
+    m.eval()
+    x = torch.randn(4, 5)
+    assert torch.equal(m(x), x)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        Dropout(1.5)
+
+
+def _reference(q, k, v, mask, causal, scale, drop, keep_scale):  # type: ignore[no-untyped-def]
+    """float64 softmax(q k^T * scale + mask) with `drop` zeroed and kept weights scaled, @ v."""
+    s = q @ k.transpose(-1, -2) * scale
+    if mask is not None:
+        s = s.masked_fill(~mask, -math.inf) if mask.dtype == torch.bool else s + mask
+    if causal:
+        t, tk = s.shape[-2:]
+        s = s.masked_fill(torch.ones(t, tk, dtype=torch.bool).triu(1), -math.inf)
+    w = torch.softmax(s, dim=-1).masked_fill(drop, 0) * keep_scale
+    return w @ v
+
+
+CASES = {
+    "padding": dict(t=7, tk=7, mask="bool", causal=False),
+    "causal": dict(t=7, tk=7, mask=None, causal=True),
+    "learned-bias": dict(t=6, tk=6, mask="bias", causal=False),
+    "cross": dict(t=3, tk=9, mask="bool", causal=False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_attention_with_dropout_equals_reference(case: str) -> None:
+    c = CASES[case]
+    b, h, d, p = 2, 3, 8, 0.3
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(b, h, c["t"], d, generator=g)
+    k = torch.randn(b, h, c["tk"], d, generator=g)
+    v = torch.randn(b, h, c["tk"], d, generator=g)
+    up = torch.randn(b, h, c["t"], d, generator=g)  # the incoming gradient
+    mask = None
+    if c["mask"] == "bool":  # key padding: the last two keys of the second row
+        mask = torch.ones(b, 1, 1, c["tk"], dtype=torch.bool)
+        mask[1, ..., -2:] = False
+    elif c["mask"] == "bias":  # a learned (1, h, T, Tk) bias, as T5's, broadcast over the batch
+        mask = torch.randn(1, h, c["t"], c["tk"], generator=g)
+    leaves = [z.clone().requires_grad_() for z in (q, k, v)]
+    mleaf = mask.clone().requires_grad_() if c["mask"] == "bias" else mask
+    torch.manual_seed(11)
+    out = attention(*leaves, mask=mleaf, dropout_p=p, is_causal=c["causal"])
+    out.backward(up)
+    torch.manual_seed(11)  # the same draw the attention made
+    drop, keep_scale = drop_mask((b, h, c["t"], c["tk"]), p, torch.device("cpu"))
+    assert drop.any() and (~drop).any()
+    ref_leaves = [z.double().requires_grad_() for z in (q, k, v)]
+    ref_mask = mask.double().requires_grad_() if c["mask"] == "bias" else mask
+    ref = _reference(*ref_leaves, ref_mask, c["causal"], d ** -0.5, drop, keep_scale)
+    ref.backward(up.double())
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    for got, want in zip(leaves, ref_leaves):
+        torch.testing.assert_close(got.grad.double(), want.grad, atol=1e-5, rtol=1e-5)
+    if c["mask"] == "bias":
+        assert mleaf.grad.shape == mask.shape
+        torch.testing.assert_close(mleaf.grad.double(), ref_mask.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_without_dropout_it_is_sdpa_and_bf16_stays_close() -> None:
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 4, 16, 8, generator=g) for _ in range(3))
+    same = attention(q, k, v, mask=None, dropout_p=0.0, is_causal=True)
+    torch.testing.assert_close(same, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    # bf16 through the dropout path, against the fp32 path with the same mask
+    torch.manual_seed(4)
+    lo = attention(*(z.bfloat16() for z in (q, k, v)), mask=None, dropout_p=0.1, is_causal=True)
+    torch.manual_seed(4)
+    hi = attention(q, k, v, mask=None, dropout_p=0.1, is_causal=True)
+    assert lo.dtype == torch.bfloat16
+    assert (lo.float() - hi).abs().max() < 0.05
+
+
+def test_multi_head_attention_gqa_trains_through_the_cpu_path() -> None:
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(32, 4, kv_heads=2, dropout=0.2).train()
+    x = torch.randn(2, 6, 32, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the native-GQA branch of SDPA
+        y = attn(x, is_causal=True)
+    y.float().sum().backward()
+    assert y.shape == (2, 6, 32) and torch.isfinite(x.grad).all()
+    assert all(p.grad is not None for p in attn.parameters())

@@ -1,0 +1,141 @@
+"""Dropout, and attention with dropout on the attention weights, fast on CPU.
+
+On CPU, torch's dropout draws one Bernoulli sample per element (`bernoulli_`, ~8 ns an element
+in bf16 on this project's machine) and SDPA with `dropout_p > 0` falls back to its unfused
+"math" kernel. Here the mask comes from full-range int64 draws viewed as int16 words (one draw
+makes four mask elements; the drop probability is p rounded to 1/65536), and attention with
+dropout is one autograd Function that keeps only what its backward needs (the softmax
+probabilities in the compute dtype and the one-byte drop mask) and uses the identity
+rowsum(dP * P) = rowsum(dO * O) instead of a pass over the (T, Tk) gradient. On other devices both
+defer to torch (CUDA's dropout and its SDPA kernels with dropout are already fused).
+
+The random stream is torch's default generator of the device, so `torch.manual_seed` and the
+training loop's saved RNG state make runs reproducible and resumable as before.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_LEVELS = 65536  # mask resolution: int16 words
+
+
+def _levels(p: float) -> int:
+    """p as a count of 1/65536 steps, the drop probability the mask really has."""
+    return round(p * _LEVELS)
+
+
+def drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device
+              ) -> tuple[torch.Tensor, float]:
+    """A bool mask of `shape` (True = drop) with P(True) = round(p * 65536) / 65536, and the
+    scale 1 / P(keep) for the kept elements."""
+    n = 1
+    for s in shape:
+        n *= int(s)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
+    words.random_(-(2**63), 2**63 - 1)  # every bit uniform (the default range leaves the sign 0)
+    levels = _levels(p)
+    drop = words.view(torch.int16)[:n].view(shape) < (levels - _LEVELS // 2)
+    return drop, _LEVELS / (_LEVELS - levels)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """`F.dropout(x, p, training)`, with a cheaper mask on CPU."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, training=True)
+    drop, scale = drop_mask(x.shape, p, x.device)
+    return (x * scale).masked_fill(drop, 0)  # autograd keeps only the bool mask
+
+
+class Dropout(nn.Module):
+    """`nn.Dropout` (same `p`, same state dict: none) on `dropout`."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class _AttentionDropout(torch.autograd.Function):
+    """o = dropout(softmax(q k^T + mask)) v for q already scaled; the dropped weights are scaled
+    through o (B, h, T, d) rather than through the (T, Tk) weights.
+
+    Masked-out scores are set to the dtype's lowest finite value, not -inf, so no row turns NaN:
+    a query that may see no key at all (a padding row) gets uniform weights instead of SDPA's
+    zeros, an output nothing downstream reads."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,  # type: ignore[override]
+                mask: torch.Tensor | None, causal: bool, p: float) -> torch.Tensor:
+        s = torch.matmul(q, k.transpose(-1, -2))  # (B, h, T, Tk)
+        lowest = torch.finfo(s.dtype).min
+        if mask is not None:
+            if mask.dtype == torch.bool:
+                s.masked_fill_(~mask, lowest)
+            else:
+                s.add_(mask)
+        if causal:  # SDPA's is_causal: query i sees keys 0..i (top-left aligned)
+            t, tk = s.shape[-2:]
+            s.masked_fill_(torch.ones(t, tk, dtype=torch.bool, device=s.device).triu_(1), lowest)
+        prob = torch.softmax(s, dim=-1)
+        del s
+        drop, scale = drop_mask(prob.shape, p, prob.device)
+        o = torch.matmul(prob.masked_fill(drop, 0), v).mul_(scale)
+        ctx.save_for_backward(q, k, v, prob, drop, o)
+        ctx.scale = scale
+        ctx.mask_shape = None
+        if mask is not None and mask.is_floating_point() and ctx.needs_input_grad[3]:
+            ctx.mask_shape = mask.shape
+        return o
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        q, k, v, prob, drop, o = ctx.saved_tensors
+        # rowsum(dP * P) over the kept weights equals rowsum(dO * O): no (T, Tk) pass for it
+        rows = (grad.float() * o.float()).sum(-1, keepdim=True).to(prob.dtype)  # (B, h, T, 1)
+        g = grad * ctx.scale
+        dv = torch.matmul(prob.masked_fill(drop, 0).transpose(-1, -2), g)
+        ds = torch.matmul(g, v.transpose(-1, -2)).masked_fill_(drop, 0)  # dL/dP
+        ds.sub_(rows).mul_(prob)  # dL/dscores
+        dq = torch.matmul(ds, k)
+        dk = torch.matmul(ds.transpose(-1, -2), q)
+        dmask = None
+        if ctx.mask_shape is not None:  # an additive mask with a learned bias (T5)
+            shape = ctx.mask_shape
+            lead = ds.dim() - len(shape)
+            dims = list(range(lead)) + [lead + i for i, n in enumerate(shape)
+                                        if n == 1 and ds.shape[lead + i] != 1]
+            dmask = ds.sum(dims, keepdim=True).view(shape) if dims else ds
+        return dq, dk, dv, dmask, None, None
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None,
+              dropout_p: float, is_causal: bool, scale: float | None = None,
+              enable_gqa: bool = False) -> torch.Tensor:
+    """`F.scaled_dot_product_attention` (same arguments and conventions); on CPU with
+    dropout, `_AttentionDropout`."""
+    if dropout_p > 0.0 and q.device.type == "cpu":
+        if enable_gqa:  # one k/v head per query head
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
+            mask = mask.to(q.dtype)
+        causal = is_causal and mask is None
+        return _AttentionDropout.apply(q * scale if scale != 1.0 else q, k, v, mask, causal,
+                                       dropout_p)
+    extra = {"enable_gqa": True} if enable_gqa else {}
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                          is_causal=is_causal and mask is None, scale=scale,
+                                          **extra)
