@@ -4,10 +4,10 @@ On CPU, torch's dropout draws one Bernoulli sample per element (`bernoulli_`, ~8
 in bf16 on this project's machine) and SDPA with `dropout_p > 0` falls back to its unfused
 "math" kernel. Here the mask comes from full-range int64 draws viewed as int16 words (one draw
 makes four mask elements; the drop probability is p rounded to 1/65536), and attention with
-dropout is one autograd Function that keeps only what its backward needs (the softmax
-probabilities in the compute dtype and the one-byte drop mask) and uses the identity
-rowsum(dP * P) = rowsum(dO * O) instead of a pass over the (T, Tk) gradient. On other devices both
-defer to torch (CUDA's dropout and its SDPA kernels with dropout are already fused).
+dropout is one autograd Function that keeps what its backward needs (the softmax probabilities and the
+dropped ones, in the compute dtype), uses the identity rowsum(dP * P) = rowsum(dO * O) instead
+of a pass over the (T, Tk) gradient, and makes two elementwise passes over the (T, Tk) scores in
+backward. On other devices both defer to torch (CUDA's dropout and its SDPA kernels with dropout are already fused).
 
 The random stream is torch's default generator of the device, so `torch.manual_seed` and the
 training loop's saved RNG state make runs reproducible and resumable as before.
@@ -91,8 +91,10 @@ class _AttentionDropout(torch.autograd.Function):
         prob = torch.softmax(s, dim=-1)
         del s
         drop, scale = drop_mask(prob.shape, p, prob.device)
-        o = torch.matmul(prob.masked_fill(drop, 0), v).mul_(scale)
-        ctx.save_for_backward(q, k, v, prob, drop, o)
+        kept = prob.masked_fill(drop, 0)  # the dropped weights, before scaling
+        del drop
+        o = torch.matmul(kept, v).mul_(scale)
+        ctx.save_for_backward(q, k, v, prob, kept, o)
         ctx.scale = scale
         ctx.mask_shape = None
         if mask is not None and mask.is_floating_point() and ctx.needs_input_grad[3]:
@@ -101,13 +103,13 @@ class _AttentionDropout(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        q, k, v, prob, drop, o = ctx.saved_tensors
+        q, k, v, prob, kept, o = ctx.saved_tensors
         # rowsum(dP * P) over the kept weights equals rowsum(dO * O): no (T, Tk) pass for it
         rows = (grad.float() * o.float()).sum(-1, keepdim=True).to(prob.dtype)  # (B, h, T, 1)
         g = grad * ctx.scale
-        dv = torch.matmul(prob.masked_fill(drop, 0).transpose(-1, -2), g)
-        ds = torch.matmul(g, v.transpose(-1, -2)).masked_fill_(drop, 0)  # dL/dP
-        ds.sub_(rows).mul_(prob)  # dL/dscores
+        dv = torch.matmul(kept.transpose(-1, -2), g)
+        # d scores = P * (dP - rows) with dP = keep * (g v^T): = kept * (g v^T) - P * rows
+        ds = torch.matmul(g, v.transpose(-1, -2)).mul_(kept).addcmul_(prob, rows, value=-1)
         dq = torch.matmul(ds, k)
         dk = torch.matmul(ds.transpose(-1, -2), q)
         dmask = None
