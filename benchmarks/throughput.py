@@ -402,6 +402,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_training(args: argparse.Namespace, device: torch.device) -> Iterator[str]:
+    from tpcli.train.loop import drop_full_masks
     from tpcli.train.perf import peak_flops
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -425,7 +426,8 @@ def run_training(args: argparse.Namespace, device: torch.device) -> Iterator[str
         case = build_case(name, args.batch_scale, args.layers)
         case.tp.to(device).train()
         case.hf.to(device).train()
-        case.tp_batch = {k: v.to(device) for k, v in case.tp_batch.items()}
+        # as the training loop hands it over: an all-real mask dropped on the host
+        case.tp_batch = {k: v.to(device) for k, v in drop_full_masks(case.tp_batch)}
         case.hf_batch = {k: v.to(device) for k, v in case.hf_batch.items()}
         for precision in precisions:
             res = measure(case, precision, device, args.steps, args.warmup, args.compile)

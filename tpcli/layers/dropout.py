@@ -4,10 +4,11 @@ On CPU, torch's dropout draws one Bernoulli sample per element (`bernoulli_`, ~8
 in bf16 on this project's machine) and SDPA with `dropout_p > 0` falls back to its unfused
 "math" kernel. Here the mask comes from full-range int64 draws viewed as int16 words (one draw
 makes four mask elements; the drop probability is p rounded to 1/65536), and attention with
-dropout is one autograd Function that keeps what its backward needs (the softmax probabilities and the
-dropped ones, in the compute dtype), uses the identity rowsum(dP * P) = rowsum(dO * O) instead
-of a pass over the (T, Tk) gradient, and makes two elementwise passes over the (T, Tk) scores in
-backward. On other devices both defer to torch (CUDA's dropout and its SDPA kernels with dropout are already fused).
+dropout is one autograd Function that keeps what its backward needs (the softmax probabilities
+and the dropped ones, in the compute dtype), uses the identity rowsum(dP * P) = rowsum(dO * O)
+instead of a pass over the (T, Tk) gradient, and makes two elementwise passes over the (T, Tk)
+scores in backward. On other devices both defer to torch (CUDA's dropout and its SDPA kernels
+with dropout are already fused).
 
 The random stream is torch's default generator of the device, so `torch.manual_seed` and the
 training loop's saved RNG state make runs reproducible and resumable as before.

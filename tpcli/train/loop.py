@@ -77,6 +77,13 @@ class Sampler:
         return self.dataset.collate(examples)
 
 
+def drop_full_masks(host: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    """The host batch's items less each `*attention_mask` that marks every token real: the model
+    then takes its unpadded attention path without reading the mask on the device (a sync)."""
+    return [(k, v) for k, v in host.items()
+            if not (k.endswith("attention_mask") and bool(v.all()))]
+
+
 def _autocast(device: torch.device, precision: str) -> Any:
     if precision == "fp32":
         return nullcontext()
@@ -176,7 +183,7 @@ def train(s: Setup) -> dict[str, Any]:
             host = sampler.next_batch(micro)  # this rank's slice: micro / world examples
             mask = host.get("attention_mask")  # counted on the host: no device sync
             window_tokens += int(mask.sum()) if mask is not None else host["input_ids"].numel()
-            batch = {k: v.to(dist.device, non_blocking=True) for k, v in host.items()}
+            batch = {k: v.to(dist.device, non_blocking=True) for k, v in drop_full_masks(host)}
             with strategy.accumulate(i == opts.grad_accum - 1), \
                     meter.count(step == s.start_step), _autocast(dist.device, opts.precision):
                 out = step_fn(batch)

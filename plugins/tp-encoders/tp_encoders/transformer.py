@@ -126,6 +126,13 @@ def position_modules(config: TransformerOptions, ctx: BuildContext, bidirectiona
     return bias, rotary
 
 
+def no_padding(mask: torch.Tensor) -> bool:
+    """True when a (B, T) mask on the CPU marks every token real. A mask on an accelerator counts
+    as padded without looking (reading it would wait for the device every step): the training
+    loop drops an all-real mask on the host before the batch moves."""
+    return mask.device.type == "cpu" and bool(mask.all())
+
+
 def self_attention_inputs(
     x: torch.Tensor, mask: torch.Tensor | None, causal: bool,
     relative_bias: RelativePositionBias | None, rotary: RotaryEmbedding | None,
@@ -140,7 +147,7 @@ def self_attention_inputs(
     if mask is not None and mask.dim() == 4:  # already a full (B, 1, T, T) mask (prefix LM)
         attn_mask, is_causal = mask, False
     else:
-        if mask is not None and bool(mask.all()):
+        if mask is not None and no_padding(mask):
             mask = None  # no padding: let SDPA take its unmasked (or is_causal) fast path
         attn_mask = attention_mask(mask, causal) if mask is not None else None
         is_causal = causal and attn_mask is None

@@ -19,6 +19,7 @@ from tp_encoders.transformer import (
     TransformerOptions,
     check_options,
     layer_options,
+    no_padding,
     position_modules,
     self_attention_inputs,
 )
@@ -75,7 +76,7 @@ class TransformerDecoder(nn.Module):
         True = real token, position_ids (B, T') for rotary (default 0..T'-1) -> (B, T', H)."""
         self_mask, is_causal, rotary = self_attention_inputs(
             y, tmask, True, self.relative_bias, self.rotary, position_ids)
-        if memory_mask is not None and bool(memory_mask.all()):
+        if memory_mask is not None and no_padding(memory_mask):
             memory_mask = None  # no source padding: unmasked fast path
         cross_mask = attention_mask(memory_mask) if memory_mask is not None else None
         for i in range(self.config.layers):

@@ -37,6 +37,7 @@ class ClsTarget(nn.Module):
     def __init__(self, config: Config, ctx: BuildContext) -> None:
         super().__init__()
         self.config = config
+        self._labels_checked = False
         h = ctx.hidden_size
         self.pooler = nn.Linear(h, h) if config.pooler else None
         self.dropout = Dropout(ctx.dropout)
@@ -62,11 +63,16 @@ class ClsTarget(nn.Module):
                           hint="use a data processor that reads labelled text (e.g. `cls`)")
         labels = labels.reshape(-1).long()  # (B,)
         c = self.config.labels
-        lo, hi = int(labels.min()), int(labels.max())  # checked here: on a GPU a bad index is
-        if lo < 0 or hi >= c:  # an unreadable device-side assert inside cross_entropy
-            raise DataError(f"target cls: label {lo if lo < 0 else hi} is outside 0..{c - 1}",
-                            hint=f"set model.target.cls.labels to the number of classes "
-                                 f"(now {c}), or fix the dataset's labels")
+        # checked here, as on a GPU a bad index is an unreadable device-side assert inside
+        # cross_entropy; there only the first batch (each read waits for the device), which
+        # finds a class count that does not fit the dataset
+        if labels.device.type == "cpu" or not self._labels_checked:
+            self._labels_checked = True
+            lo, hi = int(labels.min()), int(labels.max())
+            if lo < 0 or hi >= c:
+                raise DataError(f"target cls: label {lo if lo < 0 else hi} is outside "
+                                f"0..{c - 1}", hint=f"set model.target.cls.labels to the number "
+                                f"of classes (now {c}), or fix the dataset's labels")
         logits = self.logits(features)  # (B, C)
         loss = F.cross_entropy(logits.float(), labels)
         with torch.no_grad():

@@ -256,7 +256,8 @@ class DeepSpeedStrategy:
             self._pending = None
         if self.opts.activation_checkpointing:
             checkpoint_activations(model)
-        optimizer = make_optimizer(model, self.opts)
+        # foreach: ZeRO swaps the parameters for flat fp32 partitions under the optimizer
+        optimizer = make_optimizer(model, self.opts, fused=False)
         self.scheduler = make_scheduler(optimizer, self.opts)
         self.engine, _, _, _ = self.ds.initialize(
             model=model, optimizer=optimizer, lr_scheduler=self.scheduler, config=self.config,
