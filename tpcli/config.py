@@ -1,6 +1,7 @@
 """Recipes: YAML/JSON loading, the paper's vocabulary, `a.b.c=value` overrides, validation.
 
-A recipe is a folder holding `recipe.yaml` with the sections `model`, `data` and `pretrain`.
+A recipe is a folder holding `recipe.yaml` with the sections `model`, `data`, `pretrain` and
+(optional) `finetune`.
 The model section speaks the paper's words and accepts its JSON as written::
 
     embedding: [word, pos, seg]          # or {word: {}, pos: {max_length: 512}, seg: {}}
@@ -25,7 +26,7 @@ import yaml
 from pydantic import ValidationError
 
 from tpcli.errors import ConfigError, Problem, RegistryError, TpError
-from tpcli.options import ModelOptions, PretrainOptions  # also importable from here
+from tpcli.options import FinetuneOptions, ModelOptions, PretrainOptions  # importable here
 from tpcli.registry import LIST_COMMAND, Registry, closest, unknown_name_message
 
 STACK_KEYS = ("embedding", "encoder", "pooling")
@@ -39,7 +40,7 @@ KIND_OF = {
     "pooling": "pooling",
     "target": "target",
 }
-SECTIONS = ("model", "data", "pretrain")
+SECTIONS = ("model", "data", "pretrain", "finetune")
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Recipe:
     tokenizer: ModuleSpec
     processor: ModuleSpec
     pretrain: PretrainOptions
+    finetune: FinetuneOptions = field(default_factory=FinetuneOptions)
 
     @property
     def base_dir(self) -> Path:
@@ -409,7 +411,11 @@ def build_recipe(
     pretrain = validate_options(
         PretrainOptions, pretrain_vals, "pretrain", "tp modules pretrain", problems
     )
+    finetune = validate_options(
+        FinetuneOptions, raw.get("finetune") or {}, "finetune", "tp modules finetune", problems
+    )
     if problems:
         raise ConfigError(f"recipe {name}", problems)
-    assert tok is not None and proc is not None and pretrain is not None  # no problems above
-    return Recipe(name, path, raw, model, tok, proc, pretrain)
+    # no problems above
+    assert tok is not None and proc is not None and pretrain is not None and finetune is not None
+    return Recipe(name, path, raw, model, tok, proc, pretrain, finetune)

@@ -29,6 +29,20 @@ def tp_pretrain(request: PretrainRequest) -> Any:
 
 
 @hookimpl(trylast=True)
+def tp_finetune(request: Any) -> Any:
+    from tpcli.finetune import run_finetune
+
+    return run_finetune(request)
+
+
+@hookimpl(trylast=True)
+def tp_infer(request: Any) -> Any:
+    from tpcli.finetune import run_infer
+
+    return run_infer(request)
+
+
+@hookimpl(trylast=True)
 def tp_convert(request: ConvertRequest) -> Any:
     from tpcli.convert.hf import from_hf, to_hf
 

@@ -92,6 +92,19 @@ def tp_register_processors(register: Callable[[str, Any], None]) -> None:
 
 
 @hookspec
+def tp_register_tasks(register: Callable[[str, Any], None]) -> None:
+    """Register downstream tasks for `tp finetune` / `tp infer`: ``register(name, cls)``.
+
+    ``cls`` implements ``tpcli.tasks.Task``: ``Config`` (pydantic, ``tpcli.tasks.TaskConfig``),
+    ``metrics`` (names; the first selects the best checkpoint), ``cls(config, variant)`` (the
+    part after a slash: ``--task glue/sst2`` is task ``glue``, variant ``sst2``), ``load``,
+    ``fit`` / ``check`` / ``state`` / ``restore`` (the label list), ``target`` (the model's
+    target section replacing the pre-training targets), ``head_sources``, ``encode``, ``decode``
+    and ``evaluate``. A task's head is an ordinary registered target with a ``predict`` method.
+    """
+
+
+@hookspec
 def tp_register_converters(register: Callable[[str, Any], None]) -> None:
     """Register Hugging Face converters: ``register(name, converter)``.
 
@@ -127,6 +140,19 @@ def tp_pretrain(request: "PretrainRequest") -> Any:
     """Run ``tp pretrain``: train the recipe's model on ``request.data``, writing checkpoints to
     ``request.out``; return a summary dict (steps, final loss, checkpoint path). The core's
     default implementation runs last; return non-None to replace it."""
+
+
+@hookspec(firstresult=True)
+def tp_finetune(request: Any) -> Any:
+    """Run ``tp finetune`` (``request`` a ``tpcli.finetune.FinetuneRequest``): train a task's
+    head on a pre-trained model and return the results (dev metrics, mean and std over seeds).
+    The core's default implementation runs last; return non-None to replace it."""
+
+
+@hookspec(firstresult=True)
+def tp_infer(request: Any) -> Any:
+    """Run ``tp infer`` (``request`` a ``tpcli.finetune.InferRequest``): write a fine-tuned
+    checkpoint's predictions for an input file; return a summary."""
 
 
 @hookspec(firstresult=True)

@@ -1,4 +1,5 @@
-"""The option sections of a recipe that are not modules: model-wide options and `pretrain`.
+"""The option sections of a recipe that are not modules: model-wide options, `pretrain` and
+`finetune`.
 
 Each is a strict pydantic model, like a module's Config: it feeds validation and
 `tp modules model` / `tp modules pretrain`.
@@ -6,7 +7,7 @@ Each is a strict pydantic model, like a module's Config: it feeds validation and
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -83,3 +84,33 @@ class PretrainOptions(_Strict):
                              f"strategy is {self.strategy!r}: set pretrain.strategy=deepspeed "
                              "(DS_BUILD_OPS=0 pip install deepspeed), or remove them")
         return self
+
+
+class FinetuneOptions(PretrainOptions):
+    """The `finetune` section: the `pretrain` options with fine-tuning defaults, plus epochs,
+    evaluation, best-checkpoint selection, early stopping and layer-wise lr decay."""
+
+    steps: int | None = Field(  # type: ignore[assignment]
+        None, gt=0, description="optimizer steps (default: epochs over the training set)")
+    epochs: float = Field(3.0, gt=0.0, description="passes over the training set (unless steps)")
+    batch_size: int = Field(32, gt=0, description="examples per optimizer step")
+    lr: float = Field(2e-5, gt=0.0, description="peak learning rate")
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0, description="warm-up as a share of steps")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW decoupled weight decay")
+    adam_eps: float = Field(1e-8, gt=0.0, description="AdamW epsilon")
+    max_length: int = Field(128, gt=1, description="tokens per example (longer ones are cut)")
+    eval_every: int | None = Field(
+        None, gt=0, description="steps between evaluations on the dev set (default: each epoch)")
+    eval_batch_size: int = Field(64, gt=0, description="examples per evaluation batch")
+    metric: str | None = Field(
+        None, description="dev metric that selects the best checkpoint (default: the task's)")
+    patience: int | None = Field(
+        None, gt=0, description="stop after this many evaluations without a better metric")
+    layer_decay: float | None = Field(
+        None, gt=0.0, le=1.0, description="layer-wise lr decay: layer l of L trains at lr * "
+        "decay^(L - l), the embeddings at lr * decay^(L + 1), the task head at lr")
+    log_every: int = Field(10, gt=0, description="steps between log lines")
+    keep_last: int = Field(1, gt=0, description="checkpoints kept besides the best")
+    task: str | dict[str, Any] | None = Field(
+        None, description="the downstream task: a name (`classification`, `glue/sst2`) or "
+        "{name: ..., its options} (`tp modules task NAME`); --task wins")

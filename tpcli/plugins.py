@@ -27,6 +27,7 @@ REGISTER_HOOKS = {
     "tp_register_modules": None,  # register(kind, name, cls)
     "tp_register_tokenizers": "tokenizer",  # register(name, cls)
     "tp_register_processors": "processor",
+    "tp_register_tasks": "task",
     "tp_register_converters": "converter",
 }
 

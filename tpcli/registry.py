@@ -14,13 +14,14 @@ from typing import Any
 from tpcli.errors import RegistryError, TpError
 
 MODULE_KINDS = ("embedding", "encoder", "decoder", "target", "pooling")
-KINDS = MODULE_KINDS + ("tokenizer", "processor", "converter")
+KINDS = MODULE_KINDS + ("tokenizer", "processor", "converter", "task")
 
 # What a user runs to see the valid names of each kind.
 LIST_COMMAND = {k: f"tp modules {k}" for k in MODULE_KINDS} | {
     "tokenizer": "tp modules tokenizer",
     "processor": "tp modules processor",
     "converter": "tp plugins",
+    "task": "tp modules task",
 }
 
 

@@ -63,6 +63,20 @@ def pretrain(request: PretrainRequest) -> dict[str, Any]:
     return plugins.hook.tp_pretrain(request=request)
 
 
+def finetune(request: Any) -> dict[str, Any]:
+    """`request` a `tpcli.finetune.FinetuneRequest`."""
+    plugins = request.plugins or get_plugins()
+    request.plugins = plugins
+    return plugins.hook.tp_finetune(request=request)
+
+
+def infer(request: Any) -> dict[str, Any]:
+    """`request` a `tpcli.finetune.InferRequest`."""
+    plugins = request.plugins or get_plugins()
+    request.plugins = plugins
+    return plugins.hook.tp_infer(request=request)
+
+
 def convert(request: ConvertRequest) -> dict[str, Any]:
     plugins = request.plugins or get_plugins()
     request.plugins = plugins

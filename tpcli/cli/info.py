@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import typer
 
-SECTION_KINDS = ("model", "pretrain")  # option tables that are not modules
+SECTION_KINDS = ("model", "pretrain", "finetune")  # option tables that are not modules
 
 
 def plugins() -> None:
@@ -51,14 +51,15 @@ def modules(
     from rich.console import Console
     from rich.table import Table
 
-    from tpcli.config import ModelOptions, PretrainOptions
+    from tpcli.config import FinetuneOptions, ModelOptions, PretrainOptions
     from tpcli.errors import RegistryError, TpError
     from tpcli.plugins import get_plugins
     from tpcli.registry import KINDS, closest
 
     console = Console()
     if kind in SECTION_KINDS:
-        cls = ModelOptions if kind == "model" else PretrainOptions
+        cls = {"model": ModelOptions, "pretrain": PretrainOptions,
+               "finetune": FinetuneOptions}[kind]
         console.print(_option_table(f"{kind} options", cls))
         return
     reg = get_plugins().registry

@@ -11,7 +11,7 @@ import traceback
 
 import typer
 
-from tpcli.cli import convert, info, train
+from tpcli.cli import convert, finetune, info, train
 
 app = typer.Typer(
     name="tp",
@@ -33,6 +33,7 @@ def _root(
 
 
 train.register(app)
+finetune.register(app)
 convert.register(app)
 info.register(app)
 

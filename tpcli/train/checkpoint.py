@@ -9,6 +9,7 @@ Layout of a run folder::
                                      checkpoint.json, and a sharded strategy's own files
                                      (fsdp/, deepspeed/)
     RUN/last -> checkpoints/step-00001000
+    RUN/best -> checkpoints/step-00000800  (fine-tuning: the best dev metric so far)
 
 model.safetensors always holds the whole model with tp's keys, whatever the strategy (FSDP and
 ZeRO-3 shards are gathered by rank 0), so `tp convert` and fine-tuning read any checkpoint.
@@ -88,8 +89,10 @@ def save_checkpoint(
     recipe_raw: dict[str, Any],
     tokenizer: Any,
     keep_last: int,
+    pointer: str | None = None,
 ) -> Path:
     """Checkpoint `step` from any strategy; every rank calls it (it is collective).
+    `pointer` (e.g. "best") names a second link to it, whose checkpoint pruning keeps.
 
     Rank 0 makes the temporary folder; every rank writes its part into it (the gathered weights
     and trainer.pt by rank 0, shards by each rank); after a barrier rank 0 renames it into place,
@@ -126,6 +129,8 @@ def save_checkpoint(
         raise _write_error(final, e) from e
     if dist.is_main:
         _point_last(run_dir, final)
+        if pointer is not None:
+            _point_last(run_dir, final, pointer)
         _prune(ckpt_root, keep_last, keep=final)
     dist.barrier()  # no rank runs ahead (and could be killed) before `last` moved
     return final
@@ -162,9 +167,9 @@ def _fsync_dir(path: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def _point_last(run_dir: Path, target: Path) -> None:
-    link = run_dir / "last"
-    tmp = run_dir / f".last-{os.getpid()}"
+def _point_last(run_dir: Path, target: Path, name: str = "last") -> None:
+    link = run_dir / name
+    tmp = run_dir / f".{name}-{os.getpid()}"
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     os.symlink(os.path.relpath(target, run_dir), tmp)
@@ -172,9 +177,13 @@ def _point_last(run_dir: Path, target: Path) -> None:
 
 
 def _prune(ckpt_root: Path, keep_last: int, keep: Path) -> None:
+    """Remove all but the newest `keep_last` checkpoints, never `keep` nor the one `best`
+    points at (fine-tuning)."""
+    best = ckpt_root.parent / "best"
+    kept = {keep.resolve()} | ({best.resolve()} if best.is_symlink() else set())
     done = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
     for old in done[:-keep_last]:
-        if old != keep:
+        if old.resolve() not in kept:
             shutil.rmtree(old, ignore_errors=True)
 
 

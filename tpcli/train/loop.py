@@ -148,10 +148,12 @@ class Setup:
     resume_from: Path | None = None  # the checkpoint folder whose trainer state to restore
     dist: Dist = field(default_factory=Dist)
     strategy: Strategy | None = None  # made by _start, before the run folder is written
+    opts: Any = None  # the options section (default: the recipe's pretrain)
+    evaluator: Any = None  # fine-tuning: `due(step)`, `__call__(model, step, save) -> stop`
 
 
 def train(s: Setup) -> dict[str, Any]:
-    opts, dist = s.recipe.pretrain, s.dist
+    opts, dist = s.opts or s.recipe.pretrain, s.dist
     micro = _micro_batch(opts, dist.world_size)
     params = sum(p.numel() for p in s.model.parameters())
     strategy = s.strategy or make_strategy(opts, dist)
@@ -178,6 +180,19 @@ def train(s: Setup) -> dict[str, Any]:
     sums: dict[str, torch.Tensor] = {}
     window_tokens, window_steps, t_window, t0 = 0, 0, time.perf_counter(), time.perf_counter()
     last_loss = float("nan")
+
+    def save(done: int, pointer: str | None = None) -> Path:
+        # never checkpoint weights that a non-finite loss already reached (one sync per save)
+        unlogged = dist.all_reduce_sum(window_loss.double().reshape(1)).item()
+        if not math.isfinite(unlogged):
+            raise _diverged(unlogged, done)
+        extra = {"data": asdict(sampler.pos), "rng": _rng_state(), "step": done,
+                 "rng_ranks": dist.gather_object(_rng_state())}
+        path = ckpt_io.save_checkpoint(s.out, done, strategy, dist, extra, s.recipe.raw,
+                                       s.tokenizer, opts.keep_last, pointer)
+        hook.tp_on_checkpoint(step=done, path=str(path))
+        return path
+
     for step in range(s.start_step, opts.steps):
         for i in range(opts.grad_accum):
             host = sampler.next_batch(micro)  # this rank's slice: micro / world examples
@@ -213,17 +228,16 @@ def train(s: Setup) -> dict[str, Any]:
             hook.tp_on_log(step=done, metrics=metrics)
             window_loss.zero_()
             sums, window_tokens, window_steps, t_window = {}, 0, 0, time.perf_counter()
-        if done % opts.save_every == 0 or done == opts.steps:
-            # never checkpoint weights that a non-finite loss already reached (one sync per save)
-            unlogged = dist.all_reduce_sum(window_loss.double().reshape(1)).item()
-            if not math.isfinite(unlogged):
-                raise _diverged(unlogged, done)
-            extra = {"data": asdict(sampler.pos), "rng": _rng_state(), "step": done,
-                     "rng_ranks": dist.gather_object(_rng_state())}
-            path = ckpt_io.save_checkpoint(s.out, done, strategy, dist, extra, s.recipe.raw,
-                                           s.tokenizer, opts.keep_last)
-            hook.tp_on_checkpoint(step=done, path=str(path))
-    summary = {"steps": opts.steps, "loss": last_loss, "out": str(s.out),
+        if s.evaluator is not None:
+            if s.evaluator.due(done):  # evaluates, saves the best, says when to stop early
+                model.eval()
+                stop = s.evaluator(s.model, done, save)
+                model.train()
+                if stop:
+                    break
+        elif done % opts.save_every == 0 or done == opts.steps:
+            save(done)
+    summary = {"steps": done if opts.steps > s.start_step else opts.steps, "loss": last_loss, "out": str(s.out),
                "checkpoint": str(s.out / "last"), "seconds": round(time.perf_counter() - t0, 2)}
     hook.tp_on_train_end(summary=summary)
     return summary

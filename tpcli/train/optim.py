@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
@@ -24,6 +25,39 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def layer_depth(name: str, layers: int) -> int:
+    """Depth of a parameter for layer-wise lr decay: 0 for embeddings, l + 1 for layer l of a
+    stack's `layers`, layers + 1 for everything above (final norm, decoder, targets)."""
+    if "embedding" in name.split(".")[0:2] or name.startswith(("stack.embedding.",
+                                                               "stream_0.embedding.",
+                                                               "stream_1.embedding.")):
+        return 0
+    m = _LAYER.search(name)
+    return int(m.group(1)) + 1 if m and not name.startswith(("decoder.", "targets.")) else \
+        layers + 1
+
+
+def decayed_groups(model: nn.Module, weight_decay: float, lr: float, decay: float
+                   ) -> list[dict]:
+    """`param_groups` split by depth, each at lr * decay^(layers + 1 - depth) (ELECTRA /
+    BEiT's layer-wise decay: the head trains at lr, the embeddings slowest)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    depths = [int(m.group(1)) + 1 for n in names.values() if (m := _LAYER.search(n))]
+    layers = max(depths, default=0)
+    groups: dict[tuple[int, float], dict] = {}
+    for base in param_groups(model, weight_decay):
+        for p in base["params"]:
+            d = layer_depth(names[id(p)], layers)
+            g = groups.setdefault((d, base["weight_decay"]), {
+                "params": [], "weight_decay": base["weight_decay"],
+                "lr": lr * decay ** (layers + 1 - d), "depth": d})
+            g["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
 def _fusable(groups: list[dict]) -> bool:
     """torch's fused AdamW (one kernel for every tensor: ~3.5x the foreach step on CPU) takes
     plain floating-point tensors on CPU or CUDA; sharded DTensors (FSDP2) keep foreach."""
@@ -37,7 +71,9 @@ def _fusable(groups: list[dict]) -> bool:
 def make_optimizer(model: nn.Module, opts: PretrainOptions, fused: bool | None = None
                    ) -> torch.optim.Optimizer:
     """AdamW over `param_groups`; `fused` None picks the fused kernel where it applies."""
-    groups = param_groups(model, opts.weight_decay)
+    decay = getattr(opts, "layer_decay", None)
+    groups = (decayed_groups(model, opts.weight_decay, opts.lr, decay) if decay else
+              param_groups(model, opts.weight_decay))
     fused = _fusable(groups) if fused is None else fused
     return torch.optim.AdamW(
         groups,

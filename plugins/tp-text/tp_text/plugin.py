@@ -51,3 +51,8 @@ def tp_register_converters(register: Callable[[str, Any], None]) -> None:
     register("t5", "tp_text.convert_t5:CONVERTER")
     register("bart", "tp_text.convert_bart:CONVERTER")
     register("llama", "tp_text.convert_llama:CONVERTER")
+
+
+@hookimpl
+def tp_register_tasks(register: Callable[[str, Any], None]) -> None:
+    register("classification", "tp_text.classification:ClassificationTask")

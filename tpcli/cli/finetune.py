@@ -1,0 +1,80 @@
+"""`tp finetune` and `tp infer`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+
+def finetune(
+    recipe: Optional[str] = typer.Argument(
+        None, help="recipe folder, file or built-in name (omit: the one saved with --init)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="a.b.c=value recipe overrides"),
+    task: Optional[str] = typer.Option(None, "--task",
+                                       help="the task: classification, glue/sst2, ..."),
+    init: Optional[str] = typer.Option(None, "--init", help="pre-trained checkpoint or run"),
+    train: Optional[str] = typer.Option(None, "--train", help="training file"),
+    dev: Optional[list[str]] = typer.Option(None, "--dev", help="dev file (repeatable)"),
+    test: Optional[str] = typer.Option(None, "--test", help="file to predict with the best"),
+    data: Optional[str] = typer.Option(None, "--data",
+                                       help="the task's data folder or source (GLUE: a folder "
+                                       "or `hub`)"),
+    out: Path = typer.Option(..., "--out", help="run folder to create"),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="runs with seeds seed..seed+N-1"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="live progress bar"),
+) -> None:
+    """Fine-tune a pre-trained model on a downstream task; prints the dev metrics."""
+    from tpcli.finetune import FinetuneRequest
+    from tpcli.tasks import TaskData
+    from tpcli.verbs import finetune as run
+
+    ovr = list(overrides or [])
+    if recipe is not None and "=" in recipe:  # `tp finetune --init RUN a=b`
+        ovr.insert(0, recipe)
+        recipe = None
+    result = run(FinetuneRequest(recipe, task, out, TaskData(train, list(dev or []), test, data),
+                                 init, ovr, seeds, progress))
+    print_results(result)
+
+
+def print_results(result: dict[str, Any]) -> None:
+    """The dev metrics: one row per dev set, mean ± std over seeds when there are several."""
+    from rich.console import Console
+    from rich.table import Table
+
+    many = len(result["seeds"]) > 1
+    table = Table(title=f"{result['task']}: best checkpoint by {result['metric']}"
+                  + (f", {len(result['seeds'])} seeds" if many else ""))
+    metrics = sorted({m for d in result["dev"].values() for m in d})
+    for col in ["dev set", *metrics]:
+        table.add_column(col)
+    for name, scores in result["dev"].items():
+        table.add_row(name, *(f"{100 * scores[m]['mean']:.2f}"
+                              + (f" ± {100 * scores[m]['std']:.2f}" if many else "")
+                              if m in scores else "-" for m in metrics))
+    console = Console()
+    console.print(table)
+    console.print(f"results: {Path(result['out']) / 'results.json'}", highlight=False)
+
+
+def infer(
+    checkpoint: str = typer.Argument(..., help="fine-tuned run folder or checkpoint"),
+    input: str = typer.Option(..., "--input", help="examples in the task's file format"),
+    out: Path = typer.Option(..., "--out", help="predictions (JSONL) to write"),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="examples per batch"),
+) -> None:
+    """Predict with a fine-tuned checkpoint: one JSON line per input example."""
+    from tpcli.cli.render import print_summary
+    from tpcli.finetune import InferRequest
+    from tpcli.verbs import infer as run
+
+    result = run(InferRequest(checkpoint, input, out, batch_size))
+    metrics = result.pop("metrics", None)
+    print_summary("infer", result | ({f"{k}": v for k, v in metrics.items()} if metrics else {}))
+
+
+def register(app: typer.Typer) -> None:
+    app.command(context_settings={"allow_interspersed_args": True})(finetune)
+    app.command()(infer)

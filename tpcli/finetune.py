@@ -1,0 +1,402 @@
+"""`tp finetune` and `tp infer`: a registered task on top of a pre-trained model.
+
+The task replaces the recipe's pre-training targets with its head (`Task.target`); the model is
+initialised from `--init` strictly except for that head (every encoder weight must be there; the
+report names the head weights that start fresh and the pre-training weights left unused). The
+training loop is `tpcli.train.loop.train` with the `finetune` options and an `Evaluator` that
+scores the dev sets every `eval_every` steps (default: each epoch), keeps the best checkpoint by
+the task's metric (`RUN/best`), and stops early after `patience` evaluations without progress.
+`--seeds N` repeats the run with seeds seed..seed+N-1 and reports mean and standard deviation.
+
+Run folder: recipe.yaml (the task and its fitted label list inside `finetune.task`), init.json
+(the initialisation report), eval.jsonl (every evaluation), results.json, predictions/<set>.jsonl
+from the best checkpoint, checkpoints/, last, best.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from tpcli.data.dataset import ExampleDataset
+from tpcli.errors import CheckpointError, ConfigError, DataError, Problem, TpError
+from tpcli.plugins import Plugins
+from tpcli.tasks import Example, Splits, TaskData, split_task_name
+
+
+@dataclass
+class FinetuneRequest:
+    recipe: str | None  # None: the recipe saved with --init
+    task: str | None  # `classification`, `glue/sst2`; None: the recipe's finetune.task
+    out: Path
+    data: TaskData = field(default_factory=TaskData)
+    init: str | None = None  # a tp checkpoint or run folder
+    overrides: list[str] = field(default_factory=list)
+    seeds: int = 1
+    progress: bool = True
+    plugins: Plugins | None = None
+
+
+@dataclass
+class InferRequest:
+    checkpoint: str
+    input: str
+    out: Path
+    batch_size: int = 64
+    plugins: Plugins | None = None
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+def task_section(spec: str | dict[str, Any] | None) -> dict[str, Any]:
+    if spec is None:
+        raise TpError("no task: tp finetune needs --task (or finetune.task in the recipe)",
+                      hint="e.g. --task classification or --task glue/sst2; "
+                      "`tp modules task` lists the tasks")
+    section = {"name": spec} if isinstance(spec, str) else dict(spec)
+    if not isinstance(section.get("name"), str):
+        raise TpError(f"finetune.task needs a name, got {spec!r}",
+                      hint="finetune.task: {name: classification, ...options}")
+    return section
+
+
+def make_task(section: dict[str, Any], plugins: Plugins) -> Any:
+    """The task object of a `finetune.task` section ({name, ...options})."""
+    from pydantic import ValidationError
+
+    name, variant = split_task_name(section["name"])
+    cls = plugins.registry.get("task", name)
+    options = {k: v for k, v in section.items() if k != "name"}
+    try:
+        config = cls.Config(**options)
+    except ValidationError as e:
+        problems = [Problem(".".join(["finetune.task", *map(str, err["loc"])]), err["msg"])
+                    for err in e.errors()]
+        raise ConfigError(f"task {section['name']}", problems) from None
+    return cls(config, variant)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class MemoryDataset(ExampleDataset):
+    """Encoded examples held in memory (fine-tuning sets are small), padded by the usual
+    collate (`*input_ids` with the pad id, `*labels` with -100, the rest with 0)."""
+
+    def __init__(self, rows: list[dict[str, torch.Tensor]], tokenizer: Any, seed: int) -> None:
+        self.rows = rows
+        self.seed, self.epoch = int(seed), 0
+        self.special_ids = dict(tokenizer.special_ids)
+        self.pad_id = int(self.special_ids.get("pad", 0))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def example(self, index: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        return self.rows[index]
+
+
+def batches(dataset: MemoryDataset, size: int) -> Any:
+    """(start, collated batch) over the dataset in order."""
+    for start in range(0, len(dataset), size):
+        yield start, dataset.collate([dataset.rows[i]
+                                      for i in range(start, min(len(dataset), start + size))])
+
+
+def predict(model: torch.nn.Module, task: Any, target: str, examples: list[Example],
+            rows: list[dict[str, torch.Tensor]], tokenizer: Any, device: torch.device,
+            batch_size: int, precision: str = "fp32") -> list[dict[str, Any]]:
+    """The task's predictions for `examples` (encoded as `rows`), in order."""
+    from tpcli.train.loop import _autocast, drop_full_masks
+
+    data = MemoryDataset(rows, tokenizer, 0)
+    out: list[dict[str, Any]] = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start, host in batches(data, batch_size):
+            batch = {k: v.to(device) for k, v in drop_full_masks(host)}
+            with _autocast(device, precision):
+                raw = model.predict(batch)[target]
+            out += task.decode(raw.float().cpu(), examples[start:start + len(host["input_ids"])])
+    model.train(was_training)
+    return out
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    """Atomically: a temp file renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- initialisation
+
+
+def init_from(model: torch.nn.Module, ckpt: Path, head_sources: dict[str, str]
+              ) -> dict[str, Any]:
+    """Load a pre-trained checkpoint into a task model: strict for everything but the head
+    (`targets.*`); head keys come from `head_sources` prefixes when shapes agree, else fresh.
+    Returns the report: fresh, carried (head key <- checkpoint key) and unused keys."""
+    from tpcli.train import checkpoint as ckpt_io
+
+    state = ckpt_io.read_weights(ckpt)
+    own = model.state_dict()
+    body = [k for k in own if not k.startswith("targets.")]
+    missing = [k for k in body if k not in state]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in body
+             if k in state and state[k].shape != own[k].shape]
+    if missing or wrong:
+        listed = "; ".join([f"missing {k}" for k in missing[:8]] + wrong[:8])
+        raise CheckpointError(
+            f"{ckpt} does not fit this model ({len(missing)} missing, {len(wrong)} mis-shaped "
+            f"weights: {listed})",
+            hint="fine-tune with the recipe the checkpoint was trained with (omit the RECIPE "
+            "argument to use the one saved in the checkpoint)")
+    load = {k: state[k] for k in body}
+    carried: dict[str, str] = {}
+    for key in own:
+        if not key.startswith("targets."):
+            continue
+        for prefix, source in head_sources.items():
+            src = source + key[len(prefix):]
+            if key.startswith(prefix) and src in state and state[src].shape == own[key].shape:
+                load[key], carried[key] = state[src], src
+    fresh = [k for k in own if k.startswith("targets.") and k not in load]
+    used = set(load) | set(carried.values())
+    model.load_state_dict({**own, **load}, strict=True)
+    return {"checkpoint": str(ckpt), "fresh": fresh, "carried": carried,
+            "unused": sorted(k for k in state if k not in used)}
+
+
+def with_target(recipe: Any, target: dict[str, Any], task_state: dict[str, Any],
+                plugins: Plugins) -> Any:
+    """The recipe with its targets replaced by the task's head and the fitted task saved in
+    `finetune.task` (so `tp infer` rebuilds the same task from the checkpoint)."""
+    from tpcli.config import build_recipe
+
+    raw = copy.deepcopy(recipe.raw)
+    raw["model"]["target"] = target
+    raw.setdefault("finetune", {})["task"] = task_state
+    return build_recipe(raw, plugins.registry, name=recipe.name, path=recipe.path)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+class Evaluator:
+    """Scores every dev set every `every` steps (and at the last), keeps the best checkpoint by
+    `metric` on the first dev set, and asks to stop after `patience` evaluations without a
+    better score."""
+
+    def __init__(self, task: Any, target: str, dev: dict[str, tuple[list[Example], list]],
+                 tokenizer: Any, opts: Any, every: int, out: Path, device: torch.device,
+                 log: Callable[[int, dict[str, float]], None]) -> None:
+        self.task, self.target, self.dev, self.tokenizer = task, target, dev, tokenizer
+        self.opts, self.every, self.out, self.device, self.log = opts, every, out, device, log
+        self.metric = opts.metric or task.metrics[0]
+        self.best: float | None = None
+        self.best_step = 0
+        self.bad = 0
+        self.history: list[dict[str, Any]] = []
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0 or step == self.opts.steps
+
+    def scores(self, model: torch.nn.Module) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, (examples, rows) in self.dev.items():
+            preds = predict(model, self.task, self.target, examples, rows, self.tokenizer,
+                            self.device, self.opts.eval_batch_size, self.opts.precision)
+            out[name] = self.task.evaluate(preds, examples)
+        return out
+
+    def __call__(self, model: torch.nn.Module, step: int, save: Callable[..., Path]) -> bool:
+        scores = self.scores(model)
+        first = next(iter(scores.values()))
+        if self.metric not in first:
+            raise TpError(f"finetune.metric={self.metric!r} is not a metric of this task",
+                          hint=f"choose among {', '.join(first)}")
+        value = first[self.metric]
+        better = self.best is None or value > self.best
+        record = {"step": step, **{f"{d}.{k}": v for d, s in scores.items() for k, v in s.items()}}
+        self.history.append(record)
+        with open(self.out / "eval.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        self.log(step, {f"eval.{k}": v for k, v in record.items() if k != "step"})
+        if better:
+            self.best, self.best_step, self.bad = value, step, 0
+            save(step, "best")
+            return False
+        self.bad += 1
+        return self.opts.patience is not None and self.bad >= self.opts.patience
+
+
+# ----------------------------------------------------------------------------- the runs
+
+
+def _recipe_and_init(request: FinetuneRequest, plugins: Plugins) -> tuple[Any, Path | None]:
+    from tpcli.config import build_recipe
+    from tpcli.recipes import load_recipe
+    from tpcli.train import checkpoint as ckpt_io
+
+    ckpt = ckpt_io.find_checkpoint(Path(request.init)) if request.init else None
+    if request.recipe is not None:
+        return load_recipe(request.recipe, request.overrides, plugins), ckpt
+    if ckpt is None:
+        raise TpError("tp finetune needs a RECIPE or --init CHECKPOINT",
+                      hint="tp finetune bert-base --task classification --init runs/bert "
+                      "--train train.tsv --dev dev.tsv --out runs/ft")
+    raw = yaml.safe_load((ckpt / "recipe.yaml").read_text())
+    raw.pop("finetune", None) if request.task else None  # a new task: not the saved one
+    return build_recipe(raw, plugins.registry, name=str(ckpt), path=ckpt,
+                        overrides=request.overrides), ckpt
+
+
+def run_finetune(request: FinetuneRequest) -> dict[str, Any]:
+    """Fine-tune (one run per seed) and return the results (mean and std over seeds)."""
+    from tpcli.api import load_tokenizer
+
+    plugins = request.plugins
+    assert plugins is not None  # set by tpcli.verbs.finetune
+    recipe, ckpt = _recipe_and_init(request, plugins)
+    section = task_section(request.task or recipe.finetune.task)
+    task = make_task(section, plugins)
+    tok_cls = plugins.registry.get("tokenizer", recipe.tokenizer.name)
+    tokenizer = (tok_cls.from_saved(str(ckpt / "tokenizer")) if ckpt is not None
+                 else load_tokenizer(recipe, plugins))
+    splits: Splits = task.load(request.data)
+    if not splits.train:
+        raise DataError("no training examples", hint="pass --train FILE (or the task's data)")
+    if not splits.dev:
+        raise DataError("no dev set to evaluate on",
+                        hint="pass --dev FILE: the best checkpoint is chosen on it")
+    task.fit(splits.train)
+    for name, examples in splits.dev.items():
+        task.check(name, examples)
+    recipe = with_target(recipe, task.target(), {**section, **task.state()}, plugins)
+    out = Path(request.out)
+    if out.exists() and any(out.iterdir()):
+        raise TpError(f"run folder {out} already exists", hint="choose another --out")
+    seeds = [recipe.finetune.seed + i for i in range(request.seeds)]
+    runs = [_one_run(request, recipe, task, splits, tokenizer, ckpt,
+                     out / f"seed-{s}" if len(seeds) > 1 else out, s) for s in seeds]
+    result = {"task": section["name"], "metric": runs[0]["metric"], "seeds": seeds,
+              "runs": runs, "dev": _aggregate([r["dev"] for r in runs]), "out": str(out)}
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _aggregate(devs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
+    """Per dev set and metric: the mean, and the sample standard deviation over seeds."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in devs[0]:
+        out[name] = {}
+        for metric in devs[0][name]:
+            vals = [d[name][metric] for d in devs]
+            out[name][metric] = {"mean": statistics.fmean(vals),
+                                 "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+    return out
+
+
+def _one_run(request: FinetuneRequest, recipe: Any, task: Any, splits: Splits, tokenizer: Any,
+             ckpt: Path | None, out: Path, seed: int) -> dict[str, Any]:
+    from tpcli.model import build_model
+    from tpcli.train import checkpoint as ckpt_io
+    from tpcli.train.loop import Setup, train
+    from tpcli.train.strategy import Dist, make_strategy
+
+    plugins = request.plugins
+    assert plugins is not None
+    opts = recipe.finetune
+    rows = task.encode(splits.train, tokenizer, opts.max_length)
+    per_epoch = max(1, math.ceil(len(rows) / opts.batch_size))
+    steps = opts.steps or max(1, math.ceil(opts.epochs * per_epoch))
+    run_opts = opts.model_copy(update={"steps": steps, "seed": seed})
+    torch.manual_seed(seed)
+    model = build_model(recipe.model, plugins.registry, tokenizer.vocab_size,
+                        tokenizer.special_ids)
+    report = (init_from(model, ckpt, task.head_sources()) if ckpt is not None else
+              {"checkpoint": None, "fresh": list(model.state_dict()), "carried": {},
+               "unused": []})
+    dist = Dist(run_opts.device)
+    try:
+        strategy = make_strategy(run_opts, dist)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
+        (out / "init.json").write_text(json.dumps(report, indent=1))
+        dev = {name: (exs, task.encode(exs, tokenizer, opts.max_length))
+               for name, exs in splits.dev.items()}
+        target = recipe.model.targets[0].name
+        evaluator = Evaluator(task, target, dev, tokenizer, run_opts,
+                              opts.eval_every or per_epoch, out, dist.device,
+                              lambda step, m: plugins.hook.tp_on_log(step=step, metrics=m))
+        torch.manual_seed(seed)  # the dropout stream of this seed
+        summary = train(Setup(recipe, tokenizer, model, MemoryDataset(rows, tokenizer, seed),
+                              out, plugins, request.progress, 0, None, dist, strategy,
+                              run_opts, evaluator))
+        best = ckpt_io.find_checkpoint(out / "best")
+        ckpt_io.load_weights(model, ckpt_io.read_weights(best), str(best))
+        model.to(dist.device)
+        scores: dict[str, dict[str, float]] = {}
+        sets = {**dev, **{name: (exs, task.encode(exs, tokenizer, opts.max_length,
+                                                  with_labels=False))
+                          for name, exs in splits.test.items()}}
+        for name, (exs, enc) in sets.items():
+            preds = predict(model, task, target, exs, enc, tokenizer, dist.device,
+                            opts.eval_batch_size, opts.precision)
+            write_jsonl(out / "predictions" / f"{name}.jsonl", preds)
+            if name in dev:
+                scores[name] = task.evaluate(preds, exs)
+    finally:
+        dist.close()
+    return {"seed": seed, "steps": summary["steps"], "best_step": evaluator.best_step,
+            "metric": evaluator.metric, "dev": scores, "fresh": report["fresh"],
+            "carried": report["carried"], "unused": len(report["unused"]),
+            "checkpoint": str(best)}
+
+
+def run_infer(request: InferRequest) -> dict[str, Any]:
+    """Predictions of a fine-tuned checkpoint for every example of `request.input`, written to
+    `request.out` as JSONL; the task's metrics too when the input has gold answers."""
+    from tpcli.api import load_checkpoint
+
+    plugins = request.plugins
+    assert plugins is not None  # set by tpcli.verbs.infer
+    loaded = load_checkpoint(request.checkpoint, plugins)
+    section = loaded.recipe.finetune.task
+    if section is None:
+        raise CheckpointError(f"{loaded.path} is not a fine-tuned checkpoint (its recipe has no "
+                              "finetune.task)",
+                              hint="run `tp finetune` first, and pass its run folder or "
+                              "its best/ checkpoint")
+    task = make_task(task_section(section), plugins)
+    examples = task.load(TaskData(test=request.input)).test
+    exs = next(iter(examples.values()))
+    labelled = all(e.label is not None for e in exs)
+    if labelled:
+        task.check(request.input, exs)
+    rows = task.encode(exs, loaded.tokenizer, loaded.recipe.finetune.max_length,
+                       with_labels=False)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = loaded.model.to(device)
+    target = loaded.recipe.model.targets[0].name
+    preds = predict(model, task, target, exs, rows, loaded.tokenizer, device, request.batch_size)
+    write_jsonl(Path(request.out), preds)
+    result: dict[str, Any] = {"examples": len(preds), "out": str(request.out)}
+    if labelled:
+        result["metrics"] = task.evaluate(preds, exs)
+    return result
