@@ -167,3 +167,68 @@ def test_layer_wise_lr_decay_groups() -> None:
     assert "stack.embedding.parts.word.embedding.weight" in by_depth[0]
     assert all(".layers.1." in n for n in by_depth[2])
     assert "targets.sp.classifier.weight" in by_depth[3]
+
+
+def _glue_folder(root: Path) -> Path:
+    """The nine GLUE folders in their original layouts (the rows of the GLUE reader's tests),
+    each data row repeated with its texts varied: 8x in train, 3x in dev; STS-B's dev scores
+    varied so that its correlations are defined."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "glue_layouts", ROOT / "plugins" / "tp-text" / "tests" / "test_glue.py")
+    assert spec is not None and spec.loader is not None
+    layouts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layouts)
+    for folder, by_name in layouts.GLUE_FILES.items():
+        (root / folder).mkdir(parents=True)
+        for name, lines in by_name.items():
+            headed = not (folder == "CoLA" and name != "test.tsv")
+            head, rows = (lines[:1], lines[1:]) if headed else ([], lines)
+            times = 8 if name.startswith("train") else 3
+            out = []
+            for i in range(times):
+                for row in rows:
+                    cells = row.split("\t")
+                    if folder == "STS-B" and name == "dev.tsv":
+                        cells[-1] = f"{(i * 1.7) % 5:.3f}"
+                    out.append("\t".join(c + f" v{i}" if " " in c.strip() else c for c in cells))
+            (root / folder / name).write_text("\n".join(head + out) + "\n", encoding="utf-8")
+    return root
+
+
+def test_glue_all_in_the_papers_layout(files: dict[str, Path], tmp_path: Path) -> None:
+    from scipy.stats import pearsonr
+    from sklearn.metrics import matthews_corrcoef
+
+    glue = _glue_folder(tmp_path / "glue_data")
+    r = _run("finetune", str(files["recipe"]), "--task", "glue/all", "--data", str(glue),
+             "--out", str(tmp_path / "all"), "--no-progress", "finetune.epochs=1",
+             "finetune.max_length=32")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "all" / "results.json").read_text())
+    assert sorted(result["tasks"]) == sorted(["cola", "sst2", "mrpc", "qqp", "stsb", "mnli",
+                                              "qnli", "rte", "wnli"])
+    assert sorted(result["tasks"]["mnli"]["dev"]) == ["dev_matched", "dev_mismatched"]
+    assert sorted(result["tasks"]["mrpc"]["dev"]["dev"]) == ["accuracy", "f1"]
+    # STS-B: a regression head; its Pearson recomputed from the saved predictions
+    sts = [json.loads(x) for x in
+           (tmp_path / "all" / "stsb" / "predictions" / "dev.jsonl").read_text().splitlines()]
+    gold = [float(line.split("\t")[-1]) for line in
+            (glue / "STS-B" / "dev.tsv").read_text().splitlines()[1:]]
+    assert result["tasks"]["stsb"]["dev"]["dev"]["pearson"]["mean"] == pytest.approx(
+        pearsonr([p["score"] for p in sts], gold)[0], abs=1e-6)
+    cola = [json.loads(x)["label"] for x in
+            (tmp_path / "all" / "cola" / "predictions" / "dev.jsonl").read_text().splitlines()]
+    cola_gold = [line.split("\t")[1] for line in
+                 (glue / "CoLA" / "dev.tsv").read_text().splitlines()]
+    assert result["tasks"]["cola"]["dev"]["dev"]["matthews_corr"]["mean"] == pytest.approx(
+        matthews_corrcoef(cola_gold, cola), abs=1e-9)
+    # the paper's Table 3 row: eight columns and their average
+    table = result["table"]
+    assert table["columns"] == ["MNLI", "QNLI", "QQP", "RTE", "SST", "MRPC", "CoLA", "STS",
+                                "AVG"]
+    assert table["row"][-1] == pytest.approx(sum(table["row"][:-1]) / 8)
+    assert table["row"][0] == pytest.approx(
+        100 * result["tasks"]["mnli"]["dev"]["dev_matched"]["accuracy"]["mean"])
+    assert "AVG" in r.stdout and "glue/all" in r.stdout

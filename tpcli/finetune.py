@@ -36,7 +36,8 @@ from tpcli.tasks import Example, Splits, TaskData, split_task_name
 @dataclass
 class FinetuneRequest:
     recipe: str | None  # None: the recipe saved with --init
-    task: str | None  # `classification`, `glue/sst2`; None: the recipe's finetune.task
+    task: str | dict[str, Any] | None  # `classification`, `glue/sst2`, or {name, options};
+    # None: the recipe's finetune.task
     out: Path
     data: TaskData = field(default_factory=TaskData)
     init: str | None = None  # a tp checkpoint or run folder
@@ -274,6 +275,8 @@ def run_finetune(request: FinetuneRequest) -> dict[str, Any]:
     assert plugins is not None  # set by tpcli.verbs.finetune
     recipe, ckpt = _recipe_and_init(request, plugins)
     section = task_section(request.task or recipe.finetune.task)
+    if split_task_name(section["name"])[1] == "all":
+        return _run_all(request, section, plugins)
     task = make_task(section, plugins)
     tok_cls = plugins.registry.get("tokenizer", recipe.tokenizer.name)
     tokenizer = (tok_cls.from_saved(str(ckpt / "tokenizer")) if ckpt is not None
@@ -298,6 +301,31 @@ def run_finetune(request: FinetuneRequest) -> dict[str, Any]:
               "runs": runs, "dev": _aggregate([r["dev"] for r in runs]), "out": str(out)}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _run_all(request: FinetuneRequest, section: dict[str, Any], plugins: Plugins
+             ) -> dict[str, Any]:
+    """`glue/all`: every variant of the task, each in OUT/<variant>, and the task's summary
+    row (the paper's table) when it has one."""
+    import dataclasses
+
+    name = split_task_name(section["name"])[0]
+    cls = plugins.registry.get("task", name)
+    variants = getattr(cls, "VARIANTS", None)
+    if not variants:
+        raise TpError(f"task {name} has no variants to run with {name}/all",
+                      hint=f"name the task alone: --task {name}")
+    out = Path(request.out)
+    if out.exists() and any(out.iterdir()):
+        raise TpError(f"run folder {out} already exists", hint="choose another --out")
+    results = {v: run_finetune(dataclasses.replace(
+        request, task={**section, "name": f"{name}/{v}"}, out=out / v)) for v in variants}
+    summary = getattr(cls, "summary", None)
+    columns, row = summary(results) if summary is not None else ([], [])
+    combined = {"task": f"{name}/all", "tasks": results, "table": {"columns": columns,
+                                                                  "row": row}, "out": str(out)}
+    (out / "results.json").write_text(json.dumps(combined, indent=1))
+    return combined
 
 
 def _aggregate(devs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:

@@ -40,9 +40,22 @@ def finetune(
 
 
 def print_results(result: dict[str, Any]) -> None:
-    """The dev metrics: one row per dev set, mean ± std over seeds when there are several."""
+    """The dev metrics: one row per dev set, mean ± std over seeds when there are several;
+    for a task's `/all`, one table per variant and the summary row (the paper's layout)."""
     from rich.console import Console
     from rich.table import Table
+
+    if "tasks" in result:
+        for sub in result["tasks"].values():
+            print_results(sub)
+        columns, row = result["table"]["columns"], result["table"]["row"]
+        if columns:
+            table = Table(title=f"{result['task']} (dev)")
+            for col in columns:
+                table.add_column(col)
+            table.add_row(*("-" if v is None else f"{v:.1f}" for v in row))
+            Console().print(table)
+        return
 
     many = len(result["seeds"]) > 1
     table = Table(title=f"{result['task']}: best checkpoint by {result['metric']}"

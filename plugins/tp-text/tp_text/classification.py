@@ -85,6 +85,32 @@ def _example(path: str, n: int, row: dict[str, Any], need_label: bool) -> Exampl
                    None if label is None else str(label), f"{path}:{n}")
 
 
+def encode_texts(examples: list[Example], tokenizer: Any, max_length: int, task: str
+                 ) -> list[dict[str, torch.Tensor]]:
+    """`[CLS] a [SEP] (b [SEP])` (`bos`/`eos` for vocabularies without CLS/SEP), cut to
+    `max_length` (the longer text first), with segment ids 0 then 1."""
+    ids = tokenizer.special_ids
+    cls = special_id(ids, ("cls", "bos"), task, "the start of an example")
+    sep = special_id(ids, ("sep", "eos"), task, "the end of each text")
+    a_ids = tokenizer.encode_batch([e.fields["text_a"] for e in examples])
+    pairs = [e.fields.get("text_b") for e in examples]
+    b_ids = tokenizer.encode_batch([t or "" for t in pairs])
+    rows = []
+    for a, b, text_b in zip(a_ids, b_ids, pairs):
+        if text_b is None:
+            tokens = [cls, *a[: max_length - 2], sep]
+            n_a = len(tokens)
+        else:
+            la, lb = trimmed_lengths(len(a), len(b), max_length - 3)
+            tokens = [cls, *a[:la], sep, *b[:lb], sep]
+            n_a = la + 2
+        t = torch.tensor(tokens, dtype=torch.long)  # (T,)
+        seg = torch.zeros_like(t)
+        seg[n_a:] = 1
+        rows.append({"input_ids": t, "segment_ids": seg})
+    return rows
+
+
 class ClassificationTask:
     """A class for each example, scored by accuracy and macro-F1."""
 
@@ -133,29 +159,12 @@ class ClassificationTask:
 
     def encode(self, examples: list[Example], tokenizer: Any, max_length: int,
                with_labels: bool = True) -> list[dict[str, torch.Tensor]]:
-        ids = tokenizer.special_ids
-        cls = special_id(ids, ("cls", "bos"), "classification", "the start of an example")
-        sep = special_id(ids, ("sep", "eos"), "classification", "the end of each text")
-        a_ids = tokenizer.encode_batch([e.fields["text_a"] for e in examples])
-        pairs = [e.fields["text_b"] for e in examples]
-        b_ids = tokenizer.encode_batch([t or "" for t in pairs])
-        index = {label: k for k, label in enumerate(self.labels)}
-        rows = []
-        for e, a, b, text_b in zip(examples, a_ids, b_ids, pairs):
-            if text_b is None:
-                tokens = [cls, *a[: max_length - 2], sep]
-                n_a = len(tokens)
-            else:
-                la, lb = trimmed_lengths(len(a), len(b), max_length - 3)
-                tokens = [cls, *a[:la], sep, *b[:lb], sep]
-                n_a = la + 2
-            t = torch.tensor(tokens, dtype=torch.long)  # (T,)
-            seg = torch.zeros_like(t)
-            seg[n_a:] = 1
-            row = {"input_ids": t, "segment_ids": seg}
-            if with_labels and e.label is not None:
-                row["labels"] = torch.tensor(index[e.label])
-            rows.append(row)
+        rows = encode_texts(examples, tokenizer, max_length, "classification")
+        if with_labels:
+            index = {label: k for k, label in enumerate(self.labels)}
+            for row, e in zip(rows, examples):
+                if e.label is not None:
+                    row["labels"] = torch.tensor(index[e.label])
         return rows
 
     def decode(self, output: torch.Tensor, examples: list[Example]) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
     register("target", "lm", "tp_text.lm:LmTarget")
     register("target", "bilm", "tp_text.bilm:BilmTarget")
     register("target", "cls", "tp_text.cls:ClsTarget")
+    register("target", "regression", "tp_text.regression:RegressionTarget")
     register("embedding", "sinusoidalpos", "tp_text.sinusoidalpos:SinusoidalPosEmbedding")
 
 
@@ -56,3 +57,4 @@ def tp_register_converters(register: Callable[[str, Any], None]) -> None:
 @hookimpl
 def tp_register_tasks(register: Callable[[str, Any], None]) -> None:
     register("classification", "tp_text.classification:ClassificationTask")
+    register("glue", "tp_text.glue:GlueTask")
