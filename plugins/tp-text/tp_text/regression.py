@@ -8,23 +8,33 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from tpcli.errors import TpError
-from tpcli.module import BuildContext, Features, TargetOutput
+from tpcli.layers.dropout import Dropout
+from tpcli.layers.pooling import PoolingKind
+from tpcli.module import BuildContext, Features, TargetConfig, TargetOutput
 from tp_text.cls import ClsTarget
 
 
 class RegressionTarget(ClsTarget):
     """Predict a score per sequence; metrics `mse` and `count`. Shares `cls`'s pooling and
-    pooler (its `labels` option is fixed: one output)."""
+    pooler (`logits`), with one output and no label count."""
 
-    class Config(ClsTarget.Config):
-        labels: int = 2  # unused: one output
+    class Config(TargetConfig):
+        pooling: PoolingKind = Field(
+            "first", description="how the hidden states become one vector (as in `cls`)")
+        pooler: bool = Field(
+            False, description="BERT's pooler (dense H->H + tanh) before the output")
 
-    def __init__(self, config: Config, ctx: BuildContext) -> None:
-        super().__init__(config, ctx)
-        self.classifier = nn.Linear(ctx.hidden_size, 1)
+    def __init__(self, config: Config, ctx: BuildContext) -> None:  # type: ignore[override]
+        nn.Module.__init__(self)
+        self.config = config  # type: ignore[assignment]
+        h = ctx.hidden_size
+        self.pooler = nn.Linear(h, h) if config.pooler else None
+        self.dropout = Dropout(ctx.dropout)
+        self.classifier = nn.Linear(h, 1)
 
     def forward(self, features: Features, batch: dict[str, torch.Tensor]) -> TargetOutput:
         labels = batch.get("labels")
