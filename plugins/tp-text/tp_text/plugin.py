@@ -18,6 +18,7 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
     register("target", "bilm", "tp_text.bilm:BilmTarget")
     register("target", "cls", "tp_text.cls:ClsTarget")
     register("target", "regression", "tp_text.regression:RegressionTarget")
+    register("target", "multilabel", "tp_text.multilabel:MultilabelTarget")
     register("embedding", "sinusoidalpos", "tp_text.sinusoidalpos:SinusoidalPosEmbedding")
 
 
@@ -58,3 +59,5 @@ def tp_register_converters(register: Callable[[str, Any], None]) -> None:
 def tp_register_tasks(register: Callable[[str, Any], None]) -> None:
     register("classification", "tp_text.classification:ClassificationTask")
     register("glue", "tp_text.glue:GlueTask")
+    register("regression", "tp_text.regression:RegressionTask")
+    register("multilabel", "tp_text.multilabel:MultilabelTask")
