@@ -89,6 +89,11 @@ def run(kind: str, m: nn.Module, seed: int = 0) -> tuple[torch.Tensor, list[torc
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(B, T, H, generator=g).requires_grad_()
     if kind == "target":
+        # a task head whose labels are not one class per row (multi-hot, per token, spans)
+        # shapes the sample batch's labels itself: `contract_labels(batch) -> batch`
+        adapt = getattr(type(m), "contract_labels", None)
+        if adapt is not None:
+            batch = adapt(batch)
         feats = features(batch, seed)
         out = m(feats, batch)
         assert isinstance(out, TargetOutput) and out.loss.dim() == 0

@@ -64,6 +64,12 @@ class MultilabelTarget(ClsTarget):
     def predict(self, features: Features, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.logits(features)  # (B, C)
 
+    @staticmethod
+    def contract_labels(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The contract test's batch with multi-hot labels (B, 2): class k -> label k set."""
+        hot = torch.nn.functional.one_hot(batch["labels"].long(), 2).float()
+        return {**batch, "labels": hot}
+
 
 class MultilabelConfig(TaskConfig):
     labels: list[str] | None = Field(
