@@ -18,19 +18,18 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
 
-from tpcli.data.dataset import ExampleDataset
 from tpcli.errors import CheckpointError, ConfigError, DataError, Problem, TpError
+from tpcli.evaluate import Evaluator, MemoryDataset, predict, write_jsonl
 from tpcli.plugins import Plugins
-from tpcli.tasks import Example, Splits, TaskData, split_task_name
+from tpcli.tasks import Splits, TaskData, split_task_name
 
 
 @dataclass
@@ -87,63 +86,6 @@ def make_task(section: dict[str, Any], plugins: Plugins) -> Any:
     return cls(config, variant)
 
 
-# ----------------------------------------------------------------------------- data
-
-
-class MemoryDataset(ExampleDataset):
-    """Encoded examples held in memory (fine-tuning sets are small), padded by the usual
-    collate (`*input_ids` with the pad id, `*labels` with -100, the rest with 0)."""
-
-    def __init__(self, rows: list[dict[str, torch.Tensor]], tokenizer: Any, seed: int) -> None:
-        self.rows = rows
-        self.seed, self.epoch = int(seed), 0
-        self.special_ids = dict(tokenizer.special_ids)
-        self.pad_id = int(self.special_ids.get("pad", 0))
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def example(self, index: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        return self.rows[index]
-
-
-def batches(dataset: MemoryDataset, size: int) -> Any:
-    """(start, collated batch) over the dataset in order."""
-    for start in range(0, len(dataset), size):
-        yield start, dataset.collate([dataset.rows[i]
-                                      for i in range(start, min(len(dataset), start + size))])
-
-
-def predict(model: torch.nn.Module, task: Any, target: str, examples: list[Example],
-            rows: list[dict[str, torch.Tensor]], tokenizer: Any, device: torch.device,
-            batch_size: int, precision: str = "fp32") -> list[dict[str, Any]]:
-    """The task's predictions for `examples` (encoded as `rows`), in order."""
-    from tpcli.train.loop import _autocast, drop_full_masks
-
-    data = MemoryDataset(rows, tokenizer, 0)
-    out: list[dict[str, Any]] = []
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for start, host in batches(data, batch_size):
-            batch = {k: v.to(device) for k, v in drop_full_masks(host)}
-            with _autocast(device, precision):
-                raw = model.predict(batch)[target]
-            out += task.decode(raw.float().cpu(), examples[start:start + len(host["input_ids"])])
-    model.train(was_training)
-    return out
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    """Atomically: a temp file renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- initialisation
 
 
@@ -193,57 +135,6 @@ def with_target(recipe: Any, target: dict[str, Any], task_state: dict[str, Any],
     raw["model"]["target"] = target
     raw.setdefault("finetune", {})["task"] = task_state
     return build_recipe(raw, plugins.registry, name=recipe.name, path=recipe.path)
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-class Evaluator:
-    """Scores every dev set every `every` steps (and at the last), keeps the best checkpoint by
-    `metric` on the first dev set, and asks to stop after `patience` evaluations without a
-    better score."""
-
-    def __init__(self, task: Any, target: str, dev: dict[str, tuple[list[Example], list]],
-                 tokenizer: Any, opts: Any, every: int, out: Path, device: torch.device,
-                 log: Callable[[int, dict[str, float]], None]) -> None:
-        self.task, self.target, self.dev, self.tokenizer = task, target, dev, tokenizer
-        self.opts, self.every, self.out, self.device, self.log = opts, every, out, device, log
-        self.metric = opts.metric or task.metrics[0]
-        self.best: float | None = None
-        self.best_step = 0
-        self.bad = 0
-        self.history: list[dict[str, Any]] = []
-
-    def due(self, step: int) -> bool:
-        return step % self.every == 0 or step == self.opts.steps
-
-    def scores(self, model: torch.nn.Module) -> dict[str, dict[str, float]]:
-        out = {}
-        for name, (examples, rows) in self.dev.items():
-            preds = predict(model, self.task, self.target, examples, rows, self.tokenizer,
-                            self.device, self.opts.eval_batch_size, self.opts.precision)
-            out[name] = self.task.evaluate(preds, examples)
-        return out
-
-    def __call__(self, model: torch.nn.Module, step: int, save: Callable[..., Path]) -> bool:
-        scores = self.scores(model)
-        first = next(iter(scores.values()))
-        if self.metric not in first:
-            raise TpError(f"finetune.metric={self.metric!r} is not a metric of this task",
-                          hint=f"choose among {', '.join(first)}")
-        value = first[self.metric]
-        better = self.best is None or value > self.best
-        record = {"step": step, **{f"{d}.{k}": v for d, s in scores.items() for k, v in s.items()}}
-        self.history.append(record)
-        with open(self.out / "eval.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        self.log(step, {f"eval.{k}": v for k, v in record.items() if k != "step"})
-        if better:
-            self.best, self.best_step, self.bad = value, step, 0
-            save(step, "best")
-            return False
-        self.bad += 1
-        return self.opts.patience is not None and self.bad >= self.opts.patience
 
 
 # ----------------------------------------------------------------------------- the runs

@@ -11,7 +11,7 @@ import traceback
 
 import typer
 
-from tpcli.cli import convert, finetune, info, train
+from tpcli.cli import convert, finetune, generate, info, train
 
 app = typer.Typer(
     name="tp",
@@ -36,6 +36,7 @@ train.register(app)
 finetune.register(app)
 convert.register(app)
 info.register(app)
+generate.register(app)
 
 
 def _debug_requested(argv: list[str]) -> bool:

@@ -9,6 +9,11 @@ v. Cross-attention projects q from the queries and a fused [W_k; W_v] kv from th
 
 Masks follow SDPA's conventions, built by `tpcli.layers.masks`: a boolean mask (True = may
 attend), or an additive float mask when a position bias rides along (T5).
+
+Incremental decoding (`tpcli.generate`) hands each attention an `AttentionCache`: self-attention
+appends the new keys and values (after rotary) to the cached ones and attends over all of them;
+cross-attention projects the memory once, on the first step, and reads it back afterwards. Without
+a cache (training) the forward is the same code as before, plus one `is None` test.
 """
 
 from __future__ import annotations
@@ -21,6 +26,54 @@ from tpcli.layers.positions import apply_rotary
 
 # SDPA shares k/v heads itself from torch 2.5 (`enable_gqa`); before, k/v are repeated
 _NATIVE_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+class AttentionCache:
+    """Keys and values of one attention layer, each (B, kv_heads, Tk, head_dim), or None before
+    the first step. Self-attention grows them by the new tokens; cross-attention sets them once."""
+
+    __slots__ = ("k", "v")
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached keys/values followed by `k`/`v` (B, kv_heads, T, d); kept for next time."""
+        if self.k is not None and self.v is not None:
+            k, v = torch.cat((self.k, k), dim=2), torch.cat((self.v, v), dim=2)
+        self.k, self.v = k, v
+        return k, v
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows `index` (N,) of the batch, in that order (beam search)."""
+        if self.k is not None and self.v is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
+class KVCache:
+    """Every attention cache of one stack for incremental decoding.
+
+    `length` counts the tokens already in the self-attention caches: the stack reads it as the
+    position of its first new token and adds the new tokens after its forward. Layer i's caches
+    are created on first use; a stack with shared layers (ALBERT) has one per application."""
+
+    def __init__(self) -> None:
+        self.length = 0
+        self.self_attn: dict[int, AttentionCache] = {}
+        self.cross_attn: dict[int, AttentionCache] = {}
+
+    def layer(self, i: int) -> AttentionCache:
+        return self.self_attn.setdefault(i, AttentionCache())
+
+    def cross(self, i: int) -> AttentionCache:
+        return self.cross_attn.setdefault(i, AttentionCache())
+
+    def reorder(self, index: torch.Tensor, cross: bool = True) -> None:
+        """Keep rows `index` (N,) of every cache, in that order (beam search); `cross=False`
+        leaves the cross-attention caches (rows that share one memory)."""
+        for c in (*self.self_attn.values(), *(self.cross_attn.values() if cross else ())):
+            c.reorder(index)
 
 
 class MultiHeadAttention(nn.Module):
@@ -87,15 +140,22 @@ class MultiHeadAttention(nn.Module):
         memory: torch.Tensor | None = None,
         is_causal: bool = False,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: AttentionCache | None = None,
     ) -> torch.Tensor:
         """x (B, T, H); mask: an SDPA bool or additive float mask broadcastable to
         (B, heads, T, Tk), or None; memory (B, Tk, H) for cross-attention; is_causal: causal
-        without a mask (fast path); rotary: cos, sin (B, 1, T, head_dim) applied to q and k."""
+        without a mask (fast path); rotary: cos, sin (B, 1, T, head_dim) applied to q and k;
+        cache: keys/values of earlier steps (incremental decoding), updated in place."""
         b, t, h = x.shape
-        q, k, v = self._project(x, memory)  # (B, heads, T, d), (B, kv_heads, Tk, d) x2
+        if cache is not None and self.cross and cache.k is not None and cache.v is not None:
+            q, k, v = self._heads(self.q(x), self.heads), cache.k, cache.v  # memory done once
+        else:
+            q, k, v = self._project(x, memory)  # (B, heads, T, d), (B, kv_heads, Tk, d) x2
         if rotary is not None:
             cos, sin = (c.to(q.dtype) for c in rotary)  # autocast: q may be lower than x
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None and (not self.cross or cache.k is None):
+            k, v = cache.append(k, v)  # self: past + new (B, kv_heads, Tk, d); cross: stored
         if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)  # SDPA wants an additive mask in the query's dtype
         gqa = False

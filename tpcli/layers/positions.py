@@ -56,10 +56,11 @@ class RelativePositionBias(nn.Module):
         self.bidirectional = bidirectional
         self.embedding = nn.Embedding(buckets, heads)
 
-    def forward(self, t_q: int, t_k: int) -> torch.Tensor:
-        """(1, heads, Tq, Tk): the bias of key j for query i, both counted from position 0."""
+    def forward(self, t_q: int, t_k: int, offset: int = 0) -> torch.Tensor:
+        """(1, heads, Tq, Tk): the bias of key j for query i, both counted from position 0; with
+        an `offset` the queries are positions offset..offset+Tq-1 (new tokens after a cache)."""
         device = self.embedding.weight.device
-        query = torch.arange(t_q, device=device)[:, None]  # (Tq, 1)
+        query = torch.arange(offset, offset + t_q, device=device)[:, None]  # (Tq, 1)
         key = torch.arange(t_k, device=device)[None, :]  # (1, Tk)
         bucket = relative_position_bucket(key - query, self.bidirectional, self.buckets,
                                           self.max_distance)  # (Tq, Tk)

@@ -7,6 +7,9 @@ and the options that make it T5's, ALBERT's or LLaMA's.
 T5 = rmsnorm + relative position bias + unscaled attention, no biases; LLaMA = rmsnorm + rotary +
 gated silu FFN (+ grouped-query attention); ALBERT = BERT with one layer's weights shared by all.
 The position bias and the rotary tables are computed once per forward and shared by all layers.
+
+A causal stack decodes incrementally when given a `KVCache` (`tpcli.generate`): x holds only the
+new tokens, the mask covers every token so far, and positions continue from `cache.length`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pydantic import Field
 from torch import nn
 
 from tpcli.errors import TpError
-from tpcli.layers.attention import MultiHeadAttention
+from tpcli.layers.attention import AttentionCache, KVCache, MultiHeadAttention
 from tpcli.layers.dropout import Dropout
 from tpcli.layers.ffn import Activation, FeedForward
 from tpcli.layers.masks import attention_mask, causal_mask, prefix_mask, with_bias
@@ -163,6 +166,39 @@ def self_attention_inputs(
     return attn_mask, is_causal, cos_sin
 
 
+def cached_attention_inputs(
+    x: torch.Tensor, mask: torch.Tensor | None, causal: bool,
+    relative_bias: RelativePositionBias | None, rotary: RotaryEmbedding | None,
+    position_ids: torch.Tensor | None, past: int,
+) -> tuple[torch.Tensor | None, bool, tuple[torch.Tensor, torch.Tensor] | None]:
+    """`self_attention_inputs` for T new tokens after `past` cached ones (incremental decoding).
+
+    x (B, T, H); mask (B, past + T) True = real token, or None; position_ids (B, T) of the new
+    tokens for rotary (default past..past+T-1). SDPA's is_causal aligns its triangle top-left,
+    wrong for T queries over past + T keys, so after the first step the triangle is spelled out
+    (aligned at the end) and is_causal is always False.
+    """
+    if past == 0:  # the first step (the prompt) is an ordinary forward
+        return self_attention_inputs(x, mask, causal, relative_bias, rotary, position_ids)
+    t = x.shape[1]
+    if mask is not None and no_padding(mask):
+        mask = None
+    if mask is not None:
+        attn_mask = attention_mask(mask, causal, t_q=t)  # (B, 1, T | 1, past + T)
+    elif causal and t > 1:
+        attn_mask = causal_mask(t, past + t, x.device)  # (T, past + T)
+    else:
+        attn_mask = None  # one new token sees every key: nothing to mask
+    if relative_bias is not None:
+        attn_mask = with_bias(attn_mask, relative_bias(t, past + t, offset=past))
+    cos_sin = None
+    if rotary is not None:
+        if position_ids is None:
+            position_ids = torch.arange(past, past + t, device=x.device)[None]  # (1, T)
+        cos_sin = rotary(position_ids, x.dtype)
+    return attn_mask, False, cos_sin
+
+
 class LayerModules(nn.Module):
     """The modules of a transformer layer: self-attention, cross-attention to a memory when the
     class sets `cross_attention` (the decoder's), feed-forward, each with its norm."""
@@ -191,13 +227,14 @@ class TransformerLayer(LayerModules):
     """One self-attention + feed-forward block. # (B, T, H) -> (B, T, H)"""
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: AttentionCache | None = None) -> torch.Tensor:
         if self.pre_norm:
             x = x + self.dropout(self.attn(self.attn_norm(x), mask, is_causal=is_causal,
-                                           rotary=rotary))
+                                           rotary=rotary, cache=cache))
             return x + self.dropout(self.ffn(self.ffn_norm(x)))
         x = self.attn_norm(x + self.dropout(self.attn(x, mask, is_causal=is_causal,
-                                                      rotary=rotary)))
+                                                      rotary=rotary, cache=cache)))
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
 
@@ -232,9 +269,13 @@ class TransformerEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None,
-                prefix_lengths: torch.Tensor | None = None) -> torch.Tensor:
+                prefix_lengths: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
         """x (B, T, H), mask (B, T) True = real token, position_ids (B, T) for rotary (default
-        0..T-1), prefix_lengths (B,) for mask=prefix -> (B, T, H)."""
+        0..T-1), prefix_lengths (B,) for mask=prefix -> (B, T, H). With a `cache` (a causal stack
+        decoding incrementally) x is the T new tokens and mask covers all cache.length + T."""
+        if cache is not None:
+            return self._forward_cached(x, mask, position_ids, cache)
         if self.prefix:
             if prefix_lengths is None:
                 raise TpError(
@@ -247,4 +288,17 @@ class TransformerEncoder(nn.Module):
         for i in range(self.config.layers):
             layer = self.layers[0 if self.config.share_layers else i]
             x = layer(x, attn_mask, is_causal, rotary)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+    def _forward_cached(self, x: torch.Tensor, mask: torch.Tensor | None,
+                        position_ids: torch.Tensor | None, cache: KVCache) -> torch.Tensor:
+        if not self.causal:
+            raise TpError("only a causal encoder (model.encoder.mask=causal) decodes "
+                          "incrementally", hint="generate with a GPT-style (causal) model")
+        attn_mask, is_causal, rotary = cached_attention_inputs(
+            x, mask, True, self.relative_bias, self.rotary, position_ids, cache.length)
+        for i in range(self.config.layers):
+            layer = self.layers[0 if self.config.share_layers else i]
+            x = layer(x, attn_mask, is_causal, rotary, cache.layer(i))
+        cache.length += x.shape[1]
         return self.final_norm(x) if self.final_norm is not None else x

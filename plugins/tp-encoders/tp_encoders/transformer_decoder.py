@@ -7,6 +7,10 @@ encoder's output (the memory), feed-forward.
 
 Position options act on the self-attention only: T5's relative bias is unidirectional here (a
 query sees only keys before it) and cross-attention has no position bias.
+
+With a `KVCache` (incremental decoding, `tpcli.generate`) y is the new target tokens only: the
+self-attention appends to its cache and the cross-attention projects the memory on the first
+step only.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from torch import nn
 
 from tp_encoders.transformer import (
     LayerModules,
+    cached_attention_inputs,
     TransformerOptions,
     check_options,
     layer_options,
@@ -23,6 +28,7 @@ from tp_encoders.transformer import (
     position_modules,
     self_attention_inputs,
 )
+from tpcli.layers.attention import AttentionCache, KVCache
 from tpcli.layers.masks import attention_mask
 from tpcli.layers.norms import make_norm
 from tpcli.module import BuildContext
@@ -35,16 +41,20 @@ class TransformerDecoderLayer(LayerModules):
 
     def forward(self, y: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
                 memory: torch.Tensor, memory_mask: torch.Tensor | None,
-                rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: tuple[AttentionCache, AttentionCache] | None = None) -> torch.Tensor:
         """y (B, T', H); mask: the self-attention SDPA mask; memory (B, T, H); memory_mask: the
-        cross-attention SDPA mask (B, 1, 1, T) or None."""
+        cross-attention SDPA mask (B, 1, 1, T) or None; cache: (self, cross) caches or None."""
         drop = self.dropout
+        own, cross = cache if cache is not None else (None, None)
         if self.pre_norm:
-            y = y + drop(self.attn(self.attn_norm(y), mask, is_causal=is_causal, rotary=rotary))
-            y = y + drop(self.cross(self.cross_norm(y), memory_mask, memory=memory))
+            y = y + drop(self.attn(self.attn_norm(y), mask, is_causal=is_causal, rotary=rotary,
+                                   cache=own))
+            y = y + drop(self.cross(self.cross_norm(y), memory_mask, memory=memory, cache=cross))
             return y + drop(self.ffn(self.ffn_norm(y)))
-        y = self.attn_norm(y + drop(self.attn(y, mask, is_causal=is_causal, rotary=rotary)))
-        y = self.cross_norm(y + drop(self.cross(y, memory_mask, memory=memory)))
+        y = self.attn_norm(y + drop(self.attn(y, mask, is_causal=is_causal, rotary=rotary,
+                                              cache=own)))
+        y = self.cross_norm(y + drop(self.cross(y, memory_mask, memory=memory, cache=cross)))
         return self.ffn_norm(y + drop(self.ffn(y)))
 
 
@@ -71,15 +81,24 @@ class TransformerDecoder(nn.Module):
 
     def forward(self, y: torch.Tensor, tmask: torch.Tensor | None, memory: torch.Tensor,
                 memory_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
         """y (B, T', H), tmask (B, T') True = real token, memory (B, T, H), memory_mask (B, T)
-        True = real token, position_ids (B, T') for rotary (default 0..T'-1) -> (B, T', H)."""
-        self_mask, is_causal, rotary = self_attention_inputs(
-            y, tmask, True, self.relative_bias, self.rotary, position_ids)
+        True = real token, position_ids (B, T') for rotary (default 0..T'-1) -> (B, T', H).
+        With a `cache`, y is the new tokens and tmask covers all cache.length + T' of them."""
+        if cache is None:
+            self_mask, is_causal, rotary = self_attention_inputs(
+                y, tmask, True, self.relative_bias, self.rotary, position_ids)
+        else:
+            self_mask, is_causal, rotary = cached_attention_inputs(
+                y, tmask, True, self.relative_bias, self.rotary, position_ids, cache.length)
         if memory_mask is not None and no_padding(memory_mask):
             memory_mask = None  # no source padding: unmasked fast path
         cross_mask = attention_mask(memory_mask) if memory_mask is not None else None
         for i in range(self.config.layers):
             layer = self.layers[0 if self.config.share_layers else i]
-            y = layer(y, self_mask, is_causal, memory, cross_mask, rotary)
+            caches = (cache.layer(i), cache.cross(i)) if cache is not None else None
+            y = layer(y, self_mask, is_causal, memory, cross_mask, rotary, caches)
+        if cache is not None:
+            cache.length += y.shape[1]
         return self.final_norm(y) if self.final_norm is not None else y

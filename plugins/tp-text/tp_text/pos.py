@@ -1,4 +1,8 @@
-"""Learned absolute position embedding (BERT, GPT-2, RoBERTa)."""
+"""Learned absolute position embedding (BERT, GPT-2, RoBERTa).
+
+Incremental decoding (`tpcli.generate`) feeds only the new tokens: it passes their positions as
+`position_ids` (left-padded prompts), or `past_length`, the number of tokens before them, so
+that the rows continue at offset + past_length."""
 
 from __future__ import annotations
 
@@ -34,6 +38,9 @@ class PosEmbedding(nn.Module):
             return self.embedding(position_ids)  # (B, T, H)
         b, t = inputs["input_ids"].shape
         off = self.config.offset
+        past = inputs.get("past_length")
+        if past is not None:  # new tokens after `past` earlier ones (incremental decoding)
+            off += int(past)
         if t + off > self.config.max_length:
             raise TpError(
                 f"embedding pos: sequence length {t} (+ offset {off}) is longer than "

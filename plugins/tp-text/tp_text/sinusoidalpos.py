@@ -73,6 +73,9 @@ class SinusoidalPosEmbedding(nn.Module):
             return s * table[position_ids]  # (B, T, E)
         b, t = inputs["input_ids"].shape
         off = self.config.offset
+        past = inputs.get("past_length")
+        if past is not None:  # new tokens after `past` earlier ones (incremental decoding)
+            off += int(past)
         table = self._rows(off + t)
         mask = inputs.get("attention_mask")
         if self.config.padding_aware and mask is not None:
