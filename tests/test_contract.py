@@ -59,6 +59,8 @@ def sample_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     segment_ids = (torch.arange(T) >= T // 2).long().expand(B, T) * mask
     mlm_labels = torch.full((B, T), -100)
     mlm_labels[0, 1], mlm_labels[0, 5], mlm_labels[1, 2], mlm_labels[2, 1] = 7, 8, 9, 10
+    tags = torch.full((B, T), -100)  # a tag per word's first piece (sequence labelling)
+    tags[0, 1:4], tags[1, 1:3], tags[2, 2] = torch.tensor([0, 1, 1]), torch.tensor([1, 0]), 1
     return {
         "input_ids": input_ids,
         "attention_mask": mask,
@@ -66,6 +68,10 @@ def sample_batch(seed: int = 0) -> dict[str, torch.Tensor]:
         "mlm_labels": mlm_labels,
         "sp_labels": torch.tensor([0, 1, 1]),
         "labels": torch.tensor([1, 0, 1]),
+        "tagger_labels": tags,
+        "start_positions": torch.tensor([1, 0, 2]),  # extractive QA: 0 = not in this window
+        "end_positions": torch.tensor([3, 0, 2]),
+        "choice_starts": torch.tensor([[0, 2]] * B),  # multiple choice: each choice's first token
     }
 
 

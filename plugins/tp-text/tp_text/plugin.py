@@ -18,6 +18,9 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
     register("target", "bilm", "tp_text.bilm:BilmTarget")
     register("target", "cls", "tp_text.cls:ClsTarget")
     register("target", "regression", "tp_text.regression:RegressionTarget")
+    register("target", "tagger", "tp_text.tagger:TaggerTarget")
+    register("target", "span", "tp_text.span:SpanTarget")
+    register("target", "choice", "tp_text.choice:ChoiceTarget")
     register("target", "multilabel", "tp_text.multilabel:MultilabelTarget")
     register("embedding", "sinusoidalpos", "tp_text.sinusoidalpos:SinusoidalPosEmbedding")
 
@@ -61,3 +64,6 @@ def tp_register_tasks(register: Callable[[str, Any], None]) -> None:
     register("glue", "tp_text.glue:GlueTask")
     register("regression", "tp_text.regression:RegressionTask")
     register("multilabel", "tp_text.multilabel:MultilabelTask")
+    register("tagging", "tp_text.tagging:TaggingTask")
+    register("qa", "tp_text.qa:QaTask")
+    register("choice", "tp_text.multiple_choice:ChoiceTask")
