@@ -48,6 +48,15 @@ def predict(model: torch.nn.Module, task: Any, target: str, examples: list[Examp
     """The task's predictions for `examples` (encoded as `rows`), in order."""
     from tpcli.train.loop import _autocast, drop_full_masks
 
+    own = getattr(task, "predict", None)
+    if own is not None:  # a task that predicts by generating (text2text)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), _autocast(device, precision):
+                return own(model, examples, rows, tokenizer, device, batch_size, precision)
+        finally:
+            model.train(was_training)
     data = MemoryDataset(rows, tokenizer, 0)
     out: list[dict[str, Any]] = []
     was_training = model.training

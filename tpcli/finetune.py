@@ -125,14 +125,15 @@ def init_from(model: torch.nn.Module, ckpt: Path, head_sources: dict[str, str]
             "unused": sorted(k for k in state if k not in used)}
 
 
-def with_target(recipe: Any, target: dict[str, Any], task_state: dict[str, Any],
+def with_target(recipe: Any, target: dict[str, Any] | None, task_state: dict[str, Any],
                 plugins: Plugins) -> Any:
     """The recipe with its targets replaced by the task's head and the fitted task saved in
     `finetune.task` (so `tp infer` rebuilds the same task from the checkpoint)."""
     from tpcli.config import build_recipe
 
     raw = copy.deepcopy(recipe.raw)
-    raw["model"]["target"] = target
+    if target is not None:  # None: the task trains the model's own target (text2text's lm)
+        raw["model"]["target"] = target
     raw.setdefault("finetune", {})["task"] = task_state
     return build_recipe(raw, plugins.registry, name=recipe.name, path=recipe.path)
 
@@ -169,6 +170,8 @@ def run_finetune(request: FinetuneRequest) -> dict[str, Any]:
     if split_task_name(section["name"])[1] == "all":
         return _run_all(request, section, plugins)
     task = make_task(section, plugins)
+    if hasattr(task, "bind"):  # a task whose layout depends on the recipe (text2text)
+        task.bind(recipe)
     tok_cls = plugins.registry.get("tokenizer", recipe.tokenizer.name)
     tokenizer = (tok_cls.from_saved(str(ckpt / "tokenizer")) if ckpt is not None
                  else load_tokenizer(recipe, plugins))
@@ -303,6 +306,8 @@ def run_infer(request: InferRequest) -> dict[str, Any]:
                               hint="run `tp finetune` first, and pass its run folder or "
                               "its best/ checkpoint")
     task = make_task(task_section(section), plugins)
+    if hasattr(task, "bind"):
+        task.bind(loaded.recipe)
     examples = task.load(TaskData(test=request.input)).test
     exs = next(iter(examples.values()))
     labelled = all(e.label is not None for e in exs)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -367,3 +368,62 @@ def _beam_search(stepper: _CausalLM | _Seq2Seq, seq: torch.Tensor,
     best = s.finished[:, 0]  # (B, L) the hypotheses come sorted by score
     best_len = t0 + int(s.fin_len[:, 0].max())
     return best[:, :best_len]
+
+
+# ----------------------------------------------------------------------------- text in, text out
+
+
+def special_token(ids: dict[str, int], *roles: str) -> int | None:
+    return next((ids[r] for r in roles if r in ids), None)
+
+
+def seq2seq_format(recipe: Any, special: dict[str, int]) -> tuple[int | None, list[int], list[int]]:
+    """(decoder start id, ids before a source, ids after it) as the recipe's processor trains
+    them: seq2seq's `decoder_start` option (default bos, else cls), T5's pad, BART's eos with a
+    bos ... eos source; every source ends with eos (or sep)."""
+    proc = recipe.processor
+    end = special_token(special, "eos", "sep")
+    after = [end] if end is not None else []
+    role = getattr(proc.options, "decoder_start", None)
+    if role is not None:
+        return special.get(role), [], after
+    if proc.name == "t5":
+        return special.get("pad"), [], after
+    if proc.name == "bart":
+        bos = special_token(special, "bos", "cls")
+        return end, [bos] if bos is not None else [], after
+    return special_token(special, "bos", "cls", "pad"), [], after
+
+
+def encode_prompts(tokenizer: Any, texts: list[str], before: list[int], after: list[int]
+            ) -> list[list[int]]:
+    from tpcli.errors import TpError
+
+    rows = tokenizer.encode_batch(texts)
+    for text, ids in zip(texts, rows):
+        if not ids:
+            raise TpError(f"prompt {text!r} has no tokens",
+                          hint="give a prompt with some text in it")
+    return [before + ids + after for ids in rows]
+
+
+def pad_rows(rows: list[list[int]], pad: int, left: bool) -> tuple[Any, Any]:
+    """(B, T) ids and attention mask, padded on the left (decoder-only) or the right."""
+    import torch
+
+    t = max(len(r) for r in rows)
+    ids = torch.full((len(rows), t), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), t), dtype=torch.long)
+    for i, r in enumerate(rows):
+        span = slice(t - len(r), t) if left else slice(0, len(r))
+        ids[i, span] = torch.tensor(r, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
+def until_eos(tokens: list[int], eos: list[int]) -> list[int]:
+    """The generated ids up to (not including) the first EOS."""
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[:i]
+    return tokens

@@ -27,88 +27,33 @@ def _read_prompts(prompts: list[str], input_file: Optional[Path]) -> list[str]:
     return texts
 
 
-def _special(ids: dict[str, int], *roles: str) -> int | None:
-    return next((ids[r] for r in roles if r in ids), None)
-
-
-def _seq2seq_format(recipe: Any, special: dict[str, int]) -> tuple[int | None, list[int], list[int]]:
-    """(decoder start id, ids before a source, ids after it) as the recipe's processor trains
-    them: seq2seq's `decoder_start` option (default bos, else cls), T5's pad, BART's eos with a
-    bos ... eos source; every source ends with eos (or sep)."""
-    proc = recipe.processor
-    end = _special(special, "eos", "sep")
-    after = [end] if end is not None else []
-    role = getattr(proc.options, "decoder_start", None)
-    if role is not None:
-        return special.get(role), [], after
-    if proc.name == "t5":
-        return special.get("pad"), [], after
-    if proc.name == "bart":
-        bos = _special(special, "bos", "cls")
-        return end, [bos] if bos is not None else [], after
-    return _special(special, "bos", "cls", "pad"), [], after
-
-
-def _encode(tokenizer: Any, texts: list[str], before: list[int], after: list[int]
-            ) -> list[list[int]]:
-    from tpcli.errors import TpError
-
-    rows = tokenizer.encode_batch(texts)
-    for text, ids in zip(texts, rows):
-        if not ids:
-            raise TpError(f"prompt {text!r} has no tokens",
-                          hint="give a prompt with some text in it")
-    return [before + ids + after for ids in rows]
-
-
-def _pad(rows: list[list[int]], pad: int, left: bool) -> tuple[Any, Any]:
-    """(B, T) ids and attention mask, padded on the left (decoder-only) or the right."""
-    import torch
-
-    t = max(len(r) for r in rows)
-    ids = torch.full((len(rows), t), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), t), dtype=torch.long)
-    for i, r in enumerate(rows):
-        span = slice(t - len(r), t) if left else slice(0, len(r))
-        ids[i, span] = torch.tensor(r, dtype=torch.long)
-        mask[i, span] = 1
-    return ids, mask
-
-
-def _continuation(tokens: list[int], eos: list[int]) -> list[int]:
-    """The generated ids up to (not including) the first EOS."""
-    for i, t in enumerate(tokens):
-        if t in eos:
-            return tokens[:i]
-    return tokens
-
-
 def generate_texts(checkpoint: str, texts: list[str], settings: dict[str, Any],
                    batch_size: int) -> list[dict[str, Any]]:
     """{prompt, text, tokens} per prompt: `tokens` the generated ids (before EOS), `text` them
     decoded."""
     from tpcli.api import load_checkpoint
-    from tpcli.generate import GenerationConfig, generate
+    from tpcli.generate import (GenerationConfig, encode_prompts, generate, pad_rows,
+                                seq2seq_format, special_token, until_eos)
 
     loaded = load_checkpoint(checkpoint)
     tok, model = loaded.tokenizer, loaded.model
     special = tok.special_ids
-    eos = _special(special, "eos", "sep")
+    eos = special_token(special, "eos", "sep")
     seq2seq = getattr(model, "decoder", None) is not None
-    start, before, after = _seq2seq_format(loaded.recipe, special) if seq2seq else (None, [], [])
-    pad = _special(special, "pad", "eos", "sep")
+    start, before, after = seq2seq_format(loaded.recipe, special) if seq2seq else (None, [], [])
+    pad = special_token(special, "pad", "eos", "sep")
     config = GenerationConfig(eos_token_id=eos, pad_token_id=pad, decoder_start_token_id=start,
                               **settings)
-    rows = _encode(tok, texts, before, after)
+    rows = encode_prompts(tok, texts, before, after)
     eos_ids = config.eos_ids
     records = []
     for first in range(0, len(rows), batch_size):
         chunk = rows[first:first + batch_size]
-        ids, mask = _pad(chunk, config.pad, left=not seq2seq)
+        ids, mask = pad_rows(chunk, config.pad, left=not seq2seq)
         out = generate(model, ids, mask, config)
         skip = 1 if seq2seq else ids.shape[1]  # the start token, or the padded prompt
         for j, row in enumerate(out[:, skip:].tolist()):
-            new = _continuation(row, eos_ids)
+            new = until_eos(row, eos_ids)
             records.append({"prompt": texts[first + j], "text": tok.decode(new), "tokens": new})
     return records
 

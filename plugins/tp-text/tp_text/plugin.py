@@ -67,3 +67,4 @@ def tp_register_tasks(register: Callable[[str, Any], None]) -> None:
     register("tagging", "tp_text.tagging:TaggingTask")
     register("qa", "tp_text.qa:QaTask")
     register("choice", "tp_text.multiple_choice:ChoiceTask")
+    register("text2text", "tp_text.text2text:Text2TextTask")
