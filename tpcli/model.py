@@ -47,7 +47,7 @@ def _view(batch: Batch, prefix: str) -> Batch:
 
 # Optional batch keys a stack's encoder (or the decoder, under the "tgt_" prefix) may take as
 # keyword arguments: restarting positions of packed documents, prefix-LM prefix lengths.
-ENCODER_KEYS = ("position_ids", "prefix_lengths")
+ENCODER_KEYS = ("position_ids", "prefix_lengths", "block_ids")
 
 
 def _accepted(module: nn.Module | None, keys: tuple[str, ...]) -> tuple[str, ...]:

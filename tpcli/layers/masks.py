@@ -72,3 +72,21 @@ def prefix_mask(prefix_lengths: torch.Tensor, t: int,
         mask = mask & key_mask.bool()[:, None, :]
     mask = mask[:, None]  # (B, 1, T, T)
     return mask | ~mask.any(dim=-1, keepdim=True)  # rows with no visible key: see the docstring
+
+
+def block_mask(block_ids: torch.Tensor, key_mask: torch.Tensor | None = None,
+               causal: bool = False) -> torch.Tensor:
+    """Attention within blocks only: query i of row b sees key j when both carry the same block
+    id (several sequences packed in one row: the choices of a multiple-choice question, packed
+    documents), j is a real token, and j <= i when `causal`.
+
+    block_ids (B, T), key_mask (B, T) True = real token -> (B, 1, T, T) bool."""
+    mask = block_ids[:, :, None] == block_ids[:, None, :]  # (B, T, T)
+    if causal:
+        t = block_ids.shape[1]
+        pos = torch.arange(t, device=block_ids.device)
+        mask = mask & (pos[None, :] <= pos[:, None])[None]
+    if key_mask is not None:
+        mask = mask & key_mask.bool()[:, None, :]
+    mask = mask[:, None]  # (B, 1, T, T)
+    return mask | ~mask.any(dim=-1, keepdim=True)  # a row with no visible key sees all (padding)

@@ -24,7 +24,8 @@ from tpcli.errors import TpError
 from tpcli.layers.attention import AttentionCache, KVCache, MultiHeadAttention
 from tpcli.layers.dropout import Dropout
 from tpcli.layers.ffn import Activation, FeedForward
-from tpcli.layers.masks import attention_mask, causal_mask, prefix_mask, with_bias
+from tpcli.layers.masks import (attention_mask, block_mask, causal_mask, prefix_mask,
+                                with_bias)
 from tpcli.layers.norms import make_norm
 from tpcli.layers.positions import RelativePositionBias, RotaryEmbedding
 from tpcli.module import BuildContext, ModuleConfig
@@ -270,10 +271,12 @@ class TransformerEncoder(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None,
                 prefix_lengths: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None,
+                block_ids: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, H), mask (B, T) True = real token, position_ids (B, T) for rotary (default
         0..T-1), prefix_lengths (B,) for mask=prefix -> (B, T, H). With a `cache` (a causal stack
-        decoding incrementally) x is the T new tokens and mask covers all cache.length + T."""
+        decoding incrementally) x is the T new tokens and mask covers all cache.length + T.
+        block_ids (B, T): several sequences packed in a row attend only within their block."""
         if cache is not None:
             return self._forward_cached(x, mask, position_ids, cache)
         if self.prefix:
@@ -283,6 +286,8 @@ class TransformerEncoder(nn.Module):
                     hint="use a data processor that marks each row's prefix, or set "
                     "model.encoder.mask to causal or fully_visible")
             mask = prefix_mask(prefix_lengths.reshape(-1), x.shape[1], mask)  # (B, 1, T, T)
+        elif block_ids is not None:
+            mask = block_mask(block_ids, mask, causal=self.causal)  # (B, 1, T, T)
         attn_mask, is_causal, rotary = self_attention_inputs(
             x, mask, self.causal, self.relative_bias, self.rotary, position_ids)
         for i in range(self.config.layers):

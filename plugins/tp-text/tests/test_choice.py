@@ -152,3 +152,26 @@ def test_finetune_and_infer_on_questions_about_python_docs(tmp_path: Path) -> No
     redo = [json.loads(x) for x in (tmp_path / "again.jsonl").read_text().splitlines()]
     assert [p["label"] for p in redo] == [p["label"] for p in preds]
     assert again["metrics"]["accuracy"] == pytest.approx(acc)
+
+
+def test_packed_choices_equal_separate_rows() -> None:
+    """The K choices packed in one row with block_ids give each choice the hidden states it
+    gets encoded alone (padding aside)."""
+    import torch
+
+    from tpcli.api import build_model, load_recipe
+
+    torch.manual_seed(0)
+    model = build_model(load_recipe("bert-tiny", ["model.dropout=0.0"])).eval()
+    a = torch.tensor([2, 10, 11, 12, 3])  # choice 0: 5 tokens
+    b = torch.tensor([2, 20, 21, 3])  # choice 1: 4 tokens
+    packed = {"input_ids": torch.cat([a, b])[None],
+              "segment_ids": torch.zeros(1, 9, dtype=torch.long),
+              "position_ids": torch.cat([torch.arange(5), torch.arange(4)])[None],
+              "block_ids": torch.tensor([[0] * 5 + [1] * 4])}
+    with torch.no_grad():
+        joint = model.features(packed).hidden[0]  # (9, H)
+        for ids, span in ((a, slice(0, 5)), (b, slice(5, 9))):
+            alone = model.features({"input_ids": ids[None],
+                                    "segment_ids": torch.zeros(1, len(ids), dtype=torch.long)})
+            torch.testing.assert_close(joint[span], alone.hidden[0], atol=1e-5, rtol=1e-5)

@@ -10,8 +10,9 @@ choice; with a context, a = the context and b = question + choice), the longer t
 first, segment ids 0 then 1 and positions restarting at 0 in each segment (`position_ids`). The K
 segments of an example are laid end to end in ONE row, with `choice_starts` (K,) marking where each
 begins: the fine-tuning loop shuffles rows one by one and the standard collate pads (T,) and (K,)
-fields, so one row per example keeps an example's choices together. Choices of one example
-attend to each other in the encoder (they are read jointly, not as K separate rows).
+fields, so one row per example keeps an example's choices together. `block_ids` (T,) gives each
+token its choice's index, and the transformer attends within a block only: each choice is read
+on its own, as K separate rows would be.
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ class ChoiceTask:
             segments: list[int] = []
             positions: list[int] = []
             starts: list[int] = []
+            blocks: list[int] = []
             for a, b in zip(a_ids[k0:k0 + k], b_ids[k0:k0 + k]):
                 la, lb = trimmed_lengths(len(a), len(b), max_length - 3)
                 seg = [cls, *a[:la], sep, *b[:lb], sep]
@@ -171,11 +173,13 @@ class ChoiceTask:
                 tokens += seg
                 segments += [0] * (la + 2) + [1] * (lb + 1)
                 positions += range(off, off + len(seg))
+                blocks += [len(starts) - 1] * len(seg)
             k0 += k
             row = {"input_ids": torch.tensor(tokens, dtype=torch.long),  # (K * L,)
                    "segment_ids": torch.tensor(segments, dtype=torch.long),
                    "position_ids": torch.tensor(positions, dtype=torch.long),
-                   "choice_starts": torch.tensor(starts, dtype=torch.long)}  # (K,)
+                   "choice_starts": torch.tensor(starts, dtype=torch.long),  # (K,)
+                   "block_ids": torch.tensor(blocks, dtype=torch.long)}  # each choice apart
             if with_labels and e.label is not None:
                 row["labels"] = torch.tensor(int(e.label))
             rows.append(row)
