@@ -11,8 +11,6 @@ outside it is an error naming its file and line.
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +22,7 @@ from tpcli.errors import DataError
 from tpcli.layers.pooling import PoolingKind
 from tpcli.tasks import Example, Splits, TaskConfig, TaskData
 from tp_text.bert_processor import trimmed_lengths
+from tp_text.records import records
 
 TEXT_A = ("text_a", "text", "sentence", "sentence1", "question")
 TEXT_B = ("text_b", "text_pair", "sentence2")
@@ -42,32 +41,7 @@ def _pick(columns: list[str], names: tuple[str, ...]) -> str | None:
 
 def read_examples(path: str, need_label: bool) -> list[Example]:
     """TSV (header row) or JSON lines -> Examples with `fields` text_a / text_b."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"data file {path} does not exist",
-                        hint="pass an existing TSV (header: label, text_a[, text_b]) or JSONL "
-                        "file")
-    rows: list[tuple[int, dict[str, Any]]] = []
-    with open(p, encoding="utf-8", newline="") as f:
-        if p.suffix in (".jsonl", ".json"):
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append((n, json.loads(line)))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}:{n}: not valid JSON ({e.msg})",
-                                        hint="one JSON object per line") from None
-        else:
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            header = next(reader, None) or []
-            for n, cells in enumerate(reader, 2):
-                if not any(cells):
-                    continue
-                if len(cells) != len(header):
-                    raise DataError(f"{path}:{n}: {len(cells)} columns, the header has "
-                                    f"{len(header)} ({', '.join(header)})",
-                                    hint="one example per line, fields separated by tabs")
-                rows.append((n, dict(zip(header, cells))))
+    rows = records(path, "TSV (header: label, text_a[, text_b]) or JSONL file")
     return [_example(path, n, row, need_label) for n, row in rows]
 
 

@@ -12,8 +12,6 @@ the best checkpoint unless `finetune.metric` says otherwise.
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,6 +20,7 @@ from pydantic import Field
 
 from tpcli.errors import DataError, TpError
 from tpcli.tasks import Example, Splits, TaskConfig, TaskData
+from tp_text.records import records
 
 SOURCE = ("source", "text_a", "input")
 TARGET = ("target", "label", "output")
@@ -34,31 +33,7 @@ class Text2TextConfig(TaskConfig):
 
 
 def read_pairs(path: str, need_target: bool) -> list[Example]:
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"data file {path} does not exist",
-                        hint="pass a TSV (header: source, target) or JSONL file")
-    rows: list[tuple[int, dict[str, Any]]] = []
-    with open(p, encoding="utf-8", newline="") as f:
-        if p.suffix in (".jsonl", ".json"):
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append((n, json.loads(line)))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}:{n}: not valid JSON ({e.msg})",
-                                        hint="one JSON object per line") from None
-        else:
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            header = next(reader, None) or []
-            for n, cells in enumerate(reader, 2):
-                if not any(cells):
-                    continue
-                if len(cells) != len(header):
-                    raise DataError(f"{path}:{n}: {len(cells)} columns, the header has "
-                                    f"{len(header)} ({', '.join(header)})",
-                                    hint="one pair per line, fields separated by tabs")
-                rows.append((n, dict(zip(header, cells))))
+    rows = records(path, "TSV (header: source, target) or JSONL file")
     out = []
     for n, row in rows:
         src = next((k for k in SOURCE if k in row), None)
