@@ -38,10 +38,15 @@ class ClsTarget(nn.Module):
         super().__init__()
         self.config = config
         self._labels_checked = False
+        self.build_head(ctx, config.pooler, config.labels)
+
+    def build_head(self, ctx: BuildContext, pooler: bool, outputs: int) -> None:
+        """[pooler (H, H)] -> dropout -> classifier (outputs, H): shared by the heads that
+        reuse `logits` (regression, multilabel)."""
         h = ctx.hidden_size
-        self.pooler = nn.Linear(h, h) if config.pooler else None
+        self.pooler = nn.Linear(h, h) if pooler else None
         self.dropout = Dropout(ctx.dropout)
-        self.classifier = nn.Linear(h, config.labels)
+        self.classifier = nn.Linear(h, outputs)
 
     def logits(self, features: Features) -> torch.Tensor:
         """Features -> (B, C)."""

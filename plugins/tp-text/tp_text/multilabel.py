@@ -22,7 +22,6 @@ from pydantic import Field
 from torch import nn
 
 from tpcli.errors import DataError, TpError
-from tpcli.layers.dropout import Dropout
 from tpcli.layers.pooling import PoolingKind
 from tpcli.module import BuildContext, Features, TargetConfig, TargetOutput
 from tpcli.tasks import Example, Splits, TaskConfig, TaskData
@@ -43,10 +42,7 @@ class MultilabelTarget(ClsTarget):
     def __init__(self, config: Config, ctx: BuildContext) -> None:  # type: ignore[override]
         nn.Module.__init__(self)
         self.config = config  # type: ignore[assignment]
-        h = ctx.hidden_size
-        self.pooler = nn.Linear(h, h) if config.pooler else None
-        self.dropout = Dropout(ctx.dropout)
-        self.classifier = nn.Linear(h, config.labels)
+        self.build_head(ctx, config.pooler, config.labels)
 
     def forward(self, features: Features, batch: dict[str, torch.Tensor]) -> TargetOutput:
         labels = batch.get("labels")

@@ -16,7 +16,6 @@ from pydantic import Field
 from torch import nn
 
 from tpcli.errors import DataError, TpError
-from tpcli.layers.dropout import Dropout
 from tpcli.layers.pooling import PoolingKind
 from tpcli.module import BuildContext, Features, TargetConfig, TargetOutput
 from tpcli.tasks import Example, Splits, TaskConfig, TaskData
@@ -37,10 +36,7 @@ class RegressionTarget(ClsTarget):
     def __init__(self, config: Config, ctx: BuildContext) -> None:  # type: ignore[override]
         nn.Module.__init__(self)
         self.config = config  # type: ignore[assignment]
-        h = ctx.hidden_size
-        self.pooler = nn.Linear(h, h) if config.pooler else None
-        self.dropout = Dropout(ctx.dropout)
-        self.classifier = nn.Linear(h, 1)
+        self.build_head(ctx, config.pooler, 1)
 
     def forward(self, features: Features, batch: dict[str, torch.Tensor]) -> TargetOutput:
         labels = batch.get("labels")
