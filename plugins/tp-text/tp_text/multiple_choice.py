@@ -17,7 +17,6 @@ on its own, as K separate rows would be.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,6 +27,7 @@ from tpcli.data.dataset import special_id
 from tpcli.errors import DataError
 from tpcli.tasks import Example, Splits, TaskConfig, TaskData
 from tp_text.bert_processor import trimmed_lengths
+from tp_text.records import jsonl_records
 
 
 class ChoiceConfig(TaskConfig):
@@ -83,14 +83,7 @@ def read_examples(path: str, need_label: bool) -> list[Example]:
         raise DataError(f"data file {path} does not exist",
                         hint='pass a JSON-lines file of {"question", "choices", "label"}')
     out: list[Example] = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: not valid JSON ({e.msg})",
-                            hint="one JSON object per line") from None
+    for n, row in jsonl_records(path):
         e = _example(path, n, row, need_label)
         if out and len(e.fields["choices"]) != len(out[0].fields["choices"]):
             raise DataError(f"{path}:{n}: {len(e.fields['choices'])} choices, but "

@@ -22,8 +22,6 @@ target (optionally with a CRF); scores: entity precision / recall / F1 (seqeval'
 
 from __future__ import annotations
 
-import csv
-import json
 import re
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,6 +32,7 @@ from pydantic import Field
 from tpcli.data.dataset import special_id
 from tpcli.errors import DataError
 from tpcli.tasks import Example, Splits, TaskConfig, TaskData
+from tp_text.records import jsonl_records, tsv_records
 from tp_text.tagger import IGNORE, LABELS_KEY, STARTS_KEY
 
 TAG = re.compile(r"O|[BIES]-\S+")
@@ -123,43 +122,24 @@ def _strings(value: Any, where: str, key: str) -> list[str]:
 
 def read_jsonl(path: str, need_tags: bool) -> list[Example]:
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg})",
-                                hint="one JSON object per line") from None
-            if not isinstance(row, dict) or "tokens" not in row:
-                raise DataError(f"{path}:{n}: no `tokens`", hint=FORMAT_HINT)
-            tokens = _strings(row["tokens"], f"{path}:{n}", "tokens")
-            tags = None if row.get("tags") is None else _strings(row["tags"], f"{path}:{n}",
-                                                                 "tags")
-            out.append(_pair(path, n, tokens, tags, need_tags, str(row.get("id", n))))
+    for n, row in jsonl_records(path):
+        if not isinstance(row, dict) or "tokens" not in row:
+            raise DataError(f"{path}:{n}: no `tokens`", hint=FORMAT_HINT)
+        tokens = _strings(row["tokens"], f"{path}:{n}", "tokens")
+        tags = None if row.get("tags") is None else _strings(row["tags"], f"{path}:{n}", "tags")
+        out.append(_pair(path, n, tokens, tags, need_tags, str(row.get("id", n))))
     return out
 
 
 def read_tsv(path: str, need_tags: bool) -> list[Example]:
     out = []
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None) or []
-        if "text_a" not in header:
+    for n, row in tsv_records(path):
+        if "text_a" not in row:
             raise DataError(f"{path}:1: the header has no `text_a` column "
-                            f"(have {', '.join(header) or 'nothing'})", hint=FORMAT_HINT)
-        for n, cells in enumerate(reader, 2):
-            if not any(cells):
-                continue
-            if len(cells) != len(header):
-                raise DataError(f"{path}:{n}: {len(cells)} columns, the header has "
-                                f"{len(header)} ({', '.join(header)})",
-                                hint="one sentence per line, fields separated by tabs")
-            row = dict(zip(header, cells))
-            tags = row["label"].split() if "label" in row else None
-            out.append(_pair(path, n, row["text_a"].split(), tags, need_tags,
-                             row.get("id", str(n))))
+                            f"(have {', '.join(row) or 'nothing'})", hint=FORMAT_HINT)
+        tags = row["label"].split() if "label" in row else None
+        out.append(_pair(path, n, row["text_a"].split(), tags, need_tags,
+                         row.get("id", str(n))))
     return out
 
 
