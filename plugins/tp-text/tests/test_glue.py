@@ -265,7 +265,7 @@ def test_missing_file_says_what_is_expected(glue_root: Path) -> None:
     (glue_root / "MNLI" / "dev_mismatched.tsv").unlink()
     with pytest.raises(DataError, match="dev_mismatched.tsv not found") as e:
         read_glue("mnli", "dev", glue_root)
-    assert "dev_matched.tsv" in e.value.hint and "--glue hub" in e.value.hint
+    assert "dev_matched.tsv" in e.value.hint and "--data hub" in e.value.hint
 
 
 def test_missing_folder(tmp_path: Path) -> None:

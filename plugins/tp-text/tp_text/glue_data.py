@@ -41,7 +41,7 @@ HUB_REPO = "nyu-mll/glue"
 SPLITS = ("train", "dev", "test")
 _GET_IT = ("get the data with GLUE's download_glue_data.py (one folder per task: CoLA, SST-2, "
            "MRPC, QQP, STS-B, MNLI, QNLI, RTE, WNLI), or read it from the Hugging Face Hub with "
-           "`--glue hub` (source \"hub\")")
+           "`--data hub` (source \"hub\")")
 
 
 def _standard() -> dict[str, tuple[tuple[str, str], ...]]:
