@@ -232,3 +232,10 @@ def test_glue_all_in_the_papers_layout(files: dict[str, Path], tmp_path: Path) -
     assert table["row"][0] == pytest.approx(
         100 * result["tasks"]["mnli"]["dev"]["dev_matched"]["accuracy"]["mean"])
     assert "AVG" in r.stdout and "glue/all" in r.stdout
+    # tp infer reads a file in the task's own GLUE layout and scores it when it has labels
+    r = _run("infer", str(tmp_path / "all" / "stsb" / "best"), "--input",
+             str(glue / "STS-B" / "dev.tsv"), "--out", str(tmp_path / "sts.jsonl"))
+    assert r.returncode == 0, r.stderr
+    again = [json.loads(x) for x in (tmp_path / "sts.jsonl").read_text().splitlines()]
+    assert [p["score"] for p in again] == pytest.approx([p["score"] for p in sts], abs=1e-5)
+    assert "pearson=" in r.stdout

@@ -14,6 +14,7 @@ paper's columns; WNLI is reported beside, not averaged).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -23,7 +24,7 @@ from tpcli.errors import DataError, TpError
 from tpcli.layers.pooling import PoolingKind
 from tpcli.tasks import Example, Splits, TaskConfig, TaskData
 from tp_text.classification import encode_texts
-from tp_text.glue_data import GLUE_TASKS, get_task, read_glue
+from tp_text.glue_data import GLUE_TASKS, get_task, read_glue, read_tsv
 
 # the paper's Table 3 columns: (task, dev set, metric)
 PAPER_COLUMNS = (("MNLI", "mnli", "dev_matched", "accuracy"), ("QNLI", "qnli", "dev", "accuracy"),
@@ -57,6 +58,13 @@ class GlueTask:
         self.labels: list[str] = list(self.spec.labels or [])
 
     def load(self, data: TaskData) -> Splits:
+        if data.test and not data.source:  # `tp infer`: one file in the task's own layout
+            path = Path(data.test)
+            if not path.is_file():
+                raise DataError(f"data file {path} does not exist",
+                                hint=f"pass a {self.spec.folder} file in GLUE's layout")
+            exs = read_tsv(self.spec, path, path.stem, skip_malformed=self.config.skip_malformed)
+            return Splits(test={path.stem: [self._example(e) for e in exs]})
         if not data.source:
             raise DataError(f"GLUE {self.spec.name}: no data given",
                             hint="pass --data GLUE_DIR (the original GLUE folders, e.g. from "
@@ -66,11 +74,14 @@ class GlueTask:
         def read(split: str) -> dict[str, list[Example]]:
             got = read_glue(self.spec.name, split, data.source,
                             skip_malformed=self.config.skip_malformed)
-            return {name: [Example(e.guid, {"text_a": e.text_a, "text_b": e.text_b}, e.label,
-                                   e.source) for e in exs] for name, exs in got.items()}
+            return {name: [self._example(e) for e in exs] for name, exs in got.items()}
 
         train = read("train")
         return Splits(train=next(iter(train.values())), dev=read("dev"))
+
+    @staticmethod
+    def _example(e: Any) -> Example:
+        return Example(e.guid, {"text_a": e.text_a, "text_b": e.text_b}, e.label, e.source)
 
     def fit(self, train: list[Example]) -> None:
         """Nothing to learn: GLUE's label sets are fixed (the reader refuses others)."""
