@@ -377,22 +377,21 @@ def special_token(ids: dict[str, int], *roles: str) -> int | None:
     return next((ids[r] for r in roles if r in ids), None)
 
 
-def seq2seq_format(recipe: Any, special: dict[str, int]) -> tuple[int | None, list[int], list[int]]:
+def seq2seq_format(recipe: Any, special: dict[str, int], registry: Any = None
+                   ) -> tuple[int | None, list[int], list[int]]:
     """(decoder start id, ids before a source, ids after it) as the recipe's processor trains
-    them: seq2seq's `decoder_start` option (default bos, else cls), T5's pad, BART's eos with a
-    bos ... eos source; every source ends with eos (or sep)."""
+    them (its `seq2seq_layout`); a processor without one: bos (else cls, else pad) starts the
+    decoder and every source ends with eos (or sep)."""
+    if registry is None:
+        from tpcli.plugins import get_plugins
+
+        registry = get_plugins().registry
     proc = recipe.processor
+    cls = registry.get("processor", proc.name)
+    if hasattr(cls, "seq2seq_layout"):
+        return cls(proc.options).seq2seq_layout(special)
     end = special_token(special, "eos", "sep")
-    after = [end] if end is not None else []
-    role = getattr(proc.options, "decoder_start", None)
-    if role is not None:
-        return special.get(role), [], after
-    if proc.name == "t5":
-        return special.get("pad"), [], after
-    if proc.name == "bart":
-        bos = special_token(special, "bos", "cls")
-        return end, [bos] if bos is not None else [], after
-    return special_token(special, "bos", "cls", "pad"), [], after
+    return special_token(special, "bos", "cls", "pad"), [], [end] if end is not None else []
 
 
 def encode_prompts(tokenizer: Any, texts: list[str], before: list[int], after: list[int]

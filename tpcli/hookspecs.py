@@ -87,7 +87,9 @@ def tp_register_processors(register: Callable[[str, Any], None]) -> None:
     map-style torch Dataset (subclass ``tpcli.data.dataset.ExampleDataset``) whose items are
     unpadded dicts of tensors (``input_ids``, ``segment_ids``, and each target's labels) and
     whose ``collate`` pads them and adds ``attention_mask``. Masking is done there,
-    dynamically, from the seed, the epoch (``set_epoch``) and the index.
+    dynamically, from the seed, the epoch (``set_epoch``) and the index. An encoder-decoder
+    processor may add ``seq2seq_layout(special_ids) -> (decoder start id, ids before a source,
+    ids after it)`` so that generation and the ``text2text`` task lay inputs out as it trains.
     """
 
 

@@ -157,3 +157,10 @@ class BartProcessor:
 
     def dataset(self, store: Reader, tokenizer: Any, seed: int) -> BartDataset:
         return BartDataset(store, tokenizer, seed, self.config)
+
+    def seq2seq_layout(self, special: dict[str, int]) -> tuple[int | None, list[int], list[int]]:
+        """(decoder start id, ids before a source, ids after it): BART wraps a source in
+        bos ... eos and starts its decoder with eos."""
+        end = special.get("eos", special.get("sep"))
+        bos = special.get("bos", special.get("cls"))
+        return end, [bos] if bos is not None else [], [end] if end is not None else []

@@ -98,3 +98,12 @@ class Seq2SeqProcessor:
 
     def dataset(self, store: Reader, tokenizer: Any, seed: int) -> Seq2SeqDataset:
         return Seq2SeqDataset(store, tokenizer, seed, self.config)
+
+    def seq2seq_layout(self, special: dict[str, int]) -> tuple[int | None, list[int], list[int]]:
+        """(decoder start id, ids before a source, ids after it), as `dataset` lays pairs out:
+        the `decoder_start` option (else bos, else cls), the source ended by eos (else sep)."""
+        names = START_FALLBACK if self.config.decoder_start is None else \
+            (self.config.decoder_start,)
+        end = next((special[r] for r in END_TOKENS if r in special), None)
+        return (next((special[r] for r in names if r in special), None), [],
+                [end] if end is not None else [])

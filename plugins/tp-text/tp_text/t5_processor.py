@@ -169,3 +169,9 @@ class T5Processor:
 
     def dataset(self, store: Reader, tokenizer: Any, seed: int) -> T5Dataset:
         return T5Dataset(store, tokenizer, seed, self.config)
+
+    def seq2seq_layout(self, special: dict[str, int]) -> tuple[int | None, list[int], list[int]]:
+        """(decoder start id, ids before a source, ids after it): T5 starts its decoder with
+        pad and ends a source with eos."""
+        end = special.get("eos", special.get("sep"))
+        return special.get("pad"), [], [end] if end is not None else []
