@@ -22,17 +22,22 @@ from tpcli.layers.pooling import PoolingKind, pool
 from tpcli.module import BuildContext, Features, TargetConfig, TargetOutput
 
 
+class HeadConfig(TargetConfig):
+    """The options of a head over one vector per sequence (cls, regression, multilabel)."""
+
+    pooling: PoolingKind = Field(
+        "first", description="how the hidden states become one vector: the first or last "
+        "real token, or the mean or element-wise max over the real tokens (ignored when the "
+        "stack has its own pooling: features.pooled is used as is)")
+    pooler: bool = Field(
+        False, description="BERT's pooler (dense H->H + tanh) before the output layer")
+
+
 class ClsTarget(nn.Module):
     """Classify each sequence into one of `labels` classes; metrics `acc` and `count`."""
 
-    class Config(TargetConfig):
+    class Config(HeadConfig):
         labels: int = Field(2, ge=2, description="number of classes")
-        pooling: PoolingKind = Field(
-            "first", description="how the hidden states become one vector: the first or last "
-            "real token, or the mean or element-wise max over the real tokens (ignored when the "
-            "stack has its own pooling: features.pooled is used as is)")
-        pooler: bool = Field(
-            False, description="BERT's pooler (dense H->H + tanh) before the classifier")
 
     def __init__(self, config: Config, ctx: BuildContext) -> None:
         super().__init__()

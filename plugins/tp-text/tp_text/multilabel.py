@@ -23,21 +23,17 @@ from torch import nn
 
 from tpcli.errors import DataError, TpError
 from tpcli.layers.pooling import PoolingKind
-from tpcli.module import BuildContext, Features, TargetConfig, TargetOutput
+from tpcli.module import BuildContext, Features, TargetOutput
 from tpcli.tasks import Example, Splits, TaskConfig, TaskData
 from tp_text.classification import ClassificationConfig, ClassificationTask, encode_texts
-from tp_text.cls import ClsTarget
+from tp_text.cls import ClsTarget, HeadConfig
 
 
 class MultilabelTarget(ClsTarget):
     """One independent yes/no per label; metrics `acc` (per-label accuracy) and `count`."""
 
-    class Config(TargetConfig):
+    class Config(HeadConfig):
         labels: int = Field(2, ge=1, description="number of labels")
-        pooling: PoolingKind = Field(
-            "first", description="how the hidden states become one vector (as in `cls`)")
-        pooler: bool = Field(
-            False, description="BERT's pooler (dense H->H + tanh) before the output")
 
     def __init__(self, config: Config, ctx: BuildContext) -> None:  # type: ignore[override]
         nn.Module.__init__(self)

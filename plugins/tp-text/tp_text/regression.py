@@ -17,21 +17,18 @@ from torch import nn
 
 from tpcli.errors import DataError, TpError
 from tpcli.layers.pooling import PoolingKind
-from tpcli.module import BuildContext, Features, TargetConfig, TargetOutput
+from tpcli.module import BuildContext, Features, TargetOutput
 from tpcli.tasks import Example, Splits, TaskConfig, TaskData
 from tp_text.classification import ClassificationConfig, ClassificationTask, encode_texts
-from tp_text.cls import ClsTarget
+from tp_text.cls import ClsTarget, HeadConfig
 
 
 class RegressionTarget(ClsTarget):
     """Predict a score per sequence; metrics `mse` and `count`. Shares `cls`'s pooling and
     pooler (`logits`), with one output and no label count."""
 
-    class Config(TargetConfig):
-        pooling: PoolingKind = Field(
-            "first", description="how the hidden states become one vector (as in `cls`)")
-        pooler: bool = Field(
-            False, description="BERT's pooler (dense H->H + tanh) before the output")
+    class Config(HeadConfig):
+        """`cls`'s pooling and pooler; one output."""
 
     def __init__(self, config: Config, ctx: BuildContext) -> None:  # type: ignore[override]
         nn.Module.__init__(self)
