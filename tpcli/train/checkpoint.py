@@ -177,10 +177,10 @@ def _point_last(run_dir: Path, target: Path, name: str = "last") -> None:
 
 
 def _prune(ckpt_root: Path, keep_last: int, keep: Path) -> None:
-    """Remove all but the newest `keep_last` checkpoints, never `keep` nor the one `best`
-    points at (fine-tuning)."""
-    best = ckpt_root.parent / "best"
-    kept = {keep.resolve()} | ({best.resolve()} if best.is_symlink() else set())
+    """Remove all but the newest `keep_last` checkpoints, never `keep` nor one that a link of
+    the run folder (`last`, fine-tuning's `best`) points at."""
+    links = [p for p in ckpt_root.parent.iterdir() if p.is_symlink()]
+    kept = {keep.resolve()} | {p.resolve() for p in links}
     done = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
     for old in done[:-keep_last]:
         if old.resolve() not in kept:
