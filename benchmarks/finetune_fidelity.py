@@ -39,7 +39,6 @@ import contextlib
 import importlib.util
 import math
 import os
-import platform
 import random
 import statistics
 import sys
@@ -457,19 +456,14 @@ def hf_data(hf_dir: Path, train: list[Row], dev: list[Row], max_length: int) -> 
 
 
 def machine() -> str:
-    import transformers
-
-    name = platform.processor() or "CPU"
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+    """throughput.py's machine line (CPU, cores, threads, versions) and the load average."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        from throughput import machine as machine_line
+    finally:
+        sys.path.pop(0)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"CPU {name}, {os.cpu_count()} logical cores, torch threads "
-            f"{torch.get_num_threads()}; torch {torch.__version__}, transformers "
-            f"{transformers.__version__}, python {platform.python_version()}; load average at "
-            f"start {load}")
+    return f"{machine_line(torch.device('cpu'))}; load average at start {load}"
 
 
 def table(results: list[Result]) -> list[str]:
