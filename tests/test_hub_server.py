@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 import huggingface_hub as hh
 import pytest
 from huggingface_hub import constants
-from huggingface_hub.errors import (EntryNotFoundError, RepositoryNotFoundError,
-                                    RevisionNotFoundError)
+from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
+                                    RepositoryNotFoundError, RevisionNotFoundError)
 
 from tpcli.hub_server import HubServer
 
@@ -140,3 +140,45 @@ def test_activate_restores_constants() -> None:
         assert constants.ENDPOINT == url and not constants.HF_HUB_OFFLINE
     after = (constants.ENDPOINT, constants.HUGGINGFACE_CO_URL_TEMPLATE, constants.HF_HUB_OFFLINE)
     assert after == before
+
+
+TOKEN = "hf_testtoken_0123456789"
+
+
+def test_gated_repo_needs_the_token(hub: HubServer, tmp_path: Path) -> None:
+    hub.require_token("org/tiny-model", TOKEN)
+    with pytest.raises(GatedRepoError) as err:  # token=False: ignore any HF_TOKEN / login
+        hh.hf_hub_download("org/tiny-model", "config.json", cache_dir=tmp_path, token=False)
+    assert err.value.response.status_code == 401 and "Cannot access gated repo" in str(err.value)
+    with pytest.raises(HfHubHTTPError, match="Invalid credentials") as bad:
+        hh.hf_hub_download("org/tiny-model", "config.json", cache_dir=tmp_path,
+                           token="hf_wrong_token_xyz")
+    assert not isinstance(bad.value, RepositoryNotFoundError)
+    assert "hf_wrong_token_xyz" not in str(bad.value)  # the message never shows the token
+    path = hh.hf_hub_download("org/tiny-model", "config.json", cache_dir=tmp_path, token=TOKEN)
+    assert Path(path).read_text() == CONFIG
+    assert hub.auth_seen == [None, "Bearer hf_wrong_token_xyz", f"Bearer {TOKEN}",
+                             f"Bearer {TOKEN}"]  # HEAD then GET with the right one
+    assert not hub.auth_seen[0] and TOKEN not in str(err.value)
+    with pytest.raises(GatedRepoError):  # the API answers 401 as well
+        hh.HfApi().model_info("org/tiny-model", token=False)
+    hh.hf_hub_download("org/tiny-data", "README.md", repo_type="dataset",
+                       cache_dir=tmp_path, token=False)  # other repos stay open
+
+
+def test_token_from_hf_token_env_and_explicit_endpoint(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # read at call time, unlike HF_ENDPOINT
+    with HubServer({"datasets/org/private": {"a.parquet": PARQUET}}) as server:
+        server.require_token("org/private", TOKEN, repo_type="dataset",
+                             error_code="RepoNotFound")
+        path = hh.hf_hub_download("org/private", "a.parquet", repo_type="dataset",
+                                  cache_dir=tmp_path / "1", endpoint=server.url)
+        assert Path(path).read_bytes() == PARQUET
+        assert server.auth_seen == [f"Bearer {TOKEN}"] * 2
+        monkeypatch.delenv("HF_TOKEN")
+        with pytest.raises(RepositoryNotFoundError) as err:  # a private repo: "not found"
+            hh.hf_hub_download("org/private", "a.parquet", repo_type="dataset",
+                               cache_dir=tmp_path / "2", endpoint=server.url, token=False)
+        assert not isinstance(err.value, GatedRepoError) and err.value.response.status_code == 401

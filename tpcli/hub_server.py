@@ -15,10 +15,15 @@ the endpoints the installed `huggingface_hub` (2.x, httpx2 transport) calls:
   answers 206 with `Content-Range`. Files are served directly (no CDN redirect).
 - Errors carry `X-Error-Code` (`RepoNotFound`, `RevisionNotFound`, `EntryNotFound`) so that
   `huggingface_hub` raises its usual exception types.
+- `require_token(repo_id, token)`: that repo answers 401 unless the request carries
+  `Authorization: Bearer <token>`: no token gives `X-Error-Code: GatedRepo` (`GatedRepoError`,
+  a `RepositoryNotFoundError`), a wrong one the Hub's "Invalid credentials" message
+  (`HfHubHTTPError`). `auth_seen` lists the `Authorization` header of every request.
 
 Faults for tests: `drop_connection(path, after_bytes)` closes the socket mid-body (the client sees
 an incomplete body and resumes with a Range request), `corrupt(path)` serves bytes of the right
 size but the wrong content, and `count(...)` / `requests` tell how often each path was asked for.
+The lifecycle, counters and faults are `tpcli.file_server.LocalServer`, shared with `FileServer`.
 
 Pointing `huggingface_hub` at the server. `HF_ENDPOINT` and `HF_HUB_OFFLINE` are read once, when
 `huggingface_hub.constants` is imported, and the URL template of `hf_hub_url` is built from the
@@ -41,16 +46,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
-import threading
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from tpcli.file_server import LocalServer, QuietHandler, send_body
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".parquet", ".arrow", ".h5", ".msgpack",
                 ".onnx", ".gguf", ".model", ".zip", ".gz")
@@ -83,14 +86,7 @@ class _Repo:
     refs: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class _Fault:
-    kind: str  # "drop" | "corrupt"
-    after: int
-    remaining: int | None  # None: every time
-
-
-class HubServer:
+class HubServer(LocalServer):
     """A fake Hub on 127.0.0.1 (a free port), in a background thread.
 
     `repos` maps a repo key to its files: `"org/model"` is a model repo and
@@ -98,24 +94,24 @@ class HubServer:
     or `start()` / `stop()`.
     """
 
+    name = "hub-server"
+
     def __init__(self, repos: Mapping[str, Mapping[str, bytes | str]] | None = None) -> None:
+        super().__init__()
         self._repos: dict[tuple[str, str], _Repo] = {}
-        self._faults: dict[str, _Fault] = {}
-        self._lock = threading.Lock()
-        self.requests: Counter[tuple[str, str]] = Counter()  # (method, url path) -> count
-        self.ranges: list[tuple[str, str]] = []  # (url path, Range header) of ranged requests
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._tokens: dict[tuple[str, str], tuple[str, str]] = {}  # repo -> (token, error code)
         for key, files in (repos or {}).items():
             kind, _, repo_id = key.partition("/") if key.startswith("datasets/") else ("", "", key)
             self.add_repo(repo_id, files, repo_type="dataset" if kind else "model")
 
     # -- content --------------------------------------------------------------------------
     def add_repo(self, repo_id: str, files: Mapping[str, bytes | str], *, repo_type: str = "model",
-                 refs: tuple[str, ...] = ("main",), lfs: set[str] | None = None) -> str:
+                 refs: tuple[str, ...] = ("main",), lfs: set[str] | None = None,
+                 sha: str | None = None) -> str:
         """Add a commit holding `files` (path -> content) and point `refs` at it; returns its
-        sha. Calling again for the same repo adds a newer commit (older ones stay reachable by
-        sha, as pinned revisions on the Hub). LFS: paths in `lfs`, else by suffix."""
+        sha (`sha`: serve it under this commit id, e.g. a real one a card pins). Calling again
+        for the same repo adds a newer commit (older ones stay reachable by sha, as pinned
+        revisions on the Hub). LFS: paths in `lfs`, else by suffix."""
         if repo_type not in _TYPES.values():
             raise ValueError(f"repo_type must be 'model' or 'dataset', not {repo_type!r}")
         commit: dict[str, HubFile] = {}
@@ -124,7 +120,7 @@ class HubServer:
             is_lfs = path in lfs if lfs is not None else path.endswith(LFS_SUFFIXES)
             commit[path.strip("/")] = HubFile(data, is_lfs)
         listing = sorted((p, f.etag) for p, f in commit.items())
-        sha = hashlib.sha1(json.dumps([repo_type, repo_id, listing]).encode()).hexdigest()
+        sha = sha or hashlib.sha1(json.dumps([repo_type, repo_id, listing]).encode()).hexdigest()
         with self._lock:
             repo = self._repos.setdefault((repo_type, repo_id), _Repo())
             repo.commits[sha] = commit
@@ -132,62 +128,12 @@ class HubServer:
         return sha
 
     def add_folder(self, repo_id: str, folder: str | Path, *, repo_type: str = "model",
-                   refs: tuple[str, ...] = ("main",)) -> str:
+                   refs: tuple[str, ...] = ("main",), sha: str | None = None) -> str:
         """Add every file under `folder` (relative paths, `/`-separated) as one commit."""
         root = Path(folder)
         files = {p.relative_to(root).as_posix(): p.read_bytes()
                  for p in sorted(root.rglob("*")) if p.is_file()}
-        return self.add_repo(repo_id, files, repo_type=repo_type, refs=refs)
-
-    # -- faults and counters --------------------------------------------------------------
-    def drop_connection(self, path: str, after_bytes: int, times: int | None = 1) -> None:
-        """Close the socket after `after_bytes` of the body of a GET of `path` (a file path in
-        a repo, any repo), `times` times (None: always)."""
-        self._faults[path.strip("/")] = _Fault("drop", after_bytes, times)
-
-    def corrupt(self, path: str, times: int | None = None) -> None:
-        """Serve `path` with one byte flipped (same size, wrong sha256)."""
-        self._faults[path.strip("/")] = _Fault("corrupt", 0, times)
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
-
-    def count(self, path_suffix: str = "", method: str | None = "GET") -> int:
-        """Requests whose URL path ends with `path_suffix` (any method when `method` is None)."""
-        with self._lock:
-            return sum(n for (m, p), n in self.requests.items()
-                       if p.endswith(path_suffix) and (method is None or m == method))
-
-    # -- lifecycle ------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        if self._httpd is None:
-            raise RuntimeError("HubServer is not started")
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> HubServer:
-        handler = type("_BoundHandler", (_Handler,), {"hub": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
-                                        name="hub-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            if self._thread is not None:
-                self._thread.join(timeout=5)
-            self._httpd = self._thread = None
-
-    def __enter__(self) -> HubServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self.add_repo(repo_id, files, repo_type=repo_type, refs=refs, sha=sha)
 
     @contextmanager
     def activate(self) -> Iterator[str]:
@@ -216,33 +162,36 @@ class HubServer:
                 else:
                     os.environ[k] = v
 
-    # -- lookups used by the handler ------------------------------------------------------
-    def _record(self, method: str, path: str, range_header: str | None) -> None:
-        with self._lock:
-            self.requests[(method, path)] += 1
-            if range_header:
-                self.ranges.append((path, range_header))
+    # -- auth -----------------------------------------------------------------------------
+    def require_token(self, repo_id: str, token: str | None, repo_type: str = "model", *,
+                      error_code: str = "GatedRepo") -> None:
+        """Make `repo_id` answer 401 unless `Authorization: Bearer <token>` (None: open again).
+        Without a token the 401 carries `X-Error-Code: error_code` ("GatedRepo": a gated repo,
+        `GatedRepoError`; "RepoNotFound": a private one, `RepositoryNotFoundError`); with a
+        wrong token it says "Invalid credentials in Authorization header", as the Hub does."""
+        key = (repo_type, repo_id)
+        if token is None:
+            self._tokens.pop(key, None)
+        else:
+            self._tokens[key] = (token, error_code)
 
-    def _lookup(self, repo_type: str, repo_id: str, rev: str
-                ) -> tuple[int, str, str | None, dict[str, HubFile] | None]:
-        """(status, error code, commit sha, files) for a repo at a revision."""
+    # -- lookups used by the handler ------------------------------------------------------
+    def _lookup(self, repo_type: str, repo_id: str, rev: str, auth: str | None
+                ) -> tuple[int, str, str, str | None, dict[str, HubFile] | None]:
+        """(status, error code, error message, commit sha, files) for a repo at a revision."""
         with self._lock:
             repo = self._repos.get((repo_type, repo_id))
             if repo is None:
-                return 404, "RepoNotFound", None, None
+                return 404, "RepoNotFound", f"{repo_type} {repo_id} not found", None, None
+            token, code = self._tokens.get((repo_type, repo_id), (None, ""))
+            if token is not None and auth != f"Bearer {token}":
+                if auth:
+                    return 401, "", "Invalid credentials in Authorization header", None, None
+                return 401, code, f"Access to {repo_type} {repo_id} is restricted.", None, None
             sha = repo.refs.get(rev, rev if rev in repo.commits else None)
             if sha is None:
-                return 404, "RevisionNotFound", None, None
-            return 200, "", sha, repo.commits[sha]
-
-    def _take_fault(self, path: str) -> _Fault | None:
-        with self._lock:
-            fault = self._faults.get(path)
-            if fault is None or fault.remaining == 0:
-                return None
-            if fault.remaining is not None:
-                fault.remaining -= 1
-            return fault
+                return 404, "RevisionNotFound", f"{repo_id}@{rev} not found", None, None
+            return 200, "", "", sha, repo.commits[sha]
 
 
 def _tree(files: dict[str, HubFile], under: str, recursive: bool) -> list[dict[str, Any]]:
@@ -277,39 +226,16 @@ def _siblings(files: dict[str, HubFile]) -> list[dict[str, Any]]:
     return out
 
 
-def _byte_range(header: str | None, total: int) -> tuple[int, int] | None:
-    """(first, last) inclusive for `bytes=a-b`, `bytes=a-`, `bytes=-n`; None: unsatisfiable."""
-    spec = (header or "").strip()
-    if not spec.startswith("bytes=") or "," in spec:
-        return None
-    first_s, _, last_s = spec[len("bytes="):].partition("-")
-    if not first_s:  # suffix: the last n bytes
-        n = int(last_s)
-        return (max(total - n, 0), total - 1) if n > 0 and total else None
-    first = int(first_s)
-    last = min(int(last_s), total - 1) if last_s else total - 1
-    return (first, last) if first <= last else None
+class _Handler(QuietHandler):
+    """Routes one request to the API or resolve answer; `owner` is the bound `HubServer`."""
 
+    owner: HubServer
 
-class _Handler(BaseHTTPRequestHandler):
-    """Routes one request to the API or resolve answer; `hub` is bound per server."""
-
-    hub: HubServer
-    protocol_version = "HTTP/1.1"  # keep-alive, as the Hub: every answer has a Content-Length
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        pass  # quiet: tests read `hub.requests` instead
-
-    def do_GET(self) -> None:
-        self._route("GET")
-
-    def do_HEAD(self) -> None:
-        self._route("HEAD")
-
-    def _route(self, method: str) -> None:
+    def route(self, method: str) -> None:
         url = urlsplit(self.path)
         path = unquote(url.path)
-        self.hub._record(method, path, self.headers.get("Range"))
+        self.owner._record(method, path, self.headers.get("Range"),
+                           self.headers.get("Authorization"))
         if url.path.startswith("/api/"):
             self._api(url.path[len("/api/"):], parse_qs(url.query), method)
         elif "/resolve/" in url.path:
@@ -320,7 +246,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, code: str, message: str, commit: str | None = None) -> None:
         body = json.dumps({"error": message}).encode()
         self.send_response(status)
-        self.send_header("X-Error-Code", code)
+        if code:
+            self.send_header("X-Error-Code", code)
         self.send_header("X-Error-Message", message)
         if commit:
             self.send_header("X-Repo-Commit", commit)
@@ -351,14 +278,16 @@ class _Handler(BaseHTTPRequestHandler):
                 rev_q, _, under = tail.partition("/")
                 op, rev, under = marker.strip("/"), unquote(rev_q), unquote(under)
         repo_id = unquote(rest)
-        status, code, sha, files = self.hub._lookup(repo_type, repo_id, rev)
+        auth = self.headers.get("Authorization")
+        status, code, message, sha, files = self.owner._lookup(repo_type, repo_id, rev, auth)
         if files is None or sha is None:
-            return self._error(status, code, f"{repo_type} {repo_id}@{rev} not found")
+            return self._error(status, code, message)
         if op == "tree":
             recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
             return self._json(_tree(files, under, recursive), method)
-        self._json({"id": repo_id, "sha": sha, "private": False, "siblings": _siblings(files)},
-                   method)
+        private = (repo_type, repo_id) in self.owner._tokens
+        self._json({"id": repo_id, "sha": sha, "private": private,
+                    "siblings": _siblings(files)}, method)
 
     def _resolve(self, raw_path: str, method: str) -> None:
         repo_type, rest = "model", raw_path.lstrip("/")
@@ -367,48 +296,17 @@ class _Handler(BaseHTTPRequestHandler):
         repo_q, _, tail = rest.partition("/resolve/")
         rev_q, _, file_q = tail.partition("/")
         repo_id, rev, path = unquote(repo_q), unquote(rev_q), unquote(file_q)
-        status, code, sha, files = self.hub._lookup(repo_type, repo_id, rev)
+        auth = self.headers.get("Authorization")
+        status, code, message, sha, files = self.owner._lookup(repo_type, repo_id, rev, auth)
         if files is None or sha is None:
-            return self._error(status, code, f"{repo_type} {repo_id}@{rev} not found")
+            return self._error(status, code, message)
         f = files.get(path)
         if f is None:
             return self._error(404, "EntryNotFound", f"{path} not in {repo_id}@{rev}", sha)
-        self._send_file(f, sha, method, self.hub._take_fault(path) if method == "GET" else None)
-
-    def _send_file(self, f: HubFile, sha: str, method: str, fault: _Fault | None) -> None:
-        total, data = len(f.data), f.data
-        if fault is not None and fault.kind == "corrupt" and total:
-            mid = total // 2
-            data = data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1:]
-        first, last, status = 0, total - 1, 200
-        if self.headers.get("Range"):
-            span = _byte_range(self.headers["Range"], total)
-            if span is None:
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{total}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            (first, last), status = span, 206
-        body = data[first:last + 1]
-        self.send_response(status)
-        self.send_header("X-Repo-Commit", sha)
-        self.send_header("ETag", f'"{f.etag}"')
+        headers = {"X-Repo-Commit": sha, "ETag": f'"{f.etag}"'}
         if f.lfs:
-            self.send_header("X-Linked-Etag", f'"{f.sha256}"')
-            self.send_header("X-Linked-Size", str(total))
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Type", "application/octet-stream")
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {first}-{last}/{total}")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if method == "HEAD":
-            return
-        if fault is not None and fault.kind == "drop":
-            self.wfile.write(body[:fault.after])
-            self.wfile.flush()
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)  # the client sees an incomplete body
-            return
-        self.wfile.write(body)
+            headers.update({"X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(len(f.data))})
+        send_body(self, f.data, headers, self.owner._take_fault(path) if method == "GET" else None)
+
+
+HubServer.handler = _Handler  # set here: the handler class is defined below the server
