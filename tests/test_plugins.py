@@ -198,7 +198,9 @@ def test_load_plugins_empty_loads_none(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TP_LOAD_PLUGINS", "")
     ps = make_plugins()
     assert set(ps.infos) == set(CORE_PLUGINS)
-    assert ps.registry.entries() == []
+    # only the core's own registrations remain: its zoo sources
+    assert {e.kind for e in ps.registry.entries()} == {"zoo_source"}
+    assert {e.plugin for e in ps.registry.entries()} == {"tpcli.defaults"}
 
 
 def test_load_plugins_warns_about_an_unknown_name(monkeypatch: pytest.MonkeyPatch,

@@ -6,6 +6,7 @@ a third-party plugin that implements them takes precedence.
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -54,6 +55,29 @@ def tp_convert(request: ConvertRequest) -> Any:
         result = from_hf(request.source, request.out, request.plugins, check=request.check,
                          tolerance=request.tolerance)
     return result.as_dict()
+
+
+@hookimpl(trylast=True)
+def tp_zoo(request: Any) -> Any:
+    from tpcli.zoo.ops import run_zoo
+
+    return run_zoo(request)
+
+
+@hookimpl
+def tp_register_zoo_cards(register: Callable[[str], None]) -> None:
+    """The built-in cards, then the folders in TP_ZOO_CARDS (os.pathsep-separated: an
+    organisation's own cards, without writing a plugin)."""
+    register(str(resources.files("tpcli.builtin_zoo")))
+    for folder in filter(None, os.environ.get("TP_ZOO_CARDS", "").split(os.pathsep)):
+        register(folder)
+
+
+@hookimpl
+def tp_register_zoo_sources(register: Callable[[str, Any], None]) -> None:
+    register("hf", "tpcli.zoo.hf:HfSource")
+    for scheme in ("https", "http", "s3", "gs", "file"):
+        register(scheme, "tpcli.zoo.sources:FsspecSource")
 
 
 @hookimpl

@@ -130,6 +130,30 @@ def tp_register_recipe_dirs(register: Callable[[str], None]) -> None:
     """
 
 
+@hookspec
+def tp_register_zoo_cards(register: Callable[[str], None]) -> None:
+    """Register zoo cards: ``register(path)``, a folder of ``<name>.yaml`` cards or one card file.
+
+    A card (``tpcli.zoo.card.Card``) names a published weight, its ``source`` URL and pinned
+    ``revision``, its files with size and sha256, its format (``hf`` or ``tp``), license, paper
+    and results; ``tp zoo list`` shows it and ``tp zoo pull NAME`` fetches it. A name or alias
+    defined by two cards is an error naming both files.
+    """
+
+
+@hookspec
+def tp_register_zoo_sources(register: Callable[[str, Any], None]) -> None:
+    """Register zoo sources: ``register(scheme, cls)`` for the URL scheme of a card's ``source``.
+
+    ``cls(card)`` implements ``tpcli.zoo.sources.Source``: ``resolve(revision) -> key`` (a commit
+    where the source has them), ``describe(key, paths)`` (size and hash per file, as far as
+    known), ``fetch(path, key, folder, advance, verify) -> local path`` (download, resuming a
+    partial file; call ``verify(file, sha256_or_None)`` before the file becomes visible and delete
+    it if that raises), ``cached(path, key, folder)`` and ``discard(local)``. The core registers
+    ``hf`` and, through fsspec, ``https``, ``http``, ``s3``, ``gs`` and ``file``.
+    """
+
+
 @hookspec(firstresult=True)
 def tp_preprocess(request: "PreprocessRequest") -> Any:
     """Run ``tp preprocess``: read ``request.corpus``, tokenize, write the dataset to
@@ -164,6 +188,13 @@ def tp_convert(request: "ConvertRequest") -> Any:
     ``request.out`` atomically and, with ``request.check``, fail above ``request.tolerance``.
     Return a summary dict (converter, architecture, tensors, max_abs_diff). The core's default
     implementation runs last; return non-None to replace it."""
+
+
+@hookspec(firstresult=True)
+def tp_zoo(request: Any) -> Any:
+    """Run ``tp zoo`` (``request`` a ``tpcli.zoo.ZooRequest``: ``action`` is list, info, pull,
+    verify, rm, path or lock) and return its result (a list of rows for list, a dict otherwise).
+    The core's default implementation runs last; return non-None to replace it."""
 
 
 @hookspec

@@ -29,6 +29,7 @@ REGISTER_HOOKS = {
     "tp_register_processors": "processor",
     "tp_register_tasks": "task",
     "tp_register_converters": "converter",
+    "tp_register_zoo_sources": "zoo_source",
 }
 
 
@@ -49,6 +50,7 @@ class Plugins:
     registry: Registry
     infos: dict[str, PluginInfo]
     recipe_dirs: list[str]
+    zoo_dirs: list[str] = field(default_factory=list)
 
     @property
     def hook(self) -> Any:
@@ -136,7 +138,9 @@ def make_plugins(extra: list[Any] | None = None) -> Plugins:
     registry = _fill_registry(pm, infos)
     recipe_dirs: list[str] = []
     pm.hook.tp_register_recipe_dirs(register=recipe_dirs.append)
-    return Plugins(pm, registry, infos, recipe_dirs)
+    zoo_dirs: list[str] = []
+    pm.hook.tp_register_zoo_cards(register=lambda path: zoo_dirs.append(str(path)))
+    return Plugins(pm, registry, infos, recipe_dirs, zoo_dirs)
 
 
 @functools.lru_cache(maxsize=1)

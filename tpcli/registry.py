@@ -14,7 +14,7 @@ from typing import Any
 from tpcli.errors import RegistryError, TpError
 
 MODULE_KINDS = ("embedding", "encoder", "decoder", "target", "pooling")
-KINDS = MODULE_KINDS + ("tokenizer", "processor", "converter", "task")
+KINDS = MODULE_KINDS + ("tokenizer", "processor", "converter", "task", "zoo_source")
 
 # What a user runs to see the valid names of each kind.
 LIST_COMMAND = {k: f"tp modules {k}" for k in MODULE_KINDS} | {
@@ -22,6 +22,7 @@ LIST_COMMAND = {k: f"tp modules {k}" for k in MODULE_KINDS} | {
     "processor": "tp modules processor",
     "converter": "tp plugins",
     "task": "tp modules task",
+    "zoo_source": "tp plugins",
 }
 
 

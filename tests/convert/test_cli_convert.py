@@ -270,3 +270,20 @@ def test_a_plugin_can_replace_the_verb(tmp_path: Path) -> None:
     request = ConvertRequest("anything", tmp_path / "o", "to_hf", plugins=make_plugins([plugin]))
     assert convert(request) == {"converter": "mine"}
     assert seen == [request] and not (tmp_path / "o").exists()
+
+
+def test_masked_lm_config_over_pretraining_weights(bert_hf: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """google-bert/bert-base-uncased: config.json says BertForMaskedLM, the weights are the full
+    pre-training model's. tp reads them with BertForPreTraining's key map (nothing dropped) and
+    the MLM logits equal BertForMaskedLM's."""
+    src = tmp_path / "src"
+    shutil.copytree(bert_hf, src)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "architectures": ["BertForMaskedLM"]}))
+    out = tmp_path / "out"
+    assert tp("convert", src, "--from", "hf", "--out", out, "--check") == 0
+    diff = float(capsys.readouterr().out.split("max abs difference of the logits: ")[1].split()[0])
+    assert diff <= 1e-5
+    loaded = load_checkpoint(out)
+    assert [t.name for t in loaded.recipe.model.targets] == ["mlm", "sp"]

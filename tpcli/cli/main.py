@@ -11,7 +11,7 @@ import traceback
 
 import typer
 
-from tpcli.cli import convert, finetune, generate, info, train
+from tpcli.cli import convert, finetune, generate, info, train, zoo
 
 app = typer.Typer(
     name="tp",
@@ -37,6 +37,7 @@ finetune.register(app)
 convert.register(app)
 info.register(app)
 generate.register(app)
+zoo.register(app)
 
 
 def _debug_requested(argv: list[str]) -> bool:

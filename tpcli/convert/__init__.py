@@ -37,7 +37,10 @@ class Converter:
     processor: HF config dict -> the recipe's `data.processor` section (name and options) of a
     checkpoint converted from HF (what pre-training it further would use).
     outputs: tp target name -> the HF output field holding the same logits (`tp convert
-    --check`); a target not named here is compared with `logits`."""
+    --check`); a target not named here is compared with `logits`.
+    also_reads: other HF architectures whose published checkpoints hold this key map's weights
+    (bert-base-uncased's config.json says BertForMaskedLM, its weights are BertForPreTraining's):
+    read with `rules`, else with `base_rules`."""
 
     name: str
     hf_architecture: str
@@ -49,6 +52,7 @@ class Converter:
     config_rules: Callable[[HfConfig, bool], Sequence[Rule]] | None = None
     processor: Callable[[HfConfig], dict[str, Any]] | None = None
     outputs: Mapping[str, str] = field(default_factory=dict)
+    also_reads: tuple[str, ...] = ()
 
     def rules_for(self, hf_config: HfConfig | None = None, base: bool = False) -> Sequence[Rule]:
         """The key map for this config (the static one when the map does not depend on it)."""

@@ -127,11 +127,11 @@ def choose_hf_converter(hf_config: dict[str, Any], plugins: Plugins) -> tuple[Co
         raise TpError(f"unsupported Hugging Face architecture {arch or model_type!r} "
                       f"(model_type {model_type!r})",
                       hint=f"supported model_types: {', '.join(sorted(convs)) or 'none'}")
-    if arch is None or arch == conv.hf_architecture:
+    if arch is None or arch == conv.hf_architecture or arch in conv.also_reads:
         return conv, False
     if arch == conv.base_architecture:
         return conv, True
-    known = [a for a in (conv.hf_architecture, conv.base_architecture) if a]
+    known = [a for a in (conv.hf_architecture, conv.base_architecture, *conv.also_reads) if a]
     raise TpError(f"unsupported Hugging Face architecture {arch!r}: converter {conv.name!r} maps "
                   f"{' and '.join(known)}", hint="convert the pre-training checkpoint of the model")
 
@@ -252,7 +252,9 @@ def from_hf(source: str, out: Path, plugins: Plugins, *, check: bool = False,
             from tpcli.api import load_checkpoint
 
             loaded = load_checkpoint(tmp, plugins)
-            hf_model = hf_model_class(arch).from_pretrained(str(folder)).eval()
+            # an also_reads architecture holds the full model's weights: compare with that model
+            compared = conv.hf_architecture if arch in conv.also_reads else arch
+            hf_model = hf_model_class(compared).from_pretrained(str(folder)).eval()
             result.max_abs_diff = compare(conv, hf_model, loaded.model, hf_config,
                                            loaded.tokenizer, tolerance, base=headless)
     return result

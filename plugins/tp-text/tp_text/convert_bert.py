@@ -192,6 +192,9 @@ def processor(hf: dict[str, Any]) -> dict[str, Any]:
 CONVERTER = Converter(
     name="bert",
     hf_architecture="BertForPreTraining",
+    # google-bert/bert-base-uncased and -large: config.json names BertForMaskedLM, the weights
+    # are the full pre-training model's (pooler and NSP head included)
+    also_reads=("BertForMaskedLM",),
     rules=pretraining_rules(),
     config_to_recipe=config_to_recipe,
     recipe_to_config=recipe_to_config,

@@ -1,0 +1,1 @@
+"""Built-in zoo cards (`zoo/<name>.yaml`), installed as the package `tpcli.builtin_zoo`."""
