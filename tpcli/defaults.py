@@ -6,7 +6,6 @@ a third-party plugin that implements them takes precedence.
 
 from __future__ import annotations
 
-import os
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
@@ -66,11 +65,7 @@ def tp_zoo(request: Any) -> Any:
 
 @hookimpl
 def tp_register_zoo_cards(register: Callable[[str], None]) -> None:
-    """The built-in cards, then the folders in TP_ZOO_CARDS (os.pathsep-separated: an
-    organisation's own cards, without writing a plugin)."""
     register(str(resources.files("tpcli.builtin_zoo")))
-    for folder in filter(None, os.environ.get("TP_ZOO_CARDS", "").split(os.pathsep)):
-        register(folder)
 
 
 @hookimpl

@@ -39,7 +39,7 @@ class FinetuneRequest:
     # None: the recipe's finetune.task
     out: Path
     data: TaskData = field(default_factory=TaskData)
-    init: str | None = None  # a tp checkpoint or run folder
+    init: str | None = None  # a tp checkpoint or run folder, or zoo:NAME
     overrides: list[str] = field(default_factory=list)
     seeds: int = 1
     progress: bool = True
@@ -141,14 +141,26 @@ def with_target(recipe: Any, target: dict[str, Any] | None, task_state: dict[str
 # ----------------------------------------------------------------------------- the runs
 
 
+def _checkpoint(ref: str | None, plugins: Plugins, progress: bool) -> Path | None:
+    """A checkpoint folder from a run / checkpoint folder or `zoo:NAME` (pulled, verified and
+    converted to tp format on first use)."""
+    from tpcli.train import checkpoint as ckpt_io
+    from tpcli.zoo import resolve_init
+
+    if not ref:
+        return None
+    return ckpt_io.find_checkpoint(Path(resolve_init(ref, plugins, progress)))
+
+
 def _recipe_and_init(request: FinetuneRequest, plugins: Plugins) -> tuple[Any, Path | None]:
     from tpcli.config import build_recipe
     from tpcli.recipes import load_recipe
-    from tpcli.train import checkpoint as ckpt_io
 
-    ckpt = ckpt_io.find_checkpoint(Path(request.init)) if request.init else None
     if request.recipe is not None:
-        return load_recipe(request.recipe, request.overrides, plugins), ckpt
+        recipe = load_recipe(request.recipe, request.overrides, plugins)
+        ref = request.init or recipe.finetune.init  # --init wins over the recipe's
+        return recipe, _checkpoint(ref, plugins, request.progress)
+    ckpt = _checkpoint(request.init, plugins, request.progress)
     if ckpt is None:
         raise TpError("tp finetune needs a RECIPE or --init CHECKPOINT",
                       hint="tp finetune bert-base --task classification --init runs/bert "

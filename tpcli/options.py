@@ -111,6 +111,9 @@ class FinetuneOptions(PretrainOptions):
         "decay^(L - l), the embeddings at lr * decay^(L + 1), the task head at lr")
     log_every: int = Field(10, gt=0, description="steps between log lines")
     keep_last: int = Field(1, gt=0, description="checkpoints kept besides the best")
+    init: str | None = Field(
+        None, description="the pre-trained weights: a tp run or checkpoint folder, or zoo:NAME "
+        "(pulled, verified and converted on first use); --init wins")
     task: str | dict[str, Any] | None = Field(
         None, description="the downstream task: a name (`classification`, `glue/sst2`) or "
         "{name: ..., its options} (`tp modules task NAME`); --task wins")

@@ -35,3 +35,38 @@ FAMILIES = {  # recipe: (overrides, Auto class, HF architecture)
 @pytest.mark.parametrize("recipe", list(FAMILIES))
 def test_round_trip_through_hf(recipe: str, tmp_path: Path) -> None:
     cli_round_trip(recipe, *FAMILIES[recipe], tmp_path)
+
+
+def test_masked_lm_checkpoint_without_the_sop_head(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """albert-base-v2 on the Hub: config.json says AlbertForMaskedLM and the weights hold the MLM
+    head only. tp reads the body and the MLM head, starts the SOP head fresh, says so, and its
+    MLM logits equal AlbertForMaskedLM's (`--check`)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from tpcli.cli.main import main
+    from tpcli.convert.testing import make_run
+
+    run = make_run("albert-base", tmp_path / "run", FAMILIES["albert-base"][0])
+    hf = tmp_path / "hf"
+    assert main(["convert", str(run), "--to", "hf", "--out", str(hf)]) == 0
+    weights = load_file(str(hf / "model.safetensors"))
+    dropped = [k for k in weights if k.startswith("sop_classifier.")]
+    assert dropped
+    save_file({k: v for k, v in weights.items() if k not in dropped},
+              str(hf / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**config, "architectures": ["AlbertForMaskedLM"]}))
+    capsys.readouterr()
+    out = tmp_path / "tp"
+    assert main(["convert", str(hf), "--from", "hf", "--out", str(out), "--check"]) == 0
+    printed = capsys.readouterr().out
+    assert float(printed.split("logits: ")[1].split()[0]) <= 1e-5
+    assert "holds only some heads" in " ".join(printed.split())
+    info = json.loads((out / "checkpoint.json").read_text())
+    # the pooler is the body's (AlbertForMaskedLM keeps it): only the SOP classifier is new
+    assert sorted(info["converted_from"]["initialised"]) == sorted(
+        k for k in load_file(str(run / "last" / "model.safetensors"))
+        if k.startswith("targets.sp.classifier."))

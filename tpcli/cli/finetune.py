@@ -14,7 +14,8 @@ def finetune(
     overrides: Optional[list[str]] = typer.Argument(None, help="a.b.c=value recipe overrides"),
     task: Optional[str] = typer.Option(None, "--task",
                                        help="the task: classification, glue/sst2, ..."),
-    init: Optional[str] = typer.Option(None, "--init", help="pre-trained checkpoint or run"),
+    init: Optional[str] = typer.Option(
+        None, "--init", help="pre-trained checkpoint or run, or zoo:NAME (pulled on first use)"),
     train: Optional[str] = typer.Option(None, "--train", help="training file"),
     dev: Optional[list[str]] = typer.Option(None, "--dev", help="dev file (repeatable)"),
     test: Optional[str] = typer.Option(None, "--test", help="file to predict with the best"),

@@ -59,9 +59,12 @@ HF_INPUTS = {"input_ids": "input_ids", "attention_mask": "attention_mask",
 
 
 def max_abs_diff(conv: Converter, hf_model: Any, tp_model: Any, hf_config: dict[str, Any],
-                 vocab: int, *, base: bool = False) -> float:
+                 vocab: int, *, base: bool = False, fields: dict[str, str] | None = None
+                 ) -> float:
     """Max abs difference of the two models' logits (hidden states for a headless model) on the
-    fixed padded batch of `check_batch`, over real positions. Ids are drawn below `vocab`."""
+    fixed padded batch of `check_batch`, over real positions. Ids are drawn below `vocab`.
+    `fields`: compare only these targets, with these HF output fields (default: every target,
+    through `conv.outputs`)."""
     batch = check_batch(tp_model.spec, hf_config, vocab)
     kwargs = {HF_INPUTS[k]: (v.long() if v.dtype == torch.bool else v) for k, v in batch.items()}
     with torch.no_grad():
@@ -71,8 +74,8 @@ def max_abs_diff(conv: Converter, hf_model: Any, tp_model: Any, hf_config: dict[
             pairs = [("hidden", tp_model.features(batch).hidden, ref.last_hidden_state)]
         else:
             ours = tp_model.predict(batch)
-            pairs = [(name, logits, getattr(ref, conv.outputs.get(name, "logits")))
-                     for name, logits in ours.items()]
+            wanted = fields or {name: conv.outputs.get(name, "logits") for name in ours}
+            pairs = [(name, ours[name], getattr(ref, field)) for name, field in wanted.items()]
     worst = 0.0
     for name, mine, theirs in pairs:
         if tuple(mine.shape) != tuple(theirs.shape):
@@ -86,10 +89,11 @@ def max_abs_diff(conv: Converter, hf_model: Any, tp_model: Any, hf_config: dict[
 
 
 def compare(conv: Converter, hf_model: Any, tp_model: Any, hf_config: dict[str, Any],
-             tokenizer: Any, tolerance: float, *, base: bool) -> float:
+             tokenizer: Any, tolerance: float, *, base: bool,
+             fields: dict[str, str] | None = None) -> float:
     """`max_abs_diff` on the tokenizer's ids; a TpError above `tolerance`."""
     vocab = min(tp_model.ctx.vocab_size, tokenizer.vocab_size)
-    worst = max_abs_diff(conv, hf_model, tp_model, hf_config, vocab, base=base)
+    worst = max_abs_diff(conv, hf_model, tp_model, hf_config, vocab, base=base, fields=fields)
     if not worst <= tolerance:
         raise TpError(f"--check failed: the logits differ by up to {worst:.3g} (tolerance "
                       f"{tolerance:g}); nothing was written",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -165,13 +166,49 @@ def _tokenizer_section(folder: Path, plugins: Plugins) -> tuple[dict[str, Any], 
 
 
 def _to_tp(conv: Converter, hf_sd: dict[str, torch.Tensor], hf_config: dict[str, Any],
-           own: dict[str, torch.Tensor], base: bool) -> dict[str, torch.Tensor]:
+           own: dict[str, torch.Tensor], base: bool, partial: bool = False
+           ) -> dict[str, torch.Tensor]:
     """HF weights -> tp keys; a headless model may lack the targets (and its pooler may have no
-    tp counterpart)."""
+    tp counterpart); with `partial` the targets' rules are optional (an `also_reads`
+    architecture's checkpoint may hold only some of the heads: ALBERT's MLM without SOP)."""
+    from dataclasses import replace
+
+    from tpcli.convert.keymap import convert as apply_rules
+
     ignore = ["pooler.*"] if base and not any(k.startswith("targets.") and ".pooler." in k
                                               for k in own) else []
-    return conv.hf_to_tp(hf_sd, base=base, hf_config=hf_config, ignore=ignore,
-                         expected=None if base else own.keys())
+    rules = list(conv.rules_for(hf_config, base))
+    if partial:
+        rules = [replace(r, optional=True) if str(getattr(r, "tp", "")).startswith("targets.")
+                 and hasattr(r, "optional") else r for r in rules]
+    return apply_rules(hf_sd, rules, "hf_to_tp", ignore=ignore,
+                       expected=None if base or partial else own.keys())
+
+
+def _convert_weights(conv: Converter, hf_sd: dict[str, torch.Tensor], hf_config: dict[str, Any],
+                     own: dict[str, torch.Tensor], base: bool, arch: str
+                     ) -> tuple[dict[str, torch.Tensor], bool]:
+    """(tp weights, whether some targets must start fresh), trying the architecture's key map,
+    then (for an `also_reads` architecture) the same map with optional heads, then the headless
+    map: some Hub checkpoints of a full architecture hold the headless model's keys (the released
+    gpt2: `h.0...`, no `transformer.`), which transformers accepts too."""
+    try:
+        return _to_tp(conv, hf_sd, hf_config, own, base), base
+    except CheckpointError:
+        if base:
+            raise
+        first = sys.exc_info()[1]
+    if arch in conv.also_reads:
+        try:
+            return _to_tp(conv, hf_sd, hf_config, own, False, partial=True), True
+        except TpError:
+            pass
+    if conv.base_rules or conv.config_rules is not None:
+        try:
+            return _to_tp(conv, hf_sd, hf_config, own, True), True
+        except TpError:
+            pass
+    raise first  # type: ignore[misc]
 
 
 def from_hf(source: str, out: Path, plugins: Plugins, *, check: bool = False,
@@ -212,21 +249,11 @@ def from_hf(source: str, out: Path, plugins: Plugins, *, check: bool = False,
                             tokenizer.special_ids)
         own = dict(model.state_dict())
         headless = base  # the architecture's: what --check compares
-        try:
-            tp_sd = _to_tp(conv, hf_sd, hf_config, own, base)
-        except CheckpointError:
-            # some Hub checkpoints of a full architecture hold the headless model's keys (the
-            # released gpt2: `h.0...`, no `transformer.`), which transformers accepts too
-            if base or (not conv.base_rules and conv.config_rules is None):
-                raise
-            try:
-                tp_sd, base = _to_tp(conv, hf_sd, hf_config, own, True), True
-            except TpError:
-                tp_sd = _to_tp(conv, hf_sd, hf_config, own, False)  # the first error again
+        tp_sd, base = _convert_weights(conv, hf_sd, hf_config, own, base, arch)
         raise_shapes(shape_problems(tp_sd, own, "checkpoint"), str(folder))
         notes: list[str] = []
         fresh: list[str] = []
-        if base:  # a headless model: the targets start from tp's initialisation
+        if base:  # headless, or heads missing: those targets start from tp's initialisation
             unknown = sorted(set(tp_sd) - set(own))
             if unknown:
                 raise CheckpointError(f"keys the tp model does not have: {unknown[:12]}")
@@ -236,7 +263,8 @@ def from_hf(source: str, out: Path, plugins: Plugins, *, check: bool = False,
                                       f"{[k for k in fresh if not k.startswith('targets.')][:12]}")
             tp_sd = {**{k: own[k] for k in fresh}, **tp_sd}
             if fresh:
-                notes.append(f"{arch} is headless: {len(fresh)} target tensors are freshly "
+                what = "is headless" if headless else "holds only some heads"
+                notes.append(f"{arch} {what}: {len(fresh)} target tensors are freshly "
                              "initialised")
         model.load_state_dict(tp_sd, strict=True)
         save_file({k: v.contiguous() for k, v in tp_sd.items()}, str(tmp / WEIGHTS),
@@ -252,10 +280,15 @@ def from_hf(source: str, out: Path, plugins: Plugins, *, check: bool = False,
             from tpcli.api import load_checkpoint
 
             loaded = load_checkpoint(tmp, plugins)
-            # an also_reads architecture holds the full model's weights: compare with that model
-            compared = conv.hf_architecture if arch in conv.also_reads else arch
+            compared, fields = arch, None
+            if arch in conv.also_reads and not fresh:  # the full model's weights: compare it
+                compared = conv.hf_architecture
+            elif arch in conv.also_reads and not headless:  # some heads: the carried ones
+                fields = {t.name: "logits" for t in recipe.model.targets
+                          if not any(k.startswith(f"targets.{t.name}.") for k in fresh)}
             hf_model = hf_model_class(compared).from_pretrained(str(folder)).eval()
             result.max_abs_diff = compare(conv, hf_model, loaded.model, hf_config,
-                                           loaded.tokenizer, tolerance, base=headless)
+                                           loaded.tokenizer, tolerance, base=headless,
+                                           fields=fields)
     return result
 

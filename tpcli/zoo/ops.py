@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,10 @@ from tpcli.zoo.pull import is_present
 
 
 def catalog(plugins: Any) -> Catalog:
-    return load_catalog(plugins.zoo_dirs)
+    """The registered card folders, then those in TP_ZOO_CARDS (os.pathsep-separated: an
+    organisation's own cards without writing a plugin; read at each call)."""
+    extra = [d for d in os.environ.get("TP_ZOO_CARDS", "").split(os.pathsep) if d]
+    return load_catalog([*plugins.zoo_dirs, *extra])
 
 
 def run_zoo(request: ZooRequest) -> Any:

@@ -112,6 +112,9 @@ def processor(hf: dict[str, Any]) -> dict[str, Any]:
 CONVERTER = Converter(
     name="albert",
     hf_architecture="AlbertForPreTraining",
+    # albert-base-v2 and friends: config.json names AlbertForMaskedLM; the weights hold the MLM
+    # head and no SOP head (which starts fresh)
+    also_reads=("AlbertForMaskedLM",),
     rules=pretraining_rules(),
     config_to_recipe=config_to_recipe,
     recipe_to_config=recipe_to_config,
