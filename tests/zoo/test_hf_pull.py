@@ -264,3 +264,43 @@ def test_finetune_init_from_the_zoo(hub: HubServer, tiny: str, tmp_path: Path) -
     assert report["checkpoint"] == str(Path(pull("tiny")["path"]))
     assert report["fresh"] and all(k.startswith("targets.cls.") for k in report["fresh"])
     assert result["dev"]
+
+
+class _Exploit:
+    """A pickle that would create a file if it were unpickled with code execution."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+def test_pickle_only_checkpoints_load_weights_only(hub: HubServer, tiny_bert_hf: Path,
+                                                   tmp_path: Path,
+                                                   write_card: Callable[..., Path]) -> None:
+    """A card whose weights are only pytorch_model.bin converts (tensors only); a pickle that
+    carries code is refused and its code never runs."""
+    from safetensors.torch import load_file
+
+    from tpcli.api import load_checkpoint
+
+    state = load_file(str(tiny_bert_hf / "model.safetensors"))
+    files = {"config.json": (tiny_bert_hf / "config.json").read_bytes(),
+             "vocab.txt": (tiny_bert_hf / "vocab.txt").read_bytes()}
+    buf = tmp_path / "pytorch_model.bin"
+    torch.save(state, buf)
+    hub.add_repo("org/bin-bert", {**files, "pytorch_model.bin": buf.read_bytes()})
+    names = [{"path": p} for p in ("config.json", "pytorch_model.bin", "vocab.txt")]
+    write_card("bin-bert", "hf://org/bin-bert", names)
+    loaded = load_checkpoint(Path(pull("bin-bert")["path"]))
+    word = loaded.model.state_dict()["stack.embedding.parts.word.embedding.weight"]
+    assert torch.equal(word, state["bert.embeddings.word_embeddings.weight"])
+
+    marker = tmp_path / "marker"
+    torch.save({"bert.embeddings.word_embeddings.weight": _Exploit(marker)}, buf)
+    hub.add_repo("org/evil-bert", {**files, "pytorch_model.bin": buf.read_bytes()})
+    write_card("evil-bert", "hf://org/evil-bert", names)
+    with pytest.raises(TpError, match="weights_only=True"):
+        pull("evil-bert")
+    assert not marker.exists()
