@@ -24,17 +24,28 @@ def list_(
     task: Optional[str] = typer.Option(None, "--task", help="only models for this task"),
 ) -> None:
     """A table of every model card."""
-    from rich.console import Console
-    from rich.table import Table
+    import shutil
 
     rows = _run("list", modality=modality, task=task)
-    table = Table(title=f"tp zoo ({len(rows)} models)")
-    for col in ("name", "modality", "tasks", "size", "license", "cached"):
-        table.add_column(col, overflow="fold")
+    cols = ("name", "modality", "size", "license", "cached", "tasks")
+    width = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in cols}
+    room = shutil.get_terminal_size((100, 24)).columns
+    # one line per model: the tasks take what room is left (`tp zoo info NAME` has the card)
+    width["tasks"] = max(12, min(width["tasks"], room - sum(width[c] + 2 for c in cols[:-1])))
+
+    def line(values: dict[str, str]) -> str:
+        cells = []
+        for c in cols:
+            text = str(values[c])
+            if len(text) > width[c]:
+                text = text[: width[c] - 1] + "…"
+            cells.append(text.ljust(width[c]))
+        return "  ".join(cells).rstrip()
+
+    print(line({c: c.upper() for c in cols}))
     for row in rows:
-        table.add_row(*(str(row[c]) for c in ("name", "modality", "tasks", "size", "license",
-                                              "cached")))
-    Console().print(table)
+        print(line(row))
+    print(f"{len(rows)} models; `tp zoo info NAME` for a card, `tp zoo pull NAME` to fetch one")
 
 
 @app.command()
