@@ -200,6 +200,8 @@ def processor(hf: dict[str, Any]) -> dict[str, Any]:
 CONVERTER = Converter(
     name="t5",
     hf_architecture="T5ForConditionalGeneration",
+    # the name transformers used before 3.0; early t5-* config.json files still carry it
+    also_reads=("T5WithLMHeadModel",),
     rules=(),
     config_to_recipe=config_to_recipe,
     recipe_to_config=recipe_to_config,
