@@ -138,3 +138,14 @@ def test_list_filters_and_info(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert main(["zoo", "info", "gpt2"]) == 0
     out = capsys.readouterr().out
     assert "source: hf://openai-community/gpt2" in out and "cached: no" in out
+
+
+def test_zoo_list_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from tpcli.cli.main import main; rc = main(['zoo', 'list']); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', rc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60).stdout
+    assert out.strip().endswith("NO-TORCH 0")

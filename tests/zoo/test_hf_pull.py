@@ -304,3 +304,15 @@ def test_pickle_only_checkpoints_load_weights_only(hub: HubServer, tiny_bert_hf:
     with pytest.raises(TpError, match="weights_only=True"):
         pull("evil-bert")
     assert not marker.exists()
+
+
+def test_another_revision_is_checked_against_the_hub(hub: HubServer, tiny: str,
+                                                     tiny_bert_hf: Path) -> None:
+    """`--revision` other than the card's: the card's hashes describe its own commit, so the
+    newer commit's files are checked against the Hub's hashes (and cached apart)."""
+    files = {p: (tiny_bert_hf / p).read_bytes() for p in TINY_FILES}
+    newer = hub.add_repo(REPO, {**files, "vocab.txt": files["vocab.txt"] + b"[NEW]\n"})
+    result = pull("tiny", revision="main", format="hf")
+    assert result["commit"] == newer != tiny
+    assert (Path(result["path"]) / "vocab.txt").read_bytes().endswith(b"[NEW]\n")
+    assert pull("tiny", format="hf")["commit"] == tiny  # the card's own commit is unaffected
