@@ -152,6 +152,27 @@ def _checkpoint(ref: str | None, plugins: Plugins, progress: bool) -> Path | Non
     return ckpt_io.find_checkpoint(Path(resolve_init(ref, plugins, progress)))
 
 
+def with_checkpoint_tokenizer(recipe: Any, ckpt: Path, plugins: Plugins) -> Any:
+    """The recipe with the checkpoint's tokenizer: the weights' vocabulary decides what the ids
+    mean (RoBERTa's published weights come with their own 50,265-id dictionary, the recipe's
+    pre-training tokenizer is GPT-2's BPE). File options point into the checkpoint."""
+    from tpcli.config import build_recipe
+
+    try:
+        saved = yaml.safe_load((ckpt / "recipe.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise CheckpointError(f"cannot read {ckpt / 'recipe.yaml'}: {e}") from e
+    tok = dict((saved.get("data") or {}).get("tokenizer") or {})
+    if not tok or tok.get("name") is None or tok == recipe.raw["data"].get("tokenizer"):
+        return recipe
+    for key, value in tok.items():
+        if isinstance(value, str) and (ckpt / value).exists():
+            tok[key] = str((ckpt / value).resolve())
+    raw = copy.deepcopy(recipe.raw)
+    raw["data"]["tokenizer"] = tok
+    return build_recipe(raw, plugins.registry, name=recipe.name, path=recipe.path)
+
+
 def _recipe_and_init(request: FinetuneRequest, plugins: Plugins) -> tuple[Any, Path | None]:
     from tpcli.config import build_recipe
     from tpcli.recipes import load_recipe
@@ -159,7 +180,9 @@ def _recipe_and_init(request: FinetuneRequest, plugins: Plugins) -> tuple[Any, P
     if request.recipe is not None:
         recipe = load_recipe(request.recipe, request.overrides, plugins)
         ref = request.init or recipe.finetune.init  # --init wins over the recipe's
-        return recipe, _checkpoint(ref, plugins, request.progress)
+        ckpt = _checkpoint(ref, plugins, request.progress)
+        return (with_checkpoint_tokenizer(recipe, ckpt, plugins) if ckpt is not None
+                else recipe), ckpt
     ckpt = _checkpoint(request.init, plugins, request.progress)
     if ckpt is None:
         raise TpError("tp finetune needs a RECIPE or --init CHECKPOINT",

@@ -261,9 +261,20 @@ def test_finetune_init_from_the_zoo(hub: HubServer, tiny: str, tmp_path: Path) -
                                        "finetune.max_length=32"],
                                       progress=False))
     report = json.loads((tmp_path / "ft" / "init.json").read_text())
-    assert report["checkpoint"] == str(Path(pull("tiny")["path"]))
+    ckpt = Path(pull("tiny")["path"])
+    assert report["checkpoint"] == str(ckpt)
     assert report["fresh"] and all(k.startswith("targets.cls.") for k in report["fresh"])
     assert result["dev"]
+    # a recipe plus zoo weights: the recipe's hyperparameters, the checkpoint's tokenizer
+    shape = ["model.hidden_size=32", "model.encoder.ffn_size=64",
+             "model.embedding.pos.max_length=64", "finetune.steps=2", "finetune.batch_size=8",
+             "finetune.max_length=32"]
+    finetune(FinetuneRequest("bert-tiny", "classification", tmp_path / "ft2",
+                             TaskData(str(train), [str(dev)]), "zoo:tiny", shape,
+                             progress=False))
+    saved = yaml.safe_load((tmp_path / "ft2" / "recipe.yaml").read_text())
+    assert saved["data"]["tokenizer"]["vocab"] == str(ckpt / "tokenizer" / "vocab.txt")
+    assert saved["pretrain"]["lr"] == 2.0e-3  # the recipe's own sections are kept
 
 
 class _Exploit:
