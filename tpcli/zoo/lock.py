@@ -18,14 +18,14 @@ import yaml
 from tpcli.errors import TpError
 from tpcli.zoo import cache
 from tpcli.zoo.card import Card
-from tpcli.zoo.pull import _verifier
+from tpcli.zoo.pull import verifier
 from tpcli.zoo.sources import Remote, Source, open_source
 
 
 def _hash_by_download(card: Card, source: Source, path: str, key: str, remote: Remote,
                       folder: Path) -> tuple[int, str]:
     digests: list[str] = []
-    verify = _verifier(card, path, None, None, remote)
+    verify = verifier(card, path, None, None, remote)
     local = source.fetch(path, key, folder, lambda n: None,
                          lambda p, known: digests.append(verify(p, known)))
     return local.stat().st_size, digests[0]

@@ -26,7 +26,7 @@ from tpcli.zoo.sources import Remote, Source, open_source
 WORKERS = 8
 
 
-def _verifier(card: Card, path: str, size: int | None, sha256: str | None,
+def verifier(card: Card, path: str, size: int | None, sha256: str | None,
               remote: Remote) -> Callable[[Path, str | None], str]:
     """The check of one file: size, then the card's sha256, the source's sha256 or git blob id.
     Returns the file's sha256 (recorded in the manifest for `tp zoo verify`)."""
@@ -66,9 +66,12 @@ class _Progress:
             from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
                                        TransferSpeedColumn)
 
+            from rich.console import Console
+
+            # on stderr: stdout carries the result (`tp zoo pull ... | tail -1` is the path)
             self.bar = Progress("[progress.description]{task.description}", BarColumn(),
                                 DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                                transient=False)
+                                console=Console(stderr=True), transient=False)
             self.task = self.bar.add_task(f"pull {name}", total=total)
 
     def advance(self, n: int) -> None:
@@ -98,7 +101,7 @@ def _download(card: Card, source: Source, key: str, folder: Path, todo: list[str
 
     def one(path: str, progress: _Progress) -> None:
         f = by_path[path]
-        verify = _verifier(card, path, f.size if use_card else None,
+        verify = verifier(card, path, f.size if use_card else None,
                            f.sha256 if use_card else None, remote[path])
         digests: list[str] = []
         local = source.fetch(path, key, folder, progress.advance,

@@ -56,13 +56,40 @@ class Source(Protocol):
 
 RETRIES = 5
 READ_CHUNK = 1 << 20
+BLOCK = 8 * READ_CHUNK  # bytes per ranged read where a filesystem has no streaming body
+
+
+class _StartOver(Exception):
+    """The server ignored the Range header (200, not 206): the part cannot be extended."""
+
+
+def _status(e: BaseException | None) -> int | None:
+    """The HTTP status carried by `e` or an exception it chains (aiohttp's `status`)."""
+    seen = 0
+    while e is not None and seen < 8:
+        status = getattr(e, "status", None)
+        if isinstance(status, int):
+            return status
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
+def _permanent(e: BaseException) -> bool:
+    """True for failures a retry cannot cure (missing file, refused access, a range the remote
+    file no longer has): they are reported at once instead of after `RETRIES` waits."""
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
+        return True
+    status = _status(e)
+    return status is not None and 400 <= status < 500 and status not in (408, 429)
 
 
 class FsspecSource:
     """A folder at any fsspec URL (`https://host/models/bert/`, `s3://bucket/x/`, `file:///d/`).
 
     Files go to `<cache key folder>/files/<path>.part`, are hashed as they arrive, resumed from
-    the part's size when the connection drops (up to `RETRIES` times), verified, then renamed.
+    the part's size when the connection drops (up to `RETRIES` times, or by the next pull),
+    verified, then renamed. HTTP bodies are streamed (a `Range: bytes=N-` request resumes them, so
+    a dropped connection loses nothing that arrived); other filesystems are read in ranged blocks.
     There are no commits: the key is the card's revision string."""
 
     def __init__(self, card: Card) -> None:
@@ -92,65 +119,109 @@ class FsspecSource:
             try:
                 size = fs.info(f"{root}/{p}").get("size")
             except FileNotFoundError as e:
-                raise TpError(f"{self.url(p)} does not exist (listed in the card of "
-                              f"{self.card.name})", hint="fix the card's files or source") from e
+                raise self._missing(p, e) from e
             except Exception as e:  # noqa: BLE001 - any transport failure is reported, not raised raw
                 raise TpError(f"cannot reach {self.url(p)}: {type(e).__name__}: {e}",
                               hint="check the URL and the network") from e
             out[p] = Remote(size=int(size) if size is not None else None)
         return out
 
+    def _dest(self, folder: Path, path: str) -> Path:
+        """Where `path` lands; a path that would leave `folder/files` (a card built without
+        validation) is refused rather than written."""
+        files = (folder / "files").resolve()
+        dest = (files / path).resolve()
+        if not dest.is_relative_to(files) or dest == files:
+            raise TpError(f"file path {path!r} of {self.card.name} leaves the model folder",
+                          hint="fix the card: paths are relative, '/' separated, without '..'")
+        return folder / "files" / path
+
     def fetch(self, path: str, key: str, folder: Path, advance: Advance, verify: Verify) -> Path:
-        dest = folder / "files" / path
+        dest = self._dest(folder, path)
         part = dest.with_name(dest.name + ".part")
         part.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        size = self._size(path) if part.exists() else None
-        if size is not None and part.stat().st_size > size:
-            part.unlink()  # longer than the remote file: not a prefix of it
-        if part.exists():  # a partial download from an earlier, interrupted pull
-            with open(part, "rb") as f:
-                while chunk := f.read(READ_CHUNK * 4):
-                    digest.update(chunk)
-            advance(part.stat().st_size)
+        size = self._size(path)
+        if part.exists() and (size is None or part.stat().st_size > size):
+            part.unlink()  # no size to resume against, or longer than the remote file
+        state = _Hashed()
         for attempt in range(RETRIES + 1):
             try:
-                self._copy_from(path, part, digest, advance)
+                state.catch_up(part, advance)  # the bytes already there (an earlier pull, a drop)
+                if size is None or state.done < size:
+                    self._copy_from(path, part, size, state, advance)
                 break
             except TpError:
                 raise
+            except _StartOver:
+                advance(-state.done)
+                part.unlink(missing_ok=True)
+                state = _Hashed()
             except Exception as e:  # noqa: BLE001 - dropped connections come in many types
-                if attempt == RETRIES:
-                    raise TpError(f"downloading {self.url(path)} failed {RETRIES + 1} times: "
-                                  f"{type(e).__name__}: {e}",
-                                  hint="pull again: it resumes from the bytes received") from e
+                if _permanent(e) or attempt == RETRIES:
+                    raise self._failed(path, e, attempt + 1) from e
                 time.sleep(min(0.2 * 2 ** attempt, 2.0))
+        else:
+            raise TpError(f"{self.url(path)} was restarted from byte 0 {RETRIES + 1} times",
+                          hint="the server ignores Range requests and drops connections")
         try:
-            verify(part, digest.hexdigest())
+            verify(part, state.digest.hexdigest())
         except TpError:
             part.unlink(missing_ok=True)
             raise
         os.replace(part, dest)
         return dest
 
-    def _copy_from(self, path: str, part: Path, digest: Any, advance: Advance) -> None:
-        """Append the rest of the remote file to `part` (a ranged read from its current size)."""
+    def _missing(self, path: str, e: FileNotFoundError) -> TpError:
+        """fsspec's http `info` reports any failed request as FileNotFoundError; the status of
+        the request it chains tells a missing file from a refused one."""
+        status = _status(e)
+        if status in (401, 403):
+            return TpError(f"{self.url(path)} refused access ({status}) to the card of "
+                           f"{self.card.name}", hint="the server wants credentials: give them "
+                           "to fsspec (its configuration or environment for this protocol)")
+        return TpError(f"{self.url(path)} does not exist (listed in the card of "
+                       f"{self.card.name})", hint="fix the card's files or source")
+
+    def _failed(self, path: str, e: Exception, tries: int) -> TpError:
+        if _permanent(e):
+            return TpError(f"downloading {self.url(path)} failed: {type(e).__name__}: {e}",
+                           hint="check the card's source and files, and your access to them")
+        return TpError(f"downloading {self.url(path)} failed {tries} times: "
+                       f"{type(e).__name__}: {e}",
+                       hint="pull again: it resumes from the bytes received")
+
+    def _copy_from(self, path: str, part: Path, size: int | None, state: _Hashed,
+                   advance: Advance) -> None:
+        """Append the rest of the remote file to `part`, from its current size."""
         fs, root = self._fs()
-        offset = part.stat().st_size if part.exists() else 0
-        with fs.open(f"{root}/{path}", "rb", block_size=8 * READ_CHUNK) as src, \
-                open(part, "ab") as out:
+        offset = state.done
+        if {"http", "https"} & set(_protocols(fs)):
+            # a streamed body, resumed by a Range header; size= spares fsspec a HEAD request
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            src = fs.open(f"{root}/{path}", "rb", block_size=0, size=size or None,
+                          headers=headers)
+            response = getattr(src, "r", None)
+            if offset and response is not None and response.status != 206:
+                src.close()
+                raise _StartOver()
+        else:
+            src = fs.open(f"{root}/{path}", "rb", block_size=BLOCK)
             src.seek(offset)
+        with src, open(part, "ab") as out:
             while chunk := src.read(READ_CHUNK):
                 out.write(chunk)
-                digest.update(chunk)
+                state.add(chunk)
                 advance(len(chunk))
 
     def _size(self, path: str) -> int | None:
         fs, root = self._fs()
         try:
-            return fs.info(f"{root}/{path}").get("size")
-        except Exception:  # noqa: BLE001 - unknown size: the caller keeps the part
+            size = fs.info(f"{root}/{path}").get("size")
+        except FileNotFoundError as e:  # gone since describe(): no retry brings it back
+            raise self._missing(path, e) from e
+        except Exception:  # noqa: BLE001 - unknown size: the download starts from 0
             return None
+        return int(size) if size is not None else None
 
     def cached(self, path: str, key: str, folder: Path) -> Path | None:
         local = folder / "files" / path
@@ -158,6 +229,37 @@ class FsspecSource:
 
     def discard(self, local: Path) -> None:
         local.unlink(missing_ok=True)
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    p = fs.protocol
+    return (p,) if isinstance(p, str) else tuple(p)
+
+
+class _Hashed:
+    """The sha256 of a part's first `done` bytes, kept in step with the file: after a failed
+    attempt the bytes on disk (not what the attempt believed it wrote) are what counts."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.done = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.digest.update(chunk)
+        self.done += len(chunk)
+
+    def catch_up(self, part: Path, advance: Advance) -> None:
+        have = part.stat().st_size if part.exists() else 0
+        if have == self.done:
+            return
+        if have < self.done:  # the file lost bytes we hashed (should not happen): rehash it
+            advance(-self.done)
+            self.digest, self.done = hashlib.sha256(), 0
+        with open(part, "rb") as f:
+            f.seek(self.done)
+            while chunk := f.read(READ_CHUNK * 4):
+                self.add(chunk)
+                advance(len(chunk))
 
 
 def open_source(card: Card, plugins: Any) -> Source:
