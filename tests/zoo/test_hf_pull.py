@@ -327,3 +327,19 @@ def test_another_revision_is_checked_against_the_hub(hub: HubServer, tiny: str,
     assert result["commit"] == newer != tiny
     assert (Path(result["path"]) / "vocab.txt").read_bytes().endswith(b"[NEW]\n")
     assert pull("tiny", format="hf")["commit"] == tiny  # the card's own commit is unaffected
+
+
+def test_an_interrupted_pull_resumes_from_its_part(hub: HubServer, tiny: str, tiny_bert_hf: Path,
+                                                   zoo_env: ZooEnv) -> None:
+    """A pull killed mid-file leaves `blobs/<sha256>.tp-part`; the next one asks for the rest
+    only, and the blob appears once the whole file hashes right."""
+    data = (tiny_bert_hf / "model.safetensors").read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    blobs = zoo_env.hf_cache / f"models--{REPO.replace('/', '--')}" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / f"{digest}.tp-part").write_bytes(data[:1_000_003])
+    result = pull("tiny", format="hf")
+    assert result["downloaded"] == result["bytes"]  # progress counts the part's bytes too
+    assert [r for p, r in hub.ranges if p.endswith("model.safetensors")] == ["bytes=1000003-"]
+    assert hub.count(f"/resolve/{tiny}/model.safetensors", "GET") == 1
+    assert (blobs / digest).read_bytes() == data and not (blobs / f"{digest}.tp-part").exists()

@@ -4,19 +4,33 @@ Files land in the Hugging Face cache (`HF_HUB_CACHE`, shared with `transformers`
 pulled by tp is not downloaded again by `from_pretrained`, and the other way round. `HF_ENDPOINT`
 (a mirror) and `HF_TOKEN` are honoured as `huggingface_hub` honours them; the token never appears
 in what tp prints (`scrub`). One `model_info` call resolves the revision to a commit and gives
-every file's size and hash (the LFS sha256, or the git blob id of a small file); downloads resume
-a partial blob, as `huggingface_hub` does.
+every file's size and hash (the LFS sha256, or the git blob id of a small file).
+
+LFS files (the weights) are streamed by tp into the cache's blob, named by their sha256 as
+`huggingface_hub` names it: hashed while the bytes arrive (no second pass over a large file),
+resumed with a Range request after a dropped connection or from the `<sha256>.tp-part` an
+interrupted pull left, and renamed into place only once verified, so unchecked bytes never enter
+the cache. `hf_hub_download` then links the snapshot to the blob, and downloads the small files.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from tpcli.errors import TpError
 from tpcli.zoo.card import Card
-from tpcli.zoo.sources import Advance, Remote, Verify
+from tpcli.zoo.sources import RETRIES, Advance, Hashed, Remote, StartOver, Verify, permanent
+
+
+class HttpStatus(Exception):
+    """An HTTP error status of a streamed download (`status` is what `permanent` reads)."""
+
+    def __init__(self, status: int, url: str) -> None:
+        super().__init__(f"HTTP {status} for {url}")
+        self.status = status
 
 
 def token() -> str | None:
@@ -55,8 +69,9 @@ def _hub_error(e: Exception, repo: str, revision: str, path: str | None = None) 
     from huggingface_hub import errors
 
     what = f"{repo}@{revision}" + (f" file {path}" if path else "")
-    if isinstance(e, errors.GatedRepoError) or getattr(getattr(e, "response", None),
-                                                       "status_code", None) in (401, 403):
+    status = getattr(e, "status", None) or getattr(getattr(e, "response", None), "status_code",
+                                                   None)
+    if isinstance(e, errors.GatedRepoError) or status in (401, 403):
         return TpError(f"the Hub refused access to {what} (401/403: private or gated)",
                        hint="log in (`hf auth login`) or set HF_TOKEN to a token that may read it")
     if isinstance(e, errors.RepositoryNotFoundError):
@@ -106,17 +121,84 @@ class HfSource:
     def fetch(self, path: str, key: str, folder: Path, advance: Advance, verify: Verify) -> Path:
         from huggingface_hub import hf_hub_download
 
-        try:
+        remote = self._remote.get(key, {}).get(path)
+        streamed = remote is not None and remote.sha256 is not None and self._stream_blob(
+            path, key, remote, advance, verify)
+        try:  # links a blob streamed above; downloads a small file itself
             local = Path(hf_hub_download(self.repo, path, revision=key,
                                          tqdm_class=_forwarding_tqdm(advance)))
         except Exception as e:  # noqa: BLE001 - mapped to a user-facing error
             raise _hub_error(e, self.repo, key, path) from None
-        try:
-            verify(local, None)
-        except TpError:
-            self.discard(local)
-            raise
+        if not streamed:  # a small file, or a blob another tool put in the cache: hash it
+            try:
+                verify(local, None)
+            except TpError:
+                self.discard(local)
+                raise
         return local
+
+    def _blobs(self) -> Path:
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+
+        return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=self.repo,
+                                                               repo_type="model") / "blobs"
+
+    def _stream_blob(self, path: str, key: str, remote: Remote, advance: Advance,
+                     verify: Verify) -> bool:
+        """Download an LFS file straight into the Hugging Face cache's blob (named by its
+        sha256, as `huggingface_hub` names it), hashing the bytes as they arrive and resuming a
+        part left by an interrupted pull. The blob appears only once verified. False when the
+        blob was already there (its bytes are checked after linking)."""
+        assert remote.sha256 is not None
+        blob = self._blobs() / remote.sha256
+        if blob.exists():
+            return False
+        part = blob.with_name(f"{remote.sha256}.tp-part")
+        part.parent.mkdir(parents=True, exist_ok=True)
+        state = Hashed()
+        for attempt in range(RETRIES + 1):
+            try:
+                state.catch_up(part, advance)
+                if remote.size is None or state.done < remote.size:
+                    self._get(path, key, part, state, advance)
+                break
+            except StartOver:  # the server ignored the Range header
+                advance(-state.done)
+                part.unlink(missing_ok=True)
+                state = Hashed()
+            except Exception as e:  # noqa: BLE001 - dropped connections come in many types
+                if permanent(e) or attempt == RETRIES:
+                    raise _hub_error(e, self.repo, key, path) from None
+                time.sleep(min(0.2 * 2 ** attempt, 2.0))
+        try:
+            verify(part, state.digest.hexdigest())
+        except TpError:
+            part.unlink(missing_ok=True)
+            raise
+        os.replace(part, blob)
+        return True
+
+    def _get(self, path: str, key: str, part: Path, state: Hashed, advance: Advance) -> None:
+        """Append the rest of the file to `part`: one streamed GET, ranged from the part's size
+        (redirects followed; huggingface_hub's session, headers and token)."""
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import build_hf_headers, get_session
+
+        headers = build_hf_headers()
+        if state.done:
+            headers["Range"] = f"bytes={state.done}-"
+        url = hf_hub_url(self.repo, path, revision=key)
+        with get_session().stream("GET", url, headers=headers, follow_redirects=True) as r:
+            if r.status_code >= 400:
+                raise HttpStatus(r.status_code, url)
+            if state.done and r.status_code != 206:
+                raise StartOver()
+            with open(part, "ab") as out:
+                for chunk in r.iter_bytes():  # as they arrive: a drop loses nothing received
+                    out.write(chunk)
+                    state.add(chunk)
+                    advance(len(chunk))
 
     def cached(self, path: str, key: str, folder: Path) -> Path | None:
         from huggingface_hub import try_to_load_from_cache

@@ -59,7 +59,7 @@ READ_CHUNK = 1 << 20
 BLOCK = 8 * READ_CHUNK  # bytes per ranged read where a filesystem has no streaming body
 
 
-class _StartOver(Exception):
+class StartOver(Exception):
     """The server ignored the Range header (200, not 206): the part cannot be extended."""
 
 
@@ -74,7 +74,7 @@ def _status(e: BaseException | None) -> int | None:
     return None
 
 
-def _permanent(e: BaseException) -> bool:
+def permanent(e: BaseException) -> bool:
     """True for failures a retry cannot cure (missing file, refused access, a range the remote
     file no longer has): they are reported at once instead of after `RETRIES` waits."""
     if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
@@ -143,7 +143,7 @@ class FsspecSource:
         size = self._size(path)
         if part.exists() and (size is None or part.stat().st_size > size):
             part.unlink()  # no size to resume against, or longer than the remote file
-        state = _Hashed()
+        state = Hashed()
         for attempt in range(RETRIES + 1):
             try:
                 state.catch_up(part, advance)  # the bytes already there (an earlier pull, a drop)
@@ -152,12 +152,12 @@ class FsspecSource:
                 break
             except TpError:
                 raise
-            except _StartOver:
+            except StartOver:
                 advance(-state.done)
                 part.unlink(missing_ok=True)
-                state = _Hashed()
+                state = Hashed()
             except Exception as e:  # noqa: BLE001 - dropped connections come in many types
-                if _permanent(e) or attempt == RETRIES:
+                if permanent(e) or attempt == RETRIES:
                     raise self._failed(path, e, attempt + 1) from e
                 time.sleep(min(0.2 * 2 ** attempt, 2.0))
         else:
@@ -183,14 +183,14 @@ class FsspecSource:
                        f"{self.card.name})", hint="fix the card's files or source")
 
     def _failed(self, path: str, e: Exception, tries: int) -> TpError:
-        if _permanent(e):
+        if permanent(e):
             return TpError(f"downloading {self.url(path)} failed: {type(e).__name__}: {e}",
                            hint="check the card's source and files, and your access to them")
         return TpError(f"downloading {self.url(path)} failed {tries} times: "
                        f"{type(e).__name__}: {e}",
                        hint="pull again: it resumes from the bytes received")
 
-    def _copy_from(self, path: str, part: Path, size: int | None, state: _Hashed,
+    def _copy_from(self, path: str, part: Path, size: int | None, state: Hashed,
                    advance: Advance) -> None:
         """Append the rest of the remote file to `part`, from its current size."""
         fs, root = self._fs()
@@ -203,7 +203,7 @@ class FsspecSource:
             response = getattr(src, "r", None)
             if offset and response is not None and response.status != 206:
                 src.close()
-                raise _StartOver()
+                raise StartOver()
         else:
             src = fs.open(f"{root}/{path}", "rb", block_size=BLOCK)
             src.seek(offset)
@@ -236,7 +236,7 @@ def _protocols(fs: Any) -> tuple[str, ...]:
     return (p,) if isinstance(p, str) else tuple(p)
 
 
-class _Hashed:
+class Hashed:
     """The sha256 of a part's first `done` bytes, kept in step with the file: after a failed
     attempt the bytes on disk (not what the attempt believed it wrote) are what counts."""
 
