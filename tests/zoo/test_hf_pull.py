@@ -170,6 +170,7 @@ def test_token_is_sent_and_never_printed(hub: HubServer, tiny: str, zoo_env: Zoo
                                          monkeypatch: pytest.MonkeyPatch,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     secret = "hf_zoo_secret_token_0123456789"
+    monkeypatch.setenv("TP_DEBUG", "0")  # --debug sets it; undone after the test
     hub.require_token(REPO, secret)
     assert main(["--debug", "zoo", "pull", "tiny", "--no-progress"]) == 1
     err = capsys.readouterr().err
