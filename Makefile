@@ -38,8 +38,10 @@ test: install
 	$(VENV)/bin/pytest -q
 
 bench: install
+	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/bert_step.py
 	$(PY) benchmarks/table2_lines.py
+	$(PY) benchmarks/zoo_pull.py --big
 
 clean:
 	rm -rf build $(VENV)
