@@ -365,11 +365,8 @@ def machine() -> str:
     import huggingface_hub
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    try:
-        from throughput import machine as machine_line
-    finally:
-        sys.path.pop(0)
+    from throughput import machine as machine_line  # beside this script (sys.path[0])
+
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (f"{machine_line(torch.device('cpu'))}; huggingface_hub {huggingface_hub.__version__};"
             f" load average at start {load}")

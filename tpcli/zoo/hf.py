@@ -16,13 +16,13 @@ the cache. `hf_hub_download` then links the snapshot to the blob, and downloads 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 from tpcli.errors import TpError
 from tpcli.zoo.card import Card
-from tpcli.zoo.sources import RETRIES, Advance, Hashed, Remote, StartOver, Verify, permanent
+from tpcli.zoo.sources import (Advance, Hashed, Remote, StartOver, Verify, commit_part,
+                               download_part)
 
 
 class HttpStatus(Exception):
@@ -156,27 +156,10 @@ class HfSource:
             return False
         part = blob.with_name(f"{remote.sha256}.tp-part")
         part.parent.mkdir(parents=True, exist_ok=True)
-        state = Hashed()
-        for attempt in range(RETRIES + 1):
-            try:
-                state.catch_up(part, advance)
-                if remote.size is None or state.done < remote.size:
-                    self._get(path, key, part, state, advance)
-                break
-            except StartOver:  # the server ignored the Range header
-                advance(-state.done)
-                part.unlink(missing_ok=True)
-                state = Hashed()
-            except Exception as e:  # noqa: BLE001 - dropped connections come in many types
-                if permanent(e) or attempt == RETRIES:
-                    raise _hub_error(e, self.repo, key, path) from None
-                time.sleep(min(0.2 * 2 ** attempt, 2.0))
-        try:
-            verify(part, state.digest.hexdigest())
-        except TpError:
-            part.unlink(missing_ok=True)
-            raise
-        os.replace(part, blob)
+        state = download_part(part, remote.size,
+                              lambda st: self._get(path, key, part, st, advance), advance,
+                              lambda e, tries: _hub_error(e, self.repo, key, path))
+        commit_part(part, blob, state, verify)
         return True
 
     def _get(self, path: str, key: str, part: Path, state: Hashed, advance: Advance) -> None:

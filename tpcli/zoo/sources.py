@@ -143,32 +143,9 @@ class FsspecSource:
         size = self._size(path)
         if part.exists() and (size is None or part.stat().st_size > size):
             part.unlink()  # no size to resume against, or longer than the remote file
-        state = Hashed()
-        for attempt in range(RETRIES + 1):
-            try:
-                state.catch_up(part, advance)  # the bytes already there (an earlier pull, a drop)
-                if size is None or state.done < size:
-                    self._copy_from(path, part, size, state, advance)
-                break
-            except TpError:
-                raise
-            except StartOver:
-                advance(-state.done)
-                part.unlink(missing_ok=True)
-                state = Hashed()
-            except Exception as e:  # noqa: BLE001 - dropped connections come in many types
-                if permanent(e) or attempt == RETRIES:
-                    raise self._failed(path, e, attempt + 1) from e
-                time.sleep(min(0.2 * 2 ** attempt, 2.0))
-        else:
-            raise TpError(f"{self.url(path)} was restarted from byte 0 {RETRIES + 1} times",
-                          hint="the server ignores Range requests and drops connections")
-        try:
-            verify(part, state.digest.hexdigest())
-        except TpError:
-            part.unlink(missing_ok=True)
-            raise
-        os.replace(part, dest)
+        state = download_part(part, size, lambda st: self._copy_from(path, part, size, st, advance),
+                              advance, lambda e, tries: self._failed(path, e, tries))
+        commit_part(part, dest, state, verify)
         return dest
 
     def _missing(self, path: str, e: FileNotFoundError) -> TpError:
@@ -229,6 +206,44 @@ class FsspecSource:
 
     def discard(self, local: Path) -> None:
         local.unlink(missing_ok=True)
+
+
+def download_part(part: Path, size: int | None, copy_rest: Callable[[Hashed], None],
+                  advance: Advance, failed: Callable[[Exception, int], TpError]) -> Hashed:
+    """Bring `part` up to the whole file and return its hash state: the bytes already there (an
+    interrupted pull, a dropped connection) are hashed, `copy_rest(state)` appends the rest.
+    Transient errors are retried `RETRIES` times with back-off; a permanent one, or the last,
+    becomes `failed(error, tries)`; a server that ignores ranges (`StartOver`) starts over."""
+    state = Hashed()
+    for attempt in range(RETRIES + 1):
+        try:
+            state.catch_up(part, advance)
+            if size is None or state.done < size:
+                copy_rest(state)
+            return state
+        except TpError:
+            raise
+        except StartOver:
+            advance(-state.done)
+            part.unlink(missing_ok=True)
+            state = Hashed()
+        except Exception as e:  # noqa: BLE001 - dropped connections come in many types
+            if permanent(e) or attempt == RETRIES:
+                raise failed(e, attempt + 1) from e
+            time.sleep(min(0.2 * 2 ** attempt, 2.0))
+    raise TpError(f"{part.name}: the download restarted from byte 0 {RETRIES + 1} times",
+                  hint="the server ignores Range requests and drops connections")
+
+
+def commit_part(part: Path, dest: Path, state: Hashed, verify: Verify) -> None:
+    """Verify a complete part (its sha256 known from the download) and rename it into place;
+    a part that fails is deleted."""
+    try:
+        verify(part, state.digest.hexdigest())
+    except TpError:
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, dest)
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:
