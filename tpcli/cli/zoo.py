@@ -45,7 +45,9 @@ def list_(
     print(line({c: c.upper() for c in cols}))
     for row in rows:
         print(line(row))
-    print(f"{len(rows)} models; `tp zoo info NAME` for a card, `tp zoo pull NAME` to fetch one")
+    n = len(rows)
+    print(f"{n} model{'' if n == 1 else 's'}; `tp zoo info NAME` for a card, `tp zoo pull NAME` "
+          "to fetch one")
 
 
 @app.command()
