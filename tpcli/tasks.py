@@ -18,7 +18,8 @@ loop (`tpcli.finetune`) is generic over all of that.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -59,6 +60,21 @@ class Splits:
     train: list[Example] = field(default_factory=list)
     dev: dict[str, list[Example]] = field(default_factory=dict)
     test: dict[str, list[Example]] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, data: TaskData, read: Callable[[str, bool], list[Example]]) -> Splits:
+        """The files of `data` through a task's reader `read(path, labelled)`: gold labels are
+        required in train and dev, optional in test. Sets are named by file stem (the whole
+        path when two dev files share a stem)."""
+        splits = cls()
+        if data.train:
+            splits.train = read(data.train, True)
+        for path in data.dev:
+            name = Path(path).stem if Path(path).stem not in splits.dev else path
+            splits.dev[name] = read(path, True)
+        if data.test:
+            splits.test[Path(data.test).stem] = read(data.test, False)
+        return splits
 
 
 class Task(Protocol):

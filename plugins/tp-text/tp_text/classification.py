@@ -11,7 +11,6 @@ outside it is an error naming its file and line.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -96,15 +95,7 @@ class ClassificationTask:
         self.labels: list[str] = list(config.labels or [])
 
     def load(self, data: TaskData) -> Splits:
-        splits = Splits()
-        if data.train:
-            splits.train = read_examples(data.train, need_label=True)
-        for path in data.dev:
-            splits.dev[Path(path).stem if Path(path).stem not in splits.dev else path] = \
-                read_examples(path, need_label=True)
-        if data.test:
-            splits.test[Path(data.test).stem] = read_examples(data.test, need_label=False)
-        return splits
+        return Splits.read(data, lambda path, labelled: read_examples(path, need_label=labelled))
 
     def fit(self, train: list[Example]) -> None:
         if not self.labels:

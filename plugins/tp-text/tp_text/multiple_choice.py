@@ -104,15 +104,7 @@ class ChoiceTask:
         self.choices: int | None = config.choices
 
     def load(self, data: TaskData) -> Splits:
-        splits = Splits()
-        if data.train:
-            splits.train = read_examples(data.train, need_label=True)
-        for path in data.dev:
-            name = Path(path).stem if Path(path).stem not in splits.dev else path
-            splits.dev[name] = read_examples(path, need_label=True)
-        if data.test:
-            splits.test[Path(data.test).stem] = read_examples(data.test, need_label=False)
-        return splits
+        return Splits.read(data, lambda path, labelled: read_examples(path, need_label=labelled))
 
     def fit(self, train: list[Example]) -> None:
         if train and self.choices is None:

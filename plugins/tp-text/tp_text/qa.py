@@ -232,15 +232,7 @@ class QaTask:
         self._best: dict[int, tuple[Any, str]] = {}
 
     def load(self, data: TaskData) -> Splits:
-        splits = Splits()
-        if data.train:
-            splits.train = read_examples(data.train, need_answers=True)
-        for path in data.dev:
-            name = Path(path).stem if Path(path).stem not in splits.dev else path
-            splits.dev[name] = read_examples(path, need_answers=True)
-        if data.test:
-            splits.test[Path(data.test).stem] = read_examples(data.test, need_answers=False)
-        return splits
+        return Splits.read(data, lambda path, labelled: read_examples(path, need_answers=labelled))
 
     def fit(self, train: list[Example]) -> None:
         """Nothing to learn from the data: the head is the same for every set."""

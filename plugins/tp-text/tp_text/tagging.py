@@ -173,15 +173,7 @@ class TaggingTask:
             _check_tag(tag, "finetune.task.labels")
 
     def load(self, data: TaskData) -> Splits:
-        splits = Splits()
-        if data.train:
-            splits.train = read_examples(data.train, need_tags=True)
-        for path in data.dev:
-            splits.dev[Path(path).stem if Path(path).stem not in splits.dev else path] = \
-                read_examples(path, need_tags=True)
-        if data.test:
-            splits.test[Path(data.test).stem] = read_examples(data.test, need_tags=False)
-        return splits
+        return Splits.read(data, lambda path, labelled: read_examples(path, need_tags=labelled))
 
     def fit(self, train: list[Example]) -> None:
         if not self.labels:

@@ -12,7 +12,6 @@ the best checkpoint unless `finetune.metric` says otherwise.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -66,14 +65,7 @@ class Text2TextTask:
         self.recipe = recipe
 
     def load(self, data: TaskData) -> Splits:
-        splits = Splits()
-        if data.train:
-            splits.train = read_pairs(data.train, need_target=True)
-        for path in data.dev:
-            splits.dev[Path(path).stem] = read_pairs(path, need_target=True)
-        if data.test:
-            splits.test[Path(data.test).stem] = read_pairs(data.test, need_target=False)
-        return splits
+        return Splits.read(data, lambda path, labelled: read_pairs(path, need_target=labelled))
 
     def fit(self, train: list[Example]) -> None:
         """Nothing to learn from the targets."""
