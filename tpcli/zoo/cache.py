@@ -145,9 +145,9 @@ def tree_size(path: Path) -> int:
 def human(n: int | None) -> str:
     if n is None:
         return "?"
-    size = float(n)
+    size, unit = float(n), "B"
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+            break
         size /= 1000
-    return f"{n} B"
+    return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -115,11 +114,11 @@ def _download(card: Card, source: Source, key: str, folder: Path, todo: list[str
             ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
         futures = [pool.submit(one, p, progress) for p in todo]
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for fut in pending:
+        for fut in pending:  # those not started yet; running ones finish their file
             fut.cancel()
-        for fut in futures:
-            if fut.done() and not fut.cancelled() and fut.exception() is not None:
-                raise fut.exception()  # type: ignore[misc]
+        failed = [e for e in (fut.exception() for fut in done) if e is not None]
+        if failed:
+            raise failed[0]
         return max(progress.done, 0)
 
 
@@ -180,14 +179,14 @@ def _offline(card: Card, rev: str, var: str) -> tuple[Path, dict[str, Any]]:
 
 
 def pull(card: Card, plugins: Any, *, revision: str | None = None, fmt: str | None = None,
-         show: bool = True, workers: int = WORKERS, lock: bool = True) -> dict[str, Any]:
+         show: bool = True, workers: int = WORKERS) -> dict[str, Any]:
     """`tp zoo pull`: files present and verified, then the weights in format `fmt` (default: tp
     where an installed converter reads the card's architecture, else the source's format)."""
     from tpcli.zoo.formats import choose_format, ensure_format
 
     start = time.perf_counter()
     target = choose_format(card, fmt, plugins)
-    with cache.locked(card.name) if lock else nullcontext():
+    with cache.locked(card.name):
         folder, manifest, received = fetch_files(card, plugins, revision=revision, show=show,
                                                  workers=workers)
         path = ensure_format(card, folder, manifest, target, plugins)
