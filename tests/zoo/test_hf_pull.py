@@ -110,6 +110,7 @@ def test_resume_after_the_connection_drops(hub: HubServer, tiny: str, tiny_bert_
 
 
 def test_checksum_mismatch_leaves_nothing(hub: HubServer, tiny: str, zoo_env: ZooEnv,
+                                          tiny_bert_hf: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     hub.corrupt("model.safetensors")
     assert main(["zoo", "pull", "tiny", "--no-progress", "--format", "hf"]) == 1
@@ -118,7 +119,9 @@ def test_checksum_mismatch_leaves_nothing(hub: HubServer, tiny: str, zoo_env: Zo
     blobs = [b.name for b in zoo_env.blobs(REPO)]
     weights = (Path(os.environ["HF_HUB_CACHE"]) / f"models--{REPO.replace('/', '--')}" /
                "snapshots" / tiny / "model.safetensors")
-    assert not weights.exists() and not any(b.endswith(".incomplete") for b in blobs)
+    assert not weights.exists() and not any(b.endswith((".incomplete", ".tp-part")) for b in blobs)
+    digest = hashlib.sha256((tiny_bert_hf / "model.safetensors").read_bytes()).hexdigest()
+    assert digest not in blobs  # the corrupt bytes never became the blob
     manifest = json.loads((zoo_env.home / "zoo" / "tiny" / tiny / "manifest.json").read_text())
     assert "model.safetensors" not in manifest["files"]
     hub.clear_faults()
