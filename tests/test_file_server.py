@@ -4,10 +4,8 @@ sizes, ranges, ETags, auth, and the faults (dropped connections, corrupt bytes) 
 from __future__ import annotations
 
 import hashlib
-import http.client
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import fsspec
 import pytest
@@ -22,21 +20,6 @@ TOKEN = "hf_fileserver_token"
 def server() -> Iterator[FileServer]:
     with FileServer({"zoo/w.bin": DATA, "zoo/config.json": '{"a": 1}'}) as s:
         yield s
-
-
-def _raw(server: FileServer, method: str, path: str, headers: dict[str, str] | None = None
-         ) -> tuple[int, dict[str, str], bytes]:
-    """One plain HTTP request (no client logic in between); a short body comes back short."""
-    conn = http.client.HTTPConnection(urlsplit(server.url).netloc, timeout=5)
-    conn.request(method, path, headers=headers or {})
-    resp = conn.getresponse()
-    status, head = resp.status, {k.lower(): v for k, v in resp.getheaders()}
-    try:
-        body = resp.read()
-    except http.client.IncompleteRead as e:
-        body = e.partial
-    conn.close()
-    return status, head, body
 
 
 def _fs(**kwargs: object) -> fsspec.AbstractFileSystem:
@@ -54,17 +37,17 @@ def test_byte_range_parsing() -> None:
 
 
 def test_get_head_headers_ranges_and_missing(server: FileServer) -> None:
-    status, head, body = _raw(server, "HEAD", "/zoo/w.bin")
+    status, head, body = server.raw("HEAD", "/zoo/w.bin")
     assert (status, body, head["content-length"]) == (200, b"", "102400")
     assert head["etag"] == f'"{hashlib.sha1(DATA).hexdigest()}"'
     assert head["accept-ranges"] == "bytes" and head["last-modified"].endswith(" GMT")
-    assert _raw(server, "GET", "/zoo/w.bin")[2] == DATA
-    status, head, body = _raw(server, "GET", "/zoo/w.bin", {"Range": "bytes=1000-1999"})
+    assert server.raw("GET", "/zoo/w.bin")[2] == DATA
+    status, head, body = server.raw("GET", "/zoo/w.bin", {"Range": "bytes=1000-1999"})
     assert (status, body, head["content-range"]) == (206, DATA[1000:2000], "bytes 1000-1999/102400")
-    assert _raw(server, "GET", "/zoo/w.bin", {"Range": "bytes=102000-"})[2] == DATA[102000:]
-    status, head, _ = _raw(server, "GET", "/zoo/w.bin", {"Range": "bytes=102400-"})
+    assert server.raw("GET", "/zoo/w.bin", {"Range": "bytes=102000-"})[2] == DATA[102000:]
+    status, head, _ = server.raw("GET", "/zoo/w.bin", {"Range": "bytes=102400-"})
     assert (status, head["content-range"]) == (416, "bytes */102400")
-    assert _raw(server, "GET", "/zoo/missing.bin")[0] == 404
+    assert server.raw("GET", "/zoo/missing.bin")[0] == 404
     assert server.ranges == [("/zoo/w.bin", "bytes=1000-1999"), ("/zoo/w.bin", "bytes=102000-"),
                              ("/zoo/w.bin", "bytes=102400-")]
 
@@ -75,12 +58,12 @@ def test_serves_a_folder_live_and_not_outside_it(tmp_path: Path) -> None:
     (root / "sub" / "a.txt").write_bytes(b"first")
     (tmp_path / "secret.txt").write_bytes(b"secret")
     with FileServer(root) as server:
-        assert _raw(server, "GET", "/sub/a.txt")[2] == b"first"
+        assert server.raw("GET", "/sub/a.txt")[2] == b"first"
         (root / "sub" / "a.txt").write_bytes(b"second!")  # read at request time
-        status, head, body = _raw(server, "GET", "/sub/a.txt")
+        status, head, body = server.raw("GET", "/sub/a.txt")
         assert (body, head["content-length"]) == (b"second!", "7")
-        assert _raw(server, "GET", "/../secret.txt")[0] == 404
-        assert _raw(server, "GET", "/sub")[0] == 404  # a folder is not a file
+        assert server.raw("GET", "/../secret.txt")[0] == 404
+        assert server.raw("GET", "/sub")[0] == 404  # a folder is not a file
 
 
 def test_fsspec_info_seek_read_and_cat_file(server: FileServer) -> None:
@@ -122,25 +105,25 @@ def test_fsspec_raises_on_dropped_connection_without_retry(server: FileServer,
 def test_dropped_connection_gives_a_short_body(server: FileServer) -> None:
     server.drop_connection("zoo/w.bin", after_bytes=5000, times=2)
     for _ in range(2):
-        status, head, body = _raw(server, "GET", "/zoo/w.bin")
+        status, head, body = server.raw("GET", "/zoo/w.bin")
         assert (status, head["content-length"], body) == (200, "102400", DATA[:5000])
-    _, _, body = _raw(server, "GET", "/zoo/w.bin", {"Range": "bytes=5000-"})
+    _, _, body = server.raw("GET", "/zoo/w.bin", {"Range": "bytes=5000-"})
     assert body == DATA[5000:]  # a resume after two drops gets the rest
     assert server.count("zoo/w.bin") == 3 and server.count("w.bin", method="HEAD") == 0
 
 
 def test_corrupt_serves_same_size_different_bytes(server: FileServer) -> None:
     server.corrupt("zoo/w.bin", times=1)
-    bad = _raw(server, "GET", "/zoo/w.bin")[2]
+    bad = server.raw("GET", "/zoo/w.bin")[2]
     assert len(bad) == len(DATA) and bad != DATA
     assert sum(a != b for a, b in zip(bad, DATA)) == 1
-    assert _raw(server, "GET", "/zoo/w.bin")[2] == DATA
+    assert server.raw("GET", "/zoo/w.bin")[2] == DATA
 
 
 def test_counts_by_suffix_and_method(server: FileServer) -> None:
-    _raw(server, "HEAD", "/zoo/w.bin")
-    _raw(server, "GET", "/zoo/w.bin", {"Range": "bytes=0-0"})
-    _raw(server, "GET", "/zoo/config.json")
+    server.raw("HEAD", "/zoo/w.bin")
+    server.raw("GET", "/zoo/w.bin", {"Range": "bytes=0-0"})
+    server.raw("GET", "/zoo/config.json")
     assert server.count("w.bin") == 1 and server.count("w.bin", method="HEAD") == 1
     assert server.count("/zoo/", method=None) == 0  # a suffix of the path, not a prefix
     assert server.count("", method=None) == 3 and server.count(".json") == 1
@@ -148,14 +131,14 @@ def test_counts_by_suffix_and_method(server: FileServer) -> None:
 
 def test_require_token(server: FileServer) -> None:
     server.require_token(TOKEN)
-    status, head, _ = _raw(server, "GET", "/zoo/config.json")
+    status, head, _ = server.raw("GET", "/zoo/config.json")
     assert status == 401 and head["www-authenticate"].startswith("Bearer")
-    assert _raw(server, "GET", "/zoo/config.json", {"Authorization": "Bearer nope"})[0] == 401
-    ok = _raw(server, "GET", "/zoo/config.json", {"Authorization": f"Bearer {TOKEN}"})
+    assert server.raw("GET", "/zoo/config.json", {"Authorization": "Bearer nope"})[0] == 401
+    ok = server.raw("GET", "/zoo/config.json", {"Authorization": f"Bearer {TOKEN}"})
     assert ok[0] == 200 and ok[2] == b'{"a": 1}'
     assert server.auth_seen == [None, "Bearer nope", f"Bearer {TOKEN}"]
     server.require_token(None)
-    assert _raw(server, "GET", "/zoo/config.json")[0] == 200
+    assert server.raw("GET", "/zoo/config.json")[0] == 200
 
 
 def test_fsspec_with_and_without_token(server: FileServer) -> None:

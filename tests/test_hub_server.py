@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import http.client
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import huggingface_hub as hh
 import pytest
@@ -30,17 +28,6 @@ def hub() -> Iterator[HubServer]:
     })
     with server, server.activate():
         yield server
-
-
-def _raw(hub: HubServer, method: str, path: str, headers: dict[str, str] | None = None
-         ) -> tuple[int, dict[str, str], bytes]:
-    """One plain HTTP request (no client logic in between)."""
-    conn = http.client.HTTPConnection(urlsplit(hub.url).netloc, timeout=5)
-    conn.request(method, path, headers=headers or {})
-    resp = conn.getresponse()
-    out = resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    conn.close()
-    return out
 
 
 def test_download_model_file_records_commit(hub: HubServer, tmp_path: Path) -> None:
@@ -72,18 +59,18 @@ def test_pinned_revision_keeps_old_content(hub: HubServer, tmp_path: Path) -> No
 
 def test_head_headers_and_range_requests(hub: HubServer) -> None:
     url = "/org/tiny-model/resolve/main/model.safetensors"
-    status, headers, body = _raw(hub, "HEAD", url)
+    status, headers, body = hub.raw("HEAD", url)
     sha = hashlib.sha256(WEIGHTS).hexdigest()
     assert status == 200 and body == b""
     assert headers["x-linked-etag"] == f'"{sha}"' and headers["x-linked-size"] == "10240"
     assert headers["content-length"] == "10240" and len(headers["x-repo-commit"]) == 40
-    status, headers, body = _raw(hub, "GET", url, {"Range": "bytes=100-199"})
+    status, headers, body = hub.raw("GET", url, {"Range": "bytes=100-199"})
     assert (status, body) == (206, WEIGHTS[100:200])
     assert headers["content-range"] == "bytes 100-199/10240"
-    assert _raw(hub, "GET", url, {"Range": "bytes=-10"})[2] == WEIGHTS[-10:]
-    assert _raw(hub, "GET", url, {"Range": "bytes=10240-"})[0] == 416
+    assert hub.raw("GET", url, {"Range": "bytes=-10"})[2] == WEIGHTS[-10:]
+    assert hub.raw("GET", url, {"Range": "bytes=10240-"})[0] == 416
     blob = hashlib.sha1(b"blob %d\0" % len(CONFIG) + CONFIG.encode()).hexdigest()
-    _, headers, _ = _raw(hub, "HEAD", "/org/tiny-model/resolve/main/config.json")
+    _, headers, _ = hub.raw("HEAD", "/org/tiny-model/resolve/main/config.json")
     assert headers["etag"] == f'"{blob}"' and "x-linked-etag" not in headers
 
 
@@ -110,9 +97,9 @@ def test_request_counting_and_cache_hits(hub: HubServer, tmp_path: Path) -> None
 def test_corrupt_serves_wrong_bytes_of_right_size(hub: HubServer) -> None:
     hub.corrupt("model.safetensors", times=1)
     url = "/org/tiny-model/resolve/main/model.safetensors"
-    bad = _raw(hub, "GET", url)[2]
+    bad = hub.raw("GET", url)[2]
     assert len(bad) == len(WEIGHTS) and bad != WEIGHTS
-    assert _raw(hub, "GET", url)[2] == WEIGHTS  # only once
+    assert hub.raw("GET", url)[2] == WEIGHTS  # only once
 
 
 def test_errors_map_to_huggingface_hub_exceptions(hub: HubServer, tmp_path: Path) -> None:

@@ -163,6 +163,25 @@ class LocalServer:
     def clear_faults(self) -> None:
         self._faults.clear()
 
+    def raw(self, method: str, path: str, headers: dict[str, str] | None = None
+            ) -> tuple[int, dict[str, str], bytes]:
+        """One plain HTTP request to this server, no client logic in between (for tests of the
+        wire format): status, lower-cased headers, body (a dropped body comes back short)."""
+        import http.client
+
+        conn = http.client.HTTPConnection(urlsplit(self.url).netloc, timeout=5)
+        try:
+            conn.request(method, path, headers=headers or {})
+            resp = conn.getresponse()
+            head = {k.lower(): v for k, v in resp.getheaders()}
+            try:
+                body = resp.read()
+            except http.client.IncompleteRead as e:
+                body = e.partial
+            return resp.status, head, body
+        finally:
+            conn.close()
+
     def count(self, path_suffix: str = "", method: str | None = "GET") -> int:
         """Requests whose URL path ends with `path_suffix` (any method when `method` is None)."""
         with self._lock:
