@@ -24,6 +24,8 @@ from typing import Any, Callable, ClassVar, Protocol
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from tpcli.errors import TpError
+
 
 class TaskConfig(BaseModel):
     """Base of every task's options (strict: an unknown option is an error)."""
@@ -66,6 +68,10 @@ class Splits:
         """The files of `data` through a task's reader `read(path, labelled)`: gold labels are
         required in train and dev, optional in test. Sets are named by file stem (the whole
         path when two dev files share a stem)."""
+        if data.source:  # these tasks read files only: a dataset folder would be ignored
+            raise TpError(f"this task reads --train/--dev/--test files; --data {data.source} "
+                          "would be ignored", hint="pass the files with --train, --dev and "
+                          "--test instead of --data")
         splits = cls()
         if data.train:
             splits.train = read(data.train, True)
