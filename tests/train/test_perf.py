@@ -1,11 +1,21 @@
-"""MFU's FLOP count includes attention on the CPU too (torch counts only CUDA's SDPA kernels)."""
+"""MFU: the FLOP count includes attention on the CPU too (torch counts only CUDA's SDPA kernels);
+the peak is the best of several matmul sizes, measured in about a second, once per process; the
+logged MFU never exceeds 1, and the losses of a run do not depend on the peak."""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
 
-from tpcli.train.perf import FlopMeter, flop_counter
+from tpcli.errors import TpError
+from tpcli.train.perf import FlopMeter, flop_counter, measure_peak, peak_flops
+
+from .conftest import run_tp
 
 
 def test_cpu_attention_flops_are_counted() -> None:
@@ -32,3 +42,62 @@ def test_flop_meter_counts_only_the_first_step() -> None:
         a @ w
     assert meter.flops_per_step == 2 * 8 * 32 * 16
     assert meter.mfu(steps_per_s=10.0)["mfu"] == 2 * 8 * 32 * 16 * 10 / 1e9
+
+
+def test_peak_is_the_best_of_several_sizes_in_about_a_second() -> None:
+    peak = measure_peak(torch.device("cpu"), "fp32")
+    assert len(peak.by_size) >= 3 and max(peak.by_size) >= 1024  # not one size measured once
+    assert peak.flops == max(peak.by_size.values()) > 0
+    assert peak.seconds < 2.0  # training start-up waits for it
+    bf16 = measure_peak(torch.device("cpu"), "bf16", budget_s=0.3)
+    assert bf16.precision == "bf16" and bf16.flops > 0 and bf16.seconds < 1.0
+
+
+def test_peak_is_cached_and_leaves_the_training_rng_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TP_PEAK_FLOPS", raising=False)
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    first = peak_flops(torch.device("cpu"), "fp32")
+    # the dropout masks of a run must not depend on whether the peak was measured
+    assert torch.equal(torch.rand(4), expected)
+    t = time.perf_counter()
+    assert peak_flops(torch.device("cpu"), "fp32") == first
+    assert time.perf_counter() - t < 0.01
+
+
+def test_peak_override_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TP_PEAK_FLOPS", "2.5e12")
+    assert peak_flops(torch.device("cpu"), "bf16") == 2.5e12
+    for bad in ("fast", "0", "-1e9", "inf", "nan"):
+        monkeypatch.setenv("TP_PEAK_FLOPS", bad)
+        with pytest.raises(TpError, match="TP_PEAK_FLOPS"):
+            peak_flops(torch.device("cpu"), "fp32")
+
+
+def test_a_window_faster_than_the_peak_raises_the_peak() -> None:
+    meter = FlopMeter(peak=1e9)
+    meter.flops_per_step = 1e8
+    fast = meter.mfu(steps_per_s=30.0)  # 3e9 FLOP/s: the 1e9 peak was measured too low
+    assert fast["mfu"] == 1.0 and fast["peak_tflops"] == pytest.approx(3e9 / 1e12)
+    slow = meter.mfu(steps_per_s=15.0)  # later windows use the raised peak
+    assert slow["mfu"] == pytest.approx(0.5) and slow["peak_tflops"] == pytest.approx(3e-3)
+
+
+def _run(tiny_recipe: Path, tiny_data: Path, out: Path, env: dict[str, str]) -> list[dict]:
+    r = run_tp("pretrain", str(tiny_recipe), "--data", str(tiny_data), "--out", str(out),
+               "pretrain.steps=6", "pretrain.log_every=2", "--no-progress", env=env)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_logged_mfu_is_at_most_one_and_losses_ignore_the_peak(
+        tmp_path: Path, tiny_recipe: Path, tiny_data: Path) -> None:
+    measured = _run(tiny_recipe, tiny_data, tmp_path / "measured", {"TP_PEAK_FLOPS": ""})
+    # a peak a million times too low: every window outruns it
+    low = _run(tiny_recipe, tiny_data, tmp_path / "low", {"TP_PEAK_FLOPS": "1e6"})
+    for rec in measured + low:
+        assert 0.0 < rec["mfu"] <= 1.0, rec
+        assert rec["peak_tflops"] >= rec["tflops"] > 0.0
+    assert all(rec["peak_tflops"] > 1e-6 for rec in low)  # raised from the 1e6 FLOP/s given
+    assert [r["loss"] for r in measured] == [r["loss"] for r in low]
