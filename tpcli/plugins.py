@@ -3,7 +3,8 @@
 ``TP_LOAD_PLUGINS=a,b`` loads exactly the entry points named ``a`` and ``b``;
 ``TP_LOAD_PLUGINS=`` (set but empty) loads none. The core's default plugins (the verb
 implementations and loggers) always load. A plugin that fails to import is reported on stderr by
-name and skipped; it never stops tp from running.
+name and skipped; it never stops tp from running. Nor does a name that two plugins register:
+each command warns about it in one line, and only using that name is an error (naming both).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 import pluggy
 
 from tpcli import hookspecs
-from tpcli.errors import RegistryError
 from tpcli.registry import Registry
 
 GROUP = "tp"
@@ -103,12 +103,15 @@ def _fill_registry(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> Re
 
             try:
                 impl.function(register=register)
-            except RegistryError:  # a clash or a malformed name: the user must choose
-                raise
-            except Exception as e:  # a buggy registration hook must not brick tp either
+            except Exception as e:  # a buggy hook or a malformed name must not brick tp either
                 info.error = f"{hook_name}: {type(e).__name__}: {e}"
                 print(f"tp: warning: plugin '{info.name}' ({info.distribution}) failed in "
                       f"{info.error}; what it registered before that is kept", file=sys.stderr)
+    for clash in registry.clashes():
+        # not fatal: `tp plugins` must run to show it, and commands that do not use the name
+        # are unaffected; using it raises this same error
+        print(f"tp: warning: {clash.message}; it cannot be used until one of them is removed "
+              "(`tp plugins` shows the clash)", file=sys.stderr)
     return registry
 
 

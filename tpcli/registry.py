@@ -65,12 +65,30 @@ class Entry:
         doc = (self.load().__doc__ or "").strip().splitlines()
         return doc[0] if doc else ""
 
+    def facts(self) -> Any:
+        """Summary and options (`tpcli.static_read.ClassFacts`) for a listing: read from the
+        source of a lazily registered class without importing it (a listing of every module
+        must not import torch), from the class itself otherwise."""
+        from tpcli.static_read import facts_of, read_class
+
+        if isinstance(self.target, str) and self._resolved is None:
+            found = read_class(self.target)
+            if found is not None:
+                return found
+        return facts_of(self.load())
+
 
 class Registry:
-    """All registered names, by kind."""
+    """All registered names, by kind.
+
+    A name registered by two plugins is a clash: it is kept out of `entries()` and `entry()`
+    raises an error naming both plugins, but the registry still loads, so `tp plugins` can show
+    the clash and every command that does not use that name still runs."""
 
     def __init__(self) -> None:
         self._entries: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+        # (kind, name) -> every entry that claims it, in registration order
+        self._clashes: dict[tuple[str, str], list[Entry]] = {}
 
     def add(self, kind: str, name: str, target: Any, plugin: str, distribution: str) -> None:
         if kind not in self._entries:
@@ -80,27 +98,48 @@ class Registry:
             )
         if not isinstance(name, str) or not name or name != name.strip():
             raise RegistryError(f"plugin '{plugin}' ({distribution}) registered a bad name {name!r}")
+        entry = Entry(kind, name, target, plugin, distribution)
         old = self._entries[kind].get(name)
         if old is not None:
-            raise RegistryError(
-                f"{kind} '{name}' is registered twice: by plugin '{old.plugin}' "
-                f"({old.distribution}) and by plugin '{plugin}' ({distribution})",
-                hint="uninstall one of the two distributions, or choose which plugins load with "
-                "TP_LOAD_PLUGINS=name1,name2",
-            )
-        self._entries[kind][name] = Entry(kind, name, target, plugin, distribution)
+            self._clashes.setdefault((kind, name), [old]).append(entry)
+            return
+        self._entries[kind][name] = entry
+
+    def clashed(self) -> dict[tuple[str, str], list[Entry]]:
+        """(kind, name) -> the entries of every plugin that registered it, for names registered
+        more than once."""
+        return {key: list(self._clashes[key]) for key in sorted(self._clashes)}
+
+    def clashes(self) -> list[RegistryError]:
+        """One error per name registered more than once, each naming every plugin involved."""
+        return [self._clash_error(kind, name) for kind, name in sorted(self._clashes)]
+
+    def _clash_error(self, kind: str, name: str) -> RegistryError:
+        who = [f"plugin '{e.plugin}' ({e.distribution})" for e in self._clashes[(kind, name)]]
+        times = "twice" if len(who) == 2 else f"{len(who)} times"
+        return RegistryError(
+            f"{kind} '{name}' is registered {times}: by {', by '.join(who[:-1])} and by {who[-1]}",
+            hint="uninstall one of the distributions, or choose which plugins load with "
+            "TP_LOAD_PLUGINS=name1,name2",
+        )
 
     def names(self, kind: str) -> list[str]:
+        """Every name of `kind`, clashed ones included (so using one says why it cannot be used
+        rather than that it is unknown)."""
         return sorted(self._entries[kind])
 
     def entries(self, kind: str | None = None) -> list[Entry]:
+        """The usable entries: a clashed name has no entry until one of its plugins goes."""
         kinds = [kind] if kind else list(KINDS)
-        return [e for k in kinds for _, e in sorted(self._entries[k].items())]
+        return [e for k in kinds for n, e in sorted(self._entries[k].items())
+                if (k, n) not in self._clashes]
 
     def has(self, kind: str, name: str) -> bool:
         return name in self._entries[kind]
 
     def entry(self, kind: str, name: str) -> Entry:
+        if (kind, name) in self._clashes:
+            raise self._clash_error(kind, name)
         try:
             return self._entries[kind][name]
         except KeyError:

@@ -22,6 +22,7 @@ def convert(
         False, "--check", help="run both models on one padded batch, print the max abs "
         "difference of the logits, fail above --tolerance"),
     tolerance: float = typer.Option(1e-4, "--tolerance", help="--check: largest accepted diff"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
 ) -> None:
     """Convert weights to (--to hf) or from (--from hf) Hugging Face Transformers."""
     from tpcli.cli.render import print_summary
@@ -39,11 +40,11 @@ def convert(
         raise TpError(f"--tolerance must be >= 0, not {tolerance}")
     direction = "to_hf" if to is not None else "from_hf"
     summary = run(ConvertRequest(source, out, direction, arch, check, tolerance))
-    if check and "max_abs_diff" in summary:
+    if check and "max_abs_diff" in summary and not as_json:
         print(f"max abs difference of the {summary.get('compared', 'logits')}: "
               f"{summary['max_abs_diff']:.3g} "
               f"(tolerance {tolerance:g})")
-    print_summary("convert", summary)
+    print_summary("convert", summary, as_json)
 
 
 def register(app: typer.Typer) -> None:

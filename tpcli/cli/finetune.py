@@ -25,6 +25,7 @@ def finetune(
     out: Path = typer.Option(..., "--out", help="run folder to create"),
     seeds: int = typer.Option(1, "--seeds", min=1, help="runs with seeds seed..seed+N-1"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="live progress bar"),
+    as_json: bool = typer.Option(False, "--json", help="print the results as one JSON object"),
 ) -> None:
     """Fine-tune a pre-trained model on a downstream task; prints the dev metrics."""
     from tpcli.finetune import FinetuneRequest
@@ -37,7 +38,12 @@ def finetune(
         recipe = None
     result = run(FinetuneRequest(recipe, task, out, TaskData(train, list(dev or []), test, data),
                                  init, ovr, seeds, progress))
-    print_results(result)
+    if as_json:
+        from tpcli.cli.render import print_json
+
+        print_json(result)
+    else:
+        print_results(result)
 
 
 def print_results(result: dict[str, Any]) -> None:
@@ -78,6 +84,7 @@ def infer(
     input: str = typer.Option(..., "--input", help="examples in the task's file format"),
     out: Path = typer.Option(..., "--out", help="predictions (JSONL) to write"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="examples per batch"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
 ) -> None:
     """Predict with a fine-tuned checkpoint: one JSON line per input example."""
     from tpcli.cli.render import print_summary
@@ -86,7 +93,8 @@ def infer(
 
     result = run(InferRequest(checkpoint, input, out, batch_size))
     metrics = result.pop("metrics", None)
-    print_summary("infer", result | ({f"{k}": v for k, v in metrics.items()} if metrics else {}))
+    print_summary("infer", result | ({f"{k}": v for k, v in metrics.items()} if metrics else {}),
+                  as_json)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,9 @@
-"""`tp plugins`, `tp modules`, `tp recipes`: what is installed, read from the registry."""
+"""`tp plugins`, `tp modules`, `tp recipes`: what is installed, read from the registry.
+
+Each prints a rich table on a terminal, plain aligned lines when piped, and JSON with `--json`
+(`tpcli.cli.render`). `tp modules` reads each module's summary and options from its source
+(`tpcli.static_read`) rather than importing it, so listing them all imports no torch.
+"""
 
 from __future__ import annotations
 
@@ -7,112 +12,176 @@ from typing import Any, Optional
 import typer
 
 SECTION_KINDS = ("model", "pretrain", "finetune")  # option tables that are not modules
+JSON_HELP = "print JSON on one line instead of a table"
 
 
-def plugins() -> None:
-    """List loaded plugins: name, distribution, version, hooks, and what each registered."""
-    from rich.console import Console
-    from rich.table import Table
-
+def plugins(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """List loaded plugins: name, distribution, version, hooks, what each registered, and any
+    name two of them register (a clash: that name cannot be used until one goes)."""
+    from tpcli.cli.render import print_json, print_line, print_table
     from tpcli.plugins import get_plugins
 
     ps = get_plugins()
-    table = Table(title="tp plugins")
-    for col in ("plugin", "distribution", "version", "hooks", "registered"):
-        table.add_column(col, overflow="fold")
+    clashed = ps.registry.clashed()
+    rows = []
     for info in ps.infos.values():
-        registered = ", ".join(info.registered) or ("-" if not info.error else "")
-        if info.error:
-            registered = f"FAILED: {info.error}"
-        hooks = ", ".join(h.removeprefix("tp_") for h in info.hooks)
-        table.add_row(info.name, info.distribution, info.version, hooks, registered)
-    Console().print(table)
+        mine = [f"{k}:{n}" for (k, n), es in clashed.items() if any(e.plugin == info.name for e in es)]
+        rows.append({"plugin": info.name, "distribution": info.distribution,
+                     "version": info.version, "module": info.module,
+                     "hooks": [h.removeprefix("tp_") for h in info.hooks],
+                     "registered": list(info.registered), "clashes": mine, "error": info.error})
+    if as_json:
+        print_json(rows)
+        return
+    print_table("tp plugins", ("plugin", "distribution", "version", "hooks", "registered"),
+                [(r["plugin"], r["distribution"], r["version"], ", ".join(r["hooks"]),
+                  _registered(r)) for r in rows])
+    for clash in ps.registry.clashes():  # the diagnosis this command exists for
+        print_line(f"clash: {clash.message}", f"[bold red]clash[/]: {_escape(clash.message)}")
+        print_line(f"  hint: {clash.hint}")
 
 
-def _option_table(title: str, cls: Any) -> Any:
-    from rich.table import Table
+def _registered(row: dict[str, Any]) -> str:
+    if row["error"]:
+        return f"FAILED: {row['error']}"
+    names = [f"{n} (CLASH)" if n in row["clashes"] else n for n in row["registered"]]
+    return ", ".join(names) or "-"
 
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _option_rows(cls: Any) -> list[dict[str, Any]]:
     from tpcli.module import options_of
 
-    table = Table(title=title)
-    for col in ("option", "type", "default", "description"):
-        table.add_column(col, overflow="fold")
+    rows = []
     for o in options_of(type("_", (), {"Config": cls})):
-        table.add_row(o["name"], o["type"], repr(o["default"]), o["description"])
-    return table
+        required = isinstance(o["default"], str) and o["default"] == "(required)"
+        rows.append({"name": o["name"], "type": o["type"], "required": required,
+                     "default": None if required else o["default"],
+                     "description": o["description"]})
+    return rows
+
+
+def _print_options(title: str, rows: list[dict[str, Any]]) -> None:
+    from tpcli.cli.render import print_table
+
+    print_table(title, ("option", "type", "default", "description"),
+                [(o["name"], o["type"], "(required)" if o["required"] else repr(o["default"]),
+                  o["description"]) for o in rows])
 
 
 def modules(
     kind: Optional[str] = typer.Argument(None, help="embedding, encoder, decoder, target, "
                                          "pooling, tokenizer, processor, model or pretrain"),
     name: Optional[str] = typer.Argument(None, help="a module name: show its options"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """List registered modules by component with their options, or one module's options."""
-    from rich.console import Console
-    from rich.table import Table
-
+    from tpcli.cli.render import print_json, print_line
     from tpcli.config import FinetuneOptions, ModelOptions, PretrainOptions
-    from tpcli.errors import RegistryError, TpError
     from tpcli.plugins import get_plugins
-    from tpcli.registry import KINDS, closest
 
-    console = Console()
     if kind in SECTION_KINDS:
         cls = {"model": ModelOptions, "pretrain": PretrainOptions,
                "finetune": FinetuneOptions}[kind]
-        console.print(_option_table(f"{kind} options", cls))
+        rows = _option_rows(cls)
+        print_json({"kind": kind, "options": rows}) if as_json else \
+            _print_options(f"{kind} options", rows)
         return
     reg = get_plugins().registry
+    _check_kind(kind)
+    if kind and name:
+        entry = reg.entry(kind, name)
+        cfg = entry.config_cls
+        rows = _option_rows(cfg) if cfg is not None else []
+        if as_json:
+            print_json({"kind": kind, "name": name, "plugin": entry.plugin,
+                        "distribution": entry.distribution, "summary": entry.summary,
+                        "options": rows})
+            return
+        head = f"{kind} {name} from plugin {entry.plugin} ({entry.distribution}): {entry.summary}"
+        print_line(head, f"[bold]{kind} {name}[/] {_escape(head.split(' ', 2)[2])}")
+        if cfg is not None:
+            _print_options(f"{kind} {name} options", rows)
+        return
+    _list_modules(reg, kind, as_json)
+
+
+def _check_kind(kind: str | None) -> None:
+    from tpcli.errors import TpError
+    from tpcli.registry import KINDS, closest
+
     valid = [k for k in KINDS if k != "converter"]
     if kind is not None and kind not in valid:
         guess = closest(kind, valid + list(SECTION_KINDS))
         raise TpError(f"unknown kind {kind!r}" + (f"; did you mean {guess!r}?" if guess else ""),
                       hint=f"kinds: {', '.join(valid + list(SECTION_KINDS))}")
-    if kind and name:
-        entry = reg.entry(kind, name)
-        console.print(f"[bold]{kind} {name}[/] from plugin {entry.plugin} ({entry.distribution}):"
-                      f" {entry.summary}", highlight=False)
-        if entry.config_cls is not None:
-            console.print(_option_table(f"{kind} {name} options", entry.config_cls))
-        return
-    table = Table(title="tp modules")
-    for col in ("kind", "name", "plugin", "options", "description"):
-        table.add_column(col, overflow="fold")
+
+
+def _list_modules(reg: Any, kind: str | None, as_json: bool) -> None:
+    """One row per module: kind, name, plugin, summary, options (`name=default`)."""
+    from tpcli.cli.render import print_json, print_line, print_table
+    from tpcli.errors import RegistryError
+
+    rows: list[dict[str, Any]] = []
     for entry in reg.entries(kind):
         if entry.kind == "converter":
             continue
+        row = {"kind": entry.kind, "name": entry.name, "plugin": entry.plugin,
+               "distribution": entry.distribution, "summary": "", "options": [], "error": None}
         try:
-            cfg = entry.config_cls
-            summary = entry.summary
+            facts = entry.facts()
         except RegistryError as e:  # one broken module must not hide the others
-            table.add_row(entry.kind, entry.name, entry.plugin, "", f"CANNOT IMPORT: {e.message}")
-            continue
-        opts = ", ".join(n if f.is_required() else f"{n}={f.default!r}"
-                         for n, f in (cfg.model_fields.items() if cfg else []))
-        table.add_row(entry.kind, entry.name, entry.plugin, opts, summary)
-    if table.row_count:
-        console.print(table)
+            row["error"] = f"CANNOT IMPORT: {e.message}"
+        else:
+            row["summary"] = facts.summary
+            row["options"] = [{"name": o.name, "required": o.required, "default": o.default}
+                              for o in facts.options or []]
+        rows.append(row)
+    for (k, n), contenders in reg.clashed().items():
+        if k != "converter" and kind in (None, k):
+            rows.append({"kind": k, "name": n, "plugin": ", ".join(e.plugin for e in contenders),
+                         "distribution": ", ".join(e.distribution for e in contenders),
+                         "summary": "", "options": [],
+                         "error": "CLASH: registered by more than one plugin (`tp plugins`)"})
+    if as_json:
+        print_json(rows)
+    elif rows:
+        # options last: the longest cell, so piped lines are not padded to its width
+        print_table("tp modules", ("kind", "name", "plugin", "description", "options"),
+                    [(r["kind"], r["name"], r["plugin"], r["error"] or r["summary"],
+                      _options_text(r["options"])) for r in rows])
     else:
-        console.print(f"no {kind or 'module'} is installed (plugins: `tp plugins`)")
+        print_line(f"no {kind or 'module'} is installed (plugins: `tp plugins`)")
 
 
-def recipes() -> None:
+def _options_text(options: list[dict[str, Any]]) -> str:
+    return ", ".join(o["name"] if o["required"] else f"{o['name']}={o['default']!r}"
+                     for o in options)
+
+
+def recipes(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """List the built-in recipes (usable by name: `tp pretrain NAME`)."""
-    from rich.console import Console
-    from rich.table import Table
-
+    from tpcli.cli.render import print_json, print_table
     from tpcli.config import read_recipe_file
     from tpcli.recipes import RECIPE_FILE, builtin_recipes
 
-    table = Table(title="tp recipes")
-    for col in ("name", "embedding", "encoder", "decoder", "target", "folder"):
-        table.add_column(col, overflow="fold")
+    rows = []
     for name, folder in builtin_recipes().items():
         model = read_recipe_file(folder / RECIPE_FILE).get("model") or {}
-        table.add_row(name, _names(model.get("embedding") or _streams(model)),
-                      _names(model.get("encoder")), _names(model.get("decoder")),
-                      _names(model.get("target")), str(folder))
-    Console().print(table)
+        rows.append({"name": name, "embedding": _names(model.get("embedding") or _streams(model)),
+                     "encoder": _names(model.get("encoder")),
+                     "decoder": _names(model.get("decoder")),
+                     "target": _names(model.get("target")), "folder": str(folder)})
+    if as_json:
+        print_json([{k: (None if v == "-" else v) for k, v in r.items()} for r in rows])
+        return
+    cols = ("name", "embedding", "encoder", "decoder", "target", "folder")
+    print_table("tp recipes", cols, [tuple(r[c] for c in cols) for r in rows])
 
 
 def _streams(model: dict[str, Any]) -> str:
@@ -128,8 +197,9 @@ def _names(value: Any) -> str:
         return value
     if isinstance(value, dict):
         return str(value.get("name", ", ".join(value)))
-    if isinstance(value, list):
-        return ", ".join(v if isinstance(v, str) else str(v.get("name", v)) for v in value)
+    if isinstance(value, list):  # items are names or {name: options} / {name: ..., ...}
+        return ", ".join(_names(v) if not isinstance(v, dict) or "name" in v
+                         else ", ".join(map(str, v)) for v in value)
     return str(value)
 
 

@@ -14,13 +14,14 @@ def preprocess(
     out: Path = typer.Option(..., "--out", help="dataset folder to create"),
     overrides: Optional[list[str]] = typer.Argument(None, help="a.b.c=value recipe overrides"),
     workers: int = typer.Option(0, "--workers", help="tokenizer threads (0: all cores)"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
 ) -> None:
     """Tokenize a corpus into a memory-mapped dataset for a recipe."""
     from tpcli.cli.render import print_summary
     from tpcli.verbs import PreprocessRequest, preprocess as run
 
     summary = run(PreprocessRequest(recipe, corpus, out, list(overrides or []), workers))
-    print_summary("preprocess", summary)
+    print_summary("preprocess", summary, as_json)
 
 
 def pretrain(
@@ -33,6 +34,7 @@ def pretrain(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="live progress bar"),
     nproc: int = typer.Option(1, "--nproc", min=1,
                               help="processes on this machine: re-launches under torchrun"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
 ) -> None:
     """Pre-train a recipe's model; --resume continues a stopped or killed run.
 
@@ -48,7 +50,7 @@ def pretrain(
         recipe = None
     summary = run(PretrainRequest(recipe, data, out, ovr, resume, progress, nproc=nproc))
     if nproc == 1 and os.environ.get("RANK", "0") == "0":  # --nproc: rank 0 printed it
-        print_summary("pretrain", summary)
+        print_summary("pretrain", summary, as_json)
 
 
 def register(app: typer.Typer) -> None:
