@@ -17,6 +17,8 @@ loop (`tpcli.finetune`) is generic over all of that.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol
@@ -24,7 +26,7 @@ from typing import Any, Callable, ClassVar, Protocol
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from tpcli.errors import TpError
+from tpcli.errors import DataError, TpError
 
 
 class TaskConfig(BaseModel):
@@ -72,15 +74,56 @@ class Splits:
             raise TpError(f"this task reads --train/--dev/--test files; --data {data.source} "
                           "would be ignored", hint="pass the files with --train, --dev and "
                           "--test instead of --data")
+        def examples(path: str, labelled: bool, split: str) -> list[Example]:
+            got = read(path, labelled)
+            if not got:  # an empty file would otherwise surface later as "no training examples"
+                raise no_examples(path, split)
+            return got
+
         splits = cls()
         if data.train:
-            splits.train = read(data.train, True)
+            splits.train = examples(data.train, True, "training")
         for path in data.dev:
             name = Path(path).stem if Path(path).stem not in splits.dev else path
-            splits.dev[name] = read(path, True)
+            splits.dev[name] = examples(path, True, "dev")
         if data.test:
-            splits.test[Path(data.test).stem] = read(data.test, False)
+            splits.test[Path(data.test).stem] = examples(data.test, False, "test")
         return splits
+
+
+def data_file(path: str, formats: str) -> Path:
+    """`path` as a Path when there is something to read there: a file, or a pipe or device
+    (`--train <(zcat train.tsv.gz)` is a pipe); a DataError naming what is wrong otherwise.
+    `formats` names what to pass, e.g. "TSV (header: label, text_a) or JSONL file"."""
+    p = Path(path)
+    if p.is_dir():
+        raise DataError(f"data file {path} is a folder, not a file",
+                        hint=f"pass a {formats} (a file, not the folder that holds it)")
+    if not p.exists():
+        raise DataError(f"data file {path} does not exist", hint=f"pass an existing {formats}")
+    return p
+
+
+_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a pipe"), (stat.S_ISSOCK, "a socket"))
+
+
+def no_examples(path: str, split: str) -> DataError:
+    """The error for a data file that was read and held no example, saying why."""
+    try:
+        st = os.stat(path)
+        mode, size = st.st_mode, st.st_size
+    except OSError:  # gone since it was read: describe it as a file with no examples
+        mode, size = stat.S_IFREG, 1
+    kind = next((name for test, name in _KINDS if test(mode)), None)
+    if kind is not None:
+        why = f"it is {kind}, not a regular file, and reading it gave nothing"
+    elif size == 0:
+        why = "the file is empty"
+    else:
+        why = "nothing in it is an example (a header alone, or blank lines)"
+    return DataError(f"{split} file {path} holds no examples: {why}",
+                     hint="pass a file with at least one example in the task's format")
 
 
 class Task(Protocol):

@@ -146,9 +146,8 @@ class TokenStore:
         out = np.empty(flat.shape, np.int64)
         shard = np.searchsorted(self.tok_start, flat, side="right") - 1
         for k in np.unique(shard):
-            tokens = self.store.sequences(int(self.seq_start[k]), int(self.seq_start[k + 1]))
             here = shard == k
-            out[here] = tokens[flat[here] - self.tok_start[k]]
+            out[here] = self.store.tokens_at(int(k), flat[here] - self.tok_start[k])
         return out.reshape(np.shape(index))
 
 

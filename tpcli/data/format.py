@@ -8,28 +8,33 @@ A dataset folder holds, per shard ``shard-NNNNN``:
   so sequence ``i`` is ``tokens[seqs[i]:seqs[i+1]]``;
 - ``.docs.idx``: int64 offsets into the sequences, one more than the documents.
 
-and one ``meta.json`` (format version, tokenizer and processor that made it, counts). Offsets are
-local to their shard and a document never spans two shards. Datasets are written by `Writer`
-into a temporary folder next to the target and renamed into place only when complete, so a
-failed run leaves nothing half-written.
+and one ``meta.json`` (format version, tokenizer and processor that made it, counts, and per
+shard the sha256 of its index files). Offsets are local to their shard and a document never
+spans two shards. Datasets are written by `Writer` into a temporary folder next to the target
+and renamed into place only when complete, so a failed run leaves nothing half-written (see
+`tpcli.data.staging`). `Reader` checks a dataset when it opens it and as it reads tokens (see
+`tpcli.data.integrity`); datasets written before the digests were recorded are checked without
+them.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import itertools
 import json
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from tpcli.errors import DataError
+from tpcli.data.integrity import (
+    INDEXES, check_ids, check_index, check_shard_info, check_sizes, file_digest, rebuild_hint,
+)
+from tpcli.data.staging import OWNER, make_temp, remove_stale, write_error
+from tpcli.errors import DataError, PluginError
 
 FORMAT = "tp-dataset"
 FORMAT_VERSION = 1
@@ -49,11 +54,11 @@ class _ShardWriter:
     """Appends to one shard's three files; holds at most ~FLUSH_TOKENS tokens in memory."""
 
     def __init__(self, folder: Path, index: int, dtype: np.dtype) -> None:
+        self.folder = folder
         self.name = shard_name(index)
         self.dtype = dtype
-        self._tok = open(folder / f"{self.name}.tokens.bin", "wb")
-        self._seq = open(folder / f"{self.name}.seqs.idx", "wb")
-        self._doc = open(folder / f"{self.name}.docs.idx", "wb")
+        self._files: list[IO[bytes]] = []
+        self._tok, self._seq, self._doc = (self._open(s) for s in ("tokens.bin", *INDEXES))
         self._pending: list[np.ndarray] = []  # compact arrays, not Python ints (28 bytes each)
         self._pending_tokens = 0
         self._seq_ends: list[int] = []
@@ -62,15 +67,19 @@ class _ShardWriter:
         np.zeros(1, np.int64).tofile(self._seq)  # the leading 0 offset of both indexes
         np.zeros(1, np.int64).tofile(self._doc)
 
-    def add(self, doc: list[list[int]]) -> None:
-        n = 0
-        for seq in doc:
-            n += len(seq)
-            self._seq_ends.append(self.tokens + n)
-        self._pending.append(np.fromiter(itertools.chain.from_iterable(doc), self.dtype, n))
-        self._pending_tokens += n
-        self.tokens += n
-        self.sequences += len(doc)
+    def _open(self, suffix: str) -> IO[bytes]:
+        f = open(self.folder / f"{self.name}.{suffix}", "wb")
+        self._files.append(f)  # appended one by one, so a failed open still closes the others
+        return f
+
+    def add(self, lengths: list[int], tokens: np.ndarray) -> None:
+        """One document: its sequences' lengths and their (n,) tokens back to back."""
+        for n in lengths:
+            self.tokens += n
+            self._seq_ends.append(self.tokens)
+        self._pending.append(tokens)
+        self._pending_tokens += len(tokens)
+        self.sequences += len(lengths)
         self.documents += 1
         self._doc_ends.append(self.sequences)
         if self._pending_tokens >= FLUSH_TOKENS:
@@ -83,20 +92,27 @@ class _ShardWriter:
         np.asarray(self._doc_ends, dtype=np.int64).tofile(self._doc)
         self._pending, self._pending_tokens, self._seq_ends, self._doc_ends = [], 0, [], []
 
+    def close_files(self) -> None:
+        for f in self._files:
+            f.close()
+
     def close(self) -> dict[str, Any]:
         self.flush()
-        for f in (self._tok, self._seq, self._doc):
-            f.close()
+        self.close_files()
+        # The index files are small (8 bytes a sequence): their digests let a reader verify
+        # them in full each time it opens the dataset.
+        digests = {s: file_digest(self.folder / f"{self.name}.{s}") for s in INDEXES}
         return {"name": self.name, "documents": self.documents, "sequences": self.sequences,
-                "tokens": self.tokens}
+                "tokens": self.tokens, "sha256": digests}
 
 
 class Writer:
     """Streams documents into a new dataset folder; use as a context manager.
 
-    ``append_document(seqs)`` takes one document as a list of token-id sequences; empty sequences
-    are dropped and an empty document is skipped. On leaving the ``with`` block normally the
-    folder is completed (``meta.json``) and renamed to ``out``; on an exception it is deleted.
+    ``append_document(seqs)`` takes one document as a list of token-id sequences (lists or
+    arrays); empty sequences are dropped and an empty document is skipped. On leaving the
+    ``with`` block normally the folder is completed (``meta.json``) and renamed to ``out``; on
+    any exception, Ctrl-C and SIGTERM included, it is deleted (see `tpcli.data.staging`).
     """
 
     def __init__(self, out: Path, vocab_size: int, meta: dict[str, Any],
@@ -111,20 +127,31 @@ class Writer:
         self.vocab_size = vocab_size
         self.meta = dict(meta)
         self.shard_tokens = max(1, shard_tokens)
-        self.tmp = self.out.parent / f".{self.out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir(parents=True)
+        remove_stale(self.out.parent)
+        self.tmp = make_temp(self.out)
         self._shards: list[dict[str, Any]] = []
-        self._shard = _ShardWriter(self.tmp, 0, self.dtype)
+        try:
+            self._shard = _ShardWriter(self.tmp, 0, self.dtype)
+        except OSError as e:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise write_error(self.out, e, "creating its first shard") from None
 
-    def append_document(self, seqs: list[list[int]]) -> bool:
+    def append_document(self, seqs: list[Any]) -> bool:
         """Add one document; False when it had no tokens (and was skipped)."""
-        doc = [s for s in seqs if len(s)]
+        doc = [np.asarray(s) for s in seqs if len(s)]
         if not doc:
             return False
-        if self._shard.tokens >= self.shard_tokens:
-            self._shards.append(self._shard.close())
-            self._shard = _ShardWriter(self.tmp, len(self._shards), self.dtype)
-        self._shard.add(doc)
+        tokens = np.concatenate(doc) if len(doc) > 1 else doc[0]
+        if tokens.max() >= self.vocab_size or tokens.min() < 0:
+            raise PluginError(f"the tokenizer produced id {int(tokens.max())} (or a negative "
+                              f"one), outside its vocabulary of {self.vocab_size}")
+        try:
+            if self._shard.tokens >= self.shard_tokens:
+                self._shards.append(self._shard.close())
+                self._shard = _ShardWriter(self.tmp, len(self._shards), self.dtype)
+            self._shard.add([len(s) for s in doc], tokens.astype(self.dtype, copy=False))
+        except OSError as e:
+            raise write_error(self.out, e, "writing a shard") from None
         return True
 
     @property
@@ -135,10 +162,26 @@ class Writer:
 
     def finish(self) -> dict[str, Any]:
         """Complete the dataset, rename it into place and return its meta."""
+        try:
+            self._shards.append(self._shard.close())
+            meta = self._final_meta()
+            (self.tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            (self.tmp / OWNER).unlink()
+        except OSError as e:
+            raise write_error(self.out, e, "completing it") from None
+        if self.out.exists():
+            raise DataError(f"output {self.out} appeared while writing",
+                            hint="choose another --out or delete it")
+        try:
+            os.rename(self.tmp, self.out)
+        except OSError as e:
+            raise write_error(self.out, e, f"renaming {self.tmp.name} into place") from None
+        return meta
+
+    def _final_meta(self) -> dict[str, Any]:
         from tpcli import __version__
 
-        self._shards.append(self._shard.close())
-        meta = {
+        return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             **self.meta,
@@ -151,16 +194,9 @@ class Writer:
             "tp_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        (self.tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if self.out.exists():
-            raise DataError(f"output {self.out} appeared while writing",
-                            hint="choose another --out or delete it")
-        os.rename(self.tmp, self.out)
-        return meta
 
     def abort(self) -> None:
-        for f in (self._shard._tok, self._shard._seq, self._shard._doc):
-            f.close()
+        self._shard.close_files()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> "Writer":
@@ -168,6 +204,8 @@ class Writer:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        # BaseException: KeyboardInterrupt (Ctrl-C, and SIGTERM as tp's CLI raises it) and
+        # SystemExit must not leave a hidden temporary folder behind either.
         if kind is not None:
             self.abort()
 
@@ -215,10 +253,17 @@ class Reader:
     def __init__(self, folder: Path | str) -> None:
         self.folder = Path(folder)
         self.meta = read_meta(self.folder)
-        self.dtype = np.dtype(self.meta.get("dtype", "uint16"))
+        dtype = self.meta.get("dtype", "uint16")
+        if dtype not in ("uint16", "uint32"):
+            raise DataError(f"dataset {self.folder}: {META} gives token dtype {dtype!r}, "
+                            "not uint16 or uint32", hint=rebuild_hint(self.folder))
+        self.dtype = np.dtype(dtype)
         self._infos: list[dict[str, Any]] = list(self.meta.get("shards") or [])
         if not self._infos:
             raise DataError(f"dataset {self.folder} lists no shards in {META}")
+        self.vocab_size = int(self.meta.get("vocab_size") or 0)
+        # an id of the dtype may fall outside the vocabulary: check every read (a vectorized max)
+        self._check_vocab = 0 < self.vocab_size <= np.iinfo(self.dtype).max
         self._check_files()
         seq_counts = [int(s["sequences"]) for s in self._infos]
         doc_counts = [int(s["documents"]) for s in self._infos]
@@ -227,23 +272,12 @@ class Reader:
         self._shards: list[_Shard] | None = None
 
     def _check_files(self) -> None:
-        for info in self._infos:
-            sizes = {
-                "tokens.bin": int(info["tokens"]) * self.dtype.itemsize,
-                "seqs.idx": (int(info["sequences"]) + 1) * 8,
-                "docs.idx": (int(info["documents"]) + 1) * 8,
-            }
-            for suffix, size in sizes.items():
-                path = self.folder / f"{info['name']}.{suffix}"
-                if not path.is_file():
-                    raise DataError(f"dataset {self.folder} is missing {path.name}",
-                                    hint="re-run `tp preprocess` to rebuild it")
-                if path.stat().st_size != size:
-                    raise DataError(
-                        f"dataset {self.folder}: {path.name} has {path.stat().st_size} bytes, "
-                        f"{META} says {size} (truncated or corrupt)",
-                        hint="re-run `tp preprocess` to rebuild it",
-                    )
+        """Sizes of every file and the index files in full: cheap, and it turns a damaged
+        dataset into an error before training rather than a run on garbage."""
+        for k, info in enumerate(self._infos):
+            check_shard_info(self.folder, k, info)
+            check_sizes(self.folder, info, self.dtype.itemsize)
+            check_index(self.folder, info)
 
     def _open(self) -> list[_Shard]:
         if self._shards is None:
@@ -288,11 +322,17 @@ class Reader:
         shard = int(np.searchsorted(starts, i, side="right")) - 1
         return shard, i - int(starts[shard])
 
+    def _ids(self, shard: int, tokens: np.ndarray) -> np.ndarray:
+        """`tokens` read from `shard`, once checked to be inside the vocabulary."""
+        if self._check_vocab:
+            check_ids(self.folder, self._infos[shard]["name"], tokens, self.vocab_size)
+        return tokens
+
     def sequence(self, i: int) -> np.ndarray:
         """Token ids of sequence `i` (a read-only view into the map)."""
         shard, local = self._locate(self._seq_start, i, self.n_sequences, "sequence")
         s = self._open()[shard]
-        return s.tokens[s.seqs[local]:s.seqs[local + 1]]
+        return self._ids(shard, s.tokens[s.seqs[local]:s.seqs[local + 1]])
 
     def sequences(self, first: int, end: int) -> np.ndarray:
         """Token ids of sequences `first..end-1` back to back (one view within a shard)."""
@@ -301,8 +341,12 @@ class Reader:
         shard, local = self._locate(self._seq_start, first, self.n_sequences, "sequence")
         if end <= self._seq_start[shard + 1]:
             s = self._open()[shard]
-            return s.tokens[s.seqs[local]:s.seqs[local + end - first]]
+            return self._ids(shard, s.tokens[s.seqs[local]:s.seqs[local + end - first]])
         return np.concatenate([self.sequence(i) for i in range(first, end)])
+
+    def tokens_at(self, shard: int, positions: np.ndarray) -> np.ndarray:
+        """Token ids at `positions` (any shape) of `shard`'s tokens, checked like any read."""
+        return self._ids(shard, self._open()[shard].tokens[positions])
 
     def document_range(self, j: int) -> tuple[int, int]:
         """Global indexes `(first, end)` of document `j`'s sequences."""

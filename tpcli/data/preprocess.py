@@ -16,13 +16,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
+import numpy as np
+
 from tpcli.data import build_processor, build_tokenizer
 from tpcli.data.format import Writer
-from tpcli.errors import DataError, PluginError
+from tpcli.errors import DataError, PluginError, TpError
 from tpcli.verbs import PreprocessRequest
 
 BATCH_LINES = 8192  # lines per encode_batch call: large enough to keep every core busy
-BATCH_CHARS = 4_000_000  # ...but bounded in characters, for corpora of very long lines
+BATCH_CHARS = 1_000_000  # ...but bounded in characters: the tokenizer needs ~100 bytes a char
+MAX_PIECE_CHARS = 1 << 16  # longer lines are tokenized in pieces (see `pieces`)
 FORMATS = ("sentences", "documents", "tsv")
 
 
@@ -77,21 +80,29 @@ def _raw_lines(f: IO[bytes], corpus: str) -> Iterator[bytes]:
 
 
 def decoded_lines(f: IO[bytes], corpus: str) -> Iterator[str]:
-    """UTF-8 lines without their line break; undecodable bytes are reported by line and offset."""
+    """UTF-8 lines without their line break; undecodable bytes are reported by line and offset.
+
+    A line is decoded straight from a view of its bytes without the break, and the bytes are
+    dropped before it is handed on: a line of many megabytes is held about once, not three
+    times (bytes, decoded, stripped)."""
     offset = 0
     for number, raw in enumerate(_raw_lines(f, corpus), start=1):
+        size = end = len(raw)
+        while end and raw[end - 1] in b"\r\n":
+            end -= 1
         try:
-            line = raw.decode("utf-8")
+            line = str(memoryview(raw)[:end], "utf-8")
         except UnicodeDecodeError as e:
             raise DataError(
                 f"corpus {corpus} is not valid UTF-8: line {number}, byte offset "
                 f"{offset + e.start}: {e.reason} (byte 0x{raw[e.start]:02x})",
                 hint="re-encode the corpus as UTF-8, e.g. `iconv -f LATIN1 -t UTF-8 in > out`",
             ) from None
+        del raw
         if number == 1 and line.startswith("\ufeff"):
             line = line[1:]  # a UTF-8 byte-order mark is not text
-        offset += len(raw)
-        yield line.rstrip("\r\n")
+        offset += size
+        yield line
 
 
 def tsv_fields(line: str, number: int) -> list[str]:
@@ -134,19 +145,83 @@ def documents(lines: Iterable[str], corpus_format: str) -> Iterator[list[str]]:
         yield doc
 
 
-def batches(docs: Iterable[list[str]]) -> Iterator[list[list[str]]]:
-    """Whole documents grouped into batches of about BATCH_LINES lines / BATCH_CHARS characters."""
-    batch: list[list[str]] = []
-    lines = chars = 0
+def pieces(text: str, limit: int) -> Iterator[str]:
+    """`text` in pieces of at most `limit` characters, each cut just before a space that starts a
+    word, so the next piece begins with ` word` as the word stood in the line. Tokenizers split
+    words at spaces (WordPiece, byte-level BPE's `Ġword`, SentencePiece's `▁word`), so the pieces'
+    ids, back to back, are the line's. A stretch of `limit` characters without a space is cut
+    where it must (a word of 64k characters is not text a model learns from)."""
+    start, n = 0, len(text)
+    while n - start > limit:
+        end = start + limit
+        cut = text.rfind(" ", start + 1, end)
+        while cut > start and text[cut + 1] == " ":  # in a run of spaces: cut before its last
+            cut = text.rfind(" ", start + 1, cut)
+        cut = cut if cut > start else end
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+Piece = tuple[str, bool, bool]  # text, ends its sequence (line), ends its document
+
+
+def split_pieces(docs: Iterable[list[str]], limit: int | None = None) -> Iterator[Piece]:
+    """The documents' lines as pieces of at most `limit` characters (MAX_PIECE_CHARS): the
+    tokenizer's working memory (offsets, alignments: ~100 bytes a character) then stays bounded
+    however long a line is."""
+    limit = limit or MAX_PIECE_CHARS
     for doc in docs:
-        batch.append(doc)
-        lines += len(doc)
-        chars += sum(len(s) for s in doc)
-        if lines >= BATCH_LINES or chars >= BATCH_CHARS:
+        for i, line in enumerate(doc):
+            ends_doc = i == len(doc) - 1
+            if len(line) <= limit:
+                yield line, True, ends_doc
+                continue
+            parts = pieces(line, limit)
+            part = next(parts)
+            for following in parts:
+                yield part, False, False
+                part = following
+            yield part, True, ends_doc
+
+
+def batches(items: Iterable[Piece]) -> Iterator[list[Piece]]:
+    """Pieces grouped into batches of about BATCH_LINES pieces / BATCH_CHARS characters."""
+    batch: list[Piece] = []
+    chars = 0
+    for item in items:
+        batch.append(item)
+        chars += len(item[0])
+        if len(batch) >= BATCH_LINES or chars >= BATCH_CHARS:
             yield batch
-            batch, lines, chars = [], 0, 0
+            batch, chars = [], 0
     if batch:
         yield batch
+
+
+class Assembler:
+    """Puts encoded pieces back together into sequences and documents for the writer.
+
+    A document in progress is held as compact arrays (2-4 bytes a token), not Python ints
+    (~36 bytes each), so a one-line document of millions of tokens costs about its text's size."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+        self.dtype = writer.dtype
+        self.doc: list[Any] = []  # finished sequences of the document in progress
+        self.seq: list[np.ndarray] = []  # pieces of the sequence in progress
+
+    def add(self, ids: list[int], ends_seq: bool, ends_doc: bool) -> None:
+        if ends_seq and not self.seq:
+            self.doc.append(ids)  # a whole line: the usual case, no copy
+        else:
+            self.seq.append(np.asarray(ids, dtype=self.dtype))
+            if ends_seq:
+                self.doc.append(np.concatenate(self.seq))
+                self.seq = []
+        if ends_doc:
+            self.writer.append_document(self.doc)
+            self.doc = []
 
 
 def _meta(request: PreprocessRequest, recipe: Any, tokenizer: Any, fmt: str) -> dict[str, Any]:
@@ -183,6 +258,10 @@ def run_preprocess(request: PreprocessRequest) -> dict[str, Any]:
     from tpcli.recipes import load_recipe
 
     start = time.perf_counter()
+    if request.workers < 0:
+        raise TpError(f"--workers {request.workers}: the number of tokenizer threads cannot be "
+                      "negative", hint="pass --workers 0 to use every core, or a positive number "
+                      "of threads")
     if request.workers > 0:  # read by the tokenizers thread pool when it first starts
         os.environ["RAYON_NUM_THREADS"] = str(request.workers)
     out = Path(request.out)
@@ -204,12 +283,11 @@ def run_preprocess(request: PreprocessRequest) -> dict[str, Any]:
     with open_corpus(request.corpus) as f, _progress(sys.stderr.isatty()) as progress, \
             Writer(out, tokenizer.vocab_size, meta, request.shard_tokens) as writer:
         task = progress.add_task("tokenizing", total=None) if progress else None
+        assembler = Assembler(writer)
 
-        def write(batch: list[list[str]], encoded: Future[list[list[int]]]) -> None:
-            ids, k = encoded.result(), 0
-            for doc in batch:
-                writer.append_document(ids[k:k + len(doc)])
-                k += len(doc)
+        def write(batch: list[Piece], encoded: Future[list[list[int]]]) -> None:
+            for ids, (_, ends_seq, ends_doc) in zip(encoded.result(), batch):
+                assembler.add(ids, ends_seq, ends_doc)
             if progress is not None:
                 c = writer.counts
                 progress.update(task, description=f"tokenizing: {c['documents']:,} documents, "
@@ -218,9 +296,9 @@ def run_preprocess(request: PreprocessRequest) -> dict[str, Any]:
         # Double buffering: while `tokenizers` encodes batch k (in Rust, without the GIL), this
         # thread writes batch k-1 and reads batch k+1.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending: tuple[list[list[str]], Future[list[list[int]]]] | None = None
-            for batch in batches(documents(decoded_lines(f, request.corpus), fmt)):
-                encoded = pool.submit(tokenizer.encode_batch, [s for doc in batch for s in doc])
+            pending: tuple[list[Piece], Future[list[list[int]]]] | None = None
+            for batch in batches(split_pieces(documents(decoded_lines(f, request.corpus), fmt))):
+                encoded = pool.submit(tokenizer.encode_batch, [text for text, _, _ in batch])
                 if pending is not None:
                     write(*pending)
                 pending = (batch, encoded)

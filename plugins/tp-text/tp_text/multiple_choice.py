@@ -17,7 +17,6 @@ on its own, as K separate rows would be.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -25,7 +24,7 @@ from pydantic import Field
 
 from tpcli.data.dataset import special_id
 from tpcli.errors import DataError
-from tpcli.tasks import Example, Splits, TaskConfig, TaskData
+from tpcli.tasks import Example, Splits, TaskConfig, TaskData, data_file
 from tp_text.bert_processor import trimmed_lengths
 from tp_text.records import jsonl_records
 
@@ -78,10 +77,7 @@ def _example(path: str, n: int, row: Any, need_label: bool) -> Example:
 
 def read_examples(path: str, need_label: bool) -> list[Example]:
     """JSON lines -> Examples; every example with the file's first choice count."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"data file {path} does not exist",
-                        hint='pass a JSON-lines file of {"question", "choices", "label"}')
+    data_file(path, 'JSON-lines file of {"question", "choices", "label"}')
     out: list[Example] = []
     for n, row in jsonl_records(path):
         e = _example(path, n, row, need_label)

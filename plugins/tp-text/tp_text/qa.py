@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -33,7 +32,7 @@ from pydantic import Field
 
 from tpcli.data.dataset import special_id
 from tpcli.errors import DataError, TpError
-from tpcli.tasks import Example, Splits, TaskConfig, TaskData
+from tpcli.tasks import Example, Splits, TaskConfig, TaskData, data_file
 
 
 class QaConfig(TaskConfig):
@@ -117,11 +116,8 @@ def _squad_rows(path: str, data: Any) -> list[tuple[str, dict[str, Any]]]:
 
 def _rows(path: str) -> list[tuple[str, dict[str, Any]]]:
     """(source, question record) of a SQuAD JSON file or a JSON-lines file."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"data file {path} does not exist",
-                        hint="pass a SQuAD JSON file or a JSON-lines file of questions")
-    text = p.read_text(encoding="utf-8")
+    p = data_file(path, "SQuAD JSON file or a JSON-lines file of questions")
+    text = p.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is not JSON
     if p.suffix != ".jsonl":
         try:
             whole = json.loads(text)

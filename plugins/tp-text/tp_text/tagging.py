@@ -23,7 +23,6 @@ target (optionally with a CRF); scores: entity precision / recall / F1 (seqeval'
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -31,7 +30,7 @@ from pydantic import Field
 
 from tpcli.data.dataset import special_id
 from tpcli.errors import DataError
-from tpcli.tasks import Example, Splits, TaskConfig, TaskData
+from tpcli.tasks import Example, Splits, TaskConfig, TaskData, data_file
 from tp_text.records import jsonl_records, tsv_records
 from tp_text.tagger import IGNORE, LABELS_KEY, STARTS_KEY
 
@@ -80,7 +79,7 @@ def read_conll(path: str, need_tags: bool) -> list[Example]:
     lines: list[int] = []
     tokens: list[str] = []
     tags: list[str | None] = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not a token
         for n, raw in enumerate(f, 1):
             cells = raw.split()
             if not cells or cells[0] == "-DOCSTART-":
@@ -146,10 +145,7 @@ def read_tsv(path: str, need_tags: bool) -> list[Example]:
 def read_examples(path: str, need_tags: bool) -> list[Example]:
     """A CoNLL, JSONL or TSV file (by suffix) -> Examples with `fields` tokens and lines (the
     file line of each token) and `label` the tag list (None when a test file has no tags)."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"data file {path} does not exist",
-                        hint="pass an existing CoNLL, JSONL or TSV file (" + FORMAT_HINT + ")")
+    p = data_file(path, "CoNLL, JSONL or TSV file (" + FORMAT_HINT + ")")
     if p.suffix in (".jsonl", ".json"):
         return read_jsonl(path, need_tags)
     if p.suffix == ".tsv":
