@@ -4,6 +4,8 @@ the field named."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -78,14 +80,61 @@ def test_path_traversal_is_refused(tmp_path: Path, path: str) -> None:
     assert str(card) in str(exc.value) and "files.0.path" in str(exc.value)
 
 
-def test_cli_names_the_bad_card(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "evil.yaml").write_text(card_text("evil", "../../../.bashrc"))
+BAD_CARDS = {  # file -> what the warning and the error say about it
+    "evil.yaml": (card_text("evil", "../../../.bashrc"), "files.0.path: Value error, file path "
+                  "'../../../.bashrc' leaves the model folder"),
+    "broken.yaml": ("name: broken\nfiles: [unclosed\n", "cannot be read"),
+    "listy.yaml": ("- a\n- b\n", "is not a YAML mapping"),
+    "misnamed.yaml": (card_text("other"), "the file must be other.yaml"),
+}
+
+
+def test_a_malformed_card_is_skipped_with_a_warning(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """One bad file in TP_ZOO_CARDS must not take down every zoo command: each is named on
+    stderr and skipped, the good cards (here the shipped ones and `good`) still list."""
+    for file, (text, _) in BAD_CARDS.items():
+        (tmp_path / file).write_text(text)
+    (tmp_path / "good.yaml").write_text(card_text("good"))
     monkeypatch.setenv("TP_ZOO_CARDS", str(tmp_path))
-    assert main(["zoo", "list"]) == 1
-    err = capsys.readouterr().err
-    assert "evil.yaml" in err and "leaves the model folder" in err
+    monkeypatch.setenv("TP_HOME", str(tmp_path / "home"))
+    assert main(["zoo", "list", "--json"]) == 0
+    out, err = capsys.readouterr()
+    names = {row["name"] for row in json.loads(out)}
+    assert {"good", "bert-base-uncased"} <= names and not names & {"evil", "broken", "listy"}
+    warnings = err.strip().splitlines()
+    assert len(warnings) == len(BAD_CARDS)  # one line per bad file
+    for file, (_, why) in BAD_CARDS.items():
+        (line,) = [w for w in warnings if f"{tmp_path / file}" in w]
+        assert line.startswith("tp: warning: zoo card ") and why in line, line
+        assert line.endswith("the card was skipped")
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("action", ["info", "pull"])
+def test_using_a_malformed_card_says_why(action: str, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "evil.yaml").write_text(BAD_CARDS["evil.yaml"][0])
+    monkeypatch.setenv("TP_ZOO_CARDS", str(tmp_path))
+    monkeypatch.setenv("TP_HOME", str(tmp_path / "home"))
+    assert main(["zoo", action, "evil"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: zoo model 'evil' cannot be used: zoo card {tmp_path / 'evil.yaml'} has" in err
+    assert BAD_CARDS["evil.yaml"][1] in err
+    assert "hint: fix the card" in err and "Traceback" not in err
+    assert not (tmp_path / "home").exists()  # nothing was pulled or locked
+
+
+def test_a_missing_cards_folder_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-such-folder"
+    monkeypatch.setenv("TP_ZOO_CARDS", f"{missing}{os.pathsep}{tmp_path}")
+    assert main(["zoo", "list", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert err == (f"tp: warning: TP_ZOO_CARDS names {missing}, which does not exist; it was "
+                   "ignored\n")
 
 
 def test_schema_problems_are_listed_together(tmp_path: Path) -> None:
@@ -111,10 +160,12 @@ def test_a_name_defined_twice_names_both_files(tmp_path: Path) -> None:
     a.mkdir(), b.mkdir()
     (a / "one.yaml").write_text(card_text("one", extra="aliases: [shared]\n"))
     (b / "two.yaml").write_text(card_text("two", extra="aliases: [shared]\n"))
+    cat = load_catalog([str(a), str(b)])  # the first card keeps the name; the second is skipped
+    assert cat.find("shared").name == "one"
     with pytest.raises(TpError) as exc:
-        load_catalog([str(a), str(b)])
-    assert "'shared'" in str(exc.value) and "one.yaml" in str(exc.value)
-    assert "two.yaml" in str(exc.value)
+        cat.find("two")
+    assert "'shared'" in str(exc.value) and str(a / "one.yaml") in str(exc.value)
+    assert str(b / "two.yaml") in str(exc.value)
 
 
 def test_unknown_name_suggests_the_closest(capsys: pytest.CaptureFixture[str]) -> None:
@@ -138,6 +189,58 @@ def test_list_filters_and_info(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert main(["zoo", "info", "gpt2"]) == 0
     out = capsys.readouterr().out
     assert "source: hf://openai-community/gpt2" in out and "cached: no" in out
+
+
+def test_zoo_list_shows_a_size_or_parameter_count_for_every_card(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Every shipped card says something true of its size: the parameter count (approximate,
+    `~`), and the download size where the card knows it (`>=` where it knows some files');
+    piped, the lines are never cut."""
+    monkeypatch.setenv("TP_HOME", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["zoo", "list"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "MODALITY", "PARAMS", "SIZE", "LICENSE", "CACHED", "TASKS"]
+    rows = {r[0]: r for r in plain_rows(out)}
+    assert len(rows) == len(lines) - 1 >= 24 and "…" not in out
+    assert all(r[2].startswith("~") for r in rows.values())  # PARAMS, for every card
+    assert rows["bert-base-uncased"][2:4] == ["~110M", "441.1 MB"]
+    assert rows["roberta-base"][3] == ">=498.8 MB" and rows["vit-base"][3] == "unknown"
+    assert rows["uer-chinese-roberta-l2-h128"][2] == "~3.2M"
+    tasks = ", ".join(json_card("bert-base-uncased")["tasks"])
+    assert rows["bert-base-uncased"][6] == tasks  # the whole task list, not cut
+    assert main(["zoo", "list", "--json"]) == 0
+    got = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert got["bert-base-uncased"]["params"] == 110_000_000
+    assert got["bert-base-uncased"]["size"] == {"bytes": 440449768 + 570 + 466062 + 48 + 231508,
+                                                "exact": True}
+    assert got["vit-base"]["size"] is None and got["gpt2"]["size"]["exact"] is False
+
+
+def plain_rows(out: str) -> list[list[str]]:
+    """The cells of piped (plain, aligned) output, cut where the header's columns start."""
+    header, *lines = out.splitlines()
+    starts = [i for i, c in enumerate(header) if c != " " and (i == 0 or header[i - 1] == " ")]
+    bounds = list(zip(starts, starts[1:] + [None]))
+    return [[line[a:b].strip() for a, b in bounds] for line in lines]
+
+
+def json_card(name: str) -> dict[str, object]:
+    import yaml
+
+    return yaml.safe_load((Path(__file__).resolve().parents[2] / "zoo" / f"{name}.yaml")
+                          .read_text())
+
+
+def test_zoo_info_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TP_HOME", str(tmp_path))
+    assert main(["zoo", "info", "bert-base", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["card"]["name"] == "bert-base-uncased" and got["card"]["params"] == 110_000_000
+    assert got["pinned"] is True and got["cached"] is False and got["cache"] == []
 
 
 def test_zoo_list_imports_no_torch() -> None:

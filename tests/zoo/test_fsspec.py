@@ -216,12 +216,45 @@ def test_a_path_outside_the_model_folder_is_refused(bad: str, server: FileServer
     card = write_card(NAME, server.url_for("tiny-bert"), [{"path": "config.json"}, {"path": bad}])
     with pytest.raises(TpError, match="leaves the model folder"):
         read_card(card)
-    assert tp("zoo", "list") == 1
+    assert tp("zoo", "list") == 0  # the other cards still list; this one is named and skipped
     err = capsys.readouterr().err
     assert str(card) in err and "files.1.path" in err and "leaves the model folder" in err
     assert tp("zoo", "pull", NAME, "--no-progress") == 1
+    assert f"zoo model '{NAME}' cannot be used" in capsys.readouterr().err
     assert not zoo_env.home.exists() and server.count("", method=None) == 0
     assert not (zoo_env.home.parent / "evil").exists() and not Path(bad).exists()
+
+
+@pytest.mark.parametrize("fault", ["missing", "refused", "corrupt"])
+def test_a_failed_pull_leaves_nothing(fault: str, server: FileServer, tiny_bert_hf: Path,
+                                      zoo_env: ZooEnv, write_card: WriteCard,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A pull that fails before any file is verified leaves no folder and no lock file in
+    TP_HOME (a resumable `.part` is the one thing a failed pull may keep)."""
+    files = file_entries(tiny_bert_hf, TINY_FILES)
+    if fault == "missing":
+        files.append({"path": "tokenizer.json"})  # the server has no such file
+    elif fault == "refused":
+        server.require_token("s3cret")
+    else:
+        files = [f for f in files if f["path"] == WEIGHTS]
+        server.corrupt(URL_WEIGHTS)
+    write_card(NAME, server.url_for("tiny-bert"), files)
+    assert tp("zoo", "pull", NAME, "--format", "hf", "--no-progress") == 1
+    assert "error: " in capsys.readouterr().err
+    assert not (zoo_env.home / "zoo" / NAME).exists()
+    assert [p for p in zoo_env.home.rglob("*")] == []
+    if fault == "corrupt":  # and the next pull is not disturbed by the cleanup
+        server.clear_faults()
+        assert tp("zoo", "pull", NAME, "--format", "hf", "--no-progress") == 0
+        assert (files_dir(zoo_env) / WEIGHTS).is_file()
+        assert (zoo_env.home / "zoo" / NAME / ".lock").exists()  # kept beside the pulled model
+
+
+def test_rm_leaves_nothing(http_card: Path, zoo_env: ZooEnv) -> None:
+    assert tp("zoo", "pull", NAME, "--format", "hf", "--no-progress") == 0
+    assert tp("zoo", "rm", NAME) == 0
+    assert not (zoo_env.home / "zoo").exists()
 
 
 def test_fetch_refuses_a_card_built_without_validation(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import yaml
 from tpcli.cli.main import main
 from tpcli.errors import TpError
 from tpcli.hub_server import HubServer
-from tpcli.zoo import ZooRequest, zoo
+from tpcli.zoo import ZooRequest, cache, zoo
 
 from .conftest import TINY_FILES, ZooEnv, file_entries
 
@@ -243,6 +243,7 @@ def test_unknown_file_in_card_and_unknown_revision(hub: HubServer, tiny: str, ti
     write_card("typo", f"hf://{REPO}", [{"path": "config.json"}, {"path": "model.safetensor"}])
     with pytest.raises(TpError, match="has no model.safetensor"):
         pull("typo")
+    assert not (cache.tp_home() / "zoo" / "typo").exists()  # no folder, no lock file left
     with pytest.raises(TpError, match="has no revision 'v9'"):
         pull("tiny", revision="v9")
 

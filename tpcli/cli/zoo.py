@@ -17,47 +17,67 @@ def _run(action: str, **kwargs: Any) -> Any:
     return zoo(ZooRequest(action, **kwargs))  # type: ignore[arg-type]
 
 
+JSON_HELP = "print JSON on one line instead of text"
+
+
 @app.command("list")
 def list_(
     modality: Optional[str] = typer.Option(None, "--modality",
                                            help="text, vision, speech or multimodal"),
     task: Optional[str] = typer.Option(None, "--task", help="only models for this task"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """A table of every model card."""
-    import shutil
+    """Every model card: PARAMS is the approximate parameter count; SIZE the download, exact
+    where the card (or a complete pull) sizes every file, `>=` a lower bound where it sizes
+    some, `unknown` where it sizes none (`tp zoo lock` records them)."""
+    from tpcli.cli.render import on_terminal, print_json, print_table
 
     rows = _run("list", modality=modality, task=task)
-    cols = ("name", "modality", "size", "license", "cached", "tasks")
-    width = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in cols}
-    room = shutil.get_terminal_size((100, 24)).columns
-    # one line per model: the tasks take what room is left (`tp zoo info NAME` has the card)
-    width["tasks"] = max(12, min(width["tasks"], room - sum(width[c] + 2 for c in cols[:-1])))
+    if as_json:
+        print_json(rows)
+        return
+    cols = ("name", "modality", "params", "size", "license", "cached", "tasks")
+    print_table("tp zoo", cols, [(r["name"], r["modality"], params_text(r["params"]),
+                                  size_text(r["size"]), r["license"], "yes" if r["cached"] else "",
+                                  ", ".join(r["tasks"])) for r in rows])
+    if on_terminal():  # piped, stdout is the rows alone
+        n = len(rows)
+        print(f"{n} model{'' if n == 1 else 's'}; `tp zoo info NAME` for a card, "
+              "`tp zoo pull NAME` to fetch one")
 
-    def line(values: dict[str, str]) -> str:
-        cells = []
-        for c in cols:
-            text = str(values[c])
-            if len(text) > width[c]:
-                text = text[: width[c] - 1] + "…"
-            cells.append(text.ljust(width[c]))
-        return "  ".join(cells).rstrip()
 
-    print(line({c: c.upper() for c in cols}))
-    for row in rows:
-        print(line(row))
-    n = len(rows)
-    print(f"{n} model{'' if n == 1 else 's'}; `tp zoo info NAME` for a card, `tp zoo pull NAME` "
-          "to fetch one")
+def params_text(params: int | None) -> str:
+    """`~110M`: a card's parameter count is approximate, and says so."""
+    if params is None:
+        return "unknown"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if params >= scale:
+            value = params / scale
+            return f"~{value:.3g}{unit}"
+    return f"~{params}"
+
+
+def size_text(size: dict[str, Any] | None) -> str:
+    from tpcli.zoo.cache import human
+
+    if size is None:
+        return "unknown"
+    return human(size["bytes"]) if size["exact"] else f">={human(size['bytes'])}"
 
 
 @app.command()
-def info(name: str = typer.Argument(..., help="model name or alias")) -> None:
+def info(name: str = typer.Argument(..., help="model name or alias"),
+         as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """The card, whether it is cached, where, and how big."""
     import yaml
 
+    from tpcli.cli.render import print_json
     from tpcli.zoo.cache import human
 
     result = _run("info", name=name)
+    if as_json:
+        print_json(result)
+        return
     print(yaml.safe_dump(result["card"], sort_keys=False, allow_unicode=True, width=100), end="")
     print(f"card file: {result['file']}")
     if not result["pinned"]:

@@ -3,7 +3,8 @@
 Layout, per card::
 
     TP_HOME/zoo/<name>/
-      .lock                    one pull (or rm) of this model at a time, across processes
+      .lock                    one pull (or rm) of this model at a time, across processes;
+                               removed with the folder when nothing else is left in it
       refs/<revision>          the commit a branch or tag resolved to (read when offline)
       <key>/manifest.json      what was pulled at commit <key>: every file, its size and sha256,
                                where it lies, and the converted formats
@@ -20,7 +21,8 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -60,22 +62,93 @@ def safe_key(revision: str) -> str:
 @contextmanager
 def locked(name: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     """Hold this model's lock: a second `tp zoo pull` of the same model waits here, then finds
-    the files the first one verified."""
-    from filelock import FileLock, Timeout
-
+    the files the first one verified. On release, a model folder left with nothing in it (a
+    pull that failed before any byte arrived, a `tp zoo rm`) is removed with its lock file, so
+    a failed pull leaves nothing behind but a partial download it can resume."""
     folder = model_dir(name)
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(folder / ".lock"))
     try:
-        lock.acquire(timeout=timeout)
-    except Timeout as e:
+        release = _acquire(folder / ".lock", timeout)
+    except TimeoutError as e:
         raise TpError(f"another process has held the lock on {name} for {timeout:.0f} s",
                       hint=f"wait for it to finish, or remove {folder / '.lock'} if none runs"
                       ) from e
     try:
         yield
     finally:
-        lock.release()
+        release()
+
+
+def _acquire(path: Path, timeout: float) -> Callable[[], None]:
+    """Lock `path` (created if needed) and return the function that releases it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: filelock, and the lock file stays (it cannot be pruned safely)
+        from filelock import FileLock, Timeout
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout as e:
+            raise TimeoutError(str(path)) from e
+        return lock.release
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # another release pruned the folders meanwhile: again
+            continue
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise TimeoutError(str(path)) from None
+                time.sleep(0.05)
+        if _is_current(fd, path):
+            return lambda: _release(fd, path)
+        # the holder before us pruned this lock file: a newer one is the lock now
+        os.close(fd)
+
+
+def _is_current(fd: int, path: Path) -> bool:
+    try:
+        now = path.stat()
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
+
+
+def _release(fd: int, path: Path) -> None:
+    """Prune the model folder while the lock is still held (a waiter that then gets the old,
+    unlinked lock file sees it is stale and locks a new one), then unlock."""
+    try:
+        prune(path.parent, keep=path.name)
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def prune(folder: Path, keep: str) -> None:
+    """Remove the empty folders under `folder`; if nothing but the file `keep` is left, remove
+    it and `folder` too (and the zoo folder above, when that is empty then)."""
+    for root, dirs, _ in os.walk(folder, topdown=False):
+        for d in dirs:
+            try:
+                (Path(root) / d).rmdir()
+            except OSError:  # not empty: it holds something worth keeping
+                pass
+    try:
+        if [p.name for p in folder.iterdir()] != [keep]:
+            return
+        (folder / keep).unlink()
+        folder.rmdir()
+        folder.parent.rmdir()  # TP_HOME/zoo, only if no other model is there
+    except OSError:
+        pass
 
 
 def write_atomic(path: Path, data: bytes) -> None:

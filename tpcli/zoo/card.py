@@ -10,7 +10,7 @@ core registers `zoo/`); `Catalog` finds one by name or alias and suggests the cl
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -86,6 +86,9 @@ class Card(_Strict):
     revision: str = Field("main", description="a commit (pinned) or a branch / tag")
     format: Literal["hf", "tp"] = "hf"
     files: tuple[CardFile, ...] = Field(min_length=1)
+    params: int | None = Field(None, gt=0, description="parameters of the published weights, "
+                               "approximate (2-3 significant figures; zoo/README.md says how "
+                               "each was found)")
     license: str
     paper: str | None = None
     results: tuple[Result, ...] = ()
@@ -168,17 +171,23 @@ def _loader() -> Any:
 
 @dataclass
 class Catalog:
-    """Every card of every registered folder, by name, with aliases."""
+    """Every card of every registered folder, by name, with aliases, and the card files that
+    were skipped (malformed, or defining a name another card has)."""
 
     cards: dict[str, Card]
     paths: dict[str, Path]  # name -> the card file
     aliases: dict[str, str]  # alias -> name
+    skipped: dict[str, str] = field(default_factory=dict)  # file stem -> why, on one line
 
     def find(self, name: str) -> Card:
         key = name.lower()
         key = self.aliases.get(key, key)
         if key in self.cards:
             return self.cards[key]
+        if key in self.skipped:  # say why rather than "no such model"
+            raise TpError(f"zoo model {name!r} cannot be used: {self.skipped[key]}",
+                          hint="fix the card (its fields are described in tpcli/zoo/card.py), "
+                          "or remove it")
         from tpcli.registry import closest
 
         guess = closest(key, [*self.cards, *self.aliases])
@@ -189,21 +198,32 @@ class Catalog:
 
 
 def load_catalog(folders: list[str]) -> Catalog:
-    """Read every `*.yaml` card in `folders` (a registered path may also be one card file); a
-    name or alias defined twice is an error naming both files."""
-    cards: dict[str, Card] = {}
-    paths: dict[str, Path] = {}
-    aliases: dict[str, str] = {}
+    """Read every `*.yaml` card in `folders` (a registered path may also be one card file). A
+    malformed card, or one defining a name or alias an earlier card has, is skipped and noted in
+    `Catalog.skipped`: one bad file must not take the whole zoo down."""
+    cat = Catalog({}, {}, {})
     for folder in folders:
         root = Path(folder)
         files = [root] if root.is_file() else sorted(root.glob("*.yaml")) if root.is_dir() else []
         for file in files:
-            card = read_card(file)
-            for key in (card.name, *card.aliases):
-                owner = paths.get(aliases.get(key, key))
-                if owner is not None:
-                    raise TpError(f"zoo name {key!r} is defined twice: in {owner} and in {file}",
-                                  hint="rename one of the cards or its alias")
-            cards[card.name], paths[card.name] = card, file
-            aliases.update({a: card.name for a in card.aliases})
-    return Catalog(cards, paths, aliases)
+            try:
+                card = read_card(file)
+            except TpError as e:
+                cat.skipped.setdefault(file.stem.lower(), one_line(e.message))
+                continue
+            taken = [(key, cat.paths[cat.aliases.get(key, key)]) for key in (card.name, *card.aliases)
+                     if cat.aliases.get(key, key) in cat.paths]
+            if taken:
+                key, owner = taken[0]
+                cat.skipped.setdefault(card.name, f"zoo card {file} defines {key!r}, which {owner} "
+                                       "already defines (rename one of the cards or its alias)")
+                continue
+            cat.cards[card.name], cat.paths[card.name] = card, file
+            cat.aliases.update({a: card.name for a in card.aliases})
+    return cat
+
+
+def one_line(message: str) -> str:
+    """`zoo card F has 2 problem(s):\n  - a\n  - b` as `zoo card F has 2 problem(s): a; b`."""
+    head, *items = message.splitlines()
+    return f"{head} {'; '.join(i.strip().removeprefix('- ') for i in items)}".strip()

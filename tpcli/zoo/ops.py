@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,17 @@ from tpcli.zoo.pull import is_present
 
 def catalog(plugins: Any) -> Catalog:
     """The registered card folders, then those in TP_ZOO_CARDS (os.pathsep-separated: an
-    organisation's own cards without writing a plugin; read at each call)."""
+    organisation's own cards without writing a plugin; read at each call). A folder that does
+    not exist and every card that is skipped get a warning on stderr naming the file."""
     extra = [d for d in os.environ.get("TP_ZOO_CARDS", "").split(os.pathsep) if d]
-    return load_catalog([*plugins.zoo_dirs, *extra])
+    for folder in extra:
+        if not Path(folder).exists():  # a typo would otherwise hide the cards without a word
+            print(f"tp: warning: TP_ZOO_CARDS names {folder}, which does not exist; it was "
+                  "ignored", file=sys.stderr)
+    cat = load_catalog([*plugins.zoo_dirs, *extra])
+    for why in cat.skipped.values():
+        print(f"tp: warning: {why}; the card was skipped", file=sys.stderr)
+    return cat
 
 
 def run_zoo(request: ZooRequest) -> Any:
@@ -60,10 +69,27 @@ def list_cards(cat: Catalog, modality: str | None, task: str | None) -> list[dic
         card = cat.cards[name]
         if modality and card.modality != modality or task and task not in card.tasks:
             continue
-        rows.append({"name": name, "modality": card.modality, "tasks": ", ".join(card.tasks),
-                     "size": cache.human(card.known_size), "license": card.license,
-                     "cached": "yes" if _keys(card) else "", "source": card.source})
+        keys = _keys(card)
+        rows.append({"name": name, "modality": card.modality, "tasks": list(card.tasks),
+                     "params": card.params, "size": _size(card, keys),
+                     "license": card.license, "cached": bool(keys), "source": card.source})
     return rows
+
+
+def _size(card: Card, keys: list[Path]) -> dict[str, Any] | None:
+    """What is known of the download size: `{"bytes": N, "exact": True}` when the card sizes
+    every file or a complete pull recorded them, `{"bytes": N, "exact": False}` (at least N)
+    when it sizes some, None when it sizes none."""
+    if card.known_size is not None:
+        return {"bytes": card.known_size, "exact": True}
+    for folder in keys:  # a complete pull of the card's own revision knows every size
+        manifest = cache.read_manifest(folder)
+        files = manifest.get("files", {})
+        if manifest.get("revision") == card.revision \
+                and all(is_present(files.get(f.path)) for f in card.files):
+            return {"bytes": sum(int(files[f.path]["size"]) for f in card.files), "exact": True}
+    known = [f.size for f in card.files if f.size is not None]
+    return {"bytes": sum(known), "exact": False} if known else None
 
 
 def _keys(card: Card) -> list[Path]:
