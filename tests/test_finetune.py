@@ -239,3 +239,84 @@ def test_glue_all_in_the_papers_layout(files: dict[str, Path], tmp_path: Path) -
     again = [json.loads(x) for x in (tmp_path / "sts.jsonl").read_text().splitlines()]
     assert [p["score"] for p in again] == pytest.approx([p["score"] for p in sts], abs=1e-5)
     assert "pearson=" in r.stdout
+
+
+# ----------------------------------------------------------------------------- nothing ignored
+
+
+def _ft(files: dict[str, Path], out: Path, *args: str, task: str = "classification"
+        ) -> tuple[int, str]:
+    """`tp finetune` in-process on the topic files: (exit code, stderr)."""
+    import contextlib
+    import io
+
+    from tpcli.cli.main import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["finetune", str(files["recipe"]), "--task", task, "--init",
+                     str(files["pre"]), "--train", str(files["train"]), "--dev",
+                     str(files["dev"]), "--out", str(out), "--no-progress", *args])
+    return code, " ".join(err.getvalue().split())
+
+
+def test_task_option_override_next_to_task_applies(files: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    """`finetune.task.pooling=last` next to --task reaches the head (it was dropped)."""
+    code, err = _ft(files, tmp_path / "a", "finetune.task.pooling=last", "finetune.steps=2")
+    assert code == 0, err
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "a" / "recipe.yaml").read_text())
+    assert saved["finetune"]["task"]["pooling"] == "last"
+    assert saved["model"]["target"]["cls"]["pooling"] == "last"
+    # an option the task does not have is refused, naming it; nothing is created
+    code, err = _ft(files, tmp_path / "b", "finetune.task.poolng=last")
+    assert code == 1 and "finetune.task.poolng" in err and "Traceback" not in err
+    code, err = _ft(files, tmp_path / "c", "finetune.task.name=glue/sst2")
+    assert code == 1 and "two tasks: --task classification and finetune.task.name" in err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["pretrain.lr=1e-3"], "pretrain.lr=1e-3: tp finetune does not read the pretrain section "
+     "(set finetune.lr instead)"),
+    (["finetune.save_every=5"], "finetune.save_every=5: fine-tuning saves a checkpoint at each "
+     "evaluation"),
+    (["finetune.steps=3", "finetune.epochs=5"], "finetune.epochs=5: finetune.steps=3 decides "
+     "the length of the run"),
+    (["model.target.sp.classes=3"], "model.target.sp.classes=3: the task replaces the model's "
+     "targets with its own head"),
+    (["finetune.init=elsewhere"], "finetune.init=elsewhere: --init"),
+    (["finetune.metric=accurcy"], "finetune.metric='accurcy' is not a metric of task "
+     "classification (it has accuracy, macro_f1)"),
+    (["--data", "glue_data"], "this task reads --train/--dev/--test files; --data glue_data "
+     "would be ignored"),
+])
+def test_unused_options_are_errors(files: dict[str, Path], tmp_path: Path, args: list[str],
+                                   message: str) -> None:
+    code, err = _ft(files, tmp_path / "run", *args)
+    assert code == 1 and message in err, err
+    assert "Traceback" not in err and "internal error" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_glue_refuses_files_beside_its_folder(files: dict[str, Path], tmp_path: Path) -> None:
+    glue = _glue_folder(tmp_path / "glue_data")
+    code, err = _ft(files, tmp_path / "run", "--data", str(glue), task="glue/sst2")
+    assert code == 1 and (f"GLUE sst2 reads its train and dev sets from --data {glue}; --train "
+                          f"{files['train']}, --dev {files['dev']} would be ignored") in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_with_a_new_task_keeps_the_saved_finetune_options(files: dict[str, Path],
+                                                                tmp_path: Path) -> None:
+    """`tp finetune --init RUN --task T` (no recipe): the checkpoint's finetune section (batch 8,
+    2 epochs) applies as it does without --task; only its task is replaced."""
+    out = tmp_path / "run"
+    result = finetune(FinetuneRequest(
+        None, "classification", out, TaskData(str(files["train"]), [str(files["dev"])]),
+        init=str(files["pre"]), progress=False))
+    per_epoch = -(-(len(files["train"].read_text().splitlines()) - 1) // 8)
+    evals = [json.loads(x)["step"] for x in (out / "eval.jsonl").read_text().splitlines()]
+    assert evals == [per_epoch, 2 * per_epoch] and result["runs"][0]["steps"] == 2 * per_epoch

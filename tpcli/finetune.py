@@ -86,6 +86,70 @@ def make_task(section: dict[str, Any], plugins: Plugins) -> Any:
     return cls(config, variant)
 
 
+def _override_paths(overrides: list[str]) -> dict[tuple[str, ...], str]:
+    """Each command-line override's key path, e.g. ("finetune", "task", "pooling"), with its
+    text (for messages)."""
+    from tpcli.config import parse_override
+
+    return {tuple(parse_override(text)[0]): text for text in overrides}
+
+
+def chosen_task(request: FinetuneRequest, recipe: Any) -> dict[str, Any]:
+    """The task section. Without --task: the recipe's `finetune.task`. With it: --task, plus
+    the recipe's task options when that names the same task (or no task: a section only
+    overrides made), plus every `finetune.task.OPTION=...` override in any case. An option the
+    task does not have is then a validation error, never silently dropped."""
+    saved = recipe.finetune.task
+    if request.task is None:
+        return task_section(saved)
+    section = task_section(request.task)
+    given = dict(saved) if isinstance(saved, dict) else {"name": saved}
+    paths = _override_paths(request.overrides)
+    named = [text for path, text in paths.items()
+             if path in (("finetune", "task"), ("finetune", "task", "name"))]
+    other = given.get("name")
+    if named and other not in (None, section["name"]):
+        raise TpError(f"two tasks: --task {section['name']} and {named[0]}",
+                      hint="name the task once (--task NAME) and give its options as "
+                      "finetune.task.OPTION=VALUE")
+    overridden = {path[2] for path in paths if path[:2] == ("finetune", "task")
+                  and len(path) == 3}
+    same = other in (None, section["name"])  # the recipe's options are this task's
+    options = {k: v for k, v in given.items()
+               if k != "name" and (same or k in overridden)}
+    return {**section, **options, "name": section["name"]}
+
+
+def check_used(request: FinetuneRequest, recipe: Any, task: Any, name: str) -> None:
+    """Refuse, before anything runs, options and overrides fine-tuning would not read: a user
+    who set them expects them to change something."""
+    paths = _override_paths(request.overrides)
+    opts = recipe.finetune
+    problems: list[str] = []
+    for path, text in paths.items():
+        if path[0] == "pretrain":
+            problems.append(f"{text}: tp finetune does not read the pretrain section (set "
+                            f"finetune.{'.'.join(path[1:])} instead)")
+        elif path[:2] == ("model", "target") and task.target() is not None:
+            problems.append(f"{text}: the task replaces the model's targets with its own head "
+                            "(set the head's options as finetune.task.OPTION=VALUE; `tp modules "
+                            "task NAME` lists them)")
+        elif path == ("finetune", "epochs") and opts.steps is not None:
+            problems.append(f"{text}: finetune.steps={opts.steps} decides the length of the "
+                            "run (remove one of the two)")
+        elif path == ("finetune", "init") and request.init not in (None, opts.init):
+            problems.append(f"{text}: --init {request.init} gives the weights (give one)")
+    if "save_every" in opts.model_fields_set:
+        problems.append(f"finetune.save_every={opts.save_every}: fine-tuning saves a checkpoint "
+                        "at each evaluation (set finetune.eval_every instead)")
+    if opts.metric is not None and opts.metric not in task.metrics:
+        problems.append(f"finetune.metric={opts.metric!r} is not a metric of task {name} (it "
+                        f"has {', '.join(task.metrics)})")
+    if problems:
+        raise TpError("options that fine-tuning would not use: " + "; ".join(problems),
+                      hint="remove them, or set what the message names instead")
+
+
 # ----------------------------------------------------------------------------- initialisation
 
 
@@ -189,7 +253,10 @@ def _recipe_and_init(request: FinetuneRequest, plugins: Plugins) -> tuple[Any, P
                       hint="tp finetune bert-base --task classification --init runs/bert "
                       "--train train.tsv --dev dev.tsv --out runs/ft")
     raw = yaml.safe_load((ckpt / "recipe.yaml").read_text())
-    raw.pop("finetune", None) if request.task else None  # a new task: not the saved one
+    if request.task and isinstance(raw.get("finetune"), dict):
+        # a new task replaces the saved one (and its fitted labels); the saved finetune options
+        # (lr, epochs, ...) still apply, as they do without --task
+        raw["finetune"].pop("task", None)
     return build_recipe(raw, plugins.registry, name=str(ckpt), path=ckpt,
                         overrides=request.overrides), ckpt
 
@@ -201,12 +268,13 @@ def run_finetune(request: FinetuneRequest) -> dict[str, Any]:
     plugins = request.plugins
     assert plugins is not None  # set by tpcli.verbs.finetune
     recipe, ckpt = _recipe_and_init(request, plugins)
-    section = task_section(request.task or recipe.finetune.task)
+    section = chosen_task(request, recipe)
     if split_task_name(section["name"])[1] == "all":
         return _run_all(request, section, plugins)
     task = make_task(section, plugins)
-    if hasattr(task, "bind"):  # a task whose layout depends on the recipe (text2text)
+    if hasattr(task, "bind"):  # a task that reads the recipe (text2text's layout, the pooling)
         task.bind(recipe)
+    check_used(request, recipe, task, section["name"])
     tok_cls = plugins.registry.get("tokenizer", recipe.tokenizer.name)
     tokenizer = (tok_cls.from_saved(str(ckpt / "tokenizer")) if ckpt is not None
                  else load_tokenizer(recipe, plugins))

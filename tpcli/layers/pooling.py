@@ -72,6 +72,14 @@ POOLINGS: dict[str, Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]]
 }
 
 
+def default_pooling(causal: bool) -> PoolingKind:
+    """The pooling that reads a whole input when a task names none. Under a causal mask (GPT)
+    token t has seen tokens 0..t only: the first token has seen nothing but itself (the same
+    [CLS]/<bos> vector for every input), the last real one has seen everything. A bidirectional
+    encoder lets every token see every other, and BERT trains [CLS] for the job: the first."""
+    return "last" if causal else "first"
+
+
 def pool(kind: str, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Dispatch by name (`first`, `last`, `mean`, `max`). # (B, T, H) -> (B, H)"""
     try:

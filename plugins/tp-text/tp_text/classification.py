@@ -18,20 +18,45 @@ from pydantic import Field
 
 from tpcli.data.dataset import special_id
 from tpcli.errors import DataError
-from tpcli.layers.pooling import PoolingKind
+from tpcli.layers.pooling import PoolingKind, default_pooling
 from tpcli.tasks import Example, Splits, TaskConfig, TaskData
 from tp_text.bert_processor import trimmed_lengths
 from tp_text.records import records
 
 TEXT_A = ("text_a", "text", "sentence", "sentence1", "question")
 TEXT_B = ("text_b", "text_pair", "sentence2")
+POOLING_HELP = ("pooling of the head: first | last | mean | max real token (default: the last "
+                "real token after a causal encoder, GPT-style; the first, [CLS], otherwise)")
 
 
 class ClassificationConfig(TaskConfig):
     labels: list[str] | None = Field(
         None, description="the label list, in order (default: sorted labels of the train file)")
-    pooling: PoolingKind = Field("first", description="pooling of the cls head")
+    pooling: PoolingKind | None = Field(None, description=POOLING_HELP)
     pooler: bool = Field(True, description="BERT's pooler (dense + tanh) before the classifier")
+
+
+def causal_encoder(recipe: Any) -> bool:
+    """True when every stack's encoder reads left to right (`mask: causal`, GPT-2, LLaMA)."""
+    encoders = [s.encoder for s in recipe.model.stacks.values() if s.encoder is not None]
+    return bool(encoders) and all(getattr(e.options, "mask", None) == "causal"
+                                  for e in encoders)
+
+
+class PooledHead:
+    """What the tasks whose head pools one vector per input share: `bind(recipe)` makes the
+    default pooling follow the encoder's mask (`default_pooling`); the task's `pooling` option,
+    when given, wins. Unbound, the default is a bidirectional encoder's (the first token)."""
+
+    config: Any
+    _causal: bool = False
+
+    def bind(self, recipe: Any) -> None:
+        self._causal = causal_encoder(recipe)
+
+    @property
+    def pooling(self) -> PoolingKind:
+        return self.config.pooling or default_pooling(self._causal)
 
 
 def _pick(columns: list[str], names: tuple[str, ...]) -> str | None:
@@ -84,7 +109,7 @@ def encode_texts(examples: list[Example], tokenizer: Any, max_length: int, task:
     return rows
 
 
-class ClassificationTask:
+class ClassificationTask(PooledHead):
     """A class for each example, scored by accuracy and macro-F1."""
 
     Config: ClassVar[type[TaskConfig]] = ClassificationConfig
@@ -116,7 +141,7 @@ class ClassificationTask:
         return {"labels": self.labels}
 
     def target(self) -> dict[str, Any]:
-        return {"cls": {"labels": max(2, len(self.labels)), "pooling": self.config.pooling,
+        return {"cls": {"labels": max(2, len(self.labels)), "pooling": self.pooling,
                         "pooler": self.config.pooler}}
 
     def head_sources(self) -> dict[str, str]:

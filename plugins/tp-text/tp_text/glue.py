@@ -23,7 +23,7 @@ from pydantic import Field
 from tpcli.errors import DataError, TpError
 from tpcli.layers.pooling import PoolingKind
 from tpcli.tasks import Example, Splits, TaskConfig, TaskData
-from tp_text.classification import encode_texts
+from tp_text.classification import POOLING_HELP, PooledHead, encode_texts
 from tp_text.glue_data import GLUE_TASKS, get_task, read_glue, read_tsv
 
 # the paper's Table 3 columns: (task, dev set, metric)
@@ -34,14 +34,14 @@ PAPER_COLUMNS = (("MNLI", "mnli", "dev_matched", "accuracy"), ("QNLI", "qnli", "
 
 
 class GlueConfig(TaskConfig):
-    pooling: PoolingKind = Field("first", description="pooling of the head")
+    pooling: PoolingKind | None = Field(None, description=POOLING_HELP)
     pooler: bool = Field(True, description="BERT's pooler (dense + tanh) before the output")
     skip_malformed: bool = Field(
         False, description="skip TSV rows with the wrong number of fields (the first QQP "
         "release has some) instead of stopping at the first")
 
 
-class GlueTask:
+class GlueTask(PooledHead):
     """One GLUE task, chosen by the variant: glue/cola, glue/sst2, ..., glue/all."""
 
     Config: ClassVar[type[TaskConfig]] = GlueConfig
@@ -58,6 +58,17 @@ class GlueTask:
         self.labels: list[str] = list(self.spec.labels or [])
 
     def load(self, data: TaskData) -> Splits:
+        files = [f"--{k} {v}" for k, v in (("train", data.train), ("dev", ", ".join(data.dev)),
+                                           ("test", data.test)) if v]
+        if data.source and files:
+            raise TpError(f"GLUE {self.spec.name} reads its train and dev sets from --data "
+                          f"{data.source}; {', '.join(files)} would be ignored",
+                          hint="give --data (the GLUE folders or `hub`) alone; tp infer "
+                          "predicts a file in GLUE's layout")
+        if data.train or data.dev:  # (with --data they were refused above)
+            raise TpError(f"GLUE {self.spec.name} reads the GLUE folders, not "
+                          f"{', '.join(files)}", hint="pass --data GLUE_DIR or --data hub "
+                          "(or --task classification for files of your own)")
         if data.test and not data.source:  # `tp infer`: one file in the task's own layout
             path = Path(data.test)
             if not path.is_file():
@@ -93,7 +104,7 @@ class GlueTask:
         return {}
 
     def target(self) -> dict[str, Any]:
-        head = {"pooling": self.config.pooling, "pooler": self.config.pooler}
+        head = {"pooling": self.pooling, "pooler": self.config.pooler}
         if self.spec.is_regression:
             return {"regression": head}
         return {"cls": {"labels": len(self.labels), **head}}

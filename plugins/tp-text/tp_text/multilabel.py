@@ -25,7 +25,8 @@ from tpcli.errors import DataError, TpError
 from tpcli.layers.pooling import PoolingKind
 from tpcli.module import BuildContext, Features, TargetOutput
 from tpcli.tasks import Example, Splits, TaskConfig, TaskData
-from tp_text.classification import ClassificationConfig, ClassificationTask, encode_texts
+from tp_text.classification import (POOLING_HELP, ClassificationConfig, ClassificationTask,
+                                    PooledHead, encode_texts)
 from tp_text.cls import ClsTarget, HeadConfig
 
 
@@ -68,11 +69,11 @@ class MultilabelConfig(TaskConfig):
         None, description="the label list, in order (default: sorted labels of the train file)")
     separator: str = Field(",", min_length=1, description="between labels in a TSV label cell")
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="probability that predicts a label")
-    pooling: PoolingKind = Field("first", description="pooling of the head")
+    pooling: PoolingKind | None = Field(None, description=POOLING_HELP)
     pooler: bool = Field(True, description="BERT's pooler (dense + tanh) before the output")
 
 
-class MultilabelTask:
+class MultilabelTask(PooledHead):
     """A set of labels for each example."""
 
     Config: ClassVar[type[TaskConfig]] = MultilabelConfig
@@ -121,7 +122,7 @@ class MultilabelTask:
         return {"labels": self.labels}
 
     def target(self) -> dict[str, Any]:
-        return {"multilabel": {"labels": len(self.labels), "pooling": self.config.pooling,
+        return {"multilabel": {"labels": len(self.labels), "pooling": self.pooling,
                                "pooler": self.config.pooler}}
 
     def head_sources(self) -> dict[str, str]:

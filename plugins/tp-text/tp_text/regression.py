@@ -19,7 +19,8 @@ from tpcli.errors import DataError, TpError
 from tpcli.layers.pooling import PoolingKind
 from tpcli.module import BuildContext, Features, TargetOutput
 from tpcli.tasks import Example, Splits, TaskConfig, TaskData
-from tp_text.classification import ClassificationConfig, ClassificationTask, encode_texts
+from tp_text.classification import (POOLING_HELP, ClassificationConfig, ClassificationTask,
+                                    PooledHead, encode_texts)
 from tp_text.cls import ClsTarget, HeadConfig
 
 
@@ -50,11 +51,11 @@ class RegressionTarget(ClsTarget):
 
 
 class RegressionTaskConfig(TaskConfig):
-    pooling: PoolingKind = Field("first", description="pooling of the regression head")
+    pooling: PoolingKind | None = Field(None, description=POOLING_HELP)
     pooler: bool = Field(True, description="BERT's pooler (dense + tanh) before the output")
 
 
-class RegressionTask:
+class RegressionTask(PooledHead):
     """Task `regression`: a real-valued score for a text or a text pair (files as the
     `classification` task's, the label a number); scored by Pearson and Spearman correlation
     and the mean squared error (reported negated, `neg_mse`, so that larger is better)."""
@@ -89,7 +90,7 @@ class RegressionTask:
         return {}
 
     def target(self) -> dict[str, Any]:
-        return {"regression": {"pooling": self.config.pooling, "pooler": self.config.pooler}}
+        return {"regression": {"pooling": self.pooling, "pooler": self.config.pooler}}
 
     def head_sources(self) -> dict[str, str]:
         return {"targets.regression.pooler.": "targets.sp.pooler."}
