@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from tpcli.api import load_checkpoint
 from tpcli.cli.main import main
-from tpcli.convert.testing import make_run
+from tpcli.convert.testing import assert_truncates, make_run
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -76,6 +76,8 @@ def test_to_hf_loads_with_plain_transformers(bert_run: Path, bert_hf: Path) -> N
     real = batch["attention_mask"]
     assert (mine["mlm"] - ref.prediction_logits)[real].abs().max() <= 1e-5
     assert (mine["sp"] - ref.seq_relationship_logits).abs().max() <= 1e-5
+    # the tokenizer cuts a long input to the model's 64 positions (not transformers' 1e30)
+    assert_truncates(bert_hf, model, 64)
     # the weights are the checkpoint's, bit for bit
     body = loaded.model.state_dict()["stack.encoder.layers.1.attn.qkv.weight"]
     assert torch.equal(saved["bert.encoder.layer.1.attention.self.key.weight"], body[32:64])
@@ -119,6 +121,7 @@ def test_gpt2_to_hf_causal_lm(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert type(model).__name__ == "GPT2LMHeadModel"
     assert {k: v for k, v in info.items() if v} == {}
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    assert_truncates(out, model, 64)  # n_positions
     assert "lm_head.weight" not in load_file(str(out / "model.safetensors"))
     # the released gpt2 saves GPT2Model's keys (no `transformer.`) under GPT2LMHeadModel
     from safetensors.torch import save_file

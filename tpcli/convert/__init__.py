@@ -40,7 +40,10 @@ class Converter:
     --check`); a target not named here is compared with `logits`.
     also_reads: other HF architectures whose published checkpoints hold this key map's weights
     (bert-base-uncased's config.json says BertForMaskedLM, its weights are BertForPreTraining's):
-    read with `rules`, else with `base_rules`."""
+    read with `rules`, else with `base_rules`.
+    max_length: HF config dict -> the most tokens the model takes, written as the exported
+    tokenizer's `model_max_length` (without it `truncation=True` does not truncate); default
+    `max_position_embeddings` or `n_positions`, None when the config has neither."""
 
     name: str
     hf_architecture: str
@@ -53,6 +56,14 @@ class Converter:
     processor: Callable[[HfConfig], dict[str, Any]] | None = None
     outputs: Mapping[str, str] = field(default_factory=dict)
     also_reads: tuple[str, ...] = ()
+    max_length: Callable[[HfConfig], int | None] | None = None
+
+    def input_limit(self, hf_config: HfConfig) -> int | None:
+        """The model's maximum input length (`max_length`, or the config's position count)."""
+        if self.max_length is not None:
+            return self.max_length(hf_config)
+        value = hf_config.get("max_position_embeddings", hf_config.get("n_positions"))
+        return value if isinstance(value, int) and value > 0 else None
 
     def rules_for(self, hf_config: HfConfig | None = None, base: bool = False) -> Sequence[Rule]:
         """The key map for this config (the static one when the map does not depend on it)."""

@@ -109,24 +109,43 @@ def make_run(recipe: str, out: Path, overrides: list[str]) -> Path:
     weights perturbed (zero biases and unit norms would hide swapped keys), as `tp pretrain`
     writes it."""
     from tpcli.api import build_model as build, load_recipe, load_tokenizer
-    from tpcli.train.checkpoint import write_checkpoint
+    from tpcli.train.checkpoint import Unsharded, save_checkpoint
 
     loaded = load_recipe(recipe, overrides)
     tokenizer = load_tokenizer(loaded)
     torch.manual_seed(0)
     model = perturbed(build(loaded, tokenizer), seed=0)
-    write_checkpoint(out, 3, model, {}, loaded.raw, tokenizer, keep_last=1)
+    save_checkpoint(out, 3, Unsharded(model), None, {}, loaded.raw, tokenizer, keep_last=1)
     return out
 
 
 TEXT = "In the beginning God created the heaven and the earth."
 
 
-def cli_round_trip(recipe: str, overrides: list[str], auto: str, arch: str, root: Path) -> None:
+def assert_truncates(hf: Path, model: Any, max_length: int) -> None:
+    """The exported tokenizer says the model's `max_length`, `truncation=True` cuts a longer
+    input to it, and the model (`model`, loaded from `hf`) runs on the result."""
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(hf))
+    assert tok.model_max_length == max_length, tok.model_max_length
+    text = " ".join([TEXT] * (max_length // 8 + 8))  # well over max_length tokens
+    assert len(tok(text)["input_ids"]) > max_length
+    enc = tok(text, truncation=True, return_tensors="pt")
+    assert enc["input_ids"].shape == (1, max_length)
+    extra = ({"decoder_input_ids": enc["input_ids"][:, :4]}
+             if model.config.is_encoder_decoder else {})
+    with torch.no_grad():
+        out = model.eval()(**enc, **extra)
+    assert torch.isfinite(out.logits if hasattr(out, "logits") else out[0]).all()
+
+
+def cli_round_trip(recipe: str, overrides: list[str], auto: str, arch: str, root: Path,
+                   max_length: int) -> None:
     """Through the `tp convert` CLI: a shrunk built-in recipe -> an HF folder that the plain
     `transformers` `auto` class (giving `arch`) and AutoTokenizer load with no missing or
-    unexpected key and the same ids -> back to tp, bit for bit; both directions pass --check
-    at 1e-5."""
+    unexpected key and the same ids, whose tokenizer truncates to the model's `max_length` ->
+    back to tp, bit for bit; both directions pass --check at 1e-5."""
     import contextlib
     import io
 
@@ -154,6 +173,7 @@ def cli_round_trip(recipe: str, overrides: list[str], auto: str, arch: str, root
     loaded = load_checkpoint(run)
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(hf))
     assert hf_tok(TEXT, add_special_tokens=False)["input_ids"] == loaded.tokenizer.encode(TEXT)
+    assert_truncates(hf, model, max_length)
 
     original = load_file(str(run / "last" / "model.safetensors"))
     again = load_file(str(back / "model.safetensors"))

@@ -127,9 +127,12 @@ def _check_hf_shapes(conv: Converter, hf_config: dict[str, Any], hf_sd: dict[str
     raise_shapes(shape_problems(got, want, "converted"), f"converter {conv.name!r}")
 
 
-def _save_tokenizer_hf(tokenizer: Any, directory: Path, segments: bool) -> None:
-    """The tokenizer's `save_hf` files; `model_input_names` says whether the model takes
-    token_type_ids (a model fact the tokenizer cannot know)."""
+def _save_tokenizer_hf(tokenizer: Any, directory: Path, segments: bool,
+                       limit: int | None) -> None:
+    """The tokenizer's `save_hf` files, plus what the tokenizer cannot know about the model:
+    `model_input_names` (whether it takes token_type_ids) and `model_max_length` (`limit`, the
+    most tokens it takes; transformers' default, 1e30, makes `truncation=True` a no-op and a
+    long input crash the model). A smaller maximum the tokenizer already carries is kept."""
     inputs = ["input_ids", "token_type_ids", "attention_mask"] if segments else [
         "input_ids", "attention_mask"]
     save_hf = getattr(tokenizer, "save_hf", None)
@@ -139,6 +142,7 @@ def _save_tokenizer_hf(tokenizer: Any, directory: Path, segments: bool) -> None:
         if path.is_file():
             config = json.loads(path.read_text(encoding="utf-8"))
             config.setdefault("model_input_names", inputs)
+            config.update(_max_length(config.get("model_max_length"), limit))
             path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
                             encoding="utf-8")
         return
@@ -154,9 +158,16 @@ def _save_tokenizer_hf(tokenizer: Any, directory: Path, segments: bool) -> None:
     shutil.rmtree(scratch)
     tokens = {role: tokenizer.id_to_token(i) for role, i in tokenizer.special_ids.items()}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
-              "model_input_names": inputs,
+              "model_input_names": inputs, **_max_length(None, limit),
               **{f"{role}_token": t for role, t in tokens.items() if t is not None}}
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _max_length(saved: Any, limit: int | None) -> dict[str, int]:
+    """{"model_max_length": n}: the model's `limit`, or a smaller one the tokenizer had."""
+    if limit is None:
+        return {"model_max_length": saved} if isinstance(saved, int) else {}
+    return {"model_max_length": min(saved, limit) if isinstance(saved, int) else limit}
 
 
 def to_hf(checkpoint: Path, out: Path, plugins: Plugins, *, arch: str | None = None,
@@ -185,7 +196,8 @@ def to_hf(checkpoint: Path, out: Path, plugins: Plugins, *, arch: str | None = N
         weights = {k: v.contiguous() for k, v in hf_sd.items() if k not in tied}
         save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
         _write_config(tmp, conv, hf_config, dtype)
-        _save_tokenizer_hf(loaded.tokenizer, tmp, hf_config.get("type_vocab_size", 0) >= 2)
+        _save_tokenizer_hf(loaded.tokenizer, tmp, hf_config.get("type_vocab_size", 0) >= 2,
+                           conv.input_limit(hf_config))
         result = ConvertResult(Path(out), conv.name, hf_config["architectures"][0], len(weights))
         if check:
             hf_model = hf_model_class(hf_config["architectures"][0]).from_pretrained(str(tmp))

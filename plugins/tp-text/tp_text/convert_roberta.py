@@ -73,6 +73,12 @@ def processor(hf: dict[str, Any]) -> dict[str, Any]:
     return {"name": "mlm", "seq_length": max(8, min(512, rows))}
 
 
+def max_length(hf: dict[str, Any]) -> int:
+    """Positions start after the padding id (offset pad_token_id + 1): 514 rows take 512
+    tokens, the model_max_length HF ships with roberta-base."""
+    return int(hf.get("max_position_embeddings", 514)) - int(hf.get("pad_token_id", 1)) - 1
+
+
 CONVERTER = Converter(
     name="roberta",
     hf_architecture="RobertaForMaskedLM",
@@ -82,6 +88,7 @@ CONVERTER = Converter(
     base_architecture="RobertaModel",
     base_rules=body_rules(""),  # RobertaModel; its pooler has no tp module: ignore="pooler.*"
     processor=processor,
+    max_length=max_length,
 )
 
 
@@ -101,4 +108,5 @@ XLMR_CONVERTER = Converter(
     base_architecture="XLMRobertaModel",
     base_rules=body_rules(""),
     processor=processor,
+    max_length=max_length,
 )

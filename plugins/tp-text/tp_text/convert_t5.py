@@ -208,4 +208,7 @@ CONVERTER = Converter(
     base_architecture="T5Model",
     config_rules=rules,
     processor=processor,
+    # relative positions take any length; 512 is what T5 was trained on and HF's t5 tokenizers
+    # ship
+    max_length=lambda hf: 512,
 )
