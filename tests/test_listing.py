@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,7 @@ class Inherits(Factory):
 
 
 @pytest.fixture
-def unusual(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def unusual(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     (tmp_path / "tp_unusual_mod.py").write_text(UNUSUAL)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "tp_unusual_mod"

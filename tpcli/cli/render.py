@@ -63,13 +63,14 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
             print(line)
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title)
     for col in columns:
         table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+    for row in rows:  # cells are text, not markup: `[CLS]` and `[bold]` print as they are
+        table.add_row(*("" if v is None else escape(str(v)) for v in row))
     Console().print(table)
 
 
@@ -79,7 +80,7 @@ def print_line(text: str, markup: str | None = None) -> None:
     if markup is not None and on_terminal():
         from rich.console import Console
 
-        Console().print(markup, highlight=False)
+        Console(soft_wrap=True).print(markup, highlight=False)  # the terminal wraps, not rich
     else:
         print(text, flush=True)
 
