@@ -132,9 +132,11 @@ class Writer:
         self._shards: list[dict[str, Any]] = []
         try:
             self._shard = _ShardWriter(self.tmp, 0, self.dtype)
-        except OSError as e:
+        except BaseException as e:  # Ctrl-C too: `__exit__` does not run for a failed __init__
             shutil.rmtree(self.tmp, ignore_errors=True)
-            raise write_error(self.out, e, "creating its first shard") from None
+            if isinstance(e, OSError):
+                raise write_error(self.out, e, "creating its first shard") from None
+            raise
 
     def append_document(self, seqs: list[Any]) -> bool:
         """Add one document; False when it had no tokens (and was skipped)."""

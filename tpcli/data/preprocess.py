@@ -20,6 +20,7 @@ import numpy as np
 
 from tpcli.data import build_processor, build_tokenizer
 from tpcli.data.format import Writer
+from tpcli.data.staging import remove_own
 from tpcli.errors import DataError, PluginError, TpError
 from tpcli.verbs import PreprocessRequest
 
@@ -252,6 +253,39 @@ def _progress(enabled: bool) -> Iterator[Any]:
         yield progress
 
 
+def _tokenize(request: PreprocessRequest, tokenizer: Any, fmt: str,
+              meta: dict[str, Any]) -> dict[str, Any]:
+    """The pass over the corpus: read, tokenize (in a second thread), write; the dataset's meta."""
+    with open_corpus(request.corpus) as f, _progress(sys.stderr.isatty()) as progress, \
+            Writer(request.out, tokenizer.vocab_size, meta, request.shard_tokens) as writer:
+        task = progress.add_task("tokenizing", total=None) if progress else None
+        assembler = Assembler(writer)
+
+        def write(batch: list[Piece], encoded: Future[list[list[int]]]) -> None:
+            for ids, (_, ends_seq, ends_doc) in zip(encoded.result(), batch):
+                assembler.add(ids, ends_seq, ends_doc)
+            if progress is not None:
+                c = writer.counts
+                progress.update(task, description=f"tokenizing: {c['documents']:,} documents, "
+                                f"{c['tokens']:,} tokens")
+
+        # Double buffering: while `tokenizers` encodes batch k (in Rust, without the GIL), this
+        # thread writes batch k-1 and reads batch k+1.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending: tuple[list[Piece], Future[list[list[int]]]] | None = None
+            for batch in batches(split_pieces(documents(decoded_lines(f, request.corpus), fmt))):
+                encoded = pool.submit(tokenizer.encode_batch, [text for text, _, _ in batch])
+                if pending is not None:
+                    write(*pending)
+                pending = (batch, encoded)
+            if pending is not None:
+                write(*pending)
+        if writer.counts["tokens"] == 0:
+            raise DataError(f"corpus {request.corpus} is empty: it holds no tokens",
+                            hint="check the file, and that its lines are text")
+        return writer.finish()
+
+
 def run_preprocess(request: PreprocessRequest) -> dict[str, Any]:
     """Tokenize `request.corpus` into a new dataset folder `request.out`; return a summary."""
     from tpcli.plugins import get_plugins
@@ -280,34 +314,11 @@ def run_preprocess(request: PreprocessRequest) -> dict[str, Any]:
     meta = _meta(request, recipe, tokenizer, fmt)
     setup_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    with open_corpus(request.corpus) as f, _progress(sys.stderr.isatty()) as progress, \
-            Writer(out, tokenizer.vocab_size, meta, request.shard_tokens) as writer:
-        task = progress.add_task("tokenizing", total=None) if progress else None
-        assembler = Assembler(writer)
-
-        def write(batch: list[Piece], encoded: Future[list[list[int]]]) -> None:
-            for ids, (_, ends_seq, ends_doc) in zip(encoded.result(), batch):
-                assembler.add(ids, ends_seq, ends_doc)
-            if progress is not None:
-                c = writer.counts
-                progress.update(task, description=f"tokenizing: {c['documents']:,} documents, "
-                                f"{c['tokens']:,} tokens")
-
-        # Double buffering: while `tokenizers` encodes batch k (in Rust, without the GIL), this
-        # thread writes batch k-1 and reads batch k+1.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending: tuple[list[Piece], Future[list[list[int]]]] | None = None
-            for batch in batches(split_pieces(documents(decoded_lines(f, request.corpus), fmt))):
-                encoded = pool.submit(tokenizer.encode_batch, [text for text, _, _ in batch])
-                if pending is not None:
-                    write(*pending)
-                pending = (batch, encoded)
-            if pending is not None:
-                write(*pending)
-        if writer.counts["tokens"] == 0:
-            raise DataError(f"corpus {request.corpus} is empty: it holds no tokens",
-                            hint="check the file, and that its lines are text")
-        done = writer.finish()
+    try:
+        done = _tokenize(request, tokenizer, fmt, meta)
+    except BaseException:  # Ctrl-C / SIGTERM in any window, even before the Writer owns its folder
+        remove_own(out)
+        raise
     seconds = time.perf_counter() - start
     return {
         "documents": done["documents"],

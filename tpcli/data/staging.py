@@ -11,6 +11,7 @@ shared between machines, a PID is only judged on the machine that wrote it.
 from __future__ import annotations
 
 import errno
+import glob
 import logging
 import os
 import re
@@ -41,8 +42,8 @@ def write_error(out: Path, e: OSError, doing: str) -> DataError:
         hint = f"free space on the disk of {where} (or use --out on another disk), then re-run"
     else:
         hint = "check the --out folder and the disk, then re-run"
-    name = f" ({e.filename})" if e.filename else ""
-    return DataError(f"cannot write dataset {out}: {doing} failed: {reason}{name}", hint=hint)
+    return DataError(f"cannot write dataset {out}: {doing} in {where} failed: {reason}",
+                     hint=hint)
 
 
 def _alive(pid: int) -> bool:
@@ -96,3 +97,10 @@ def make_temp(out: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_error(out, e, "creating its folder") from None
     return tmp
+
+
+def remove_own(out: Path) -> None:
+    """Delete every temporary folder this process made for dataset `out`: the last line of
+    defence when a signal lands between creating one and the `with` block that owns it."""
+    for path in Path(out).parent.glob(f".{glob.escape(Path(out).name)}.tmp-{os.getpid()}-*"):
+        shutil.rmtree(path, ignore_errors=True)
