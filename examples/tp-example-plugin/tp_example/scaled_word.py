@@ -1,7 +1,11 @@
-"""`scaled_word`: a word embedding whose output is multiplied by sqrt(hidden_size).
+"""`scaled_word`: a word embedding whose output is multiplied by sqrt(its width).
 
 "Attention Is All You Need" (section 3.4) multiplies the embedding by sqrt(d_model) so the token
 signal is not drowned by the positional one; fairseq and T2T do the same.
+
+An embedding's width is `ctx.embed_dim`, not `ctx.hidden_size`: with `model.embedding_size` set
+(ALBERT's factorized embedding) the embeddings are summed at that smaller width and projected to
+hidden_size after, and an output layer tied to `word_weight` expects (V, embed_dim).
 """
 
 from __future__ import annotations
@@ -16,21 +20,22 @@ from tpcli.module import BuildContext, ModuleConfig
 
 
 class ScaledWordEmbedding(nn.Module):
-    """Token embedding times a constant scale (default sqrt(hidden_size)), as in the Transformer."""
+    """Token embedding times a constant scale (default sqrt(width)), as in the Transformer."""
 
     class Config(ModuleConfig):
         scale: float | None = Field(
-            None, gt=0.0, description="output multiplier; None: sqrt(hidden_size)"
+            None, gt=0.0, description="output multiplier; None: sqrt(embedding width)"
         )
 
     def __init__(self, config: Config, ctx: BuildContext) -> None:
         super().__init__()
-        self.scale = config.scale if config.scale is not None else math.sqrt(ctx.hidden_size)
-        self.embedding = nn.Embedding(ctx.vocab_size, ctx.hidden_size, padding_idx=ctx.pad_id)
+        # embed_dim: model.embedding_size when set (factorized), else hidden_size
+        self.scale = config.scale if config.scale is not None else math.sqrt(ctx.embed_dim)
+        self.embedding = nn.Embedding(ctx.vocab_size, ctx.embed_dim, padding_idx=ctx.pad_id)
 
     @property
     def word_weight(self) -> torch.Tensor:
-        """The (V, H) vocabulary matrix, unscaled: what an output layer ties to."""
+        """The (V, E) vocabulary matrix, unscaled: what an output layer ties to."""
         return self.embedding.weight
 
     def reset_parameters_tp(self) -> None:
@@ -42,4 +47,4 @@ class ScaledWordEmbedding(nn.Module):
                 self.embedding.weight[self.embedding.padding_idx].zero_()
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.embedding(inputs["input_ids"]) * self.scale  # (B, T, H)
+        return self.embedding(inputs["input_ids"]) * self.scale  # (B, T, E)
