@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from tpcli.errors import ConfigError, Problem, RegistryError, TpError
+from tpcli.errors import ConfigError, Problem, RegistryError, TpError, clip
 from tpcli.options import FinetuneOptions, ModelOptions, PretrainOptions  # importable here
 from tpcli.registry import LIST_COMMAND, Registry, closest, unknown_name_message
 
@@ -169,24 +169,44 @@ def normalise(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+MAX_OVERRIDE_DEPTH = 16  # recipes nest a few levels (model.encoder.layers); more is a typo
+MAX_SHOWN = 60  # characters of an override echoed back in an error
+
+
+def shown(text: str) -> str:
+    """An override as errors quote it: a pasted 100k-character line is not echoed whole."""
+    return repr(text) if len(text) <= MAX_SHOWN else repr(clip(text, MAX_SHOWN))
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text or text.startswith("="):
         raise TpError(
-            f"override {text!r}: not of the form a.b.c=value",
+            f"override {shown(text)}: not of the form a.b.c=value",
             hint="e.g. pretrain.lr=2e-4 or model.encoder.layers=6",
         )
     key, _, value = text.partition("=")
+    path = key.strip().split(".")
+    if len(path) > MAX_OVERRIDE_DEPTH or any(not p for p in path):
+        why = (f"{len(path)} levels deep (recipes nest at most {MAX_OVERRIDE_DEPTH})"
+               if len(path) > MAX_OVERRIDE_DEPTH else "an empty name between dots")
+        raise TpError(f"override {shown(text)}: its key has {why}",
+                      hint="write the dotted path of one option, e.g. model.encoder.layers=6 "
+                      "(list them with `tp modules`)")
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
+    except (ValueError, RecursionError) as e:  # an integer of thousands of digits, [[[[...]]]]
+        raise TpError(f"override {shown(text)}: its value cannot be read as a number or YAML "
+                      f"({type(e).__name__}: {str(e)[:120]})",
+                      hint="give a plain value, e.g. pretrain.steps=1000") from None
     for cast in (int, float):  # YAML 1.1 reads 2e-4 as a string
         if isinstance(parsed, str):
             try:
                 parsed = cast(parsed)
             except ValueError:
                 pass
-    return key.strip().split("."), parsed
+    return path, parsed
 
 
 def apply_overrides(
@@ -213,13 +233,14 @@ def _apply_one(raw: dict[str, Any], text: str) -> None:
         if not isinstance(nxt, dict):
             where = ".".join(path[: i + 1])
             if nxt is not None:
-                raise TpError(f"override {text!r}: {where} is {nxt!r}, not a section with options")
+                raise TpError(f"override {shown(text)}: {where} is {str(nxt)[:80]!r}, not a section "
+                              "with options")
             parent = path[i - 1] if i else ""
             if parent in MODULE_LIST_KEYS:  # an option override must not add a module silently
                 have = [str(k) for k in node]
                 guess = closest(part, have)
                 raise TpError(
-                    f"override {text!r}: the recipe has no {KIND_OF[parent]} {part!r}"
+                    f"override {shown(text)}: the recipe has no {KIND_OF[parent]} {part!r}"
                     + (f"; did you mean {guess!r}?" if guess else "")
                     + f" (it has: {', '.join(have) or 'none'})",
                     hint=f"to add it, override the list: {'.'.join(path[:i])}=[...]",
@@ -240,7 +261,7 @@ def _pydantic_problems(prefix: str, err: ValidationError, cls: Any, listing: str
         path = f"{prefix}.{loc}" if loc else prefix
         key = str(e["loc"][-1]) if e["loc"] else ""
         if e["type"] == "extra_forbidden":
-            msg = f"unknown option {key!r}"
+            msg = f"unknown option {clip(key)!r}"
             guess = closest(key, fields)
             if guess:
                 msg += f"; did you mean {guess!r}?"

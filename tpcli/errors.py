@@ -22,6 +22,12 @@ class TpError(Exception):
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
 
 
+def clip(text: str, limit: int = 80) -> str:
+    """`text`, cut to `limit` characters with its length said: errors never echo a pasted
+    100k-character name whole."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 @dataclass(frozen=True)
 class Problem:
     """One validation problem: where (`a.b.c`), the bad value, and what would be accepted."""
@@ -30,7 +36,7 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
+        return f"{clip(self.path)}: {self.message}" if self.path else self.message
 
 
 class ConfigError(TpError):
@@ -58,3 +64,13 @@ class CheckpointError(TpError):
 
 class PluginError(TpError):
     """A plugin could not be loaded or misbehaved."""
+
+
+class Interrupted(TpError):
+    """Ctrl-C or SIGTERM stopped a verb: says what was kept and what to run next; exit 130."""
+
+    exit_code = 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so the cleanup written for Ctrl-C runs for it too."""

@@ -199,14 +199,24 @@ def tp_zoo(request: Any) -> Any:
 
 @hookspec
 def tp_on_train_start(run: dict[str, Any]) -> None:
-    """Called once before the first step: ``run`` holds ``out`` (run folder), ``steps``,
-    ``start_step`` (non-zero on resume), ``params`` (parameter count) and ``recipe`` (dict)."""
+    """Called once before the first step of a segment (a new run or a resume), on rank 0 only.
+    ``run`` holds ``out`` (run folder), ``steps`` (the last step), ``start_step`` (non-zero on
+    resume), ``params`` (parameter count), ``recipe`` (the validated recipe as a dict),
+    ``progress`` (whether a live progress bar was asked for), ``strategy`` (single, ddp, fsdp or
+    deepspeed) and ``world_size`` (processes)."""
 
 
 @hookspec
 def tp_on_log(step: int, metrics: dict[str, float]) -> None:
     """Called every ``pretrain.log_every`` steps with scalar metrics: ``loss``, each target's loss
     and metrics, ``lr``, ``grad_norm``, ``tokens_per_s``, ``mfu``, ``elapsed_s``."""
+
+
+@hookspec
+def tp_on_step(step: int, seconds: float) -> None:
+    """Called after every optimizer step (no metrics: reading them would sync the device):
+    ``step`` just finished, ``seconds`` since this segment's training loop began (model and data
+    set-up excluded). Progress bars advance here; a logger measures its pace from it."""
 
 
 @hookspec

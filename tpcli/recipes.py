@@ -43,7 +43,7 @@ def resolve_recipe(ref: str, plugins: Plugins | None = None) -> tuple[str, Path,
     builtins = builtin_recipes(plugins)
     if ref in builtins:
         return ref, builtins[ref], builtins[ref] / RECIPE_FILE
-    guess = closest(ref, list(builtins))
+    guess = closest(path.name, list(builtins))  # `recipes/bert-bsae`: the name is the last part
     msg = f"no recipe folder, file or built-in recipe named {ref!r}"
     if guess:
         msg += f"; did you mean {guess!r}?"

@@ -80,5 +80,6 @@ def losses(run: Path) -> dict[int, float]:
     out: dict[int, float] = {}
     for line in (run / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
-        out[rec["step"]] = rec["loss"]
+        if "event" not in rec:  # a resume marker carries no metrics
+            out[rec["step"]] = rec["loss"]
     return out

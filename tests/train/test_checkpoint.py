@@ -19,7 +19,8 @@ class _Tok:
 
 
 def _write(run: Path, step: int, model: torch.nn.Module, keep: int = 2) -> Path:
-    return ck.write_checkpoint(run, step, model, {"step": step}, {"model": {}}, _Tok(), keep)
+    return ck.save_checkpoint(run, step, ck.Unsharded(model), None, {"step": step},
+                              {"model": {}}, _Tok(), keep)
 
 
 def test_write_prunes_and_points_last(tmp_path: Path) -> None:
@@ -41,7 +42,7 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path: Path, monkeypatch) -> 
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ck, "save_file", disk_full)
+    monkeypatch.setattr(ck, "save_weights", disk_full)
     with pytest.raises(TpError, match="No space left on device.*previous checkpoint is intact"):
         _write(tmp_path, 20, m)
     assert (tmp_path / "last").resolve().name == "step-00000010"

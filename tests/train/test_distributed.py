@@ -40,6 +40,8 @@ def _losses(run: Path, first: bool = False) -> dict[int, float]:
     """step -> loss; the later line for a step wins (the resumed one) unless `first`."""
     out: dict[int, float] = {}
     for rec in _records(run):
+        if "event" in rec:  # the resume marker
+            continue
         if not (first and rec["step"] in out):
             out[rec["step"]] = rec["loss"]
     return out

@@ -6,6 +6,7 @@ Importing this module must stay cheap (no torch): `tp --help` answers in well un
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 
@@ -60,14 +61,46 @@ def _click_classes(name: str) -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+def _on_sigterm(signum: int, frame: object) -> None:
+    from tpcli.errors import Terminated
+
+    raise Terminated()
+
+
+def _catch_sigterm(handler: object) -> object:
+    """Install `handler` for SIGTERM, returning the previous one (only the main thread may)."""
+    try:
+        return signal.signal(signal.SIGTERM, handler)  # type: ignore[arg-type]
+    except ValueError:  # main() called from another thread (a test, an embedding program)
+        return None
+
+
+def _interrupted(argv: list[str]) -> str:
+    """What an interrupted verb that gave no specifics says (a verb that knows more raises
+    `Interrupted` with what was kept and what to run next)."""
+    verb = next((a for a in argv if not a.startswith("-")), "tp")
+    return (f"interrupted: tp {verb} was stopped before it finished; nothing it was writing was "
+            "committed\n  hint: run the same command again")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `tp` console script; returns the exit code."""
-    from tpcli.errors import TpError
+    """Entry point of the `tp` console script; returns the exit code.
+
+    Ctrl-C and SIGTERM end any verb with exit code 130 and one paragraph saying what was kept
+    and what to run next; SIGTERM is raised as a KeyboardInterrupt (`Terminated`) so the same
+    cleanup runs for both."""
+    from tpcli.errors import Interrupted, TpError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = typer.main.get_command(app)
+    previous = _catch_sigterm(_on_sigterm)
     try:
-        command.main(args=argv, prog_name="tp", standalone_mode=False)
+        rv = command.main(args=argv, prog_name="tp", standalone_mode=False)
+        # typer turns a KeyboardInterrupt it sees into a returned 130; commands return None
+        if isinstance(rv, int) and rv != 0:
+            if rv == 130:
+                print(_interrupted(argv), file=sys.stderr)
+            return rv
         return 0
     except _click_classes("Exit") as e:
         return int(getattr(e, "exit_code", 0) or 0)
@@ -75,11 +108,16 @@ def main(argv: list[str] | None = None) -> int:
         e.show()  # type: ignore[attr-defined]
         return int(getattr(e, "exit_code", 1))
     except _click_classes("Abort"):
-        print("aborted", file=sys.stderr)
+        print(_interrupted(argv), file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(_interrupted(argv), file=sys.stderr)
         return 130
+    except Interrupted as e:
+        if _debug_requested(argv):
+            traceback.print_exc()
+        print(f"interrupted: {e}", file=sys.stderr)
+        return Interrupted.exit_code
     except TpError as e:
         if _debug_requested(argv):
             traceback.print_exc()
@@ -91,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: internal error: {type(e).__name__}: {e}\n  hint: rerun with --debug for "
               "the traceback and report it", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            _catch_sigterm(previous)
 
 
 def run() -> None:

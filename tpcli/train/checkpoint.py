@@ -32,59 +32,41 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from tpcli.errors import CheckpointError, TpError
+from tpcli.files import save_weights
+from tpcli.train.run_folder import (CHECKPOINTS, INFO, LAST, RECIPE, WEIGHTS, checkpoints,
+                                    earlier_hint, point)
 
 if TYPE_CHECKING:
     from tpcli.train.strategy import Dist, Strategy
 
-WEIGHTS = "model.safetensors"
 TRAINER = "trainer.pt"
-INFO = "checkpoint.json"
 
 
-def write_checkpoint(
-    run_dir: Path,
-    step: int,
-    model: nn.Module,
-    trainer_state: dict[str, Any],
-    recipe_raw: dict[str, Any],
-    tokenizer: Any,
-    keep_last: int,
-) -> Path:
-    """Write checkpoint `step` atomically, point `last` at it, keep the newest `keep_last`."""
-    ckpt_root = run_dir / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"step-{step:08d}"
-    tmp = ckpt_root / f".tmp-step-{step:08d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "step": str(step)})
-        torch.save(trainer_state, tmp / TRAINER)
-        (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe_raw, sort_keys=False))
-        tokenizer.save(str(tmp / "tokenizer"))
-        (tmp / INFO).write_text(json.dumps({"step": step, "weights": WEIGHTS,
-                                            "strategy": "single", "world_size": 1}, indent=1))
-        _commit(tmp, final)
-    except Exception as e:  # noqa: BLE001 - only write failures are the user's to fix
-        if not _is_write_failure(e):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _write_error(final, e) from e
-    _point_last(run_dir, final)
-    _prune(ckpt_root, keep_last, keep=final)
-    return final
+class Unsharded:
+    """The checkpoint side of a strategy for a model held whole by one process: what tools that
+    write a checkpoint outside a training run (conversion, tests) pass to `save_checkpoint`."""
+
+    name = "single"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+
+    def save_trainer_state(self, folder: Path, extra: dict[str, Any]) -> None:
+        torch.save(extra, Path(folder) / TRAINER)
 
 
 def save_checkpoint(
     run_dir: Path,
     step: int,
-    strategy: Strategy,
-    dist: Dist,
+    strategy: Strategy | Unsharded,
+    dist: Dist | None,
     extra: dict[str, Any],
     recipe_raw: dict[str, Any],
     tokenizer: Any,
@@ -98,7 +80,11 @@ def save_checkpoint(
     and trainer.pt by rank 0, shards by each rank); after a barrier rank 0 renames it into place,
     points `last` at it and prunes. A rank that dies before that barrier leaves only the
     temporary folder, which the next save removes."""
-    ckpt_root = run_dir / "checkpoints"
+    if dist is None:  # one process, no process group
+        from tpcli.train.strategy import Dist
+
+        dist = Dist("cpu")
+    ckpt_root = run_dir / CHECKPOINTS
     final = ckpt_root / f"step-{step:08d}"
     tmp = ckpt_root / f".tmp-step-{step:08d}"
     try:
@@ -110,10 +96,10 @@ def save_checkpoint(
         dist.barrier()
         weights = strategy.full_state_dict()  # collective under fsdp / ZeRO-3
         if weights is not None:
-            save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt", "step": str(step)})
+            save_weights(weights, tmp / WEIGHTS, {"format": "pt", "step": str(step)})
         strategy.save_trainer_state(tmp, extra)
         if dist.is_main:
-            (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe_raw, sort_keys=False))
+            (tmp / RECIPE).write_text(yaml.safe_dump(recipe_raw, sort_keys=False))
             tokenizer.save(str(tmp / "tokenizer"))
             (tmp / INFO).write_text(json.dumps({
                 "step": step, "weights": WEIGHTS, "strategy": strategy.name,
@@ -128,9 +114,9 @@ def save_checkpoint(
             shutil.rmtree(tmp, ignore_errors=True)
         raise _write_error(final, e) from e
     if dist.is_main:
-        _point_last(run_dir, final)
+        point(run_dir, final)
         if pointer is not None:
-            _point_last(run_dir, final, pointer)
+            point(run_dir, final, pointer)
         _prune(ckpt_root, keep_last, keep=final)
     dist.barrier()  # no rank runs ahead (and could be killed) before `last` moved
     return final
@@ -167,15 +153,6 @@ def _fsync_dir(path: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def _point_last(run_dir: Path, target: Path, name: str = "last") -> None:
-    link = run_dir / name
-    tmp = run_dir / f".{name}-{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(os.path.relpath(target, run_dir), tmp)
-    os.replace(tmp, link)
-
-
 def _prune(ckpt_root: Path, keep_last: int, keep: Path) -> None:
     """Remove all but the newest `keep_last` checkpoints, never `keep` nor one that a link of
     the run folder (`last`, fine-tuning's `best`) points at."""
@@ -192,15 +169,21 @@ def find_checkpoint(path: Path) -> Path:
     path = Path(path)
     if (path / WEIGHTS).is_file():
         return path.resolve()
-    if (path / "last" / WEIGHTS).is_file():
-        return (path / "last").resolve()
+    if (path / LAST / WEIGHTS).is_file():
+        return (path / LAST).resolve()
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist",
                               hint="pass a run folder made by `tp pretrain` or one of its "
                               "checkpoints/step-* folders")
+    found = checkpoints(path)
+    if found:
+        raise CheckpointError(
+            f"{path}: its `{LAST}` checkpoint is missing or damaged; earlier checkpoints: "
+            + ", ".join(p.name for p in found[-5:]),
+            hint=f"pass one of them, e.g. {found[-1]}")
     raise CheckpointError(
-        f"{path} holds no checkpoint ({WEIGHTS} not found there nor under {path}/last)",
-        hint="the run may have been killed before its first checkpoint; start it again",
+        f"{path} holds no checkpoint ({WEIGHTS} not found there nor under {path}/{LAST})",
+        hint="the run may have been stopped before its first checkpoint; start it again",
     )
 
 
@@ -209,7 +192,7 @@ def read_weights(ckpt: Path) -> dict[str, torch.Tensor]:
         return load_file(str(ckpt / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{ckpt / WEIGHTS} is corrupt or unreadable: {e}",
-                              hint="use an earlier checkpoint of the run") from e
+                              hint=earlier_hint(ckpt)) from e
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -244,7 +227,7 @@ def read_trainer_state(ckpt: Path) -> dict[str, Any]:
                               hint="it can still initialise a new run") from e
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise CheckpointError(f"{ckpt / TRAINER} is corrupt: {e}",
-                              hint="use an earlier checkpoint of the run") from e
+                              hint=earlier_hint(ckpt)) from e
 
 
 def read_info(ckpt: Path) -> dict[str, Any]:
@@ -253,7 +236,7 @@ def read_info(ckpt: Path) -> dict[str, Any]:
         info = json.loads((ckpt / INFO).read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{ckpt / INFO} is missing or corrupt: {e}",
-                              hint="use an earlier checkpoint of the run") from e
+                              hint=earlier_hint(ckpt)) from e
     return {"strategy": "single", "world_size": 1, **info}
 
 

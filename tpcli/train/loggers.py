@@ -23,6 +23,16 @@ class _State:
     steps: int = 0
     start: int = 0
     t0: float = 0.0
+    first: tuple[int, float] | None = None  # (step, time) after the segment's first step
+
+
+def _eta(step: int) -> float | None:
+    """Seconds left, from the pace since the first step: start-up and the first step's warm-up
+    (allocation, compilation) are not counted as training pace."""
+    if _s.first is None or step <= _s.first[0]:
+        return None
+    first_step, t_first = _s.first
+    return (time.perf_counter() - t_first) / (step - first_step) * (_s.steps - step)
 
 
 _s = _State()
@@ -50,9 +60,14 @@ def _fmt_metrics(metrics: dict[str, float]) -> str:
 def tp_on_train_start(run: dict[str, Any]) -> None:
     from rich.console import Console
 
+    from tpcli.train import run_folder
+
     out = Path(run["out"])
-    _s.jsonl = open(out / "metrics.jsonl", "a", encoding="utf-8")
+    if run["start_step"]:
+        run_folder.mark_resume(out, run["start_step"])
+    _s.jsonl = open(out / run_folder.METRICS, "a", encoding="utf-8")
     _s.steps, _s.start, _s.t0 = run["steps"], run["start_step"], time.perf_counter()
+    _s.first = None
     _s.console = Console(stderr=True, soft_wrap=True)  # one line per log step, never wrapped
     verb = "resuming at step" if run["start_step"] else "training from step"
     _s.console.print(f"tp: {verb} {run['start_step']} to {run['steps']}, "
@@ -80,11 +95,20 @@ def tp_on_log(step: int, metrics: dict[str, float]) -> None:
         _s.progress.update(_s.task, completed=step, info=f"loss {metrics['loss']:.4f}")
         _s.progress.console.print(f"step {step:>6} | {line}", highlight=False)
     elif _s.console is not None:
-        done = step - _s.start
-        elapsed = time.perf_counter() - _s.t0
-        eta = elapsed / done * (_s.steps - step) if done else 0.0
-        _s.console.print(f"step {step:>6}/{_s.steps} | {line} | eta {eta:,.0f}s",
-                         highlight=False)
+        eta = _eta(step)
+        tail = f" | eta {eta:,.0f}s" if eta is not None else ""
+        _s.console.print(f"step {step:>6}/{_s.steps} | {line}{tail}", highlight=False)
+
+
+@hookimpl
+def tp_on_step(step: int, seconds: float) -> None:
+    if _s.first is None:
+        _s.first = (step, time.perf_counter())
+        if _s.progress is None and _s.console is not None:  # no terminal: say it started
+            _s.console.print(f"step {step:>6}/{_s.steps} | first step done {seconds:.1f}s "
+                             "after start-up", highlight=False)
+    if _s.progress is not None:
+        _s.progress.update(_s.task, completed=step)
 
 
 @hookimpl

@@ -24,9 +24,10 @@ from typing import Any
 import torch
 import yaml
 
-from tpcli.errors import TpError
+from tpcli.errors import Interrupted, Terminated, TpError
 from tpcli.plugins import Plugins
 from tpcli.train import checkpoint as ckpt_io
+from tpcli.train import run_folder
 from tpcli.train.perf import FlopMeter, peak_flops
 from tpcli.train.strategy import Dist, Strategy, make_strategy, resolved_name
 from tpcli.verbs import PretrainRequest
@@ -209,6 +210,7 @@ def train(s: Setup) -> dict[str, Any]:
         grad_norm = strategy.step()
         window_steps += 1
         done = step + 1
+        hook.tp_on_step(step=done, seconds=time.perf_counter() - t0)
         if done % opts.log_every == 0 or done == opts.steps:
             # the only host-device sync of the loop, and its only all-reduce: once per window
             keys = sorted(sums)
@@ -244,18 +246,37 @@ def train(s: Setup) -> dict[str, Any]:
 
 
 def run_pretrain(request: PretrainRequest) -> dict[str, Any]:
-    """Set up a new run or resume one, then `train`. Under torchrun every rank runs this."""
+    """Set up a new run or resume one, then `train`. Under torchrun every rank runs this.
+
+    Everything that can be checked is checked before the run folder is written: the arguments,
+    the recipe, the strategy, the dataset, and one forward pass of the model on a real example.
+    Ctrl-C and SIGTERM become an `Interrupted` that says which checkpoint was kept and the
+    command that continues."""
     plugins = request.plugins
     assert plugins is not None  # set by tpcli.verbs.pretrain
-    recipe = None
     dist: Dist | None = None
+    out: Path | None = request.resume or request.out
     try:
         recipe, data, out, ckpt = _open_run(request, plugins)
         dist = Dist(recipe.pretrain.device)
         return _start(request, plugins, recipe, data, out, ckpt, dist)
+    except KeyboardInterrupt as e:
+        raise _interrupted(out, e) from None
     finally:
         if dist is not None:
             dist.close()
+
+
+def _interrupted(out: Path | None, e: KeyboardInterrupt) -> Interrupted:
+    signame = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
+    found = run_folder.checkpoints(out) if out is not None else []
+    if found:
+        return Interrupted(f"tp pretrain stopped by {signame}; run {out} keeps its checkpoints up "
+                           f"to {found[-1].name}",
+                           hint=f"continue with `tp pretrain --resume {out}`")
+    return Interrupted(f"tp pretrain stopped by {signame} before its first checkpoint",
+                       hint="run the same command again: a run folder without a checkpoint is "
+                       "taken over")
 
 
 def _open_run(request: PretrainRequest, plugins: Plugins) -> tuple[Any, Path, Path, Path | None]:
@@ -264,13 +285,10 @@ def _open_run(request: PretrainRequest, plugins: Plugins) -> tuple[Any, Path, Pa
     from tpcli.recipes import load_recipe
 
     if request.resume is not None:
-        run_dir = Path(request.resume)
-        if not (run_dir / "recipe.yaml").is_file() or not (run_dir / "run.json").is_file():
-            raise TpError(f"{run_dir} is not a tp run folder (no recipe.yaml/run.json)",
-                          hint="pass the --out folder of an earlier `tp pretrain`")
-        ckpt = ckpt_io.find_checkpoint(run_dir)
-        info = json.loads((run_dir / "run.json").read_text())
-        raw = yaml.safe_load((ckpt / "recipe.yaml").read_text())
+        _refuse_with_resume(request)
+        run_dir, ckpt = run_folder.resolve_resume(Path(request.resume))
+        info = run_folder.read_info(run_dir)
+        raw = yaml.safe_load((ckpt / run_folder.RECIPE).read_text())
         recipe = build_recipe(raw, plugins.registry, name=info.get("recipe", "run"),
                               path=Path(info["recipe_dir"]) if info.get("recipe_dir") else None,
                               overrides=request.overrides)
@@ -279,12 +297,48 @@ def _open_run(request: PretrainRequest, plugins: Plugins) -> tuple[Any, Path, Pa
         raise TpError("tp pretrain needs a RECIPE, --data and --out (or --resume RUN)",
                       hint="tp pretrain recipes/bert-base --data data/bert --out runs/bert")
     recipe = load_recipe(request.recipe, request.overrides, plugins)
-    out = Path(request.out)
-    if out.exists() and any(out.iterdir()):
-        raise TpError(f"run folder {out} already exists",
-                      hint=f"continue it with `tp pretrain --resume {out}`, or choose "
-                      "another --out")
-    return recipe, Path(request.data), out, None
+    run_folder.claim(Path(request.out))
+    return recipe, Path(request.data), Path(request.out), None
+
+
+def _refuse_with_resume(request: PretrainRequest) -> None:
+    """A resumed run trains the recipe saved in its folder: a RECIPE or --out next to --resume
+    would be ignored, so either is an error."""
+    if request.recipe is not None:
+        raise TpError(f"both a recipe ({request.recipe}) and --resume were given: a resumed run "
+                      "trains the recipe saved in its run folder",
+                      hint=f"drop {request.recipe!r}; change options with overrides, e.g. "
+                      f"`tp pretrain --resume {request.resume} pretrain.steps=2000`")
+    if request.out is not None and Path(request.out).resolve() != Path(request.resume).resolve():
+        raise TpError(f"--out {request.out} was given with --resume {request.resume}: a resumed "
+                      "run writes into the folder it resumes",
+                      hint="drop --out (or copy the run folder and resume the copy)")
+
+
+PREFLIGHT_SAMPLE = 64  # examples looked at (spread over the dataset) to find a longest one
+
+
+def _preflight(model: torch.nn.Module, dataset: Any) -> None:
+    """One forward pass on the largest of a sample of examples, before anything is written: a
+    sequence longer than the model takes, or inputs a module cannot read, fail here and not at
+    step 1. Eval mode, no grad, and the RNG state restored: the run that follows is unchanged."""
+    n = len(dataset)
+    if n == 0:
+        raise TpError("the dataset holds no training examples",
+                      hint="preprocess a larger corpus or lower the processor's seq_length")
+    rng = torch.get_rng_state()
+    was_training = model.training
+    try:
+        picks = sorted({round(i * (n - 1) / max(1, PREFLIGHT_SAMPLE - 1))
+                        for i in range(min(n, PREFLIGHT_SAMPLE))})
+        examples = [dataset[i] for i in picks]
+        largest = max(examples, key=lambda ex: sum(v.numel() for v in ex.values()))
+        model.eval()
+        with torch.no_grad():
+            model(dataset.collate([largest]))
+    finally:
+        model.train(was_training)
+        torch.set_rng_state(rng)
 
 
 def _start(request: PretrainRequest, plugins: Plugins, recipe: Any, data: Path, out: Path,
@@ -299,31 +353,29 @@ def _start(request: PretrainRequest, plugins: Plugins, recipe: Any, data: Path, 
         start = int(info["step"])
         ckpt_io.check_resumable(info, resolved_name(recipe.pretrain, dist.world_size),
                                 dist.world_size, ckpt)
+        if start >= recipe.pretrain.steps:
+            raise TpError(f"run {out} already finished step {start} of {recipe.pretrain.steps}",
+                          hint=f"train longer with `tp pretrain --resume {out} "
+                          f"pretrain.steps={start * 2}`")
     # a strategy that cannot run (DeepSpeed missing, a DeepSpeed JSON contradicting the recipe)
     # fails here, before anything is written into the run folder
     strategy = make_strategy(recipe.pretrain, dist)
     torch.manual_seed(recipe.pretrain.seed)  # the same initial weights on every rank
     tokenizer = load_tokenizer(recipe, plugins)
-    dataset = make_dataset(data, recipe, tokenizer, recipe.pretrain.seed)
+    dataset = make_dataset(data, recipe, tokenizer, recipe.pretrain.seed, plugins)
     model = build_model(recipe.model, plugins.registry, tokenizer.vocab_size,
                         tokenizer.special_ids)
-    if dist.rank > 0:  # dropout differs across ranks (rank 0 keeps the one-process stream)
-        torch.manual_seed(recipe.pretrain.seed + 1_000_003 * dist.rank)
     if ckpt is not None:
         ckpt_io.load_weights(model, ckpt_io.read_weights(ckpt), str(ckpt))
-        if start >= recipe.pretrain.steps:
-            raise TpError(f"run {out} already finished step {start} of {recipe.pretrain.steps}",
-                          hint=f"train longer with `tp pretrain --resume {out} "
-                          f"pretrain.steps={start * 2}`")
-    else:
-        dist.barrier()  # every rank has seen the run folder absent before rank 0 makes it
-        if dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
-            (out / "run.json").write_text(json.dumps({
-                "recipe": recipe.name, "recipe_dir": str(recipe.base_dir),
-                "data": str(data.resolve()), "overrides": request.overrides}, indent=1))
-        dist.barrier()
+    _preflight(model, dataset)
+    if dist.rank > 0:  # dropout differs across ranks (rank 0 keeps the one-process stream)
+        torch.manual_seed(recipe.pretrain.seed + 1_000_003 * dist.rank)
+    dist.barrier()  # every rank has checked the run folder before rank 0 writes it
+    if dist.is_main:
+        if ckpt is None:
+            run_folder.create(out, recipe, data, request.overrides, recipe.pretrain.steps)
+        else:
+            run_folder.record_resume(out, recipe, ckpt, start, recipe.pretrain.steps, request.overrides)
+    dist.barrier()
     return train(Setup(recipe, tokenizer, model, dataset, out, plugins, request.progress,
                        start, ckpt, dist, strategy))
-
