@@ -6,14 +6,14 @@ TP := $(VENV)/bin/tp
 DEMO := build/demo
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test check-wheels bench clean
 
 install: $(VENV)/.installed
 
 # torch is pinned and installed first: letting pip pick it would fetch a multi-GB CUDA build.
 # DeepSpeed ships as source only: DS_BUILD_OPS=0 installs it without compiling any op (tp's AdamW
 # is torch's, so it needs none), and the pinned torch stays.
-$(VENV)/.installed: pyproject.toml plugins/tp-encoders/pyproject.toml plugins/tp-text/pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py plugins/tp-encoders/pyproject.toml plugins/tp-text/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "setuptools>=68" wheel
 	$(PY) -m pip install -q torch==2.13.0
@@ -36,6 +36,11 @@ demo: install
 
 test: install
 	$(VENV)/bin/pytest -q
+
+# The wheels of tpcli and every plugin, installed non-editable in a fresh venv (a temp folder,
+# removed after) and run from outside the checkout: what `pip install` gives a user. CI runs it.
+check-wheels:
+	$(PYTHON) scripts/check_wheels.py
 
 bench: install
 	$(PY) benchmarks/throughput.py

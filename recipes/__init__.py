@@ -1,1 +1,1 @@
-"""Built-in recipes (this folder is also the package tpcli.builtin_recipes, so installs carry it)."""
+"""Built-in recipes, installed as the package `tpcli.builtin_recipes` (see setup.py)."""

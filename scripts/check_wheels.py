@@ -116,7 +116,7 @@ def build(venv_py: Path, dist: Path, log: Path) -> tuple[list[Path], list[str], 
     """sdist, then a wheel from it, of every project: (wheels, what they lack of the source
     tree, the modules of their packages in the checkout).
 
-    --no-isolation: the fresh venv holds build-system.requires (setuptools>=68) and `build`
+    --no-isolation: the fresh venv holds build-system.requires (setuptools>=77) and `build`
     refuses to start if a requirement is missing, so this checks them without 8 more venvs.
     """
     dist.mkdir()
@@ -280,7 +280,7 @@ def check(work: Path) -> list[str]:
     pip = [str(py), "-m", "pip", "install", "-q", "--no-compile"]
     run([sys.executable, "-m", "venv", str(venv)], cwd=work, log=log)
     run([*pip, TORCH], cwd=work, log=log)
-    run([*pip, "build", "setuptools>=68", "wheel"], cwd=work, log=log)
+    run([*pip, "build", "setuptools>=77", "wheel"], cwd=work, log=log)
     step(f"fresh venv with {TORCH} in {venv}", t0)
     wheels, failures, modules = build(py, work / "dist", log)
     step("built " + ", ".join(w.name for w in wheels), t0)

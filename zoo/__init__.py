@@ -1,1 +1,1 @@
-"""Built-in zoo cards (`zoo/<name>.yaml`), installed as the package `tpcli.builtin_zoo`."""
+"""Built-in zoo cards (`zoo/<name>.yaml`), installed as the package `tpcli.builtin_zoo` (see setup.py)."""
