@@ -3,6 +3,7 @@ that are renamed into place, shape checks."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Iterator
@@ -81,22 +82,40 @@ def describe_model(spec: Any) -> str:
     return " + ".join(parts)
 
 
+def unwritable(out: Path, e: OSError) -> TpError:
+    """A folder tp cannot write into (read-only, not the user's, a full disk) is the user's to
+    fix: name the folder and the reason, not "internal error"."""
+    folder = Path(out).absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the nearest folder that exists is the one refusing
+    return TpError(f"cannot write {out}: {e.strerror or e} in {folder}",
+                   hint=f"choose an --out in a folder you can write to, or make {folder} "
+                   "writable (or free space on its disk)")
+
+
+# errors of the place written to, not of what is converted
+_WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
 def staging(out: Path) -> Path:
-    """A fresh temporary folder beside `out`, renamed into place by `_publish`."""
+    """A fresh temporary folder beside `out`, renamed into place by `publish`."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TpError(f"{out} already exists and is not empty",
                       hint="choose another --out, or remove it first")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise unwritable(out, e) from e
     return tmp
 
 
 def publish(tmp: Path, out: Path) -> None:
     if out.exists():
-        out.rmdir()  # checked empty by _staging
+        out.rmdir()  # checked empty by staging
     os.replace(tmp, out)
 
 
@@ -108,6 +127,11 @@ def staged(out: Path) -> Iterator[Path]:
     try:
         yield tmp
         publish(tmp, Path(out))
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in _WRITE_ERRNOS:
+            raise unwritable(Path(out), e) from e
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
