@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import IO
 
-from tpcli.errors import TpError
+from tpcli.errors import Interrupted, Terminated, TpError
 from tpcli.verbs import PretrainRequest
 
 # torchrun's agent logs: glog-style "W1126 11:40:42.701000 11892 path:line] message"
@@ -91,6 +91,7 @@ class _StderrFilter:
         self.errors: list[str] = []  # each child's `error: ...` paragraph, first first
         self.exitcodes: list[tuple[int, int]] = []  # (rank, exit code) from torchrun's report
         self._in_error = False
+        self._in_interrupted = False
         self._in_agent_report = False
         self._rank: int | None = None
 
@@ -100,7 +101,12 @@ class _StderrFilter:
         if self._in_error and text.startswith("  "):
             self.errors[-1] += "\n" + text
             return
-        self._in_error = False
+        if self._in_interrupted and text.startswith("  "):
+            return
+        self._in_error = self._in_interrupted = False
+        if text.startswith("interrupted: "):  # a rank torchrun stopped: the launcher says so
+            self._in_interrupted = True  # once, with the --nproc command (its hint dropped too)
+            return
         if text.startswith("error: "):
             self.errors.append(text[len("error: "):])
             self._in_error = True
@@ -141,10 +147,16 @@ def launch(request: PretrainRequest) -> dict[str, object]:
             for line in proc.stderr:
                 filt.feed(line)
             code = proc.wait()
-        except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT)
+        except KeyboardInterrupt as e:
+            proc.send_signal(signal.SIGINT)  # torchrun passes it on to every rank
             proc.wait()
-            raise
+            run = request.out or request.resume
+            raise Interrupted(
+                f"tp pretrain --nproc {request.nproc} stopped by "
+                f"{'SIGTERM' if isinstance(e, Terminated) else 'Ctrl-C'}; the run folder keeps "
+                "its last complete checkpoint",
+                hint=f"continue with `tp pretrain --resume {run} --nproc {request.nproc}`; a "
+                "folder with no checkpoint is taken over by the same command") from None
         out.join(timeout=5)
         errors = _rank_errors(log_dir, request.nproc) or filt.errors
     finally:
