@@ -139,9 +139,12 @@ def check_used(request: FinetuneRequest, recipe: Any, task: Any, name: str) -> N
                             "run (remove one of the two)")
         elif path == ("finetune", "init") and request.init not in (None, opts.init):
             problems.append(f"{text}: --init {request.init} gives the weights (give one)")
-    if "save_every" in opts.model_fields_set:
-        problems.append(f"finetune.save_every={opts.save_every}: fine-tuning saves a checkpoint "
-                        "at each evaluation (set finetune.eval_every instead)")
+    unread = {"save_every": "fine-tuning saves a checkpoint at each evaluation (set "
+              "finetune.eval_every instead)",
+              "num_workers": "fine-tuning holds its encoded examples in memory and loads no "
+              "files while it trains"}
+    problems += [f"finetune.{k}={getattr(opts, k)}: {why}" for k, why in unread.items()
+                 if k in opts.model_fields_set]
     if opts.metric is not None and opts.metric not in task.metrics:
         problems.append(f"finetune.metric={opts.metric!r} is not a metric of task {name} (it "
                         f"has {', '.join(task.metrics)})")
@@ -342,7 +345,8 @@ def _one_run(request: FinetuneRequest, recipe: Any, task: Any, splits: Splits, t
     from tpcli.model import build_model
     from tpcli.train import checkpoint as ckpt_io
     from tpcli.train.loop import Setup, train
-    from tpcli.train.strategy import Dist, make_strategy
+    from tpcli.train.strategies import make_strategy
+    from tpcli.train.strategy import Dist
 
     plugins = request.plugins
     assert plugins is not None

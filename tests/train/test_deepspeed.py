@@ -212,7 +212,8 @@ def test_contradiction_is_a_one_paragraph_cli_error(tmp_path: Path, tiny_recipe:
 def test_missing_deepspeed_says_how_to_install(monkeypatch: pytest.MonkeyPatch,
                                                tiny_recipe: Path) -> None:
     from tpcli.train.strategies.deepspeed import import_deepspeed
-    from tpcli.train.strategy import Dist, make_strategy
+    from tpcli.train.strategies import make_strategy
+    from tpcli.train.strategy import Dist
 
     monkeypatch.setitem(sys.modules, "deepspeed", None)  # `import deepspeed` raises ImportError
     with pytest.raises(TpError) as e:

@@ -29,7 +29,8 @@ from tpcli.plugins import Plugins
 from tpcli.train import checkpoint as ckpt_io
 from tpcli.train import run_folder
 from tpcli.train.perf import FlopMeter, peak_flops
-from tpcli.train.strategy import Dist, Strategy, make_strategy, resolved_name
+from tpcli.train.strategies import make_strategy, resolved_name
+from tpcli.train.strategy import Dist, Strategy
 from tpcli.verbs import PretrainRequest
 
 
