@@ -19,7 +19,6 @@ import copy
 import json
 import math
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,30 +28,8 @@ import yaml
 from tpcli.errors import CheckpointError, ConfigError, DataError, Problem, TpError
 from tpcli.evaluate import Evaluator, MemoryDataset, predict, write_jsonl
 from tpcli.plugins import Plugins
-from tpcli.tasks import Splits, TaskData, split_task_name
-
-
-@dataclass
-class FinetuneRequest:
-    recipe: str | None  # None: the recipe saved with --init
-    task: str | dict[str, Any] | None  # `classification`, `glue/sst2`, or {name, options};
-    # None: the recipe's finetune.task
-    out: Path
-    data: TaskData = field(default_factory=TaskData)
-    init: str | None = None  # a tp checkpoint or run folder, or zoo:NAME
-    overrides: list[str] = field(default_factory=list)
-    seeds: int = 1
-    progress: bool = True
-    plugins: Plugins | None = None
-
-
-@dataclass
-class InferRequest:
-    checkpoint: str
-    input: str
-    out: Path
-    batch_size: int = 64
-    plugins: Plugins | None = None
+from tpcli.requests import FinetuneRequest, InferRequest, TaskData
+from tpcli.tasks import Splits, split_task_name
 
 
 # ----------------------------------------------------------------------------- the task
