@@ -237,7 +237,7 @@ def test_shrunk_recipe_trains_two_steps(name: str, request: pytest.FixtureReques
     for key, value in saved.items():
         assert torch.equal(state[key], value), key
 
-    dataset = make_dataset(data, loaded.recipe, loaded.tokenizer, seed=0)
+    dataset = make_dataset(data, loaded.recipe, loaded.tokenizer, seed=0, plugins=get_plugins())
     batch = dataset.collate([dataset[i] for i in range(min(2, len(dataset)))])
     with torch.no_grad():
         out = loaded.model(batch)

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tpcli.hookspecs import hookimpl
-from tpcli.verbs import ConvertRequest, PreprocessRequest, PretrainRequest
+from tpcli.requests import (ConvertRequest, FinetuneRequest, InferRequest, PreprocessRequest,
+                            PretrainRequest, ZooRequest)
 
 
 @hookimpl(trylast=True)
@@ -29,14 +30,14 @@ def tp_pretrain(request: PretrainRequest) -> Any:
 
 
 @hookimpl(trylast=True)
-def tp_finetune(request: Any) -> Any:
+def tp_finetune(request: FinetuneRequest) -> Any:
     from tpcli.finetune import run_finetune
 
     return run_finetune(request)
 
 
 @hookimpl(trylast=True)
-def tp_infer(request: Any) -> Any:
+def tp_infer(request: InferRequest) -> Any:
     from tpcli.finetune import run_infer
 
     return run_infer(request)
@@ -46,7 +47,7 @@ def tp_infer(request: Any) -> Any:
 def tp_convert(request: ConvertRequest) -> Any:
     from tpcli.convert.hf import from_hf, to_hf
 
-    assert request.plugins is not None  # set by tpcli.verbs.convert, never by a user
+    assert request.plugins is not None  # set by tpcli.verbs.dispatch
     if request.direction == "to_hf":
         result = to_hf(Path(request.source), request.out, request.plugins, arch=request.arch, check=request.check,
                        tolerance=request.tolerance)
@@ -57,7 +58,7 @@ def tp_convert(request: ConvertRequest) -> Any:
 
 
 @hookimpl(trylast=True)
-def tp_zoo(request: Any) -> Any:
+def tp_zoo(request: ZooRequest) -> Any:
     from tpcli.zoo.ops import run_zoo
 
     return run_zoo(request)

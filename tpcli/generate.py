@@ -377,15 +377,11 @@ def special_token(ids: dict[str, int], *roles: str) -> int | None:
     return next((ids[r] for r in roles if r in ids), None)
 
 
-def seq2seq_format(recipe: Any, special: dict[str, int], registry: Any = None
+def seq2seq_format(recipe: Any, special: dict[str, int], registry: Any
                    ) -> tuple[int | None, list[int], list[int]]:
     """(decoder start id, ids before a source, ids after it) as the recipe's processor trains
     them (its `seq2seq_layout`); a processor without one: bos (else cls, else pad) starts the
     decoder and every source ends with eos (or sep)."""
-    if registry is None:
-        from tpcli.plugins import get_plugins
-
-        registry = get_plugins().registry
     proc = recipe.processor
     cls = registry.get("processor", proc.name)
     if hasattr(cls, "seq2seq_layout"):

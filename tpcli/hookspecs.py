@@ -11,10 +11,12 @@ Registration hooks receive a ``register`` callback: call it once per thing you p
 be cheap: do not build models or read files in them. The things you register may be classes or
 lazy ``"package.module:Attribute"`` strings, which tp imports only when the name is used.
 
-The verb hooks (``tp_preprocess``, ``tp_pretrain``, ``tp_convert``) are ``firstresult``: the core ships default
-implementations (marked ``trylast``) and a plugin may replace them by returning a non-None value,
-or wrap them with ``hookwrapper=True``. Observer hooks (``tp_on_*``) are called on every plugin
-and their return values are ignored; loggers are plugins built on them.
+The six verb hooks (``tp_preprocess``, ``tp_pretrain``, ``tp_finetune``, ``tp_infer``,
+``tp_convert``, ``tp_zoo``) are ``firstresult`` and take one typed request from
+``tpcli.requests``: the core ships default implementations (marked ``trylast``) and a plugin may
+replace them by returning a non-None value, or wrap them with ``hookwrapper=True``. Observer
+hooks (``tp_on_*``) are called on every plugin and their return values are ignored; loggers are
+plugins built on them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from tpcli.verbs import ConvertRequest, PreprocessRequest, PretrainRequest
+    from tpcli.requests import (ConvertRequest, FinetuneRequest, InferRequest,
+                                PreprocessRequest, PretrainRequest, ZooRequest)
 
 hookspec = pluggy.HookspecMarker("tp")
 hookimpl = pluggy.HookimplMarker("tp")
@@ -169,15 +172,15 @@ def tp_pretrain(request: "PretrainRequest") -> Any:
 
 
 @hookspec(firstresult=True)
-def tp_finetune(request: Any) -> Any:
-    """Run ``tp finetune`` (``request`` a ``tpcli.finetune.FinetuneRequest``): train a task's
+def tp_finetune(request: "FinetuneRequest") -> Any:
+    """Run ``tp finetune`` (``request`` a ``tpcli.requests.FinetuneRequest``): train a task's
     head on a pre-trained model and return the results (dev metrics, mean and std over seeds).
     The core's default implementation runs last; return non-None to replace it."""
 
 
 @hookspec(firstresult=True)
-def tp_infer(request: Any) -> Any:
-    """Run ``tp infer`` (``request`` a ``tpcli.finetune.InferRequest``): write a fine-tuned
+def tp_infer(request: "InferRequest") -> Any:
+    """Run ``tp infer`` (``request`` a ``tpcli.requests.InferRequest``): write a fine-tuned
     checkpoint's predictions for an input file; return a summary."""
 
 
@@ -191,8 +194,8 @@ def tp_convert(request: "ConvertRequest") -> Any:
 
 
 @hookspec(firstresult=True)
-def tp_zoo(request: Any) -> Any:
-    """Run ``tp zoo`` (``request`` a ``tpcli.zoo.ZooRequest``: ``action`` is list, info, pull,
+def tp_zoo(request: "ZooRequest") -> Any:
+    """Run ``tp zoo`` (``request`` a ``tpcli.requests.ZooRequest``: ``action`` is list, info, pull,
     verify, rm, path or lock) and return its result (a list of rows for list, a dict otherwise).
     The core's default implementation runs last; return non-None to replace it."""
 

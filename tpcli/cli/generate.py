@@ -32,15 +32,17 @@ def generate_texts(checkpoint: str, texts: list[str], settings: dict[str, Any],
     """{prompt, text, tokens} per prompt: `tokens` the generated ids (before EOS), `text` them
     decoded."""
     from tpcli.api import load_checkpoint
+    from tpcli.plugins import get_plugins
     from tpcli.generate import (GenerationConfig, encode_prompts, generate, pad_rows,
                                 seq2seq_format, special_token, until_eos)
 
-    loaded = load_checkpoint(checkpoint)
+    plugins = get_plugins()
+    loaded = load_checkpoint(checkpoint, plugins)
     tok, model = loaded.tokenizer, loaded.model
     special = tok.special_ids
     eos = special_token(special, "eos", "sep")
     seq2seq = getattr(model, "decoder", None) is not None
-    start, before, after = seq2seq_format(loaded.recipe, special) if seq2seq else (None, [], [])
+    start, before, after = seq2seq_format(loaded.recipe, special, plugins.registry) if seq2seq else (None, [], [])
     pad = special_token(special, "pad", "eos", "sep")
     config = GenerationConfig(eos_token_id=eos, pad_token_id=pad, decoder_start_token_id=start,
                               **settings)

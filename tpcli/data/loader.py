@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tpcli.config import Recipe
+from tpcli.plugins import Plugins
 from tpcli.data.format import Reader
 from tpcli.errors import DataError
 
@@ -45,19 +46,18 @@ def check_compatible(meta: dict[str, Any], folder: Path, recipe: Recipe, tokeniz
         )
 
 
-def make_dataset(data_dir: Path, recipe: Recipe, tokenizer: Any, seed: int,
-                 plugins: Any | None = None) -> Any:
+def make_dataset(data_dir: Path, recipe: Recipe, tokenizer: Any, seed: int, plugins: Plugins
+                 ) -> Any:
     """The recipe processor's map-style dataset over `data_dir`.
 
     It has `__len__`, `__getitem__(i)` (one unpadded example: dict of tensors), `set_epoch(e)`
     and `collate(examples)`; examples depend only on (seed, epoch, i)."""
     from tpcli.data import build_processor
-    from tpcli.plugins import get_plugins
 
     folder = Path(data_dir)
     store = Reader(folder)
     check_compatible(store.meta, folder, recipe, tokenizer)
-    processor = build_processor(recipe, plugins or get_plugins())
+    processor = build_processor(recipe, plugins)  # the run's plugins: in-process ones included
     dataset = processor.dataset(store, tokenizer, seed)
     if len(dataset) == 0:
         raise DataError(f"dataset {folder} yields no training examples",

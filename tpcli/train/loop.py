@@ -31,7 +31,7 @@ from tpcli.train import run_folder
 from tpcli.train.perf import FlopMeter, peak_flops
 from tpcli.train.strategies import make_strategy, resolved_name
 from tpcli.train.strategy import Dist, Strategy
-from tpcli.verbs import PretrainRequest
+from tpcli.requests import PretrainRequest
 
 
 @dataclass

@@ -8,34 +8,18 @@ the same place: a verified tp checkpoint folder in the cache.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-Action = Literal["list", "info", "pull", "verify", "rm", "path", "lock"]
+from tpcli.requests import ZooAction as Action, ZooRequest
+
 PREFIX = "zoo:"
-
-
-@dataclass
-class ZooRequest:
-    action: Action
-    name: str | None = None  # the card (list: unused; verify: None means every cached model)
-    revision: str | None = None  # pull: another revision than the card's
-    format: str | None = None  # pull / path: tp or hf (default: tp when convertible)
-    modality: str | None = None  # list: filter
-    task: str | None = None  # list: filter
-    progress: bool = True
-    workers: int = 8
-    hf_cache: bool = False  # rm: also delete the revisions from the Hugging Face cache
-    plugins: Any = None
 
 
 def zoo(request: ZooRequest) -> Any:
     """Run a `tp zoo` action through its `firstresult` hook."""
-    from tpcli.plugins import get_plugins
+    from tpcli.verbs import zoo as run
 
-    plugins = request.plugins or get_plugins()
-    request.plugins = plugins
-    return plugins.hook.tp_zoo(request=request)
+    return run(request)
 
 
 def resolve_init(ref: str, plugins: Any, progress: bool = True) -> str:
