@@ -150,8 +150,9 @@ def pieces(text: str, limit: int) -> Iterator[str]:
     """`text` in pieces of at most `limit` characters, each cut just before a space that starts a
     word, so the next piece begins with ` word` as the word stood in the line. Tokenizers split
     words at spaces (WordPiece, byte-level BPE's `Ġword`, SentencePiece's `▁word`), so the pieces'
-    ids, back to back, are the line's. A stretch of `limit` characters without a space is cut
-    where it must (a word of 64k characters is not text a model learns from)."""
+    ids, back to back, are the line's. A stretch of `limit` characters without a space (CJK text,
+    base64) is cut where it must: there, and only there, a token may differ from tokenizing the
+    line whole (one boundary in 64k characters)."""
     start, n = 0, len(text)
     while n - start > limit:
         end = start + limit
