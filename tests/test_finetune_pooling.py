@@ -43,7 +43,7 @@ def _recipe(raw: dict[str, Any], mask: str = "causal") -> Any:
 
 def _task(recipe: Any, **options: Any) -> Any:
     task = make_task({"name": "classification", **options}, get_plugins())
-    task.bind(recipe)
+    task.bind(recipe, get_plugins().registry)
     task.fit([Example(str(i), {"text_a": "x", "text_b": None}, label) for i, label in
               enumerate(["a", "b", "c"])])
     return task

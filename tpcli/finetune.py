@@ -253,7 +253,7 @@ def run_finetune(request: FinetuneRequest) -> dict[str, Any]:
         return _run_all(request, section, plugins)
     task = make_task(section, plugins)
     if hasattr(task, "bind"):  # a task that reads the recipe (text2text's layout, the pooling)
-        task.bind(recipe)
+        task.bind(recipe, plugins.registry)
     check_used(request, recipe, task, section["name"])
     tok_cls = plugins.registry.get("tokenizer", recipe.tokenizer.name)
     tokenizer = (tok_cls.from_saved(str(ckpt / "tokenizer")) if ckpt is not None
@@ -391,7 +391,7 @@ def run_infer(request: InferRequest) -> dict[str, Any]:
                               "its best/ checkpoint")
     task = make_task(task_section(section), plugins)
     if hasattr(task, "bind"):
-        task.bind(loaded.recipe)
+        task.bind(loaded.recipe, plugins.registry)
     examples = task.load(TaskData(test=request.input)).test
     exs = next(iter(examples.values()))
     labelled = all(e.label is not None for e in exs)

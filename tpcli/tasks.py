@@ -143,6 +143,10 @@ class Task(Protocol):
 
     def restore(self, state: dict[str, Any]) -> None: ...
 
+    # optional: `bind(recipe, registry)`, called before `fit` with the model's recipe and the
+    # run's registry, for a task whose inputs or head depend on the model (text2text reads the
+    # processor's source layout; pooled heads choose their default pooling from the encoder)
+
     def target(self) -> dict[str, Any]:
         """The model's target section for this task, e.g. {"cls": {"labels": 3}}."""
         ...

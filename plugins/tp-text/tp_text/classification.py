@@ -44,14 +44,15 @@ def causal_encoder(recipe: Any) -> bool:
 
 
 class PooledHead:
-    """What the tasks whose head pools one vector per input share: `bind(recipe)` makes the
-    default pooling follow the encoder's mask (`default_pooling`); the task's `pooling` option,
-    when given, wins. Unbound, the default is a bidirectional encoder's (the first token)."""
+    """What the tasks whose head pools one vector per input share: `bind(recipe, registry)`
+    makes the default pooling follow the encoder's mask (`default_pooling`); the task's `pooling`
+    option, when given, wins. Unbound, the default is a bidirectional encoder's (the first
+    token)."""
 
     config: Any
     _causal: bool = False
 
-    def bind(self, recipe: Any) -> None:
+    def bind(self, recipe: Any, registry: Any) -> None:
         self._causal = causal_encoder(recipe)
 
     @property

@@ -55,14 +55,15 @@ class Text2TextTask:
     def __init__(self, config: Text2TextConfig, variant: str | None) -> None:
         self.config = config
         self.recipe: Any = None
+        self.registry: Any = None  # the run's: its processor decides the layout
 
-    def bind(self, recipe: Any) -> None:
+    def bind(self, recipe: Any, registry: Any) -> None:
         """The recipe decides the source/decoder layout; only encoder-decoder models qualify."""
         if recipe.model.decoder is None or not any(t.name == "lm" for t in recipe.model.targets):
             raise TpError("task text2text needs an encoder-decoder model with an `lm` target "
                           "(a decoder and tgt_embedding in the recipe)",
                           hint="fine-tune a t5-small, bart-base or seq2seq recipe")
-        self.recipe = recipe
+        self.recipe, self.registry = recipe, registry
 
     def load(self, data: TaskData) -> Splits:
         return Splits.read(data, lambda path, labelled: read_pairs(path, need_target=labelled))
@@ -86,7 +87,7 @@ class Text2TextTask:
         from tpcli.generate import seq2seq_format, special_token
 
         special = tokenizer.special_ids
-        start, before, after = seq2seq_format(self.recipe, special)
+        start, before, after = seq2seq_format(self.recipe, special, self.registry)
         eos = special_token(special, "eos", "sep")
         if start is None or eos is None:
             raise TpError("the tokenizer has no decoder start or end token for text2text",
