@@ -276,3 +276,24 @@ def test_negative_workers_cli(cli_runs):
     assert stderr.startswith("error: --workers -1: the number of tokenizer threads cannot be "
                              "negative hint: pass --workers 0 to use every core")
     assert not out.exists()
+
+
+def test_full_disk_is_a_clear_error(recipe_dir, sentences_corpus, tmp_path, monkeypatch):
+    """ENOSPC while a shard is written (simulated: a full disk cannot be made here without
+    mounting one): the user's to fix, named, and nothing is left behind."""
+    import errno
+
+    import tpcli.data.format as fmt
+
+    def full(self: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fmt, "FLUSH_TOKENS", 1000)
+    monkeypatch.setattr(fmt._ShardWriter, "flush", full)
+    out = tmp_path / "ds"
+    with pytest.raises(TpError) as info:
+        run(recipe_dir(), sentences_corpus, out)
+    assert info.value.message == (f"cannot write dataset {out}: writing a shard in {tmp_path} "
+                                  "failed: No space left on device")
+    assert info.value.hint.startswith(f"free space on the disk of {tmp_path}")
+    assert not out.exists() and leftovers(tmp_path) == []
