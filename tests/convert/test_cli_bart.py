@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tpcli.convert.testing import cli_round_trip
+from tpcli.testing.convert import cli_round_trip
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from tpcli.api import load_checkpoint
 from tpcli.cli.main import main
-from tpcli.convert.testing import assert_truncates, make_run
+from tpcli.testing.convert import assert_truncates, make_run
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tpcli.convert.testing import cli_round_trip
+from tpcli.testing.convert import cli_round_trip
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
@@ -50,7 +50,7 @@ def test_masked_lm_checkpoint_without_the_sop_head(tmp_path: Path,
     from safetensors.torch import load_file, save_file
 
     from tpcli.cli.main import main
-    from tpcli.convert.testing import make_run
+    from tpcli.testing.convert import make_run
 
     run = make_run("albert-base", tmp_path / "run", FAMILIES["albert-base"][0])
     hf = tmp_path / "hf"

@@ -3,7 +3,6 @@ traceback, nothing left behind (it was "internal error: PermissionError")."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import subprocess
 import sys
@@ -12,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tpcli.convert.testing import make_run
+from tpcli.testing.convert import make_run
+from tpcli.testing.faults import obey_permissions
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("transformers")
@@ -21,25 +21,10 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 
 SMALL = ["model.hidden_size=32", "model.encoder.layers=2", "model.encoder.heads=2",
          "model.encoder.ffn_size=64", "model.embedding.pos.max_length=64"]
-PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
-
-
-def _obey_permissions() -> None:
-    """preexec_fn: root writes into any folder (CAP_DAC_OVERRIDE). Dropped from the bounding
-    set before exec, the command runs as root still, but bound by permission bits as any
-    user is: a 0555 folder is read-only to it."""
-    if os.geteuid() != 0:
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
 def _tp(*argv: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "tpcli.cli.main", *argv], capture_output=True,
-                          text=True, env=env, timeout=300, preexec_fn=_obey_permissions)
+                          text=True, env=env, timeout=300, preexec_fn=obey_permissions)
 
 
 @pytest.fixture
@@ -49,7 +34,7 @@ def locked(tmp_path: Path) -> Iterator[Path]:
     folder.mkdir()
     folder.chmod(0o555)
     probe = subprocess.run(["mkdir", str(folder / "probe")], capture_output=True,
-                           preexec_fn=_obey_permissions)
+                           preexec_fn=obey_permissions)
     if probe.returncode == 0:
         folder.chmod(0o755)
         pytest.skip("this machine lets the test process write into a 0555 folder")

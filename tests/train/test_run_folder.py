@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tpcli.testing.faults import obey_permissions
 from tpcli.train import run_folder
 
 from .conftest import TP, losses, run_tp
@@ -179,16 +180,6 @@ def test_without_a_terminal_the_first_step_is_reported(tmp_path: Path, tiny_reci
     assert lines[1].startswith("step      5/5 | loss") and "eta 0s" in lines[1]
 
 
-def _without_root_override() -> None:
-    """In the child, before exec: drop the capabilities that let root write into any folder
-    (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), so a 0555 folder is read-only for real."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2):  # PR_CAPBSET_DROP (24): gone from the bounding set, so from exec's set
-        libc.prctl(24, cap, 0, 0, 0)
-
-
 def test_an_unwritable_out_is_a_user_error(tmp_path: Path, tiny_recipe: Path,
                                            tiny_data: Path) -> None:
     locked = tmp_path / "locked"
@@ -197,7 +188,7 @@ def test_an_unwritable_out_is_a_user_error(tmp_path: Path, tiny_recipe: Path,
     r = subprocess.run([*TP, "pretrain", str(tiny_recipe), "--data", str(tiny_data), "--out",
                         str(locked / "run"), *FAST], capture_output=True, text=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                       preexec_fn=_without_root_override, timeout=300)
+                       preexec_fn=obey_permissions, timeout=300)
     assert r.returncode == 1, r.stderr
     assert f"cannot write into {locked / 'run'}: Permission denied" in r.stderr
     assert "internal error" not in r.stderr and "Traceback" not in r.stderr

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tpcli.api import load_checkpoint
-from tpcli.convert.testing import make_run
+from tpcli.testing.convert import make_run
 from tpcli.zoo import ZooRequest, zoo
 
 from .conftest import ZooEnv, file_entries

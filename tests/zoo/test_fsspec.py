@@ -18,7 +18,7 @@ import yaml
 
 from tpcli.cli.main import main
 from tpcli.errors import TpError
-from tpcli.file_server import FileServer, _FileHandler
+from tpcli.testing.file_server import FileServer, _FileHandler
 from tpcli.plugins import get_plugins
 from tpcli.zoo.card import Card, read_card
 from tpcli.zoo.sources import FsspecSource

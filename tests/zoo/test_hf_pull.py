@@ -1,4 +1,4 @@
-"""`tp zoo pull` from a real local Hugging Face Hub (`tpcli.hub_server.HubServer`), downloaded by
+"""`tp zoo pull` from a real local Hugging Face Hub (`tpcli.testing.hub_server.HubServer`), downloaded by
 `huggingface_hub` itself: the shipped all-MiniLM-L6-v2 card end to end (hashes, HF cache reuse,
 conversion whose hidden states equal transformers'), resume after a dropped connection, a
 checksum mismatch, two concurrent pulls, offline hit and miss, tokens, verify / rm / path / lock,
@@ -20,7 +20,7 @@ import yaml
 
 from tpcli.cli.main import main
 from tpcli.errors import TpError
-from tpcli.hub_server import HubServer
+from tpcli.testing.hub_server import HubServer
 from tpcli.zoo import ZooRequest, cache, zoo
 
 from .conftest import TINY_FILES, ZooEnv, file_entries

@@ -9,7 +9,7 @@ import torch
 
 from tp_encoders.pooling import FirstPooling, LastPooling, MaxPooling, MeanPooling
 from tp_encoders.transformer import TransformerEncoder
-from tpcli.convert.testing import perturbed
+from tpcli.testing.convert import perturbed
 from tpcli.errors import TpError
 from tpcli.layers.attention import MultiHeadAttention
 from tpcli.layers.masks import attention_mask

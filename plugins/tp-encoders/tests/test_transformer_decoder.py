@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tp_encoders.transformer_decoder import TransformerDecoder
-from tpcli.convert.testing import perturbed
+from tpcli.testing.convert import perturbed
 from tpcli.module import BuildContext
 
 transformers = pytest.importorskip("transformers")

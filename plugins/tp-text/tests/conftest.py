@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tpcli.convert.testing import random_hf, tp_from_hf
+from tpcli.testing.convert import random_hf, tp_from_hf
 from tpcli.model import TpModel
 
 

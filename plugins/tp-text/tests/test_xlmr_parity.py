@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 from tp_text.convert_roberta import XLMR_CONVERTER as CONVERTER  # noqa: E402
 from tpcli.convert.hf import choose_hf_converter  # noqa: E402
-from tpcli.convert.testing import (assert_round_trip, hf_config_dict, hf_from_tp,  # noqa: E402
+from tpcli.testing.convert import (assert_round_trip, hf_config_dict, hf_from_tp,  # noqa: E402
                                    logits_diff, perturbed, tp_model_for)
 
 V, H = 1000, 64

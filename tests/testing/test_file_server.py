@@ -10,7 +10,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from tpcli.file_server import FileServer, byte_range
+from tpcli.testing.file_server import FileServer, byte_range
 
 DATA = bytes(range(256)) * 400  # 102400 bytes
 TOKEN = "hf_fileserver_token"

@@ -23,7 +23,7 @@ the endpoints the installed `huggingface_hub` (2.x, httpx2 transport) calls:
 Faults for tests: `drop_connection(path, after_bytes)` closes the socket mid-body (the client sees
 an incomplete body and resumes with a Range request), `corrupt(path)` serves bytes of the right
 size but the wrong content, and `count(...)` / `requests` tell how often each path was asked for.
-The lifecycle, counters and faults are `tpcli.file_server.LocalServer`, shared with `FileServer`.
+The lifecycle, counters and faults are `tpcli.testing.file_server.LocalServer`, shared with `FileServer`.
 
 Pointing `huggingface_hub` at the server. `HF_ENDPOINT` and `HF_HUB_OFFLINE` are read once, when
 `huggingface_hub.constants` is imported, and the URL template of `hf_hub_url` is built from the
@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tpcli.file_server import LocalServer, QuietHandler, send_body
+from tpcli.testing.file_server import LocalServer, QuietHandler, send_body
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".parquet", ".arrow", ".h5", ".msgpack",
                 ".onnx", ".gguf", ".model", ".zip", ".gz")

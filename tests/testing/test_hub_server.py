@@ -12,7 +12,7 @@ from huggingface_hub import constants
 from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
                                     RepositoryNotFoundError, RevisionNotFoundError)
 
-from tpcli.hub_server import HubServer
+from tpcli.testing.hub_server import HubServer
 
 WEIGHTS = bytes(range(256)) * 40  # 10240 bytes, an LFS file by its suffix
 CONFIG = '{"hidden_size": 8}'
