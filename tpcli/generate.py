@@ -25,14 +25,20 @@ top-p, each keeping at least one token; beam search keeps `num_beams` running be
 from __future__ import annotations
 
 import inspect
+import json
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from tpcli.errors import TpError
+from tpcli.files import write_text
 from tpcli.layers.attention import KVCache
+
+if TYPE_CHECKING:
+    from tpcli.plugins import Plugins
 
 _NEG = -1.0e9  # the score of a beam that must not be picked (as in HF, finite: no inf - inf)
 
@@ -422,3 +428,62 @@ def until_eos(tokens: list[int], eos: list[int]) -> list[int]:
         if t in eos:
             return tokens[:i]
     return tokens
+
+
+# ----------------------------------------------------------------------------- tp generate
+
+
+def read_prompts(prompts: list[str], input_file: Path | None) -> list[str]:
+    """`--prompt` texts, then the non-empty lines of `--input`."""
+    texts = list(prompts)
+    if input_file is not None:
+        try:
+            lines = input_file.read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise TpError(f"cannot read prompts from {input_file}: {e.strerror or e}",
+                          hint="--input names a text file with one prompt per line") from e
+        texts += [line for line in lines if line.strip()]
+    if not texts:
+        raise TpError("no prompt to generate from",
+                      hint="give --prompt TEXT (repeatable) or --input FILE (one per line)")
+    return texts
+
+
+def generate_texts(checkpoint: str, texts: list[str], settings: dict[str, Any],
+                   batch_size: int, plugins: Plugins) -> list[dict[str, Any]]:
+    """`tp generate`: {prompt, text, tokens} per prompt, `tokens` the generated ids (before
+    EOS), `text` them decoded; `settings` are GenerationConfig's fields."""
+    from tpcli.api import load_checkpoint
+
+    loaded = load_checkpoint(checkpoint, plugins)
+    tok, model = loaded.tokenizer, loaded.model
+    special = tok.special_ids
+    eos = special_token(special, "eos", "sep")
+    seq2seq = getattr(model, "decoder", None) is not None
+    start, before, after = (seq2seq_format(loaded.recipe, special, plugins.registry) if seq2seq
+                            else (None, [], []))
+    pad = special_token(special, "pad", "eos", "sep")
+    config = GenerationConfig(eos_token_id=eos, pad_token_id=pad, decoder_start_token_id=start,
+                              **settings)
+    rows = encode_prompts(tok, texts, before, after)
+    eos_ids = config.eos_ids
+    records = []
+    for first in range(0, len(rows), batch_size):
+        chunk = rows[first:first + batch_size]
+        ids, mask = pad_rows(chunk, config.pad, left=not seq2seq)
+        out = generate(model, ids, mask, config)
+        skip = 1 if seq2seq else ids.shape[1]  # the start token, or the padded prompt
+        for j, row in enumerate(out[:, skip:].tolist()):
+            new = until_eos(row, eos_ids)
+            records.append({"prompt": texts[first + j], "text": tok.decode(new), "tokens": new})
+    return records
+
+
+def write_records(out: Path, records: list[dict[str, Any]]) -> None:
+    """The generations as JSONL, written atomically."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    try:
+        write_text(Path(out), text)
+    except OSError as e:
+        raise TpError(f"cannot write {out}: {e.strerror or e}",
+                      hint="choose a writable --out path") from e
