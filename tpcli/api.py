@@ -58,10 +58,11 @@ def load_checkpoint(path: str | Path, plugins: Plugins | None = None) -> Loaded:
 
     from tpcli.model import build_model as _build
     from tpcli.train import checkpoint as ckpt_io
+    from tpcli.train import run_folder
 
     plugins = plugins or get_plugins()
     ckpt = ckpt_io.find_checkpoint(Path(path))
-    raw = yaml.safe_load((ckpt / "recipe.yaml").read_text())
+    raw = run_folder.read_recipe(ckpt)
     recipe = build_recipe(raw, plugins.registry, name=str(ckpt), path=ckpt)
     tok_cls = plugins.registry.get("tokenizer", recipe.tokenizer.name)
     tokenizer = tok_cls.from_saved(str(ckpt / "tokenizer"))

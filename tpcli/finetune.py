@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from tpcli.errors import CheckpointError, ConfigError, DataError, Problem, TpError
+from tpcli.files import write_text
 from tpcli.evaluate import Evaluator, MemoryDataset, predict, write_jsonl
 from tpcli.plugins import Plugins
 from tpcli.requests import FinetuneRequest, InferRequest, TaskData
 from tpcli.tasks import Splits, split_task_name
+from tpcli.train import run_folder
 
 
 # ----------------------------------------------------------------------------- the task
@@ -202,10 +203,7 @@ def with_checkpoint_tokenizer(recipe: Any, ckpt: Path, plugins: Plugins) -> Any:
     pre-training tokenizer is GPT-2's BPE). File options point into the checkpoint."""
     from tpcli.config import build_recipe
 
-    try:
-        saved = yaml.safe_load((ckpt / "recipe.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise CheckpointError(f"cannot read {ckpt / 'recipe.yaml'}: {e}") from e
+    saved = run_folder.read_recipe(ckpt)
     tok = dict((saved.get("data") or {}).get("tokenizer") or {})
     if not tok or tok.get("name") is None or tok == recipe.raw["data"].get("tokenizer"):
         return recipe
@@ -232,7 +230,7 @@ def _recipe_and_init(request: FinetuneRequest, plugins: Plugins) -> tuple[Any, P
         raise TpError("tp finetune needs a RECIPE or --init CHECKPOINT",
                       hint="tp finetune bert-base --task classification --init runs/bert "
                       "--train train.tsv --dev dev.tsv --out runs/ft")
-    raw = yaml.safe_load((ckpt / "recipe.yaml").read_text())
+    raw = run_folder.read_recipe(ckpt)
     if request.task and isinstance(raw.get("finetune"), dict):
         # a new task replaces the saved one (and its fitted labels); the saved finetune options
         # (lr, epochs, ...) still apply, as they do without --task
@@ -269,14 +267,14 @@ def run_finetune(request: FinetuneRequest) -> dict[str, Any]:
         task.check(name, examples)
     recipe = with_target(recipe, task.target(), {**section, **task.state()}, plugins)
     out = Path(request.out)
-    if out.exists() and any(out.iterdir()):
-        raise TpError(f"run folder {out} already exists", hint="choose another --out")
+    run_folder.claim(out, resume=None)
+    run_folder.prepare(out)
     seeds = [recipe.finetune.seed + i for i in range(request.seeds)]
     runs = [_one_run(request, recipe, task, splits, tokenizer, ckpt,
                      out / f"seed-{s}" if len(seeds) > 1 else out, s) for s in seeds]
     result = {"task": section["name"], "metric": runs[0]["metric"], "seeds": seeds,
               "runs": runs, "dev": _aggregate([r["dev"] for r in runs]), "out": str(out)}
-    (out / "results.json").write_text(json.dumps(result, indent=1))
+    write_text(out / "results.json", json.dumps(result, indent=1))
     return result
 
 
@@ -293,15 +291,15 @@ def _run_all(request: FinetuneRequest, section: dict[str, Any], plugins: Plugins
         raise TpError(f"task {name} has no variants to run with {name}/all",
                       hint=f"name the task alone: --task {name}")
     out = Path(request.out)
-    if out.exists() and any(out.iterdir()):
-        raise TpError(f"run folder {out} already exists", hint="choose another --out")
+    run_folder.claim(out, resume=None)
+    run_folder.prepare(out)
     results = {v: run_finetune(dataclasses.replace(
         request, task={**section, "name": f"{name}/{v}"}, out=out / v)) for v in variants}
     summary = getattr(cls, "summary", None)
     columns, row = summary(results) if summary is not None else ([], [])
     combined = {"task": f"{name}/all", "tasks": results, "table": {"columns": columns,
                                                                   "row": row}, "out": str(out)}
-    (out / "results.json").write_text(json.dumps(combined, indent=1))
+    write_text(out / "results.json", json.dumps(combined, indent=1))
     return combined
 
 
@@ -341,9 +339,9 @@ def _one_run(request: FinetuneRequest, recipe: Any, task: Any, splits: Splits, t
     dist = Dist(run_opts.device)
     try:
         strategy = make_strategy(run_opts, dist)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
-        (out / "init.json").write_text(json.dumps(report, indent=1))
+        run_folder.prepare(out)
+        run_folder.write_recipe(out, recipe.raw)
+        write_text(out / "init.json", json.dumps(report, indent=1))
         dev = {name: (exs, task.encode(exs, tokenizer, opts.max_length))
                for name, exs in splits.dev.items()}
         target = recipe.model.targets[0].name

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from tpcli.convert import Converter
 from tpcli.errors import CheckpointError, TpError
@@ -214,7 +213,8 @@ def _convert_weights(conv: Converter, hf_sd: dict[str, torch.Tensor], hf_config:
 def from_hf(source: str, out: Path, plugins: Plugins, *, check: bool = False,
             tolerance: float = 1e-4) -> ConvertResult:
     """A Hugging Face folder or Hub id -> a tp checkpoint folder at `out`."""
-    from safetensors.torch import save_file
+    from tpcli.files import save_weights
+    from tpcli.train.run_folder import write_recipe
 
     from tpcli.config import build_recipe
     from tpcli.model import build_model
@@ -267,9 +267,9 @@ def from_hf(source: str, out: Path, plugins: Plugins, *, check: bool = False,
                 notes.append(f"{arch} {what}: {len(fresh)} target tensors are freshly "
                              "initialised")
         model.load_state_dict(tp_sd, strict=True)
-        save_file({k: v.contiguous() for k, v in tp_sd.items()}, str(tmp / WEIGHTS),
-                  metadata={"format": "pt", "step": "0"})
-        (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
+        save_weights({k: v.contiguous() for k, v in tp_sd.items()}, tmp / WEIGHTS,
+                     {"format": "pt", "step": "0"})
+        write_recipe(tmp, recipe.raw)
         info = {"step": 0, "weights": WEIGHTS, "converted_from": {
             "source": source, "model_type": hf_config["model_type"], "architecture": arch,
             "initialised": fresh}}

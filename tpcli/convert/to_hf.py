@@ -173,7 +173,7 @@ def _max_length(saved: Any, limit: int | None) -> dict[str, int]:
 def to_hf(checkpoint: Path, out: Path, plugins: Plugins, *, arch: str | None = None,
           check: bool = False, tolerance: float = 1e-4) -> ConvertResult:
     """A tp checkpoint (run folder or step folder) -> a Hugging Face folder at `out`."""
-    from safetensors.torch import save_file
+    from tpcli.files import save_weights
 
     from tpcli.api import load_checkpoint
     from tpcli.train import checkpoint as ckpt_io
@@ -194,7 +194,7 @@ def to_hf(checkpoint: Path, out: Path, plugins: Plugins, *, arch: str | None = N
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
     with staged(out) as tmp:
         weights = {k: v.contiguous() for k, v in hf_sd.items() if k not in tied}
-        save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        save_weights(weights, tmp / WEIGHTS, {"format": "pt"})
         _write_config(tmp, conv, hf_config, dtype)
         _save_tokenizer_hf(loaded.tokenizer, tmp, hf_config.get("type_vocab_size", 0) >= 2,
                            conv.input_limit(hf_config))

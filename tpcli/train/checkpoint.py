@@ -37,8 +37,8 @@ from torch import nn
 
 from tpcli.errors import CheckpointError, TpError
 from tpcli.files import save_weights
-from tpcli.train.run_folder import (CHECKPOINTS, INFO, LAST, RECIPE, WEIGHTS, checkpoints,
-                                    earlier_hint, point)
+from tpcli.train.run_folder import (CHECKPOINTS, INFO, LAST, WEIGHTS, checkpoints,
+                                    earlier_hint, point, write_recipe)
 
 if TYPE_CHECKING:
     from tpcli.train.strategy import Dist, Strategy
@@ -99,7 +99,7 @@ def save_checkpoint(
             save_weights(weights, tmp / WEIGHTS, {"format": "pt", "step": str(step)})
         strategy.save_trainer_state(tmp, extra)
         if dist.is_main:
-            (tmp / RECIPE).write_text(yaml.safe_dump(recipe_raw, sort_keys=False))
+            write_recipe(tmp, recipe_raw)
             tokenizer.save(str(tmp / "tokenizer"))
             (tmp / INFO).write_text(json.dumps({
                 "step": step, "weights": WEIGHTS, "strategy": strategy.name,

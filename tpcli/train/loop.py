@@ -289,7 +289,7 @@ def _open_run(request: PretrainRequest, plugins: Plugins) -> tuple[Any, Path, Pa
         _refuse_with_resume(request)
         run_dir, ckpt = run_folder.resolve_resume(Path(request.resume))
         info = run_folder.read_info(run_dir)
-        raw = yaml.safe_load((ckpt / run_folder.RECIPE).read_text())
+        raw = run_folder.read_recipe(ckpt)
         recipe = build_recipe(raw, plugins.registry, name=info.get("recipe", "run"),
                               path=Path(info["recipe_dir"]) if info.get("recipe_dir") else None,
                               overrides=request.overrides)

@@ -52,9 +52,10 @@ def _listing(found: list[Path]) -> str:
     return ", ".join(names[-5:]) + (f" (+{len(names) - 5} older)" if len(names) > 5 else "")
 
 
-def claim(out: Path) -> None:
-    """Refuse `out` for a new run unless it is absent, empty, or a run folder with no checkpoint.
-    Writes nothing."""
+def claim(out: Path, resume: str | None = "tp pretrain --resume {out}") -> None:
+    """Refuse `out` for a new run unless it is absent, empty, or a run folder (pre-training's or
+    fine-tuning's) that holds no checkpoint. `resume`: the command that continues a run there,
+    for the refusal's hint. Writes nothing."""
     out = Path(out)
     if not out.exists():
         if out.is_symlink():
@@ -65,28 +66,55 @@ def claim(out: Path) -> None:
     entries = sorted(p.name for p in out.iterdir())
     if not entries:
         return
-    if not (out / RUN_INFO).is_file():
+    if not ((out / RUN_INFO).is_file() or (out / RECIPE).is_file()):
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise TpError(f"--out {out} exists and is not a tp run folder (it holds {shown})",
                       hint="choose another --out, or empty that folder")
-    found = checkpoints(out)
+    found = sorted(p.parent for p in out.rglob(WEIGHTS))
     if found or (out / LAST).exists():
-        raise TpError(f"run folder {out} already exists and holds checkpoints ({_listing(found)})",
-                      hint=f"continue it with `tp pretrain --resume {out}`, or choose another "
-                      "--out")
+        cont = f"continue it with `{resume.format(out=out)}`, or " if resume else ""
+        raise TpError(f"run folder {out} already exists and holds checkpoints "
+                      f"({_listing(found)})", hint=f"{cont}choose another --out")
+
+
+def prepare(out: Path) -> None:
+    """Make the run folder, or empty one that `claim` allowed (a run with no checkpoint)."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.iterdir():
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+    except OSError as e:
+        raise unwritable(out, e) from e
+
+
+def write_recipe(folder: Path, raw: dict[str, Any]) -> None:
+    """The validated recipe beside a run or checkpoint, atomically."""
+    write_text(Path(folder) / RECIPE, yaml.safe_dump(raw, sort_keys=False))
+
+
+def read_recipe(folder: Path) -> dict[str, Any]:
+    """The recipe saved in a run or checkpoint folder, or a CheckpointError saying what is wrong."""
+    path = Path(folder) / RECIPE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise CheckpointError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}",
+                              hint=earlier_hint(Path(folder))) from e
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} holds no recipe", hint=earlier_hint(Path(folder)))
+    return raw
 
 
 def create(out: Path, recipe: Any, data: Path, overrides: list[str], steps: int) -> None:
     """Make (or take over) the run folder and write its recipe and run.json atomically."""
     out = Path(out)
+    prepare(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        for old in out.iterdir():  # claim() allowed only a run with no checkpoint
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
-        write_text(out / RECIPE, yaml.safe_dump(recipe.raw, sort_keys=False))
+        write_recipe(out, recipe.raw)
         write_text(out / RUN_INFO, json.dumps({
             "recipe": recipe.name, "recipe_dir": str(recipe.base_dir),
             "data": str(Path(data).resolve()), "overrides": list(overrides),
@@ -140,7 +168,7 @@ def record_resume(run: Path, recipe: Any, ckpt: Path, start: int, steps: int,
     info["segments"].append(_segment(start, steps, overrides))
     info["overrides"] = list(info.get("overrides", [])) + list(overrides)
     try:
-        write_text(run / RECIPE, yaml.safe_dump(recipe.raw, sort_keys=False))
+        write_recipe(run, recipe.raw)
         write_text(run / RUN_INFO, json.dumps(info, indent=1))
     except OSError as e:
         raise unwritable(run, e) from e
