@@ -58,7 +58,11 @@ class _ShardWriter:
         self.name = shard_name(index)
         self.dtype = dtype
         self._files: list[IO[bytes]] = []
-        self._tok, self._seq, self._doc = (self._open(s) for s in ("tokens.bin", *INDEXES))
+        try:
+            self._tok, self._seq, self._doc = (self._open(s) for s in ("tokens.bin", *INDEXES))
+        except BaseException:
+            self.close_files()  # the ones already open: their folder is about to be deleted
+            raise
         self._pending: list[np.ndarray] = []  # compact arrays, not Python ints (28 bytes each)
         self._pending_tokens = 0
         self._seq_ends: list[int] = []
@@ -69,7 +73,7 @@ class _ShardWriter:
 
     def _open(self, suffix: str) -> IO[bytes]:
         f = open(self.folder / f"{self.name}.{suffix}", "wb")
-        self._files.append(f)  # appended one by one, so a failed open still closes the others
+        self._files.append(f)
         return f
 
     def add(self, lengths: list[int], tokens: np.ndarray) -> None:
