@@ -122,6 +122,10 @@ def test_weights_are_readable_like_their_neighbours(tmp_path: Path, tiny_recipe:
     for f in ("model.safetensors", "trainer.pt", "checkpoint.json"):
         mode = stat.S_IMODE((out / "last" / f).stat().st_mode)
         assert mode == 0o666 & ~mask, (f, oct(mode))
+    hf = tmp_path / "hf"  # the converted folder's weights too (safetensors alone writes 0600)
+    r = run_tp("convert", str(out), "--to", "hf", "--out", str(hf))
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE((hf / "model.safetensors").stat().st_mode) == 0o666 & ~mask
 
 
 def _start(recipe: Path, data: Path, out: Path, *extra: str) -> subprocess.Popen:
