@@ -3,7 +3,6 @@ folder it may not write, a negative --workers. Real processes and real signals."
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import json
 import os
@@ -21,6 +20,7 @@ from tpcli.data.format import Reader
 from tpcli.data.preprocess import pieces
 from tpcli.data.staging import OWNER, remove_stale
 from tpcli.errors import TpError
+from tpcli.testing.faults import obey_permissions
 from tpcli.verbs import PreprocessRequest, preprocess
 
 TP = Path(sys.executable).parent / "tp"
@@ -223,16 +223,6 @@ def test_negative_workers_refused(recipe_dir, sentences_corpus, tmp_path):
     assert not (tmp_path / "ds").exists()
 
 
-def _obey_file_modes() -> None:
-    """In the child: root ignores file modes unless it drops CAP_DAC_OVERRIDE (before exec, from
-    the bounding set, so the new program never gets it)."""
-    if os.geteuid() == 0:
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_capbset_drop, cap_dac_override = 24, 1
-        if libc.prctl(pr_capbset_drop, cap_dac_override, 0, 0, 0) != 0:
-            os._exit(99)
-
-
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory, recipe_factory, sentences_corpus) -> dict[str, Any]:
     """The real `tp preprocess` with a read-only --out folder and with --workers -1, side by
@@ -241,7 +231,7 @@ def cli_runs(tmp_path_factory, recipe_factory, sentences_corpus) -> dict[str, An
     recipe = recipe_factory(base / "recipe")
     read_only = base / "ro"
     read_only.mkdir(mode=0o555)
-    runs = {"read-only": (read_only / "ds", [], _obey_file_modes),
+    runs = {"read-only": (read_only / "ds", [], obey_permissions),
             "workers": (base / "ds", ["--workers", "-1"], None)}
     procs = {}
     for case, (out, extra, pre) in runs.items():
