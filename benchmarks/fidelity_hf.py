@@ -146,7 +146,7 @@ def hf_schedule(opt: torch.optim.Optimizer, s: Settings, steps: int) -> Any:
     import transformers
 
     if s.parity:
-        from tpcli.options import FinetuneOptions
+        from tpcli.recipes.options import FinetuneOptions
         from tpcli.train.optim import make_scheduler
 
         return make_scheduler(opt, FinetuneOptions(steps=steps, warmup_ratio=s.warmup_ratio))

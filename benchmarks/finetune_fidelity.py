@@ -51,7 +51,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from tpcli.hookspecs import hookimpl  # noqa: E402
+from tpcli.plugins.hookspecs import hookimpl  # noqa: E402
 
 from fidelity_hf import (Result, Row, Settings, hf_batch, hf_data, hf_model,  # noqa: E402
                          hf_optimizer, run_hf, tp_order)
@@ -169,8 +169,8 @@ def run_tp(ckpt: Path, train: Path, dev: Path, out: Path, s: Settings, seed: int
            plugins: Any, clock: StepClock) -> Result:
     import json
 
-    from tpcli.finetune import FinetuneRequest
-    from tpcli.tasks import TaskData
+    from tpcli.downstream.finetune import FinetuneRequest
+    from tpcli.downstream.tasks import TaskData
     from tpcli.verbs import finetune
 
     clock.events.clear()
@@ -194,7 +194,7 @@ def tp_initial_head(run: Path, seed: int, plugins: Any) -> dict[str, torch.Tenso
     built again after `torch.manual_seed(seed)`, as `tp finetune` builds it."""
     import yaml
 
-    from tpcli.config import build_recipe
+    from tpcli.recipes.config import build_recipe
     from tpcli.model import build_model
 
     raw = yaml.safe_load((run / "recipe.yaml").read_text())
@@ -214,7 +214,7 @@ def tp_token_ids(ckpt: Path, rows: list[Row], max_length: int, plugins: Any) -> 
     checkpoint's tokenizer."""
     from tp_text.classification import encode_texts
 
-    from tpcli.tasks import Example
+    from tpcli.downstream.tasks import Example
 
     tok_cls = plugins.registry.get("tokenizer", "wordpiece")
     tokenizer = tok_cls.from_saved(str(ckpt / "tokenizer"))
@@ -235,7 +235,7 @@ def paired_steps(run: Path, hf_dir: Path, data: dict[str, Any], s: Settings, see
     + backward + clip + fused AdamW; tp's model is `run`'s (the task head on the converted
     body), HF's is BertForSequenceClassification."""
     from tpcli.api import load_checkpoint
-    from tpcli.finetune import MemoryDataset
+    from tpcli.downstream.finetune import MemoryDataset
     from tpcli.train.loop import drop_full_masks
     from tpcli.train.optim import make_optimizer
 

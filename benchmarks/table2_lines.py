@@ -105,7 +105,7 @@ class Row:
 def recipe_modules(raw: dict[str, Any]) -> list[tuple[str, str]]:
     """(kind, name) of every module a recipe's model section names, in order, without validating
     (so a recipe whose modules are not registered yet still lists them)."""
-    from tpcli.config import KIND_OF, MODULE_LIST_KEYS, normalise
+    from tpcli.recipes.config import KIND_OF, MODULE_LIST_KEYS, normalise
 
     model = normalise(raw).get("model") or {}
     streams = [model[s] for s in ("stream_0", "stream_1") if isinstance(model.get(s), dict)]
@@ -131,7 +131,7 @@ def module_file(registry: Any, kind: str, name: str) -> str:
 
 def measure(plugins: Any | None = None) -> list[Row]:
     """One Row per table row (ROWS, then any other built-in recipe)."""
-    from tpcli.config import read_recipe_file
+    from tpcli.recipes.config import read_recipe_file
     from tpcli.plugins import get_plugins
     from tpcli.recipes import RECIPE_FILE, builtin_recipes
 

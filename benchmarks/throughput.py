@@ -72,7 +72,7 @@ class Case:
 def _tp_from_hf(converter: Any, hf: Any) -> torch.nn.Module:
     """The tp model of `hf`'s config (the converter's `config_to_recipe`), loaded strictly with
     its weights (`hf_to_tp`)."""
-    from tpcli.config import build_recipe
+    from tpcli.recipes.config import build_recipe
     from tpcli.model import build_model
     from tpcli.plugins import get_plugins
 

@@ -340,6 +340,7 @@ def main() -> int:
                   f"{work / 'log.txt'})")
         else:
             shutil.rmtree(work, ignore_errors=True)
+            step(f"removed {work}", t0)
     for line in failures:
         print(f"check-wheels FAILED: {line}", file=sys.stderr)
     if failures and not args.keep:

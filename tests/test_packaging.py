@@ -92,7 +92,7 @@ def test_plugins_find_their_packages(project: Path) -> None:
 
 
 def test_builtin_recipes_are_resources() -> None:
-    """importlib.resources, as tpcli.defaults reads them, lists every recipe and card."""
+    """importlib.resources, as tpcli.plugins.defaults reads them, lists every recipe and card."""
     recipes = {p.name for p in resources.files("tpcli.builtin_recipes").iterdir()
                if p.is_dir() and (p / "recipe.yaml").is_file()}
     assert recipes == {p.parent.name for p in ROOT.glob("recipes/*/recipe.yaml")}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tpcli.hookspecs import hookimpl
+from tpcli.plugins.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 __all__ = ["hookimpl", "load_recipe", "build_model", "load_checkpoint", "load_tokenizer",

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from tpcli.config import Recipe, build_recipe
+from tpcli.recipes.config import Recipe, build_recipe
 from tpcli.plugins import Plugins, get_plugins
 from tpcli.recipes import load_recipe as _load_recipe
 

@@ -1,7 +1,7 @@
 """The verbs as typed functions that work without Typer: the CLI only parses and calls these.
 
 Each verb dispatches through its `firstresult` hook (`dispatch`), so a plugin can replace or wrap
-it. The request types live in `tpcli.requests` and are re-exported here.
+it. The request types live in `tpcli.plugins.requests` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from tpcli.plugins import Plugins, get_plugins
-from tpcli.requests import (ConvertRequest, FinetuneRequest, InferRequest, PreprocessRequest,
+from tpcli.plugins.requests import (ConvertRequest, FinetuneRequest, InferRequest, PreprocessRequest,
                             PretrainRequest, Request, TaskData, ZooRequest)
 
 __all__ = ["ConvertRequest", "FinetuneRequest", "InferRequest", "PreprocessRequest",

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tpcli.config import PretrainOptions
+from tpcli.recipes.config import PretrainOptions
 from tpcli.train.optim import lr_factor, make_optimizer, make_scheduler, param_groups
 
 

@@ -251,8 +251,8 @@ def test_unknown_file_in_card_and_unknown_revision(hub: HubServer, tiny: str, ti
 def test_finetune_init_from_the_zoo(hub: HubServer, tiny: str, tmp_path: Path) -> None:
     """`--init zoo:NAME` pulls, converts and initialises: the body is the card's weights, only
     the new head starts fresh."""
-    from tpcli.finetune import FinetuneRequest
-    from tpcli.tasks import TaskData
+    from tpcli.downstream.finetune import FinetuneRequest
+    from tpcli.downstream.tasks import TaskData
     from tpcli.verbs import finetune
 
     train, dev = tmp_path / "train.tsv", tmp_path / "dev.tsv"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tpcli.api import load_recipe, load_tokenizer
-from tpcli.config import build_recipe
+from tpcli.recipes.config import build_recipe
 from tpcli.model import build_model as build_from_spec
 from tpcli.plugins import get_plugins
 from tpcli.zoo.ops import catalog

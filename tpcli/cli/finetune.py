@@ -28,8 +28,8 @@ def finetune(
     as_json: bool = typer.Option(False, "--json", help="print the results as one JSON object"),
 ) -> None:
     """Fine-tune a pre-trained model on a downstream task; prints the dev metrics."""
-    from tpcli.finetune import FinetuneRequest
-    from tpcli.tasks import TaskData
+    from tpcli.downstream.finetune import FinetuneRequest
+    from tpcli.downstream.tasks import TaskData
     from tpcli.verbs import finetune as run
 
     ovr = list(overrides or [])
@@ -88,7 +88,7 @@ def infer(
 ) -> None:
     """Predict with a fine-tuned checkpoint: one JSON line per input example."""
     from tpcli.cli.render import print_summary
-    from tpcli.finetune import InferRequest
+    from tpcli.downstream.finetune import InferRequest
     from tpcli.verbs import infer as run
 
     result = run(InferRequest(checkpoint, input, out, batch_size))

@@ -2,7 +2,7 @@
 
 Each prints a rich table on a terminal, plain aligned lines when piped, and JSON with `--json`
 (`tpcli.cli.render`). `tp modules` reads each module's summary and options from its source
-(`tpcli.static_read`) rather than importing it, so listing them all imports no torch.
+(`tpcli.plugins.static_read`) rather than importing it, so listing them all imports no torch.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _escape(text: str) -> str:
 
 
 def _option_rows(cls: Any) -> list[dict[str, Any]]:
-    from tpcli.module import options_of
+    from tpcli.model.module import options_of
 
     rows = []
     for o in options_of(type("_", (), {"Config": cls})):
@@ -82,7 +82,7 @@ def modules(
 ) -> None:
     """List registered modules by component with their options, or one module's options."""
     from tpcli.cli.render import print_json, print_line
-    from tpcli.config import FinetuneOptions, ModelOptions, PretrainOptions
+    from tpcli.recipes.config import FinetuneOptions, ModelOptions, PretrainOptions
     from tpcli.plugins import get_plugins
 
     if kind in SECTION_KINDS:
@@ -113,7 +113,7 @@ def modules(
 
 def _check_kind(kind: str | None) -> None:
     from tpcli.errors import TpError
-    from tpcli.registry import KINDS, closest
+    from tpcli.plugins.registry import KINDS, closest
 
     valid = [k for k in KINDS if k != "converter"]
     if kind is not None and kind not in valid:
@@ -167,7 +167,7 @@ def _options_text(options: list[dict[str, Any]]) -> str:
 def recipes(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """List the built-in recipes (usable by name: `tp pretrain NAME`)."""
     from tpcli.cli.render import print_json, print_table
-    from tpcli.config import read_recipe_file
+    from tpcli.recipes.config import read_recipe_file
     from tpcli.recipes import RECIPE_FILE, builtin_recipes
 
     rows = []

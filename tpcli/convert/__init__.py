@@ -33,7 +33,7 @@ class Converter:
     the fused qkv into parts of unequal size): `(hf_config, base) -> rules`; it wins over
     `rules` / `base_rules` whenever the caller passes `hf_config`.
     config_to_recipe: HF config.json dict -> the recipe's model section.
-    recipe_to_config: (validated tpcli.config.ModelSpec, vocab size) -> HF config.json dict.
+    recipe_to_config: (validated tpcli.recipes.config.ModelSpec, vocab size) -> HF config.json dict.
     processor: HF config dict -> the recipe's `data.processor` section (name and options) of a
     checkpoint converted from HF (what pre-training it further would use).
     outputs: tp target name -> the HF output field holding the same logits (`tp convert

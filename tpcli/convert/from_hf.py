@@ -216,7 +216,7 @@ def from_hf(source: str, out: Path, plugins: Plugins, *, check: bool = False,
     from tpcli.files import save_weights
     from tpcli.train.run_folder import write_recipe
 
-    from tpcli.config import build_recipe
+    from tpcli.recipes.config import build_recipe
     from tpcli.model import build_model
 
     folder = resolve_source(source)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
-from tpcli.module import ModuleConfig
+from tpcli.model.module import ModuleConfig
 
 if TYPE_CHECKING:
-    from tpcli.config import Recipe
+    from tpcli.recipes.config import Recipe
     from tpcli.data.format import Reader
-    from tpcli.module import Tokenizer
+    from tpcli.model.module import Tokenizer
     from tpcli.plugins import Plugins
 
 CorpusFormat = Literal["sentences", "documents", "tsv"]

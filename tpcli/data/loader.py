@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tpcli.config import Recipe
+from tpcli.recipes.config import Recipe
 from tpcli.plugins import Plugins
 from tpcli.data.format import Reader
 from tpcli.errors import DataError

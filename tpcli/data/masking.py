@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from tpcli.module import ModuleConfig
+from tpcli.model.module import ModuleConfig
 
 IGNORE = -100
 _M64 = (1 << 64) - 1

@@ -22,7 +22,7 @@ from tpcli.data import build_processor, build_tokenizer
 from tpcli.data.format import Writer
 from tpcli.data.staging import remove_own
 from tpcli.errors import DataError, PluginError, TpError
-from tpcli.requests import PreprocessRequest
+from tpcli.plugins.requests import PreprocessRequest
 
 BATCH_LINES = 8192  # lines per encode_batch call: large enough to keep every core busy
 BATCH_CHARS = 1_000_000  # ...but bounded in characters: the tokenizer needs ~100 bytes a char

@@ -10,7 +10,7 @@ v. Cross-attention projects q from the queries and a fused [W_k; W_v] kv from th
 Masks follow SDPA's conventions, built by `tpcli.layers.masks`: a boolean mask (True = may
 attend), or an additive float mask when a position bias rides along (T5).
 
-Incremental decoding (`tpcli.generate`) hands each attention an `AttentionCache`: self-attention
+Incremental decoding (`tpcli.downstream.generate`) hands each attention an `AttentionCache`: self-attention
 appends the new keys and values (after rotary) to the cached ones and attends over all of them;
 cross-attention projects the memory once, on the first step, and reads it back afterwards. Without
 a cache (training) the forward is the same code as before, plus one `is None` test.

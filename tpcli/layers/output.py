@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tpcli.module import TargetOutput
+from tpcli.model.module import TargetOutput
 
 # elements of one chunk of logits: the whole (N, V) of a usual step in one go (one large matmul
 # is the fastest), chunks only bound the memory of very large batches

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from tpcli.config import build_recipe
+from tpcli.recipes.config import build_recipe
 from tpcli.convert import Converter
 from tpcli.convert.hf import max_abs_diff
 from tpcli.model import TpModel, build_model

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from tpcli.errors import Interrupted, Terminated, TpError
-from tpcli.requests import PretrainRequest
+from tpcli.plugins.requests import PretrainRequest
 
 # torchrun's agent logs: glog-style "W1126 11:40:42.701000 11892 path:line] message"
 _AGENT_LINE = re.compile(r"^[DIWEF]\d{4} \d\d:\d\d:\d\d")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tpcli.hookspecs import hookimpl
+from tpcli.plugins.hookspecs import hookimpl
 
 
 class _State:

@@ -31,7 +31,7 @@ from tpcli.train import run_folder
 from tpcli.train.perf import FlopMeter, peak_flops
 from tpcli.train.strategies import make_strategy, resolved_name
 from tpcli.train.strategy import Dist, Strategy
-from tpcli.requests import PretrainRequest
+from tpcli.plugins.requests import PretrainRequest
 
 
 @dataclass
@@ -282,7 +282,7 @@ def _interrupted(out: Path | None, e: KeyboardInterrupt) -> Interrupted:
 
 def _open_run(request: PretrainRequest, plugins: Plugins) -> tuple[Any, Path, Path, Path | None]:
     """The recipe, dataset, run folder and (resuming) checkpoint; nothing is written yet."""
-    from tpcli.config import build_recipe
+    from tpcli.recipes.config import build_recipe
     from tpcli.recipes import load_recipe
 
     if request.resume is not None:

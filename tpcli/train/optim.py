@@ -8,7 +8,7 @@ import re
 import torch
 from torch import nn
 
-from tpcli.config import PretrainOptions
+from tpcli.recipes.config import PretrainOptions
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

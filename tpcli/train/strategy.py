@@ -24,7 +24,7 @@ import torch.distributed as tdist
 from torch import nn
 
 from tpcli.errors import TpError
-from tpcli.options import PretrainOptions
+from tpcli.recipes.options import PretrainOptions
 
 STRATEGIES = ("single", "ddp", "fsdp", "deepspeed")
 SHARDED = ("fsdp", "deepspeed")  # optimizer state split across ranks: resume needs the same W

@@ -188,7 +188,7 @@ class Catalog:
             raise TpError(f"zoo model {name!r} cannot be used: {self.skipped[key]}",
                           hint="fix the card (its fields are described in tpcli/zoo/card.py), "
                           "or remove it")
-        from tpcli.registry import closest
+        from tpcli.plugins.registry import closest
 
         guess = closest(key, [*self.cards, *self.aliases])
         msg = f"no zoo model named {name!r}"

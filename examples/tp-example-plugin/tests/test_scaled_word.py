@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tpcli.errors import ConfigError
-from tpcli.module import BuildContext, options_of
+from tpcli.model.module import BuildContext, options_of
 from tpcli.plugins import Plugins, make_plugins
 
 from tp_example import plugin
@@ -85,7 +85,7 @@ def test_registered_by_the_plugin(plugins: Plugins) -> None:
 
 
 def test_recipe_option_errors_name_the_path(plugins: Plugins) -> None:
-    from tpcli.config import build_recipe
+    from tpcli.recipes.config import build_recipe
 
     raw = {"model": {"embedding": {"scaled_word": {"scale": -1}}}}
     with pytest.raises(ConfigError) as exc:
@@ -97,7 +97,7 @@ def test_recipe_option_errors_name_the_path(plugins: Plugins) -> None:
 def test_factorized_embedding_size(monkeypatch: pytest.MonkeyPatch) -> None:
     """With model.embedding_size (ALBERT's factorized embedding) an embedding is embed_dim wide,
     not hidden_size: the model builds, its MLM head ties to the (V, E) matrix, and it trains."""
-    from tpcli.config import build_recipe
+    from tpcli.recipes.config import build_recipe
     from tpcli.model import build_model
 
     monkeypatch.setenv("TP_LOAD_PLUGINS", "text,encoders")  # tp's own modules, not the example's

@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from tpcli.module import BuildContext, ModuleConfig
+from tpcli.model.module import BuildContext, ModuleConfig
 
 
 class ScaledWordEmbedding(nn.Module):

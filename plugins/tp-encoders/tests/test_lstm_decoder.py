@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from tpcli.errors import TpError
-from tpcli.module import BuildContext
+from tpcli.model.module import BuildContext
 from tpcli.plugins import get_plugins
 
 H, B, T, S = 8, 3, 5, 6  # hidden, batch, target length, memory length

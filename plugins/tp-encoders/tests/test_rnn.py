@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from tpcli.errors import TpError
-from tpcli.module import BuildContext
+from tpcli.model.module import BuildContext
 from tpcli.plugins import get_plugins
 
 H, B, T = 16, 3, 7

@@ -13,7 +13,7 @@ from tpcli.testing.convert import perturbed
 from tpcli.errors import TpError
 from tpcli.layers.attention import MultiHeadAttention
 from tpcli.layers.masks import attention_mask
-from tpcli.module import BuildContext
+from tpcli.model.module import BuildContext
 
 H = 32
 

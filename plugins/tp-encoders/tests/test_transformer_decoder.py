@@ -9,7 +9,7 @@ import torch
 
 from tp_encoders.transformer_decoder import TransformerDecoder
 from tpcli.testing.convert import perturbed
-from tpcli.module import BuildContext
+from tpcli.model.module import BuildContext
 
 transformers = pytest.importorskip("transformers")
 

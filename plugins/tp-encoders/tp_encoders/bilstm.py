@@ -7,7 +7,7 @@ tokens >= t: what the `bilm` target needs.
 
 from __future__ import annotations
 
-from tpcli.module import BuildContext
+from tpcli.model.module import BuildContext
 
 from tp_encoders.rnn_common import BiRnnEncoder, RnnConfig
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from tpcli.module import BuildContext
+from tpcli.model.module import BuildContext
 
 from tp_encoders.rnn_common import BiRnnEncoder, Cell, RnnConfig
 

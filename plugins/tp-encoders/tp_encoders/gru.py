@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tpcli.module import BuildContext
+from tpcli.model.module import BuildContext
 
 from tp_encoders.rnn_common import RnnConfig, UniRnnEncoder
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from tpcli.layers.dropout import Dropout
 from tpcli.layers.pooling import last_pool
-from tpcli.module import BuildContext
+from tpcli.model.module import BuildContext
 
 from tp_encoders.rnn_common import RnnConfig, lengths_of, make_rnn, zero_padding
 

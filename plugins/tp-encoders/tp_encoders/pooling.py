@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from tpcli.layers.pooling import first_pool, last_pool, max_pool, mean_pool
-from tpcli.module import BuildContext, ModuleConfig
+from tpcli.model.module import BuildContext, ModuleConfig
 
 
 class _Pooling(nn.Module):

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from tpcli.errors import TpError
-from tpcli.module import BuildContext, ModuleConfig
+from tpcli.model.module import BuildContext, ModuleConfig
 
 Cell = Literal["lstm", "gru", "rnn"]
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}

@@ -8,7 +8,7 @@ T5 = rmsnorm + relative position bias + unscaled attention, no biases; LLaMA = r
 gated silu FFN (+ grouped-query attention); ALBERT = BERT with one layer's weights shared by all.
 The position bias and the rotary tables are computed once per forward and shared by all layers.
 
-A causal stack decodes incrementally when given a `KVCache` (`tpcli.generate`): x holds only the
+A causal stack decodes incrementally when given a `KVCache` (`tpcli.downstream.generate`): x holds only the
 new tokens, the mask covers every token so far, and positions continue from `cache.length`.
 """
 
@@ -28,7 +28,7 @@ from tpcli.layers.masks import (attention_mask, block_mask, causal_mask, prefix_
                                 with_bias)
 from tpcli.layers.norms import make_norm
 from tpcli.layers.positions import RelativePositionBias, RotaryEmbedding
-from tpcli.module import BuildContext, ModuleConfig
+from tpcli.model.module import BuildContext, ModuleConfig
 
 
 class TransformerOptions(ModuleConfig):

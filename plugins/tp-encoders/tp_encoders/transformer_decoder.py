@@ -8,7 +8,7 @@ encoder's output (the memory), feed-forward.
 Position options act on the self-attention only: T5's relative bias is unidirectional here (a
 query sees only keys before it) and cross-attention has no position bias.
 
-With a `KVCache` (incremental decoding, `tpcli.generate`) y is the new target tokens only: the
+With a `KVCache` (incremental decoding, `tpcli.downstream.generate`) y is the new target tokens only: the
 self-attention appends to its cache and the cross-attention projects the memory on the first
 step only.
 """
@@ -31,7 +31,7 @@ from tp_encoders.transformer import (
 from tpcli.layers.attention import AttentionCache, KVCache
 from tpcli.layers.masks import attention_mask
 from tpcli.layers.norms import make_norm
-from tpcli.module import BuildContext
+from tpcli.model.module import BuildContext
 
 
 class TransformerDecoderLayer(LayerModules):

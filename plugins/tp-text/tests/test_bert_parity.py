@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tpcli.config import build_recipe
+from tpcli.recipes.config import build_recipe
 from tpcli.errors import CheckpointError
 from tpcli.model import TpModel, build_model
 from tpcli.plugins import get_plugins
-from tpcli.registry import Registry
+from tpcli.plugins.registry import Registry
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tpcli.config import build_recipe
-from tpcli.module import BuildContext, Features
+from tpcli.recipes.config import build_recipe
+from tpcli.model.module import BuildContext, Features
 from tpcli.plugins import get_plugins
 from tpcli.recipes import read_recipe_file, resolve_recipe
 

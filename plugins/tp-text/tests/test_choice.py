@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from tpcli.errors import DataError
-from tpcli.finetune import FinetuneRequest, InferRequest
-from tpcli.module import BuildContext, Features
-from tpcli.tasks import TaskData
+from tpcli.downstream.finetune import FinetuneRequest, InferRequest
+from tpcli.model.module import BuildContext, Features
+from tpcli.downstream.tasks import TaskData
 from tpcli.verbs import finetune, infer
 
 from tp_text.choice import ChoiceTarget

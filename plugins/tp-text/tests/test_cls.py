@@ -9,7 +9,7 @@ import torch
 
 from tpcli.errors import DataError, TpError
 from tpcli.layers.pooling import first_pool, last_pool, max_pool, mean_pool, pool
-from tpcli.module import BuildContext, Features
+from tpcli.model.module import BuildContext, Features
 
 from tp_text.cls import ClsTarget
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from tpcli.config import build_recipe
+from tpcli.recipes.config import build_recipe
 from tpcli.errors import CheckpointError
 from tpcli.model import TpModel
 from tpcli.plugins import get_plugins

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tpcli.errors import DataError
-from tpcli.module import BuildContext, Features
+from tpcli.model.module import BuildContext, Features
 
 from tp_text.lm import IGNORE, LmTarget, drop_prefix, next_token_labels
 

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from tpcli.errors import DataError
-from tpcli.finetune import FinetuneRequest
+from tpcli.downstream.finetune import FinetuneRequest
 from tpcli.metrics.text import squad_scores
-from tpcli.module import BuildContext, Features
-from tpcli.tasks import Example, TaskData
+from tpcli.model.module import BuildContext, Features
+from tpcli.downstream.tasks import Example, TaskData
 from tpcli.verbs import finetune
 
 from tp_text.qa import QaConfig, QaTask, best_span, make_example, read_examples, windows
@@ -151,7 +151,7 @@ def test_decode_takes_the_best_valid_span_over_windows(tok: WordPieceTokenizer) 
     out[1, first + 12, 1] = 15.0  # ... and an end at token 22 in window 1: never paired
     out[1, first + 2, 0], out[1, first + 3, 1] = 6.0, 7.0  # the best valid span (13)
     out[2, first + 4, 0], out[2, first + 4, 1] = 6.0, 6.5  # valid, lower (12.5)
-    # as tpcli.finetune.predict calls it with batches of 1 and n_e + rest rows: the examples
+    # as tpcli.downstream.finetune.predict calls it with batches of 1 and n_e + rest rows: the examples
     # slice starts at the batch's first row, whatever the windows
     preds = task.decode(out[:1], [e]) + task.decode(out[1:], [other])
     assert [p["id"] for p in preds] == ["q1", "q2"]  # one per example, not per window

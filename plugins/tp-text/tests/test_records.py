@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tpcli.errors import DataError
-from tpcli.tasks import Splits, TaskData
+from tpcli.downstream.tasks import Splits, TaskData
 from tp_text import classification, multiple_choice, qa, tagging, text2text
 from tp_text.records import jsonl_records, records, tsv_records
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from tpcli.config import build_recipe, read_recipe_file
+from tpcli.recipes.config import build_recipe, read_recipe_file
 from tpcli.model import TpModel
 from tpcli.plugins import get_plugins
 from tpcli.recipes import resolve_recipe

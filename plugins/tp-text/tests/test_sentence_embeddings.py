@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tpcli.config import build_recipe
+from tpcli.recipes.config import build_recipe
 from tpcli.model import TpModel, build_model
 from tpcli.plugins import get_plugins
 

@@ -11,7 +11,7 @@ from transformers.models.speech_to_text.modeling_speech_to_text import (
 )
 
 from tpcli.errors import TpError
-from tpcli.module import BuildContext
+from tpcli.model.module import BuildContext
 
 from tp_text.sinusoidalpos import SinusoidalPosEmbedding, sinusoid_table
 

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 import yaml
 
 from tpcli.errors import DataError, TpError
-from tpcli.module import BuildContext, Features
-from tpcli.tasks import Example, TaskData
+from tpcli.model.module import BuildContext, Features
+from tpcli.downstream.tasks import Example, TaskData
 from tp_text.tagger import TaggerTarget, crf_log_partition, crf_nll, viterbi
 from tp_text.tagging import TaggingConfig, TaggingTask
 
@@ -323,7 +323,7 @@ def test_finetune_scores_match_seqeval_and_infer_reproduces(data: dict[str, Path
                                                             ) -> None:
     from seqeval.metrics import f1_score, precision_score, recall_score
 
-    from tpcli.finetune import FinetuneRequest, InferRequest
+    from tpcli.downstream.finetune import FinetuneRequest, InferRequest
     from tpcli.verbs import finetune, infer
 
     out = data["dir"] / f"run-crf-{crf}"

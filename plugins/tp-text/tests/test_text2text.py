@@ -12,8 +12,8 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from tpcli.errors import TpError
-from tpcli.finetune import FinetuneRequest, InferRequest
-from tpcli.tasks import TaskData
+from tpcli.downstream.finetune import FinetuneRequest, InferRequest
+from tpcli.downstream.tasks import TaskData
 from tpcli.verbs import finetune, infer
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -13,8 +13,8 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score
 
 from tpcli.errors import DataError
-from tpcli.finetune import FinetuneRequest, InferRequest
-from tpcli.tasks import TaskData
+from tpcli.downstream.finetune import FinetuneRequest, InferRequest
+from tpcli.downstream.tasks import TaskData
 from tpcli.verbs import finetune, infer
 
 

@@ -27,7 +27,7 @@ from pydantic import Field
 from tpcli.data.dataset import ExampleDataset, special_id
 from tpcli.data.format import Reader
 from tpcli.data.masking import place_spans
-from tpcli.module import ModuleConfig
+from tpcli.model.module import ModuleConfig
 
 
 class BartProcessorConfig(ModuleConfig):

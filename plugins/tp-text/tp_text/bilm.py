@@ -17,7 +17,7 @@ from pydantic import Field
 from torch import nn
 
 from tpcli.errors import TpError
-from tpcli.module import BuildContext, Features, TargetConfig, TargetOutput
+from tpcli.model.module import BuildContext, Features, TargetConfig, TargetOutput
 
 IGNORE = -100  # label of a position that is not predicted
 

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from tpcli.data.dataset import DocumentStream, ExampleDataset, special_id
 from tpcli.data.format import Reader
-from tpcli.module import ModuleConfig
+from tpcli.model.module import ModuleConfig
 
 
 class BilmProcessorConfig(ModuleConfig):

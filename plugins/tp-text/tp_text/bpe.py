@@ -29,7 +29,7 @@ from tp_text.tokenizer_files import (
     resolve_roles,
 )
 from tpcli.errors import TpError
-from tpcli.module import ModuleConfig
+from tpcli.model.module import ModuleConfig
 
 NAME = "bpe"
 ENDOFTEXT = "<|endoftext|>"

@@ -19,7 +19,7 @@ from pydantic import Field
 from tpcli.data.dataset import special_id
 from tpcli.errors import DataError
 from tpcli.layers.pooling import PoolingKind, default_pooling
-from tpcli.tasks import Example, Splits, TaskConfig, TaskData
+from tpcli.downstream.tasks import Example, Splits, TaskConfig, TaskData
 from tp_text.bert_processor import trimmed_lengths
 from tp_text.records import records
 

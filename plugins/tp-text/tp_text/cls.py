@@ -19,7 +19,7 @@ from torch import nn
 from tpcli.errors import DataError, TpError
 from tpcli.layers.dropout import Dropout
 from tpcli.layers.pooling import PoolingKind, pool
-from tpcli.module import BuildContext, Features, TargetConfig, TargetOutput
+from tpcli.model.module import BuildContext, Features, TargetConfig, TargetOutput
 
 
 class HeadConfig(TargetConfig):

@@ -25,7 +25,7 @@ from tp_text.bert_processor import trimmed_lengths
 from tpcli.data.dataset import ExampleDataset, TokenStore, special_id
 from tpcli.data.format import Reader
 from tpcli.errors import DataError
-from tpcli.module import ModuleConfig
+from tpcli.model.module import ModuleConfig
 
 
 class ClsProcessorConfig(ModuleConfig):

@@ -176,7 +176,7 @@ def family_config(emb: dict[str, Any], enc: Any, o: Any, vocab_size: int) -> dic
 
 
 def recipe_to_config(spec: Any, vocab_size: int) -> dict[str, Any]:
-    """A validated tpcli.config.ModelSpec of the BERT recipe -> HF BertConfig dict."""
+    """A validated tpcli.recipes.config.ModelSpec of the BERT recipe -> HF BertConfig dict."""
     _, config = encoder_config(spec, vocab_size, "bert")
     targets = {t.name: t.options for t in spec.targets}
     if set(targets) != {"mlm", "sp"}:

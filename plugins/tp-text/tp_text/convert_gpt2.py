@@ -91,7 +91,7 @@ def config_to_recipe(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def recipe_to_config(spec: Any, vocab_size: int) -> dict[str, Any]:
-    """A validated tpcli.config.ModelSpec of the GPT-2 recipe -> HF GPT2Config dict."""
+    """A validated tpcli.recipes.config.ModelSpec of the GPT-2 recipe -> HF GPT2Config dict."""
     stack = spec.stacks.get("")
     if stack is None or stack.encoder is None or stack.encoder.name != "transformer":
         raise TpError("the gpt2 converter needs a single-stream model with a transformer encoder")

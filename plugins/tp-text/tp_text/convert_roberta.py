@@ -52,7 +52,7 @@ def config_to_recipe(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def recipe_to_config(spec: Any, vocab_size: int) -> dict[str, Any]:
-    """A validated tpcli.config.ModelSpec of the RoBERTa recipe -> HF RobertaConfig dict."""
+    """A validated tpcli.recipes.config.ModelSpec of the RoBERTa recipe -> HF RobertaConfig dict."""
     emb, config = encoder_config(
         spec, vocab_size, "roberta",
         seg_hint="HF RoBERTa has a one-row token_type table: add `seg: {types: 1}`")

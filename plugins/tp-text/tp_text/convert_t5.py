@@ -139,7 +139,7 @@ def config_to_recipe(hf: dict[str, Any]) -> dict[str, Any]:
 
 
 def recipe_to_config(spec: Any, vocab_size: int) -> dict[str, Any]:
-    """A validated tpcli.config.ModelSpec of the t5 recipe -> HF T5Config dict."""
+    """A validated tpcli.recipes.config.ModelSpec of the t5 recipe -> HF T5Config dict."""
     stack = spec.stacks.get("")
     if (stack is None or stack.encoder is None or spec.decoder is None
             or stack.encoder.name != "transformer" or spec.decoder.name != "transformer"):

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from tpcli.errors import DataError, TpError
 from tpcli.layers.pooling import PoolingKind
-from tpcli.tasks import Example, Splits, TaskConfig, TaskData
+from tpcli.downstream.tasks import Example, Splits, TaskConfig, TaskData
 from tp_text.classification import POOLING_HELP, PooledHead, encode_texts
 from tp_text.glue_data import GLUE_TASKS, get_task, read_glue, read_tsv
 

@@ -27,7 +27,7 @@ from tp_text.tokenizer_files import (
     write_hf,
 )
 from tpcli.errors import TpError
-from tpcli.module import ModuleConfig
+from tpcli.model.module import ModuleConfig
 
 NAME = "hf"
 CONFIG_FILE = "tokenizer_config.json"

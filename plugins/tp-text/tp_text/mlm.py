@@ -17,7 +17,7 @@ from torch import nn
 from tpcli.errors import TpError
 from tpcli.layers.ffn import Activation, make_activation
 from tpcli.layers.output import TiedOutput
-from tpcli.module import BuildContext, Features, TargetConfig, TargetOutput
+from tpcli.model.module import BuildContext, Features, TargetConfig, TargetOutput
 
 IGNORE = -100  # label of a position that is not predicted
 

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from tpcli.data.dataset import special_id
 from tpcli.errors import DataError
-from tpcli.tasks import Example, Splits, TaskConfig, TaskData, data_file
+from tpcli.downstream.tasks import Example, Splits, TaskConfig, TaskData, data_file
 from tp_text.bert_processor import trimmed_lengths
 from tp_text.records import jsonl_records
 

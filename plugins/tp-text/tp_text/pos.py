@@ -1,6 +1,6 @@
 """Learned absolute position embedding (BERT, GPT-2, RoBERTa).
 
-Incremental decoding (`tpcli.generate`) feeds only the new tokens: it passes their positions as
+Incremental decoding (`tpcli.downstream.generate`) feeds only the new tokens: it passes their positions as
 `position_ids` (left-padded prompts), or `past_length`, the number of tokens before them, so
 that the rows continue at offset + past_length."""
 
@@ -11,7 +11,7 @@ from pydantic import Field
 from torch import nn
 
 from tpcli.errors import TpError
-from tpcli.module import BuildContext, ModuleConfig
+from tpcli.model.module import BuildContext, ModuleConfig
 
 
 class PosEmbedding(nn.Module):

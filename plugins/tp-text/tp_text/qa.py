@@ -13,7 +13,7 @@ answer lies in its window, else 0/0 ([CLS]). Character offsets of the word piece
 tokenizer's Hugging Face `tokenizers` object (`backend`, or the `_tok` every tp tokenizer built on
 `tokenizers` holds), so an answer is always an exact slice of the context.
 
-Windows vs examples: `tpcli.finetune.predict` hands `decode` each batch's outputs with
+Windows vs examples: `tpcli.downstream.finetune.predict` hands `decode` each batch's outputs with
 `examples[start:start + rows]`, as if one row were one example. `encode` therefore records, per
 example object, its rows (window offsets and where the context starts in the row); `decode` finds
 the set and the row cursor from the first example of the slice (its index is the batch's first
@@ -32,7 +32,7 @@ from pydantic import Field
 
 from tpcli.data.dataset import special_id
 from tpcli.errors import DataError, TpError
-from tpcli.tasks import Example, Splits, TaskConfig, TaskData, data_file
+from tpcli.downstream.tasks import Example, Splits, TaskConfig, TaskData, data_file
 
 
 class QaConfig(TaskConfig):

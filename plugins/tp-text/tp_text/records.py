@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tpcli.errors import DataError
-from tpcli.tasks import data_file
+from tpcli.downstream.tasks import data_file
 
 
 def existing(path: str, formats: str) -> Path:

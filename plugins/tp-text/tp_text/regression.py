@@ -17,8 +17,8 @@ from torch import nn
 
 from tpcli.errors import DataError, TpError
 from tpcli.layers.pooling import PoolingKind
-from tpcli.module import BuildContext, Features, TargetOutput
-from tpcli.tasks import Example, Splits, TaskConfig, TaskData
+from tpcli.model.module import BuildContext, Features, TargetOutput
+from tpcli.downstream.tasks import Example, Splits, TaskConfig, TaskData
 from tp_text.classification import (POOLING_HELP, ClassificationConfig, ClassificationTask,
                                     PooledHead, encode_texts)
 from tp_text.cls import ClsTarget, HeadConfig

@@ -26,7 +26,7 @@ from pydantic import Field
 from tpcli.data.dataset import ExampleDataset, special_id
 from tpcli.data.format import Reader
 from tpcli.errors import DataError
-from tpcli.module import ModuleConfig
+from tpcli.model.module import ModuleConfig
 
 START_FALLBACK = ("bos", "cls")  # the default decoder start: the first the vocabulary has
 END_TOKENS = ("eos", "sep")  # the end of the source and of the target: the first it has

@@ -19,7 +19,7 @@ from pydantic import Field
 from torch import nn
 
 from tpcli.errors import TpError
-from tpcli.module import BuildContext, ModuleConfig
+from tpcli.model.module import BuildContext, ModuleConfig
 
 
 def sinusoid_table(rows: int, dim: int) -> torch.Tensor:

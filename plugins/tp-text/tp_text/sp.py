@@ -11,7 +11,7 @@ from pydantic import Field
 from torch import nn
 
 from tpcli.errors import TpError
-from tpcli.module import BuildContext, Features, TargetConfig, TargetOutput
+from tpcli.model.module import BuildContext, Features, TargetConfig, TargetOutput
 
 
 class SpTarget(nn.Module):

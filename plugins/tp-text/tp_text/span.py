@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tpcli.errors import DataError, TpError
-from tpcli.module import BuildContext, Features, TargetConfig, TargetOutput
+from tpcli.model.module import BuildContext, Features, TargetConfig, TargetOutput
 
 NEG = -1e4  # masked logits: far below any real one, still finite in fp16
 

@@ -25,7 +25,7 @@ from pydantic import Field
 from tpcli.data.dataset import DocumentStream, ExampleDataset, special_id
 from tpcli.data.format import Reader
 from tpcli.errors import DataError
-from tpcli.module import ModuleConfig
+from tpcli.model.module import ModuleConfig
 
 
 class T5ProcessorConfig(ModuleConfig):

@@ -27,7 +27,7 @@ from torch import nn
 
 from tpcli.errors import DataError, TpError
 from tpcli.layers.dropout import Dropout
-from tpcli.module import BuildContext, Features, TargetConfig, TargetOutput
+from tpcli.model.module import BuildContext, Features, TargetConfig, TargetOutput
 
 IGNORE = -100
 LABELS_KEY = "tagger_labels"

@@ -30,7 +30,7 @@ from pydantic import Field
 
 from tpcli.data.dataset import special_id
 from tpcli.errors import DataError
-from tpcli.tasks import Example, Splits, TaskConfig, TaskData, data_file
+from tpcli.downstream.tasks import Example, Splits, TaskConfig, TaskData, data_file
 from tp_text.records import jsonl_records, tsv_records
 from tp_text.tagger import IGNORE, LABELS_KEY, STARTS_KEY
 

@@ -3,7 +3,7 @@ QA) on an encoder-decoder model (T5, BART, any recipe with a decoder and an `lm`
 
 Files: TSV with a header naming `source` and `target` columns (also `text_a` / `label`), or JSON
 lines with those keys. Training is teacher-forced next-token prediction on the target, laid out
-as the recipe's processor lays it out (`tpcli.generate.seq2seq_format`: T5 starts the decoder
+as the recipe's processor lays it out (`tpcli.downstream.generate.seq2seq_format`: T5 starts the decoder
 with pad, BART with eos and wraps the source in bos ... eos); the model keeps its `lm` target.
 Evaluation generates (greedy, or beam search with `num_beams`) and scores exact match,
 corpus BLEU (sacreBLEU's defaults, as a fraction) and ROUGE-L (F-measure); `exact_match` selects
@@ -18,7 +18,7 @@ import torch
 from pydantic import Field
 
 from tpcli.errors import DataError, TpError
-from tpcli.tasks import Example, Splits, TaskConfig, TaskData
+from tpcli.downstream.tasks import Example, Splits, TaskConfig, TaskData
 from tp_text.records import records
 
 SOURCE = ("source", "text_a", "input")
@@ -84,7 +84,7 @@ class Text2TextTask:
         return {}
 
     def _layout(self, tokenizer: Any) -> tuple[int, list[int], list[int], int]:
-        from tpcli.generate import seq2seq_format, special_token
+        from tpcli.downstream.generate import seq2seq_format, special_token
 
         special = tokenizer.special_ids
         start, before, after = seq2seq_format(self.recipe, special, self.registry)
@@ -114,7 +114,7 @@ class Text2TextTask:
                 rows: list[dict[str, torch.Tensor]], tokenizer: Any, device: torch.device,
                 batch_size: int, precision: str = "fp32") -> list[dict[str, Any]]:
         """Generated texts, batched (the evaluator calls this instead of `decode`)."""
-        from tpcli.generate import GenerationConfig, generate, pad_rows, special_token, until_eos
+        from tpcli.downstream.generate import GenerationConfig, generate, pad_rows, special_token, until_eos
 
         start, _, _, eos = self._layout(tokenizer)
         pad = special_token(tokenizer.special_ids, "pad", "eos", "sep")

@@ -28,7 +28,7 @@ from tp_text.tokenizer_files import (
     sentinel_ids_of,
 )
 from tpcli.errors import TpError
-from tpcli.module import ModuleConfig
+from tpcli.model.module import ModuleConfig
 
 NAME = "unigram"
 SPM_NORMAL, SPM_UNKNOWN, SPM_CONTROL, SPM_USER, SPM_UNUSED, SPM_BYTE = 1, 2, 3, 4, 5, 6

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tpcli.module import BuildContext, ModuleConfig
+from tpcli.model.module import BuildContext, ModuleConfig
 
 
 class WordEmbedding(nn.Module):

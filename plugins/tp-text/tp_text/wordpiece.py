@@ -21,7 +21,7 @@ from tp_text.tokenizer_files import (
     write_saved,
 )
 from tpcli.errors import TpError
-from tpcli.module import ModuleConfig
+from tpcli.model.module import ModuleConfig
 
 NAME = "wordpiece"
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}

@@ -5,7 +5,7 @@ and optional."""
 from __future__ import annotations
 
 from tpcli.errors import TpError
-from tpcli.options import PretrainOptions
+from tpcli.recipes.options import PretrainOptions
 from tpcli.train.strategy import STRATEGIES, Dist, Strategy
 
 

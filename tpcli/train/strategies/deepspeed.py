@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from tpcli.errors import CheckpointError, TpError
-from tpcli.options import PretrainOptions
+from tpcli.recipes.options import PretrainOptions
 from tpcli.train import checkpoint as ckpt_io
 from tpcli.train.optim import make_optimizer, make_scheduler
 from tpcli.train.strategy import Dist, checkpoint_activations

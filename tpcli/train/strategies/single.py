@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tpcli.options import PretrainOptions
+from tpcli.recipes.options import PretrainOptions
 from tpcli.train import checkpoint as ckpt_io
 from tpcli.train.optim import make_optimizer, make_scheduler
 from tpcli.train.strategy import Dist, checkpoint_activations

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tpcli.config import Recipe, build_recipe, read_recipe_file
+from tpcli.recipes.config import Recipe, build_recipe, read_recipe_file
 from tpcli.errors import TpError
 from tpcli.plugins import Plugins, get_plugins
-from tpcli.registry import closest
+from tpcli.plugins.registry import closest
 
 RECIPE_FILE = "recipe.yaml"
 

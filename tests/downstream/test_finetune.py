@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from tpcli.finetune import FinetuneRequest
-from tpcli.tasks import TaskData
+from tpcli.downstream.finetune import FinetuneRequest
+from tpcli.downstream.tasks import TaskData
 from tpcli.verbs import PreprocessRequest, PretrainRequest, finetune, preprocess, pretrain
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TP = [sys.executable, "-m", "tpcli.cli.main"]
 RECIPE = """
 model:

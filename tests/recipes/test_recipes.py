@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 import torch
 
-from tpcli.config import KIND_OF, MODULE_LIST_KEYS, normalise, read_recipe_file
+from tpcli.recipes.config import KIND_OF, MODULE_LIST_KEYS, normalise, read_recipe_file
 from tpcli.plugins import get_plugins
 from tpcli.recipes import RECIPE_FILE, builtin_recipes, load_recipe
-from tpcli.registry import Registry
+from tpcli.plugins.registry import Registry
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted(builtin_recipes())
 HIDDEN, EMBED, HEADS, LAYERS, FFN, SEQ, BATCH, STEPS = 32, 16, 2, 2, 64, 32, 4, 2
 STACK_SECTIONS = ("", "stream_0", "stream_1")

@@ -4,7 +4,7 @@ A task is registered by a plugin (`tp_register_tasks`) and replaces the pre-trai
 reads its data (with errors naming file and line), fits what training data decides (a label
 list), encodes examples into tensors for the model, names the target that becomes the model's
 head, turns the head's outputs into per-example predictions, and scores them. The fine-tuning
-loop (`tpcli.finetune`) is generic over all of that.
+loop (`tpcli.downstream.finetune`) is generic over all of that.
 
     task = registry.get("task", name)(config, variant)    # `glue/sst2`: name glue, variant sst2
     data = task.load(TaskData(train=..., dev=..., test=..., source=...))
@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from tpcli.errors import DataError, TpError
-from tpcli.requests import TaskData
+from tpcli.plugins.requests import TaskData
 
 
 class TaskConfig(BaseModel):

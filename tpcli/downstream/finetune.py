@@ -26,10 +26,10 @@ import torch
 
 from tpcli.errors import CheckpointError, ConfigError, DataError, Problem, TpError
 from tpcli.files import write_text
-from tpcli.evaluate import Evaluator, MemoryDataset, predict, write_jsonl
+from tpcli.downstream.evaluate import Evaluator, MemoryDataset, predict, write_jsonl
 from tpcli.plugins import Plugins
-from tpcli.requests import FinetuneRequest, InferRequest, TaskData
-from tpcli.tasks import Splits, split_task_name
+from tpcli.plugins.requests import FinetuneRequest, InferRequest, TaskData
+from tpcli.downstream.tasks import Splits, split_task_name
 from tpcli.train import run_folder
 
 
@@ -67,7 +67,7 @@ def make_task(section: dict[str, Any], plugins: Plugins) -> Any:
 def _override_paths(overrides: list[str]) -> dict[tuple[str, ...], str]:
     """Each command-line override's key path, e.g. ("finetune", "task", "pooling"), with its
     text (for messages)."""
-    from tpcli.config import parse_override
+    from tpcli.recipes.config import parse_override
 
     return {tuple(parse_override(text)[0]): text for text in overrides}
 
@@ -174,7 +174,7 @@ def with_target(recipe: Any, target: dict[str, Any] | None, task_state: dict[str
                 plugins: Plugins) -> Any:
     """The recipe with its targets replaced by the task's head and the fitted task saved in
     `finetune.task` (so `tp infer` rebuilds the same task from the checkpoint)."""
-    from tpcli.config import build_recipe
+    from tpcli.recipes.config import build_recipe
 
     raw = copy.deepcopy(recipe.raw)
     if target is not None:  # None: the task trains the model's own target (text2text's lm)
@@ -201,7 +201,7 @@ def with_checkpoint_tokenizer(recipe: Any, ckpt: Path, plugins: Plugins) -> Any:
     """The recipe with the checkpoint's tokenizer: the weights' vocabulary decides what the ids
     mean (RoBERTa's published weights come with their own 50,265-id dictionary, the recipe's
     pre-training tokenizer is GPT-2's BPE). File options point into the checkpoint."""
-    from tpcli.config import build_recipe
+    from tpcli.recipes.config import build_recipe
 
     saved = run_folder.read_recipe(ckpt)
     tok = dict((saved.get("data") or {}).get("tokenizer") or {})
@@ -216,7 +216,7 @@ def with_checkpoint_tokenizer(recipe: Any, ckpt: Path, plugins: Plugins) -> Any:
 
 
 def _recipe_and_init(request: FinetuneRequest, plugins: Plugins) -> tuple[Any, Path | None]:
-    from tpcli.config import build_recipe
+    from tpcli.recipes.config import build_recipe
     from tpcli.recipes import load_recipe
 
     if request.recipe is not None:

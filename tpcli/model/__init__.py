@@ -16,12 +16,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from tpcli.config import ModelSpec, ModuleSpec, StackSpec
+from tpcli.recipes.config import ModelSpec, ModuleSpec, StackSpec
 from tpcli.errors import TpError
 from tpcli.layers.dropout import Dropout
 from tpcli.layers.norms import make_norm
-from tpcli.module import BuildContext, Features
-from tpcli.registry import Registry
+from tpcli.model.module import BuildContext, Features
+from tpcli.plugins.registry import Registry
 
 Batch = dict[str, torch.Tensor]
 

@@ -16,7 +16,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from tpcli.module import BuildContext, Features, TargetOutput
+from tpcli.model.module import BuildContext, Features, TargetOutput
 from tpcli.plugins import get_plugins
 
 KINDS = ("embedding", "encoder", "decoder", "pooling", "target")

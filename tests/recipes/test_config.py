@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from tpcli import hookimpl
-from tpcli.config import build_recipe, normalise, read_recipe_file
+from tpcli.recipes.config import build_recipe, normalise, read_recipe_file
 from tpcli.errors import ConfigError, TpError
 from tpcli.plugins import Plugins, make_plugins
 from tpcli.recipes import load_recipe, resolve_recipe
-from tpcli.registry import Registry
+from tpcli.plugins.registry import Registry
 
 # The paper's section 4 blocks, as printed, with the commas it left out put back.
 BERT = """{

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from tpcli import hookimpl
-from tpcli.config import build_recipe
+from tpcli.recipes.config import build_recipe
 from tpcli.model import build_model
-from tpcli.module import BuildContext, Features, ModuleConfig, TargetConfig, TargetOutput
+from tpcli.model.module import BuildContext, Features, ModuleConfig, TargetConfig, TargetOutput
 from tpcli.plugins import make_plugins
 
 

@@ -26,8 +26,8 @@ import yaml
 from pydantic import ValidationError
 
 from tpcli.errors import ConfigError, Problem, RegistryError, TpError, clip
-from tpcli.options import FinetuneOptions, ModelOptions, PretrainOptions  # importable here
-from tpcli.registry import LIST_COMMAND, Registry, closest, unknown_name_message
+from tpcli.recipes.options import FinetuneOptions, ModelOptions, PretrainOptions  # importable here
+from tpcli.plugins.registry import LIST_COMMAND, Registry, closest, unknown_name_message
 
 STACK_KEYS = ("embedding", "encoder", "pooling")
 MODULE_LIST_KEYS = ("embedding", "tgt_embedding", "target")  # several modules, in order

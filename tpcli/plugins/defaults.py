@@ -10,8 +10,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from tpcli.hookspecs import hookimpl
-from tpcli.requests import (ConvertRequest, FinetuneRequest, InferRequest, PreprocessRequest,
+from tpcli.plugins.hookspecs import hookimpl
+from tpcli.plugins.requests import (ConvertRequest, FinetuneRequest, InferRequest, PreprocessRequest,
                             PretrainRequest, ZooRequest)
 
 
@@ -31,14 +31,14 @@ def tp_pretrain(request: PretrainRequest) -> Any:
 
 @hookimpl(trylast=True)
 def tp_finetune(request: FinetuneRequest) -> Any:
-    from tpcli.finetune import run_finetune
+    from tpcli.downstream.finetune import run_finetune
 
     return run_finetune(request)
 
 
 @hookimpl(trylast=True)
 def tp_infer(request: InferRequest) -> Any:
-    from tpcli.finetune import run_infer
+    from tpcli.downstream.finetune import run_infer
 
     return run_infer(request)
 

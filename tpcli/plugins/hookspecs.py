@@ -13,7 +13,7 @@ lazy ``"package.module:Attribute"`` strings, which tp imports only when the name
 
 The six verb hooks (``tp_preprocess``, ``tp_pretrain``, ``tp_finetune``, ``tp_infer``,
 ``tp_convert``, ``tp_zoo``) are ``firstresult`` and take one typed request from
-``tpcli.requests``: the core ships default implementations (marked ``trylast``) and a plugin may
+``tpcli.plugins.requests``: the core ships default implementations (marked ``trylast``) and a plugin may
 replace them by returning a non-None value, or wrap them with ``hookwrapper=True``. Observer
 hooks (``tp_on_*``) are called on every plugin and their return values are ignored; loggers are
 plugins built on them.
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from tpcli.requests import (ConvertRequest, FinetuneRequest, InferRequest,
+    from tpcli.plugins.requests import (ConvertRequest, FinetuneRequest, InferRequest,
                                 PreprocessRequest, PretrainRequest, ZooRequest)
 
 hookspec = pluggy.HookspecMarker("tp")
@@ -41,9 +41,9 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
     is what a recipe writes (``word``, ``transformer``, ``mlm``): lower case, unique per kind
     across every installed plugin (a clash is an error naming both plugins). ``cls`` is an
     ``nn.Module`` subclass (or a lazy ``"pkg.mod:Class"`` string) with a class attribute
-    ``Config``: a ``tpcli.module.ModuleConfig`` subclass (pydantic, extra keys forbidden) whose
+    ``Config``: a ``tpcli.model.module.ModuleConfig`` subclass (pydantic, extra keys forbidden) whose
     fields are the module's options, each with a default and a description. tp builds it as
-    ``cls(config, ctx)`` where ``ctx`` is a ``tpcli.module.BuildContext``.
+    ``cls(config, ctx)`` where ``ctx`` is a ``tpcli.model.module.BuildContext``.
 
     Forward contracts, by kind (shapes: B batch, T time, H hidden):
 
@@ -55,10 +55,10 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
     - encoder: ``forward(x (B, T, H), mask (B, T) bool, True = real token) -> (B, T, H)``.
     - decoder: ``forward(x, mask, memory, memory_mask) -> (B, T, H)``.
     - pooling: ``forward(hidden (B, T, H), mask (B, T)) -> (B, H)``.
-    - target: ``forward(features: tpcli.module.Features, batch) -> tpcli.module.TargetOutput``
+    - target: ``forward(features: tpcli.model.module.Features, batch) -> tpcli.model.module.TargetOutput``
       (a scalar loss plus metrics), ``predict(features, batch) -> Tensor`` (logits), and
       optionally ``tie_weights(get_weight)`` to share the word embedding. Its Config derives
-      from ``tpcli.module.TargetConfig`` (which adds the multi-task ``weight``).
+      from ``tpcli.model.module.TargetConfig`` (which adds the multi-task ``weight``).
     """
 
 
@@ -66,7 +66,7 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
 def tp_register_tokenizers(register: Callable[[str, Any], None]) -> None:
     """Register tokenizers: ``register(name, cls)``.
 
-    ``cls`` implements ``tpcli.module.Tokenizer``: ``cls.Config`` (pydantic options, as for
+    ``cls`` implements ``tpcli.model.module.Tokenizer``: ``cls.Config`` (pydantic options, as for
     modules), ``cls(config, base_dir)`` where relative paths in the options resolve against
     ``base_dir`` (the recipe folder), ``encode_batch(texts) -> list[list[int]]``,
     ``decode(ids) -> str``, ``vocab_size``, ``special_ids`` (``pad``, ``cls``, ``sep``, ``mask``,
@@ -100,7 +100,7 @@ def tp_register_processors(register: Callable[[str, Any], None]) -> None:
 def tp_register_tasks(register: Callable[[str, Any], None]) -> None:
     """Register downstream tasks for `tp finetune` / `tp infer`: ``register(name, cls)``.
 
-    ``cls`` implements ``tpcli.tasks.Task``: ``Config`` (pydantic, ``tpcli.tasks.TaskConfig``),
+    ``cls`` implements ``tpcli.downstream.tasks.Task``: ``Config`` (pydantic, ``tpcli.downstream.tasks.TaskConfig``),
     ``metrics`` (names; the first selects the best checkpoint), ``cls(config, variant)`` (the
     part after a slash: ``--task glue/sst2`` is task ``glue``, variant ``sst2``), ``load``,
     ``fit`` / ``check`` / ``state`` / ``restore`` (the label list), ``target`` (the model's
@@ -173,14 +173,14 @@ def tp_pretrain(request: "PretrainRequest") -> Any:
 
 @hookspec(firstresult=True)
 def tp_finetune(request: "FinetuneRequest") -> Any:
-    """Run ``tp finetune`` (``request`` a ``tpcli.requests.FinetuneRequest``): train a task's
+    """Run ``tp finetune`` (``request`` a ``tpcli.plugins.requests.FinetuneRequest``): train a task's
     head on a pre-trained model and return the results (dev metrics, mean and std over seeds).
     The core's default implementation runs last; return non-None to replace it."""
 
 
 @hookspec(firstresult=True)
 def tp_infer(request: "InferRequest") -> Any:
-    """Run ``tp infer`` (``request`` a ``tpcli.requests.InferRequest``): write a fine-tuned
+    """Run ``tp infer`` (``request`` a ``tpcli.plugins.requests.InferRequest``): write a fine-tuned
     checkpoint's predictions for an input file; return a summary."""
 
 
@@ -195,7 +195,7 @@ def tp_convert(request: "ConvertRequest") -> Any:
 
 @hookspec(firstresult=True)
 def tp_zoo(request: "ZooRequest") -> Any:
-    """Run ``tp zoo`` (``request`` a ``tpcli.requests.ZooRequest``: ``action`` is list, info, pull,
+    """Run ``tp zoo`` (``request`` a ``tpcli.plugins.requests.ZooRequest``: ``action`` is list, info, pull,
     verify, rm, path or lock) and return its result (a list of rows for list, a dict otherwise).
     The core's default implementation runs last; return non-None to replace it."""
 

@@ -19,9 +19,9 @@ import pytest
 
 from tpcli.cli.render import jsonable, plain_lines
 from tpcli.plugins import make_plugins
-from tpcli.static_read import ClassFacts, Option, facts_of, read_class
+from tpcli.plugins.static_read import ClassFacts, Option, facts_of, read_class
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tp(*args: str, pythonpath: Path | None = None,
@@ -50,7 +50,7 @@ def plain_rows(out: str) -> list[list[str]]:
 
 
 def test_static_reading_matches_the_imported_classes() -> None:
-    """The contract of `tpcli.static_read`: for every registered module, what it reads from the
+    """The contract of `tpcli.plugins.static_read`: for every registered module, what it reads from the
     source is what the imported class says, and it reads every built-in (or `tp modules` would
     import torch again)."""
     entries = [e for e in make_plugins().registry.entries() if e.kind != "converter"]

