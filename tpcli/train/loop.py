@@ -13,7 +13,6 @@ tokens/s summed over ranks, in one all-reduce per log window.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from contextlib import nullcontext
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from tpcli.errors import Interrupted, Terminated, TpError
 from tpcli.plugins import Plugins

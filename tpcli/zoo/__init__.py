@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tpcli.plugins.requests import ZooAction as Action, ZooRequest
+from tpcli.plugins.requests import ZooRequest
 
 PREFIX = "zoo:"
 
