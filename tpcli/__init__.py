@@ -5,7 +5,7 @@ Public API (imports are lazy, so `import tpcli` stays cheap)::
     from tpcli import load_recipe, build_model, load_checkpoint
     recipe = load_recipe("recipes/bert-base", ["model.encoder.layers=2"])
     model = build_model(recipe)                 # a torch.nn.Module, randomly initialised
-    model, recipe = load_checkpoint("runs/bert/last")
+    loaded = load_checkpoint("runs/bert")       # .model (eval mode), .recipe, .tokenizer, .step
 """
 
 from __future__ import annotations

@@ -277,7 +277,7 @@ def from_hf(source: str, out: Path, plugins: Plugins, *, check: bool = False,
         result = ConvertResult(Path(out), conv.name, arch, len(tp_sd), notes=notes,
                                compared="hidden states" if headless else "logits")
         if check:
-            from tpcli.api import load_checkpoint
+            from tpcli.train.checkpoint import load_checkpoint
 
             loaded = load_checkpoint(tmp, plugins)
             compared, fields = arch, None

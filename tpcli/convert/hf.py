@@ -3,7 +3,7 @@
     to_hf(CKPT, OUT)      model.safetensors (tied keys once) + config.json + tokenizer files,
                           loadable by plain `transformers` `from_pretrained(OUT)`  (to_hf.py)
     from_hf(SRC, OUT)     a tp checkpoint folder with the layout training writes (model.safetensors,
-                          recipe.yaml, tokenizer/, checkpoint.json): `tpcli.api.load_checkpoint`
+                          recipe.yaml, tokenizer/, checkpoint.json): `tpcli.train.checkpoint.load_checkpoint`
                           (from_hf.py)
     --check               both models on one padded batch, max abs difference  (check.py)
 

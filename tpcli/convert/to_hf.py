@@ -175,7 +175,7 @@ def to_hf(checkpoint: Path, out: Path, plugins: Plugins, *, arch: str | None = N
     """A tp checkpoint (run folder or step folder) -> a Hugging Face folder at `out`."""
     from tpcli.files import save_weights
 
-    from tpcli.api import load_checkpoint
+    from tpcli.train.checkpoint import load_checkpoint
     from tpcli.train import checkpoint as ckpt_io
 
     loaded = load_checkpoint(checkpoint, plugins)  # strict: corrupt files, shapes, keys

@@ -241,7 +241,7 @@ def _recipe_and_init(request: FinetuneRequest, plugins: Plugins) -> tuple[Any, P
 
 def run_finetune(request: FinetuneRequest) -> dict[str, Any]:
     """Fine-tune (one run per seed) and return the results (mean and std over seeds)."""
-    from tpcli.api import load_tokenizer
+    from tpcli.data import build_tokenizer as load_tokenizer
 
     plugins = request.plugins
     assert plugins is not None  # set by tpcli.verbs.finetune
@@ -376,11 +376,11 @@ def _one_run(request: FinetuneRequest, recipe: Any, task: Any, splits: Splits, t
 def run_infer(request: InferRequest) -> dict[str, Any]:
     """Predictions of a fine-tuned checkpoint for every example of `request.input`, written to
     `request.out` as JSONL; the task's metrics too when the input has gold answers."""
-    from tpcli.api import load_checkpoint
+    from tpcli.train.checkpoint import load_checkpoint
 
     plugins = request.plugins
     assert plugins is not None  # set by tpcli.verbs.infer
-    loaded = load_checkpoint(request.checkpoint, plugins)
+    loaded = load_checkpoint(Path(request.checkpoint), plugins)
     section = loaded.recipe.finetune.task
     if section is None:
         raise CheckpointError(f"{loaded.path} is not a fine-tuned checkpoint (its recipe has no "

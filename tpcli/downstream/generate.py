@@ -453,9 +453,9 @@ def generate_texts(checkpoint: str, texts: list[str], settings: dict[str, Any],
                    batch_size: int, plugins: Plugins) -> list[dict[str, Any]]:
     """`tp generate`: {prompt, text, tokens} per prompt, `tokens` the generated ids (before
     EOS), `text` them decoded; `settings` are GenerationConfig's fields."""
-    from tpcli.api import load_checkpoint
+    from tpcli.train.checkpoint import load_checkpoint
 
-    loaded = load_checkpoint(checkpoint, plugins)
+    loaded = load_checkpoint(Path(checkpoint), plugins)
     tok, model = loaded.tokenizer, loaded.model
     special = tok.special_ids
     eos = special_token(special, "eos", "sep")

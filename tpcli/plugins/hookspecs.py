@@ -41,17 +41,18 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
     is what a recipe writes (``word``, ``transformer``, ``mlm``): lower case, unique per kind
     across every installed plugin (a clash is an error naming both plugins). ``cls`` is an
     ``nn.Module`` subclass (or a lazy ``"pkg.mod:Class"`` string) with a class attribute
-    ``Config``: a ``tpcli.model.module.ModuleConfig`` subclass (pydantic, extra keys forbidden) whose
-    fields are the module's options, each with a default and a description. tp builds it as
-    ``cls(config, ctx)`` where ``ctx`` is a ``tpcli.model.module.BuildContext``.
+    ``Config``: a ``tpcli.model.module.ModuleConfig`` subclass (pydantic, extra keys forbidden)
+    whose fields are the module's options, each with a default and a description. tp builds it
+    as ``cls(config, ctx)`` where ``ctx`` is a ``tpcli.model.module.BuildContext``.
 
-    Forward contracts, by kind (shapes: B batch, T time, H hidden):
+    Forward contracts, by kind (shapes: B batch, T time, H hidden, E ``ctx.embed_dim``: the
+    embedding width, H unless ``model.embedding_size`` factorizes it as ALBERT does):
 
-    - embedding: ``forward(inputs: dict[str, Tensor]) -> (B, T, H)``; ``inputs`` holds
+    - embedding: ``forward(inputs: dict[str, Tensor]) -> (B, T, E)``; ``inputs`` holds
       ``input_ids`` (B, T), ``attention_mask`` (B, T) bool and, when the data has them,
-      ``segment_ids`` / ``position_ids``. The outputs of all embeddings of a stack are summed.
-      An embedding that owns the vocabulary matrix exposes it as ``word_weight`` (V, H) so targets
-      can tie to it.
+      ``segment_ids`` / ``position_ids``. The outputs of all embeddings of a stack are summed
+      (and projected to H when E != H). An embedding that owns the vocabulary matrix exposes it
+      as ``word_weight`` (V, E) so targets can tie to it.
     - encoder: ``forward(x (B, T, H), mask (B, T) bool, True = real token) -> (B, T, H)``.
     - decoder: ``forward(x, mask, memory, memory_mask) -> (B, T, H)``.
     - pooling: ``forward(hidden (B, T, H), mask (B, T)) -> (B, H)``.

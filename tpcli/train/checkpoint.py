@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ from tpcli.train.run_folder import (CHECKPOINTS, INFO, LAST, WEIGHTS, checkpoint
                                     earlier_hint, point, write_recipe)
 
 if TYPE_CHECKING:
+    from tpcli.plugins import Plugins
     from tpcli.train.strategy import Dist, Strategy
 
 TRAINER = "trainer.pt"
@@ -254,3 +256,30 @@ def check_resumable(info: dict[str, Any], strategy: str, world_size: int, ckpt: 
             f"run has {world_size}",
             hint=f"resume with --nproc {info['world_size']} (or torchrun --nproc_per_node "
             f"{info['world_size']})")
+
+
+@dataclass
+class Loaded:
+    model: Any  # TpModel in eval mode
+    recipe: Any  # tpcli.recipes.config.Recipe
+    tokenizer: Any
+    step: int
+    path: Path
+
+
+def load_checkpoint(path: Path, plugins: Plugins) -> Loaded:
+    """Model (eval mode), recipe, tokenizer and step of a checkpoint (a run folder means its
+    `last`); the tokenizer is the one saved beside the weights."""
+    from tpcli.model import build_model
+    from tpcli.recipes.config import build_recipe
+    from tpcli.train.run_folder import read_recipe
+
+    ckpt = find_checkpoint(Path(path))
+    recipe = build_recipe(read_recipe(ckpt), plugins.registry, name=str(ckpt), path=ckpt)
+    tok_cls = plugins.registry.get("tokenizer", recipe.tokenizer.name)
+    tokenizer = tok_cls.from_saved(str(ckpt / "tokenizer"))
+    model = build_model(recipe.model, plugins.registry, tokenizer.vocab_size,
+                        tokenizer.special_ids)
+    load_weights(model, read_weights(ckpt), str(ckpt))
+    return Loaded(model.eval(), recipe, tokenizer, int(read_info(ckpt).get("step", 0)), ckpt)
+

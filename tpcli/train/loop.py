@@ -342,7 +342,7 @@ def _preflight(model: torch.nn.Module, dataset: Any) -> None:
 
 def _start(request: PretrainRequest, plugins: Plugins, recipe: Any, data: Path, out: Path,
            ckpt: Path | None, dist: Dist) -> dict[str, Any]:
-    from tpcli.api import load_tokenizer
+    from tpcli.data import build_tokenizer as load_tokenizer
     from tpcli.data.loader import make_dataset
     from tpcli.model import build_model
 
