@@ -93,7 +93,8 @@ def _train_kill_resume(tmp: Path, recipe: Path, data: Path, strategy: str) -> di
     last_before = (run / "last").resolve().name
     info_before = json.loads((run / "last" / "checkpoint.json").read_text())
     killed_at = max(_losses(run))
-    r = run_tp("pretrain", "--resume", str(run), "--no-progress", "--nproc", "2", env=ENV)
+    r = run_tp("pretrain", "--resume", str(run), "--no-progress", "--nproc", "2", "--json",
+               env=ENV)
     return {"run": run, "killed_code": proc.returncode, "killed_err": killed_err,
             "last_before": last_before, "info_before": info_before, "killed_at": killed_at, "resume": r,
             "seconds": time.time() - t0}
@@ -136,6 +137,10 @@ def test_killed_rank_then_resume_gives_one_process_losses(
     # the resume: the same losses as one process, before and after the kill
     r = res["resume"]
     assert r.returncode == 0, r.stderr
+    # --json: one summary on stdout, the launcher's (the ranks print none)
+    assert len(r.stdout.splitlines()) == 1, r.stdout
+    summary = json.loads(r.stdout)
+    assert summary["steps"] == STEPS and summary["nproc"] == 2 and summary["out"] == str(run)
     assert "resuming at step" in r.stderr and r.stderr.count("resuming at step") == 1
     expected = _losses(single)
     assert sorted(expected) == list(range(1, STEPS + 1))

@@ -49,7 +49,11 @@ def pretrain(
         ovr.insert(0, recipe)
         recipe = None
     summary = run(PretrainRequest(recipe, data, out, ovr, resume, progress, nproc=nproc))
-    if nproc == 1 and os.environ.get("RANK", "0") == "0":  # --nproc: rank 0 printed it
+    from tpcli.train.launch import launched_rank
+
+    # one summary: under plain torchrun rank 0's; with --nproc the launcher's, read back from
+    # the finished run folder (the ranks print none)
+    if os.environ.get("RANK", "0") == "0" and not launched_rank():
         print_summary("pretrain", summary, as_json)
 
 

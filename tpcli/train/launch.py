@@ -133,7 +133,7 @@ class _StderrFilter:
 def launch(request: PretrainRequest) -> dict[str, object]:
     """Run `request` on `request.nproc` local processes; raise one TpError if any rank fails."""
     debug = os.environ.get("TP_DEBUG") == "1"
-    env = {**os.environ}
+    env = {**os.environ, LAUNCHED: "1"}  # the ranks leave the summary to this process
     env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default, said without its banner
     log_dir = Path(tempfile.mkdtemp(prefix="tp-torchrun-"))
     filt = _StderrFilter(sys.stderr, debug)
@@ -162,7 +162,10 @@ def launch(request: PretrainRequest) -> dict[str, object]:
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
     if code == 0:
-        return {"nproc": request.nproc, "out": str(request.out or request.resume)}
+        from tpcli.train import run_folder
+
+        done = run_folder.resolve_resume(Path(request.resume or request.out))[0]
+        return {**run_folder.summary(done), "nproc": request.nproc}
     run = request.out or request.resume
     resume = f"tp pretrain --resume {run} --nproc {request.nproc}"
     # a rank killed by a signal (not torchrun's SIGTERM to the survivors) is the cause; the
@@ -182,6 +185,14 @@ def launch(request: PretrainRequest) -> dict[str, object]:
                   "last complete checkpoint",
                   hint=f"rerun with --debug for the children's tracebacks, or continue with "
                   f"`{resume}`")
+
+
+LAUNCHED = "TP_LAUNCHED"  # set for the ranks `tp pretrain --nproc` starts
+
+
+def launched_rank() -> bool:
+    """This process is a rank of `tp pretrain --nproc`: the launcher prints the summary."""
+    return os.environ.get(LAUNCHED) == "1"
 
 
 def under_torchrun() -> bool:
