@@ -53,8 +53,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "pre": d / "pre"}
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run([*TP, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -313,3 +313,18 @@ def test_init_with_a_new_task_keeps_the_saved_finetune_options(files: dict[str, 
     per_epoch = -(-(len(files["train"].read_text().splitlines()) - 1) // 8)
     evals = [json.loads(x)["step"] for x in (out / "eval.jsonl").read_text().splitlines()]
     assert evals == [per_epoch, 2 * per_epoch] and result["runs"][0]["steps"] == 2 * per_epoch
+
+
+def test_results_piped_are_plain_lines(files: dict[str, Path], tmp_path: Path) -> None:
+    r = _run("finetune", str(files["recipe"]), "--task", "classification", "--train",
+             str(files["train"]), "--dev", str(files["dev"]), "--init", str(files["pre"]),
+             "finetune.steps=2", "--out", str(tmp_path / "ft"),
+             env={"COLUMNS": "40"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "┃" not in r.stdout and "│" not in r.stdout  # no rich table when piped
+    header = next(i for i, x in enumerate(lines) if x.startswith("DEV SET"))
+    assert lines[header].split() == ["DEV", "SET", "ACCURACY", "MACRO_F1"], lines[header]
+    dev = lines[header + 1].split()
+    assert dev[0] == "dev" and 0.0 <= float(dev[1]) <= 100.0
+    assert any(x.startswith(f"results: {tmp_path / 'ft' / 'results.json'}") for x in lines)

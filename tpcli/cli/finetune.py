@@ -48,35 +48,27 @@ def finetune(
 
 def print_results(result: dict[str, Any]) -> None:
     """The dev metrics: one row per dev set, mean ± std over seeds when there are several;
-    for a task's `/all`, one table per variant and the summary row (the paper's layout)."""
-    from rich.console import Console
-    from rich.table import Table
+    for a task's `/all`, one table per variant and the summary row (the paper's layout). A rich
+    table on a terminal, plain lines (never wrapped) when piped."""
+    from tpcli.cli.render import print_line, print_table
 
     if "tasks" in result:
         for sub in result["tasks"].values():
             print_results(sub)
         columns, row = result["table"]["columns"], result["table"]["row"]
         if columns:
-            table = Table(title=f"{result['task']} (dev)")
-            for col in columns:
-                table.add_column(col)
-            table.add_row(*("-" if v is None else f"{v:.1f}" for v in row))
-            Console().print(table)
+            print_table(f"{result['task']} (dev)", columns,
+                        [["-" if v is None else f"{v:.1f}" for v in row]])
         return
-
     many = len(result["seeds"]) > 1
-    table = Table(title=f"{result['task']}: best checkpoint by {result['metric']}"
-                  + (f", {len(result['seeds'])} seeds" if many else ""))
     metrics = sorted({m for d in result["dev"].values() for m in d})
-    for col in ["dev set", *metrics]:
-        table.add_column(col)
-    for name, scores in result["dev"].items():
-        table.add_row(name, *(f"{100 * scores[m]['mean']:.2f}"
-                              + (f" ± {100 * scores[m]['std']:.2f}" if many else "")
-                              if m in scores else "-" for m in metrics))
-    console = Console()
-    console.print(table)
-    console.print(f"results: {Path(result['out']) / 'results.json'}", highlight=False)
+    rows = [[name, *(f"{100 * scores[m]['mean']:.2f}"
+                     + (f" ± {100 * scores[m]['std']:.2f}" if many else "")
+                     if m in scores else "-" for m in metrics)]
+            for name, scores in result["dev"].items()]
+    print_table(f"{result['task']}: best checkpoint by {result['metric']}"
+                + (f", {len(result['seeds'])} seeds" if many else ""), ["dev set", *metrics], rows)
+    print_line(f"results: {Path(result['out']) / 'results.json'}")
 
 
 def infer(
