@@ -274,8 +274,7 @@ def test_task_option_override_next_to_task_applies(files: dict[str, Path],
      "(set finetune.lr instead)"),
     (["finetune.save_every=5"], "finetune.save_every=5: fine-tuning saves a checkpoint at each "
      "evaluation"),
-    (["finetune.num_workers=2"], "finetune.num_workers=2: fine-tuning holds its encoded "
-     "examples in memory"),
+    (["finetune.num_workers=2"], "unknown option 'num_workers'"),  # nothing reads it: no option
     (["finetune.steps=3", "finetune.epochs=5"], "finetune.epochs=5: finetune.steps=3 decides "
      "the length of the run"),
     (["model.target.sp.classes=3"], "model.target.sp.classes=3: the task replaces the model's "

@@ -87,7 +87,7 @@ def shrink(raw: dict[str, Any], registry: Registry) -> list[str]:
     overrides += [f"pretrain.{k}={v}" for k, v in {
         "steps": STEPS, "batch_size": BATCH, "grad_accum": 1, "warmup_steps": 1,
         "log_every": 1, "save_every": STEPS, "keep_last": 1, "precision": "fp32",
-        "device": "cpu", "num_workers": 0, "compile": "false"}.items()]
+        "device": "cpu", "compile": "false"}.items()]
     return overrides
 
 

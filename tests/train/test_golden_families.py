@@ -30,7 +30,7 @@ COMMON = [
     *(f"pretrain.{k}={v}" for k, v in {
         "steps": STEPS, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "warmup_steps": 1,
         "schedule": "linear", "seed": 3, "log_every": 1, "save_every": STEPS, "keep_last": 1,
-        "precision": "fp32", "device": "cpu", "num_workers": 0, "compile": "false"}.items()),
+        "precision": "fp32", "device": "cpu", "compile": "false"}.items()),
 ]
 TRANSFORMER = {"layers": 2, "heads": 2, "ffn_size": 64}
 SHRINK = {

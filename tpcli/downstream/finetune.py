@@ -118,9 +118,7 @@ def check_used(request: FinetuneRequest, recipe: Any, task: Any, name: str) -> N
         elif path == ("finetune", "init") and request.init not in (None, opts.init):
             problems.append(f"{text}: --init {request.init} gives the weights (give one)")
     unread = {"save_every": "fine-tuning saves a checkpoint at each evaluation (set "
-              "finetune.eval_every instead)",
-              "num_workers": "fine-tuning holds its encoded examples in memory and loads no "
-              "files while it trains"}
+              "finetune.eval_every instead)"}
     problems += [f"finetune.{k}={getattr(opts, k)}: {why}" for k, why in unread.items()
                  if k in opts.model_fields_set]
     if opts.metric is not None and opts.metric not in task.metrics:

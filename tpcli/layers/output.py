@@ -163,7 +163,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         )
 
 
-@torch.compiler.disable  # eager on purpose: a loop of large kernels, and in-place reuse
+def keep_eager_under_compile() -> None:
+    """Make `torch.compile` leave `linear_cross_entropy` eager (a loop of large kernels, with
+    in-place reuse, that tracing would only slow down). Called by the training loop before it
+    compiles, not at import: `torch.compiler.disable` imports torch._dynamo, ~2 s that every
+    command building a model would otherwise pay."""
+    global linear_cross_entropy
+    if not getattr(linear_cross_entropy, "_tp_eager", False):
+        linear_cross_entropy = torch.compiler.disable(linear_cross_entropy)
+        linear_cross_entropy._tp_eager = True  # type: ignore[attr-defined]
+
+
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                          targets: torch.Tensor, label_smoothing: float = 0.0
                          ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -59,7 +59,6 @@ class PretrainOptions(_Strict):
     log_every: int = Field(10, gt=0, description="steps between log lines")
     save_every: int = Field(500, gt=0, description="steps between checkpoints")
     keep_last: int = Field(3, gt=0, description="checkpoints kept on disk")
-    num_workers: int = Field(0, ge=0, description="data loader worker processes")
     compile: bool = Field(False, description="wrap the model in torch.compile")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
     strategy: Literal["auto", "single", "ddp", "fsdp", "deepspeed"] = Field(

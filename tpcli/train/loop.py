@@ -168,6 +168,10 @@ def train(s: Setup) -> dict[str, Any]:
         if dist.rank < len(rngs):
             _set_rng_state(rngs[dist.rank])
     sampler = Sampler(s.dataset, opts.seed, pos, dist.rank, dist.world_size)
+    if opts.compile:
+        from tpcli.layers.output import keep_eager_under_compile
+
+        keep_eager_under_compile()
     step_fn = torch.compile(model) if opts.compile else model
     hook = s.plugins.hook if dist.is_main else _Silent()
     hook.tp_on_train_start(run={
