@@ -9,10 +9,11 @@ import pytest
 
 from .conftest import run_tp
 
-# First 10 losses of the tiny recipe (tests/train/conftest.py) on the first 20 pydoc topics,
-# seed 3, torch 2.13 CPU, fp32. Regenerate only when a change is meant to alter training.
-GOLDEN = [10.99827, 11.0501, 10.98357, 10.99275, 10.95004, 10.99839, 10.96685, 10.94328,
-          10.90796, 10.93011]
+# First 10 losses of the tiny recipe (tpcli/testing/recipes.py) on the first 20 pydoc topics,
+# seed 3, torch 2.13 CPU, fp32. Regenerate only when a change is meant to alter training (last:
+# the MFU peak measurement draws from a private generator, no longer from the dropout stream).
+GOLDEN = [10.9958, 11.05625, 10.98834, 10.98439, 10.95447, 11.00192, 10.96637, 10.93609,
+          10.90767, 10.92541]
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -47,7 +48,8 @@ def test_existing_run_folder_is_not_overwritten(tmp_path: Path, tiny_recipe: Pat
     (run / "keep.txt").write_text("mine")
     r = run_tp("pretrain", str(tiny_recipe), "--data", str(tiny_data), "--out", str(run))
     assert r.returncode == 1
-    assert "already exists" in r.stderr and f"--resume {run}" in r.stderr
+    # a folder tp did not make is neither resumed nor taken over
+    assert "is not a tp run folder (it holds keep.txt)" in r.stderr
     assert "Traceback" not in r.stderr
     assert sorted(p.name for p in run.iterdir()) == ["keep.txt"]
 
