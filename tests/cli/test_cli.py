@@ -6,13 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
 from tpcli.plugins import make_plugins
+from tpcli.testing.plugins import fake_distribution
 
 BERT = {
     "model": {"embedding": ["word", "pos", "seg"],
@@ -69,14 +69,9 @@ def write_recipe(folder: Path, raw: dict[str, Any]) -> Path:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fake installed distribution `cli-test-plugin` with a recipe folder holding tiny-bert."""
-    root = tmp_path_factory.mktemp("site")
-    info = root / "cli_test_plugin-0.0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cli-test-plugin\nVersion: 0.0.1\n")
-    (info / "entry_points.txt").write_text("[tp]\nclitest = cli_test_plugin\n")
+    root = fake_distribution(tmp_path_factory.mktemp("site"), "cli-test-plugin", "0.0.1",
+                             "clitest = cli_test_plugin", {"cli_test_plugin/__init__.py": PLUGIN})
     pkg = root / "cli_test_plugin"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text(textwrap.dedent(PLUGIN))
     write_recipe(pkg / "recipes" / "tiny-bert", BERT)
     return root
 

@@ -9,7 +9,6 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from tpcli.cli.render import jsonable, plain_lines
 from tpcli.plugins import make_plugins
 from tpcli.plugins.static_read import ClassFacts, Option, facts_of, read_class
+from tpcli.testing.plugins import fake_distribution
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -208,13 +208,9 @@ def tp_convert(request):
 @pytest.fixture(scope="module")
 def verbs_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A distribution whose plugin answers every verb with a long summary."""
-    root = tmp_path_factory.mktemp("verbs-site")
-    info = root / "listing_verbs-0.0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: listing-verbs\nVersion: 0.0.1\n")
-    (info / "entry_points.txt").write_text("[tp]\nlistingverbs = listing_verbs_mod\n")
-    (root / "listing_verbs_mod.py").write_text(textwrap.dedent(VERBS_PLUGIN))
-    return root
+    return fake_distribution(tmp_path_factory.mktemp("verbs-site"), "listing-verbs", "0.0.1",
+                             "listingverbs = listing_verbs_mod",
+                             {"listing_verbs_mod.py": VERBS_PLUGIN})
 
 
 VERB_ARGS = {

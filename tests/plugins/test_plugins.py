@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import types
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -26,6 +25,7 @@ from tpcli import hookimpl
 from tpcli.recipes.config import build_recipe
 from tpcli.errors import ConfigError, RegistryError
 from tpcli.plugins import CORE_PLUGINS, make_plugins
+from tpcli.testing.plugins import fake_distribution
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "tp-example-plugin"
@@ -69,18 +69,6 @@ def plugin_module(name: str, **hooks: Callable[..., Any]) -> types.ModuleType:
     for hook_name, fn in hooks.items():
         setattr(mod, hook_name, hookimpl(fn))
     return mod
-
-
-def fake_distribution(root: Path, dist: str, version: str, entry: str, files: dict[str, str]) -> Path:
-    """A minimal installed distribution (a .dist-info folder and its modules) under `root`."""
-    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-    (info / "entry_points.txt").write_text(f"[tp]\n{entry}\n")
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(textwrap.dedent(text))
-    return root
 
 
 # ---------------------------------------------------------------- (a) a real third-party install
