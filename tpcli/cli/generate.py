@@ -30,7 +30,8 @@ def generate_cmd(
 ) -> None:
     """Generate text from a checkpoint with an lm target (GPT-style or seq2seq)."""
     from tpcli.errors import TpError
-    from tpcli.downstream.generate import GenerationConfig, generate_texts, read_prompts, write_records
+    from tpcli.downstream.generate import GenerationConfig
+    from tpcli.downstream.prompting import generate_texts, read_prompts, write_records
     from tpcli.plugins import get_plugins
 
     if batch_size < 1:

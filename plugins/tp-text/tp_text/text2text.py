@@ -84,7 +84,7 @@ class Text2TextTask:
         return {}
 
     def _layout(self, tokenizer: Any) -> tuple[int, list[int], list[int], int]:
-        from tpcli.downstream.generate import seq2seq_format, special_token
+        from tpcli.downstream.prompting import seq2seq_format, special_token
 
         special = tokenizer.special_ids
         start, before, after = seq2seq_format(self.recipe, special, self.registry)
@@ -114,7 +114,8 @@ class Text2TextTask:
                 rows: list[dict[str, torch.Tensor]], tokenizer: Any, device: torch.device,
                 batch_size: int, precision: str = "fp32") -> list[dict[str, Any]]:
         """Generated texts, batched (the evaluator calls this instead of `decode`)."""
-        from tpcli.downstream.generate import GenerationConfig, generate, pad_rows, special_token, until_eos
+        from tpcli.downstream.generate import GenerationConfig, generate
+        from tpcli.downstream.prompting import pad_rows, special_token, until_eos
 
         start, _, _, eos = self._layout(tokenizer)
         pad = special_token(tokenizer.special_ids, "pad", "eos", "sep")
