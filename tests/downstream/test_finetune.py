@@ -323,6 +323,7 @@ def test_results_piped_are_plain_lines(files: dict[str, Path], tmp_path: Path) -
     lines = r.stdout.splitlines()
     assert "┃" not in r.stdout and "│" not in r.stdout  # no rich table when piped
     header = next(i for i, x in enumerate(lines) if x.startswith("DEV SET"))
+    assert lines[header - 1] == "classification: best checkpoint by accuracy"  # its title
     assert lines[header].split() == ["DEV", "SET", "ACCURACY", "MACRO_F1"], lines[header]
     dev = lines[header + 1].split()
     assert dev[0] == "dev" and 0.0 <= float(dev[1]) <= 100.0

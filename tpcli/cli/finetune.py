@@ -7,6 +7,8 @@ from typing import Any, Optional
 
 import typer
 
+from tpcli.cli.render import on_terminal, print_line, print_table
+
 
 def finetune(
     recipe: Optional[str] = typer.Argument(
@@ -50,15 +52,13 @@ def print_results(result: dict[str, Any]) -> None:
     """The dev metrics: one row per dev set, mean ± std over seeds when there are several;
     for a task's `/all`, one table per variant and the summary row (the paper's layout). A rich
     table on a terminal, plain lines (never wrapped) when piped."""
-    from tpcli.cli.render import print_line, print_table
-
     if "tasks" in result:
         for sub in result["tasks"].values():
             print_results(sub)
         columns, row = result["table"]["columns"], result["table"]["row"]
         if columns:
-            print_table(f"{result['task']} (dev)", columns,
-                        [["-" if v is None else f"{v:.1f}" for v in row]])
+            _table(f"{result['task']} (dev)", columns,
+                   [["-" if v is None else f"{v:.1f}" for v in row]])
         return
     many = len(result["seeds"]) > 1
     metrics = sorted({m for d in result["dev"].values() for m in d})
@@ -66,9 +66,17 @@ def print_results(result: dict[str, Any]) -> None:
                      + (f" ± {100 * scores[m]['std']:.2f}" if many else "")
                      if m in scores else "-" for m in metrics)]
             for name, scores in result["dev"].items()]
-    print_table(f"{result['task']}: best checkpoint by {result['metric']}"
-                + (f", {len(result['seeds'])} seeds" if many else ""), ["dev set", *metrics], rows)
+    _table(f"{result['task']}: best checkpoint by {result['metric']}"
+           + (f", {len(result['seeds'])} seeds" if many else ""), ["dev set", *metrics], rows)
     print_line(f"results: {Path(result['out']) / 'results.json'}")
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """A titled table; piped, the title is a line of its own before the plain rows (glue/all
+    prints one table per variant: the title says which)."""
+    if not on_terminal():
+        print_line(title)
+    print_table(title, columns, rows)
 
 
 def infer(
