@@ -281,7 +281,7 @@ class Reader:
         """Sizes of every file and the index files in full: cheap, and it turns a damaged
         dataset into an error before training rather than a run on garbage."""
         for k, info in enumerate(self._infos):
-            check_shard_info(self.folder, k, info)
+            check_shard_info(self.folder, k, info, shard_name(k))
             check_sizes(self.folder, info, self.dtype.itemsize)
             check_index(self.folder, info)
 

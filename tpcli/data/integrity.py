@@ -44,16 +44,15 @@ def corrupt(folder: Path, file: str, what: str) -> DataError:
     return DataError(f"dataset {folder} is corrupt: {file} {what}", hint=rebuild_hint(folder))
 
 
-def check_shard_info(folder: Path, k: int, info: Any) -> None:
-    """Shard `k`'s entry in meta.json names shard-k and gives counts that are integers >= 0."""
-    from tpcli.data.format import shard_name
-
+def check_shard_info(folder: Path, k: int, info: Any, name: str) -> None:
+    """Shard `k`'s entry in meta.json names it `name` (shard-k) and gives counts that are
+    integers >= 0."""
     counts = ("documents", "sequences", "tokens")
-    ok = (isinstance(info, dict) and info.get("name") == shard_name(k)
+    ok = (isinstance(info, dict) and info.get("name") == name
           and all(type(info.get(c)) is int and info[c] >= 0 for c in counts))
     if not ok:
         raise DataError(f"dataset {folder} is corrupt: meta.json's shard {k} is not "
-                        f"{{name: {shard_name(k)}, documents, sequences, tokens}} but {info!r:.200}",
+                        f"{{name: {name}, documents, sequences, tokens}} but {info!r:.200}",
                         hint=rebuild_hint(folder))
 
 
