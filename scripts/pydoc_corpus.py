@@ -20,13 +20,14 @@ import os
 import re
 import zlib
 from pathlib import Path
+from typing import Any
 
 from pydoc_data.topics import topics
 
 DECOR = re.compile(r"^[*=~^+-]{3,}$")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
 HELD_OUT_ONE_IN = 10
-VOCAB_SIZE = 6000
+VOCAB_SIZE = 4096
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0-4
 
 
@@ -70,8 +71,18 @@ def train_tokenizer(docs: list[list[str]], vocab_size: int, out: Path) -> None:
                                         min_frequency=2, show_progress=False,
                                         continuing_subword_prefix="##")
     tok.train_from_iterator([s for d in docs for s in d], trainer)
+    add_bert_template(tok)
     out.parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(out))
+
+
+def add_bert_template(tok: Any) -> None:
+    """[CLS] A [SEP] (B [SEP]) when `transformers` encodes with this tokenizer.json (an exported
+    model's tokenizer); tp's processors add the special tokens themselves."""
+    from tokenizers import processors
+
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.BertProcessing(("[SEP]", sep), ("[CLS]", cls))
 
 
 def write_atomic(path: Path, text: str) -> None:
