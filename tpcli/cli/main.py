@@ -67,6 +67,12 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def _exit_now(signum: int, frame: object) -> None:
+    """SIGTERM once the verb has ended (its cleanup done, its error being reported): end the
+    process with 130 and no traceback, wherever it is (torchrun stops the surviving ranks so)."""
+    raise SystemExit(130)
+
+
 def _catch_sigterm(handler: object) -> object:
     """Install `handler` for SIGTERM, returning the previous one (only the main thread may)."""
     try:
@@ -93,21 +99,27 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = typer.main.get_command(app)
+    # resolved before the verb runs: an except clause that imports could itself be interrupted
+    click_exit, click_error, click_abort = (_click_classes(n)
+                                            for n in ("Exit", "ClickException", "Abort"))
     previous = _catch_sigterm(_on_sigterm)
     try:
-        rv = command.main(args=argv, prog_name="tp", standalone_mode=False)
+        try:
+            rv = command.main(args=argv, prog_name="tp", standalone_mode=False)
+        finally:
+            _catch_sigterm(_exit_now)
         # typer turns a KeyboardInterrupt it sees into a returned 130; commands return None
         if isinstance(rv, int) and rv != 0:
             if rv == 130:
                 print(_interrupted(argv), file=sys.stderr)
             return rv
         return 0
-    except _click_classes("Exit") as e:
+    except click_exit as e:
         return int(getattr(e, "exit_code", 0) or 0)
-    except _click_classes("ClickException") as e:
+    except click_error as e:
         e.show()  # type: ignore[attr-defined]
         return int(getattr(e, "exit_code", 1))
-    except _click_classes("Abort"):
+    except click_abort:
         print(_interrupted(argv), file=sys.stderr)
         return 130
     except KeyboardInterrupt:
