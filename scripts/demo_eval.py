@@ -12,6 +12,7 @@ guess). Then a few held-out sentences it completes, and the first it misses, in 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -82,9 +83,12 @@ def top_guesses(model: Any, tok: Any, items: list[Item], k: int, chunk: int = 12
             ids[row, :len(it.ids)] = torch.tensor(it.ids)
             ids[row, it.pos] = mask_id
         batch = {"input_ids": ids, "segment_ids": torch.zeros_like(ids), "attention_mask": ids != pad_id}
-        logits = model.predict(batch)["mlm"]  # (B, T, V)
-        rows = logits[torch.arange(len(part)), torch.tensor([it.pos for it in part])]  # (B, V)
-        out.append(rows.topk(k, dim=-1).indices)
+        feats = model.features(batch)  # hidden (B, T, H)
+        rows = feats.hidden[torch.arange(len(part)), torch.tensor([it.pos for it in part])]
+        # only the masked rows go through the vocabulary projection: (B, 1, H) -> (B, 1, V)
+        logits = model.targets["mlm"].predict(dataclasses.replace(feats, hidden=rows[:, None]),
+                                              batch)[:, 0]
+        out.append(logits.topk(k, dim=-1).indices)
     return torch.cat(out)
 
 

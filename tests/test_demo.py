@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -78,17 +79,25 @@ def test_shipped_vocabulary_fits_the_corpus(tokenizer: Any,
     assert sum(p.startswith("##") for p in pieces) / len(pieces) < 0.1  # mostly whole words
 
 
-class _Unigram(torch.nn.Module):
-    """A 'model' that always predicts one token."""
+@dataclass
+class _Features:
+    hidden: torch.Tensor
+
+
+class _Unigram:
+    """A 'model' whose MLM head always predicts one token, whatever the hidden states."""
 
     def __init__(self, token: int, vocab: int) -> None:
-        super().__init__()
         self.token, self.vocab = token, vocab
+        self.targets = {"mlm": self}
 
-    def predict(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = torch.zeros(*batch["input_ids"].shape, self.vocab)
+    def features(self, batch: dict[str, torch.Tensor]) -> _Features:
+        return _Features(torch.zeros(*batch["input_ids"].shape, 8))  # (B, T, H)
+
+    def predict(self, features: _Features, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = torch.zeros(*features.hidden.shape[:-1], self.vocab)  # (B, T', V)
         logits[..., self.token] = 1.0
-        return {"mlm": logits}
+        return logits
 
 
 def test_scoring_masks_every_token_and_finds_the_unigram_guesses(tokenizer: Any,
