@@ -30,10 +30,10 @@ def _script(name: str) -> ModuleType:
     return mod
 
 
-def _run(*args: str | Path) -> subprocess.CompletedProcess:
+def _run(*args: str | Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     r = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env,
-                       cwd=ROOT, timeout=300)
+                       cwd=ROOT, timeout=timeout)
     assert r.returncode == 0, r.stderr
     return r
 
@@ -126,7 +126,7 @@ def test_demo_chain_learns_context_in_400_steps(tmp_path: Path,
     _run(*TP, "preprocess", "bert-tiny", "--corpus", corpus, "--out", tmp_path / "data")
     _run(*TP, "pretrain", "bert-tiny", "--data", tmp_path / "data", "--out", tmp_path / "run",
          "--no-progress", "model.encoder.position=rotary", "pretrain.steps=400",
-         "pretrain.save_every=400")
+         "pretrain.save_every=400", timeout=1200)  # ~30 s alone; minutes on a shared machine
     out = _run(sys.executable, "scripts/demo_eval.py", tmp_path / "run", held, corpus).stdout
     assert f"{len(_lines(held))} held-out sentences" in out
     tokens = re.search(r"every token \(([\d,]+)\): model ([\d.]+)%, always '\"' ([\d.]+)%", out)
@@ -134,7 +134,8 @@ def test_demo_chain_learns_context_in_400_steps(tmp_path: Path,
     assert tokens and words, out
     assert int(tokens[1].replace(",", "")) > int(words[1].replace(",", "")) > 2000
     assert 5.0 < float(tokens[3]) < 10.0 and 5.0 < float(words[3]) < 10.0  # the baselines
-    # it uses context already: at 400 steps over twice the unigram guess on tokens (the demo's 1,000
-    # steps: five times); a model stuck at the unigram plateau scores at or below the baseline
-    assert float(tokens[2]) > 2 * float(tokens[3]), out
+    # it uses context already: 16.4% of held-out tokens right at 400 steps against the unigram
+    # guess's 7.4% (the demo's 1,000 steps: 37.3%); stuck at the unigram plateau, as the demo of
+    # earlier versions was, a model scores the unigram guess or less
+    assert float(tokens[2]) > 1.5 * float(tokens[3]), out
     assert "whose masked word it gets right" in out and "[MASK]" in out
