@@ -1,10 +1,11 @@
-"""What `make demo`'s model learned: masked words of held-out sentences, against a unigram guess.
+"""What `make demo`'s model learned: masked tokens of held-out sentences, against a unigram guess.
 
-Every word of every held-out sentence (`scripts/pydoc_corpus.py --heldout`: sentences that appear
-nowhere in the training corpus) that is one whole vocabulary token and made of letters is masked
-in turn, one [MASK] per copy of the sentence, and the model's top-1 guess is scored. The baseline
-always guesses the most frequent such word of the training corpus (a unigram model's best single
-guess). Then a few held-out sentences it completes, and the first it misses, in corpus order.
+Every token of every held-out sentence (`scripts/pydoc_corpus.py --heldout`: sentences that appear
+nowhere in the training corpus) is masked in turn, one [MASK] per copy of the sentence, and the
+model's top-1 guess is scored: over all tokens, and over whole words (a token of letters, not a
+'##' piece nor followed by one). The baseline always guesses the training corpus's most frequent
+token (word): a unigram model's best single guess. Then the first held-out sentences whose masked
+word it gets right, and the first it gets wrong, in corpus order.
 
     python scripts/demo_eval.py build/demo/run build/demo/heldout.txt build/demo/corpus.txt
 """
