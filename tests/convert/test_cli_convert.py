@@ -290,3 +290,14 @@ def test_masked_lm_config_over_pretraining_weights(bert_hf: Path, tmp_path: Path
     assert diff <= 1e-5
     loaded = load_checkpoint(out)
     assert [t.name for t in loaded.recipe.model.targets] == ["mlm", "sp"]
+
+
+def test_a_rotary_bert_is_refused_not_exported_wrong(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """HF BERT has learned absolute positions only: a bert-tiny trained with rotary positions
+    (as `make demo` trains it) would export as a model computing other logits."""
+    run = make_run("bert-tiny", tmp_path / "rotary", [*SMALL, "model.encoder.position=rotary"])
+    fails(["convert", run, "--to", "hf", "--out", tmp_path / "hf"], capsys,
+          "the bert converter needs positions from the `pos` embedding alone",
+          "model.encoder.position=rotary")
+    assert not (tmp_path / "hf").exists()

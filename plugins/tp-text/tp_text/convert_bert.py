@@ -147,6 +147,12 @@ def encoder_config(spec: Any, vocab_size: int, family: str,
     if enc.pre_norm or enc.mask != "fully_visible" or not enc.bias:
         raise TpError(f"the {family} converter needs a post-norm, fully visible encoder with "
                       "biases")
+    if enc.position != "none":  # HF BERT has learned absolute positions only
+        raise TpError(f"the {family} converter needs positions from the `pos` embedding alone, "
+                      f"but the encoder adds model.encoder.position={enc.position}: Hugging "
+                      "Face's model would compute other outputs",
+                      hint="keep the checkpoint in tp format, or train with "
+                      "model.encoder.position=none")
     if o.embedding_norm != "layernorm":
         raise TpError(f"the {family} converter needs model.embedding_norm=layernorm")
     return emb, family_config(emb, enc, o, vocab_size)
