@@ -213,7 +213,9 @@ def tp_on_train_start(run: dict[str, Any]) -> None:
 @hookspec
 def tp_on_log(step: int, metrics: dict[str, float]) -> None:
     """Called every ``pretrain.log_every`` steps with scalar metrics: ``loss``, each target's loss
-    and metrics, ``lr``, ``grad_norm``, ``tokens_per_s``, ``mfu``, ``elapsed_s``."""
+    and metrics, ``lr``, ``grad_norm``, ``tokens_per_s``, ``steps_per_s``, ``mfu`` (at most 1),
+    ``peak_tflops`` (the peak MFU is measured against, raised when a window beats it),
+    ``elapsed_s``."""
 
 
 @hookspec
