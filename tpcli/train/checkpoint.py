@@ -108,6 +108,10 @@ def save_checkpoint(
         dist.barrier()  # every rank's part is on disk
         if dist.is_main:
             _commit(tmp, final)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM mid-save: the previous checkpoint stands
+        if dist.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except Exception as e:  # noqa: BLE001 - only write failures are the user's to fix
         if not _is_write_failure(e):
             raise
