@@ -11,6 +11,7 @@ mistake is the same on every rank).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from tpcli.errors import Interrupted, Terminated, TpError
+from tpcli.train import run_folder
 from tpcli.plugins.requests import PretrainRequest
 
 # torchrun's agent logs: glog-style "W1126 11:40:42.701000 11892 path:line] message"
@@ -162,10 +164,8 @@ def launch(request: PretrainRequest) -> dict[str, object]:
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
     if code == 0:
-        from tpcli.train import run_folder
-
         done = run_folder.resolve_resume(Path(request.resume or request.out))[0]
-        return {**run_folder.summary(done), "nproc": request.nproc}
+        return {**_summary(done), "nproc": request.nproc}
     run = request.out or request.resume
     resume = f"tp pretrain --resume {run} --nproc {request.nproc}"
     # a rank killed by a signal (not torchrun's SIGTERM to the survivors) is the cause; the
@@ -185,6 +185,22 @@ def launch(request: PretrainRequest) -> dict[str, object]:
                   "last complete checkpoint",
                   hint=f"rerun with --debug for the children's tracebacks, or continue with "
                   f"`{resume}`")
+
+
+def _summary(run: Path) -> dict[str, object]:
+    """What `tp pretrain` reports, read back from the finished run folder: the step of `last`,
+    the loss of the last logged step, the folder and its checkpoint."""
+    from tpcli.train.checkpoint import read_info
+
+    loss = float("nan")
+    path = run / run_folder.METRICS
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        try:
+            loss = float(json.loads(line).get("loss", loss))
+        except ValueError:  # a line cut by a kill mid-write
+            continue
+    return {"steps": int(read_info(run / run_folder.LAST)["step"]), "loss": loss,
+            "out": str(run), "checkpoint": str(run / run_folder.LAST)}
 
 
 LAUNCHED = "TP_LAUNCHED"  # set for the ranks `tp pretrain --nproc` starts

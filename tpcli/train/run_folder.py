@@ -233,23 +233,3 @@ def earlier_hint(ckpt: Path) -> str:
         if older:
             return f"use an earlier checkpoint of the run: `--resume {older[-1]}`"
     return "use an earlier checkpoint of the run (RUN/checkpoints/step-N)"
-
-
-def summary(run: Path) -> dict[str, Any]:
-    """What `tp pretrain` reports, read back from a finished run folder: the step of `last`,
-    the loss of the last logged step, the folder and its checkpoint."""
-    run = Path(run)
-    loss = float("nan")
-    path = run / METRICS
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if "loss" in row:
-                loss = float(row["loss"])
-    info = json.loads((run / LAST / INFO).read_text())
-    return {"steps": int(info["step"]), "loss": loss, "out": str(run),
-            "checkpoint": str(run / LAST)}
-
