@@ -1,0 +1,33 @@
+"""Registers this distribution's modules, tokenizers, processors, tasks and converters. Lazy
+strings: nothing heavy (torch, Pillow) is imported here."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from tpcli import hookimpl
+
+
+@hookimpl
+def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
+    pass  # modules
+
+
+@hookimpl
+def tp_register_tokenizers(register: Callable[[str, Any], None]) -> None:
+    pass  # tokenizers
+
+
+@hookimpl
+def tp_register_processors(register: Callable[[str, Any], None]) -> None:
+    pass  # processors
+
+
+@hookimpl
+def tp_register_tasks(register: Callable[[str, Any], None]) -> None:
+    pass  # tasks
+
+
+@hookimpl
+def tp_register_converters(register: Callable[[str, Any], None]) -> None:
+    pass  # converters
