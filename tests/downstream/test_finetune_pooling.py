@@ -75,7 +75,7 @@ def test_causal_default_pools_the_last_real_token_of_a_right_padded_batch() -> N
     texts = ["A for loop.", "The with statement wraps a block in a context manager.", "x = 1"]
     rows = task.encode([Example(str(i), {"text_a": t, "text_b": None}) for i, t in
                         enumerate(texts)], tokenizer, 48, with_labels=False)
-    data = MemoryDataset(rows, tokenizer, 0)
+    data = MemoryDataset(rows, task.batch_keys(rows, tokenizer), 0)
     batch = data.collate(rows)
     lengths = [len(r["input_ids"]) for r in rows]
     assert len(set(lengths)) == 3 and not bool(batch["attention_mask"].all())  # padded

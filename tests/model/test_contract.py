@@ -3,8 +3,9 @@ target (built-in or third-party): build tiny, forward, backward, no NaN, state-d
 Config round trip, Config refuses unknown keys, and (targets) weight tying without a duplicate.
 
 A new module is covered by adding it to the registry; nothing here names one. Its Config is built
-from its defaults, shrunk where it has the usual size fields (`SHRINK`), and it sees the union of
-the inputs every kind may read (`sample_batch`).
+from its defaults, shrunk where it has the usual size fields, and an embedding is fed a batch built
+from the keys it declares (`tpcli.testing.contract`); a target sees the labels of tp-text's targets
+overlaid with the keys it declares.
 """
 
 from __future__ import annotations
@@ -16,14 +17,9 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from tpcli.model.module import BuildContext, Features, TargetOutput
 from tpcli.plugins import get_plugins
-
-KINDS = ("embedding", "encoder", "decoder", "pooling", "target")
-H, V, B, T = 32, 100, 3, 8
-SHRINK = {"layers": 2, "heads": 4, "ffn_size": 64}  # applied to the fields a Config has
-SPECIALS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
-LENGTHS = (T, 6, 3)  # real tokens per row; the rest is padding
+from tpcli.testing import contract
+from tpcli.testing.contract import B, H, KINDS, SPECIALS, T, V, mask_of, tiny_config
 
 REGISTRY = get_plugins().registry
 ENTRIES = [
@@ -33,30 +29,15 @@ ENTRIES = [
 ]
 
 
-def make_ctx() -> BuildContext:
-    return BuildContext(hidden_size=H, vocab_size=V, dropout=0.1, norm_eps=1e-12,
-                        init_std=0.02, special_ids=dict(SPECIALS))
-
-
-def tiny_config(cls: Any) -> Any:
-    fields = cls.Config.model_fields
-    return cls.Config(**{k: v for k, v in SHRINK.items() if k in fields})
-
-
 def build(kind: str, name: str, seed: int = 0) -> nn.Module:
-    cls = REGISTRY.get(kind, name)
-    torch.manual_seed(seed)
-    return cls(tiny_config(cls), make_ctx())
+    return contract.build(REGISTRY.get(kind, name), seed)
 
 
-def sample_batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Every input and label a module of any kind may read, for a right-padded batch."""
+def text_labels(seed: int = 0) -> dict[str, torch.Tensor]:
+    """The labels tp-text's targets read, for targets that declare none (`inputs`)."""
+    mask = mask_of({})
     g = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(B, T, dtype=torch.bool)
-    for row, n in enumerate(LENGTHS):
-        mask[row, :n] = True
     input_ids = torch.randint(len(SPECIALS), V, (B, T), generator=g).masked_fill(~mask, 0)
-    segment_ids = (torch.arange(T) >= T // 2).long().expand(B, T) * mask
     mlm_labels = torch.full((B, T), -100)
     mlm_labels[0, 1], mlm_labels[0, 5], mlm_labels[1, 2], mlm_labels[2, 1] = 7, 8, 9, 10
     tags = torch.full((B, T), -100)  # a tag per word's first piece (sequence labelling)
@@ -64,7 +45,6 @@ def sample_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     return {
         "input_ids": input_ids,
         "attention_mask": mask,
-        "segment_ids": segment_ids,
         "mlm_labels": mlm_labels,
         "sp_labels": torch.tensor([0, 1, 1]),
         "labels": torch.tensor([1, 0, 1]),
@@ -75,55 +55,8 @@ def sample_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def features(batch: dict[str, torch.Tensor], seed: int = 0) -> Features:
-    """Hidden states for a target: one stack's, plus two streams for dual-stream targets."""
-    g = torch.Generator().manual_seed(seed)
-    mask = batch["attention_mask"]
-
-    def one() -> Features:
-        hidden = torch.randn(B, T, H, generator=g).requires_grad_()
-        return Features(hidden, mask, torch.randn(B, H, generator=g).requires_grad_())
-
-    f = one()
-    return Features(f.hidden, f.mask, f.pooled, (one(), one()))
-
-
 def run(kind: str, m: nn.Module, seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Forward once: (a scalar to backpropagate, the outputs to compare)."""
-    batch = sample_batch(seed)
-    mask = batch["attention_mask"]
-    g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(B, T, H, generator=g).requires_grad_()
-    if kind == "target":
-        # a task head whose labels are not one class per row (multi-hot, per token, spans)
-        # shapes the sample batch's labels itself: `contract_labels(batch) -> batch`
-        adapt = getattr(type(m), "contract_labels", None)
-        if adapt is not None:
-            batch = adapt(batch)
-        feats = features(batch, seed)
-        out = m(feats, batch)
-        assert isinstance(out, TargetOutput) and out.loss.dim() == 0
-        for key, value in out.metrics.items():
-            assert value.dim() == 0, f"metric {key} is not a scalar"
-        pred = m.predict(feats, batch)
-        return out.loss, [out.loss, pred, *out.metrics.values()]
-    if kind == "embedding":
-        y = m(batch)
-        assert y.shape == (B, T, H)
-    elif kind == "encoder":
-        y = m(x, mask)
-        assert y.shape == (B, T, H)
-    elif kind == "decoder":
-        memory = torch.randn(B, T + 2, H, generator=g)
-        memory_mask = torch.ones(B, T + 2, dtype=torch.bool)
-        memory_mask[2, T - 1:] = False
-        y = m(x, mask, memory, memory_mask)
-        assert y.shape == (B, T, H)
-    else:
-        y = m(x, mask)
-        assert y.shape == (B, H)
-    weights = torch.randn(y.shape, generator=g)  # a loss whose gradient reaches every output
-    return (y * weights).sum(), [y]
+    return contract.run(kind, m, text_labels(seed), seed)
 
 
 @pytest.mark.parametrize(("kind", "name"), ENTRIES)
@@ -144,6 +77,23 @@ def test_forward_backward_finite(kind: str, name: str) -> None:
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for _, p in params), (
             f"{kind} {name}: no parameter received a gradient"
         )
+
+
+@pytest.mark.parametrize(("kind", "name"), [p for p in ENTRIES if p.values[0] == "embedding"])
+def test_embedding_declares_inputs(kind: str, name: str) -> None:
+    """What an embedding reads is declared (`inputs`: BatchKeys), or it is sized by the
+    embeddings before it (`sequence`): the contract test and the recipe check rely on it."""
+    import inspect
+
+    from tpcli.data.batch import BatchKey
+
+    m = build(kind, name)
+    keys = getattr(m, "inputs", None)
+    assert isinstance(keys, tuple) and all(isinstance(k, BatchKey) for k in keys), (
+        f"embedding {name} declares no `inputs` tuple of BatchKey")
+    takes_sequence = "sequence" in inspect.signature(m.forward).parameters
+    assert takes_sequence or any(not k.optional for k in keys), (
+        f"embedding {name} reads no required key and takes no `sequence`")
 
 
 @pytest.mark.parametrize(("kind", "name"), ENTRIES)

@@ -129,8 +129,10 @@ def count_units(batch: dict[str, torch.Tensor], keys: Sequence[BatchKey]) -> tup
     key (from its mask when collate added one), `per_example` per example of a fixed one.
     ("examples", batch size) when no key declares a unit."""
     for key in keys:
-        if key.unit is None or key.name not in batch:
+        if key.unit is None:
             continue
+        if key.name not in batch:  # no batch: the unit alone
+            return key.unit, 0
         value = batch[key.name]
         if key.varying:
             mask = batch.get(key.mask) if key.mask else None

@@ -14,8 +14,9 @@ import torch
 from torch.utils.data import Dataset
 
 from tpcli.data.format import Reader
-from tpcli.data.masking import IGNORE, MaskingConfig, example_generator, mask_tokens
-from tpcli.errors import DataError
+from tpcli.data.batch import BatchKey, collate
+from tpcli.data.masking import MaskingConfig, example_generator, mask_tokens
+from tpcli.errors import DataError, PluginError
 
 UNMASKABLE = ("cls", "sep", "pad", "mask")  # never chosen for prediction
 
@@ -61,11 +62,11 @@ class Masker:
 class ExampleDataset(Dataset):
     """Map-style dataset over a stored corpus; subclasses implement `__len__` and `example`."""
 
-    def __init__(self, store: Reader, tokenizer: Any, seed: int) -> None:
+    def __init__(self, store: Reader | None, tokenizer: Any, seed: int) -> None:
         self.store = store
         self.seed = int(seed)
         self.epoch = 0
-        self.special_ids = dict(tokenizer.special_ids)
+        self.special_ids = dict(tokenizer.special_ids) if tokenizer is not None else {}
         self.pad_id = int(self.special_ids.get("pad", 0))
 
     def set_epoch(self, epoch: int) -> None:
@@ -84,34 +85,17 @@ class ExampleDataset(Dataset):
             raise IndexError(f"example {index} out of range (0..{len(self) - 1})")
         return self.example(index, example_generator(self.seed, self.epoch, index))
 
-    def pad_value(self, key: str) -> int:
-        """Padding of a (T,) field: the pad id for `*input_ids`, -100 for `*labels`, else 0
-        (`*position_ids`, `*segment_ids`)."""
-        if key.endswith("input_ids"):
-            return self.pad_id
-        return IGNORE if key.endswith("labels") else 0
+    def batch_keys(self) -> tuple[BatchKey, ...]:
+        """The keys of this dataset's examples (`tpcli.data.batch.BatchKey`): names, dtypes,
+        shapes, padding, what tokens/s counts. `collate` pads and stacks by them."""
+        raise PluginError(f"{type(self).__name__} declares no batch_keys()",
+                          hint="return a tuple of tpcli.data.batch.BatchKey from the dataset's "
+                          "batch_keys()")
 
     def collate(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Pad each (T,) field to its longest example, stack scalar fields, and add
-        `<prefix>attention_mask` (B, T) bool, True on real tokens, for every `<prefix>input_ids`
-        (`input_ids` -> `attention_mask`, `tgt_input_ids` -> `tgt_attention_mask`)."""
-        if not examples:
-            raise ValueError("collate needs at least one example")
-        batch: dict[str, torch.Tensor] = {}
-        for key, first in examples[0].items():
-            if first.dim() == 0:
-                batch[key] = torch.stack([e[key] for e in examples])  # (B,)
-                continue
-            lengths = torch.tensor([len(e[key]) for e in examples])  # (B,)
-            width = int(lengths.max())
-            out = torch.full((len(examples), width), self.pad_value(key), dtype=first.dtype)
-            for row, e in enumerate(examples):
-                out[row, : len(e[key])] = e[key]
-            batch[key] = out  # (B, T)
-            if key.endswith("input_ids"):
-                mask_key = key[: -len("input_ids")] + "attention_mask"
-                batch[mask_key] = torch.arange(width)[None, :] < lengths[:, None]  # (B, T)
-        return batch
+        """A batch of `examples`, padded and stacked as `batch_keys` declares (see
+        `tpcli.data.batch.collate`)."""
+        return collate(examples, self.batch_keys(), source=type(self).__name__)
 
 
 def special_id(special_ids: dict[str, int], names: tuple[str, ...], processor: str,

@@ -22,9 +22,9 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
+from tpcli.data.batch import IGNORE  # re-exported: processors import it from here
 from tpcli.model.module import ModuleConfig
 
-IGNORE = -100
 _M64 = (1 << 64) - 1
 
 

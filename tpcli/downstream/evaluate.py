@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import torch
 
+from tpcli.data.batch import BatchKey
 from tpcli.data.dataset import ExampleDataset
 from tpcli.errors import TpError
 from tpcli.downstream.tasks import Example
@@ -19,14 +20,17 @@ from tpcli.downstream.tasks import Example
 
 
 class MemoryDataset(ExampleDataset):
-    """Encoded examples held in memory (fine-tuning sets are small), padded by the usual
-    collate (`*input_ids` with the pad id, `*labels` with -100, the rest with 0)."""
+    """Encoded examples held in memory (fine-tuning sets are small), collated by the batch keys
+    their task declares (`Task.batch_keys`)."""
 
-    def __init__(self, rows: list[dict[str, torch.Tensor]], tokenizer: Any, seed: int) -> None:
+    def __init__(self, rows: list[dict[str, torch.Tensor]], keys: tuple[BatchKey, ...],
+                 seed: int) -> None:
         self.rows = rows
+        self.keys = keys
         self.seed, self.epoch = int(seed), 0
-        self.special_ids = dict(tokenizer.special_ids)
-        self.pad_id = int(self.special_ids.get("pad", 0))
+
+    def batch_keys(self) -> tuple[BatchKey, ...]:
+        return self.keys
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -57,7 +61,7 @@ def predict(model: torch.nn.Module, task: Any, target: str, examples: list[Examp
                 return own(model, examples, rows, tokenizer, device, batch_size, precision)
         finally:
             model.train(was_training)
-    data = MemoryDataset(rows, tokenizer, 0)
+    data = MemoryDataset(rows, task.batch_keys(rows, tokenizer), 0)
     out: list[dict[str, Any]] = []
     was_training = model.training
     model.eval()
@@ -66,7 +70,8 @@ def predict(model: torch.nn.Module, task: Any, target: str, examples: list[Examp
             batch = {k: v.to(device) for k, v in drop_full_masks(host)}
             with _autocast(device, precision):
                 raw = model.predict(batch)[target]
-            out += task.decode(raw.float().cpu(), examples[start:start + len(host["input_ids"])])
+            n = len(next(iter(host.values())))  # examples in this batch
+            out += task.decode(raw.float().cpu(), examples[start:start + n])
     model.train(was_training)
     return out
 

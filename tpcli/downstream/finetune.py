@@ -347,7 +347,7 @@ def _one_run(request: FinetuneRequest, recipe: Any, task: Any, splits: Splits, t
                               opts.eval_every or per_epoch, out, dist.device,
                               lambda step, m: plugins.hook.tp_on_log(step=step, metrics=m))
         torch.manual_seed(seed)  # the dropout stream of this seed
-        summary = train(Setup(recipe, tokenizer, model, MemoryDataset(rows, tokenizer, seed),
+        summary = train(Setup(recipe, tokenizer, model, MemoryDataset(rows, task.batch_keys(rows, tokenizer), seed),
                               out, plugins, request.progress, 0, None, dist, strategy,
                               run_opts, evaluator))
         best = ckpt_io.find_checkpoint(out / "best")

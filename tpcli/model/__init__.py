@@ -9,6 +9,7 @@ Nothing here names a model: BERT, T5 and CLIP are only different recipes.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -16,6 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from tpcli.data.batch import BatchKey
 from tpcli.recipes.config import ModelSpec, ModuleSpec, StackSpec
 from tpcli.errors import TpError
 from tpcli.layers.dropout import Dropout
@@ -68,6 +70,9 @@ class EmbeddingSum(nn.Module):
                  project: nn.Module | None = None) -> None:
         super().__init__()
         self.parts = nn.ModuleDict(modules)
+        # parts whose forward takes `sequence`: they are sized by the sum built before them
+        self.takes_sequence = {name for name, m in modules.items()
+                               if "sequence" in inspect.signature(m.forward).parameters}
         self.norm = norm
         self.dropout = Dropout(dropout)
         self.project = project
@@ -79,11 +84,18 @@ class EmbeddingSum(nn.Module):
                 return w
         return None
 
+    def inputs(self) -> tuple[BatchKey, ...]:
+        """The batch keys the parts read (each part's declared `inputs`)."""
+        return tuple(k for m in self.parts.values() for k in getattr(m, "inputs", ()))
+
     def forward(self, inputs: Batch) -> torch.Tensor:
-        parts = iter(self.parts.values())
-        x = next(parts)(inputs)
-        for m in parts:
-            x = x + m(inputs)
+        x: torch.Tensor | None = None
+        for name, m in self.parts.items():
+            # a position embedding after `patch` sizes itself by the sequence so far, whose
+            # length (a class token before the patches) no single input gives
+            y = m(inputs, sequence=x) if name in self.takes_sequence else m(inputs)
+            x = y if x is None else x + y
+        assert x is not None  # validation guarantees at least one embedding
         x = self.dropout(self.norm(x))  # (B, T, E)
         return self.project(x) if self.project is not None else x  # (B, T, H)
 
@@ -199,6 +211,22 @@ class TpModel(nn.Module):
 
     def _first_stack(self) -> Stack:
         return self.stream_0 if self.spec.dual else self.stack
+
+    def inputs(self) -> tuple[BatchKey, ...]:
+        """Every batch key the embeddings read, named as the batch holds them (`tgt_` for the
+        target side, `stream_0.` / `stream_1.` for dual streams)."""
+        def renamed(keys: tuple[BatchKey, ...], prefix: str) -> list[BatchKey]:
+            return [dataclasses.replace(k, name=prefix + k.name,
+                                        mask=prefix + k.mask if k.mask else None) for k in keys]
+
+        if self.spec.dual:
+            out = renamed(self.stream_0.embedding.inputs(), "stream_0.")
+            out += renamed((self.stream_1 or self.stream_0).embedding.inputs(), "stream_1.")
+        else:
+            out = list(self.stack.embedding.inputs())
+        if self.tgt_embedding is not None:
+            out += renamed(self.tgt_embedding.inputs(), "tgt_")
+        return tuple(out)
 
     # -- running
 

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, get_args, ge
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tpcli.errors import TpError
+
 if TYPE_CHECKING:
     import torch
 
@@ -91,6 +93,19 @@ class Tokenizer(Protocol):
 
     @classmethod
     def from_saved(cls, directory: str) -> "Tokenizer": ...
+
+
+def sequence_length(inputs: dict[str, "torch.Tensor"], sequence: "torch.Tensor | None",
+                    name: str) -> tuple[int, int]:
+    """(B, T) of the sequence the embeddings listed before `name` built (a class token
+    included): what a position or segment embedding sizes itself by. A TpError when `name` is
+    listed first, with nothing before it to take a length from."""
+    if sequence is not None:
+        return int(sequence.shape[0]), int(sequence.shape[1])
+    raise TpError(f"embedding {name} takes its length from the embeddings listed before it, "
+                  "and it is listed first",
+                  hint=f"list {name} after the embedding that reads the inputs, e.g. "
+                  f"`embedding: [word, {name}]` or `[patch, {name}]`")
 
 
 def options_of(cls: Any) -> list[dict[str, Any]]:

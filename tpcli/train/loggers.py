@@ -39,14 +39,16 @@ _s = _State()
 
 
 def _fmt_metrics(metrics: dict[str, float]) -> str:
-    keys = ["loss"] + sorted(k for k in metrics if "." in k and not k.endswith(".count")) + ["lr", "tokens_per_s", "mfu"]
+    rates = [k for k in metrics if k.endswith("_per_s") and k != "steps_per_s"]  # tokens, patches
+    keys = (["loss"] + sorted(k for k in metrics if "." in k and not k.endswith(".count"))
+            + ["lr", *rates, "mfu"])
     parts = []
     for k in keys:
         if k not in metrics:
             continue
         v = metrics[k]
-        if k == "tokens_per_s":
-            parts.append(f"{v:,.0f} tok/s")
+        if k in rates:
+            parts.append(f"{v:,.0f} {k.removesuffix('_per_s')}/s")
         elif k == "mfu":
             parts.append(f"mfu {100 * v:.1f}%")
         elif k == "lr":

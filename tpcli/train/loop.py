@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from tpcli.data.batch import count_units
 from tpcli.errors import Interrupted, Terminated, TpError
 from tpcli.plugins import Plugins
 from tpcli.train import checkpoint as ckpt_io
@@ -168,6 +169,8 @@ def train(s: Setup) -> dict[str, Any]:
         if dist.rank < len(rngs):
             _set_rng_state(rngs[dist.rank])
     sampler = Sampler(s.dataset, opts.seed, pos, dist.rank, dist.world_size)
+    keys = s.dataset.batch_keys()  # what tokens/s counts: tokens, patches, frames, ...
+    unit = count_units({}, keys)[0]
     if opts.compile:
         from tpcli.layers.output import keep_eager_under_compile
 
@@ -200,8 +203,8 @@ def train(s: Setup) -> dict[str, Any]:
     for step in range(s.start_step, opts.steps):
         for i in range(opts.grad_accum):
             host = sampler.next_batch(micro)  # this rank's slice: micro / world examples
-            mask = host.get("attention_mask")  # counted on the host: no device sync
-            window_tokens += int(mask.sum()) if mask is not None else host["input_ids"].numel()
+            unit, n = count_units(host, keys)  # counted on the host: no device sync
+            window_tokens += n
             batch = {k: v.to(dist.device, non_blocking=True) for k, v in drop_full_masks(host)}
             with strategy.accumulate(i == opts.grad_accum - 1), \
                     meter.count(step == s.start_step), _autocast(dist.device, opts.precision):
@@ -226,7 +229,7 @@ def train(s: Setup) -> dict[str, Any]:
             if not math.isfinite(last_loss):
                 raise _diverged(last_loss, done)
             metrics = {"loss": last_loss, "lr": strategy.lr(), "grad_norm": float(grad_norm),
-                       "tokens_per_s": stats[-1] / elapsed, "steps_per_s": window_steps / elapsed,
+                       f"{unit}_per_s": stats[-1] / elapsed, "steps_per_s": window_steps / elapsed,
                        "elapsed_s": time.perf_counter() - t0}
             metrics |= {k: v / dist.world_size / window_steps for k, v in zip(keys, stats[1:])}
             metrics |= meter.mfu(window_steps / elapsed)  # per chip: this rank's FLOPs
@@ -318,6 +321,21 @@ def _refuse_with_resume(request: PretrainRequest) -> None:
                       hint="drop --out (or copy the run folder and resume the copy)")
 
 
+def check_inputs(model: torch.nn.Module, keys: tuple[Any, ...]) -> None:
+    """A TpError when an embedding reads a batch key the data does not provide (a `patch`
+    embedding over a text processor), naming the key, the module and what the data has."""
+    inputs = getattr(model, "inputs", None)
+    if inputs is None:
+        return
+    have = {k.name for k in keys} | {k.mask for k in keys if k.mask}
+    missing = [k.name for k in inputs() if not k.optional and k.name not in have]
+    if missing:
+        raise TpError(f"the model's embeddings read {', '.join(repr(m) for m in missing)}, which "
+                      f"the data's examples do not have (they have {', '.join(sorted(have))})",
+                      hint="choose a processor (data.processor) that produces those keys, or "
+                      "embeddings that read what it produces (`tp modules embedding`)")
+
+
 PREFLIGHT_SAMPLE = 64  # examples looked at (spread over the dataset) to find a longest one
 
 
@@ -329,6 +347,7 @@ def _preflight(model: torch.nn.Module, dataset: Any) -> None:
     if n == 0:
         raise TpError("the dataset holds no training examples",
                       hint="preprocess a larger corpus or lower the processor's seq_length")
+    check_inputs(model, dataset.batch_keys())
     rng = torch.get_rng_state()
     was_training = model.training
     try:

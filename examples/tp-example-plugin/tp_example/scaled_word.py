@@ -16,6 +16,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from tpcli.data.batch import BatchKey
 from tpcli.model.module import BuildContext, ModuleConfig
 
 
@@ -32,6 +33,10 @@ class ScaledWordEmbedding(nn.Module):
         # embed_dim: model.embedding_size when set (factorized), else hidden_size
         self.scale = config.scale if config.scale is not None else math.sqrt(ctx.embed_dim)
         self.embedding = nn.Embedding(ctx.vocab_size, ctx.embed_dim, padding_idx=ctx.pad_id)
+        # what it reads from a batch: tp checks a recipe's data provides it, and the contract
+        # test (tpcli.testing.contract) builds the module's test inputs from it
+        self.inputs = (BatchKey("input_ids", "int64", ("T",), pad=ctx.pad_id or 0,
+                                mask="attention_mask", unit="tokens", high=ctx.vocab_size),)
 
     @property
     def word_weight(self) -> torch.Tensor:

@@ -20,7 +20,8 @@ import torch
 from pydantic import Field
 
 from tp_text.bert_processor import chunk_documents, pair_example
-from tpcli.data.dataset import ExampleDataset, Masker
+from tp_text.batch_keys import TextDataset
+from tpcli.data.dataset import Masker
 from tpcli.data.format import Reader
 from tpcli.data.masking import MaskingConfig, Span
 from tpcli.errors import DataError
@@ -44,7 +45,7 @@ def _coin(g: torch.Generator, p: float) -> bool:
     return float(torch.rand(1, generator=g)) < p
 
 
-class AlbertDataset(ExampleDataset):
+class AlbertDataset(TextDataset):
     """Sentence-order pairs: input_ids, segment_ids, mlm_labels (T,) and sp_labels ()."""
 
     def __init__(self, store: Reader, tokenizer: Any, seed: int, config: AlbertProcessorConfig):

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from tpcli.data.dataset import ExampleDataset, special_id
+from tp_text.batch_keys import TextDataset
+from tpcli.data.dataset import special_id
 from tpcli.data.format import Reader
 from tpcli.data.masking import place_spans
 from tpcli.model.module import ModuleConfig
@@ -107,7 +108,7 @@ def infill(body: torch.Tensor, lengths: torch.Tensor, mask_id: int, g: torch.Gen
     return values[torch.argsort(keys, stable=True)]
 
 
-class BartDataset(ExampleDataset):
+class BartDataset(TextDataset):
     """Denoising pairs: input_ids (T,), tgt_input_ids (T',), lm_labels (T',)."""
 
     def __init__(self, store: Reader, tokenizer: Any, seed: int, config: BartProcessorConfig):

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from tpcli.data.dataset import ExampleDataset, Masker
+from tp_text.batch_keys import TextDataset
+from tpcli.data.dataset import Masker
 from tpcli.data.format import Reader
 from tpcli.data.masking import MaskingConfig
 from tpcli.errors import DataError
@@ -109,7 +110,7 @@ def pair_example(a: np.ndarray, b: np.ndarray, label: int, max_tokens: int,
             "sp_labels": torch.tensor(label)}
 
 
-class BertDataset(ExampleDataset):
+class BertDataset(TextDataset):
     """Sentence-pair examples: input_ids, segment_ids, mlm_labels (T,) and sp_labels ()."""
 
     def __init__(self, store: Reader, tokenizer: Any, seed: int, config: BertProcessorConfig):

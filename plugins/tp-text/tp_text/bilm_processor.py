@@ -14,7 +14,8 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field
 
-from tpcli.data.dataset import DocumentStream, ExampleDataset, special_id
+from tp_text.batch_keys import TextDataset
+from tpcli.data.dataset import DocumentStream, special_id
 from tpcli.data.format import Reader
 from tpcli.model.module import ModuleConfig
 
@@ -25,7 +26,7 @@ class BilmProcessorConfig(ModuleConfig):
     seq_length: int = Field(128, ge=2, le=1 << 20, description="tokens per example")
 
 
-class BilmDataset(ExampleDataset):
+class BilmDataset(TextDataset):
     """Blocks of the document stream: input_ids (T,)."""
 
     def __init__(self, store: Reader, tokenizer: Any, seed: int, config: BilmProcessorConfig):

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field
 
+from tp_text.batch_keys import task_keys
 from tpcli.data.dataset import special_id
 from tpcli.errors import DataError
 from tpcli.layers.pooling import PoolingKind, default_pooling
@@ -48,6 +49,8 @@ class PooledHead:
     makes the default pooling follow the encoder's mask (`default_pooling`); the task's `pooling`
     option, when given, wins. Unbound, the default is a bidirectional encoder's (the first
     token)."""
+
+    batch_keys = staticmethod(task_keys)  # text rows: keys by tp-text's naming convention
 
     config: Any
     _causal: bool = False

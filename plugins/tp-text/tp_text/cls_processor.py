@@ -22,7 +22,8 @@ import torch
 from pydantic import Field, field_validator
 
 from tp_text.bert_processor import trimmed_lengths
-from tpcli.data.dataset import ExampleDataset, TokenStore, special_id
+from tp_text.batch_keys import TextDataset
+from tpcli.data.dataset import TokenStore, special_id
 from tpcli.data.format import Reader
 from tpcli.errors import DataError
 from tpcli.model.module import ModuleConfig
@@ -57,7 +58,7 @@ def _sort_key(name: str) -> tuple[int, float, str]:
     return (0, float(int(name)), "") if name.lstrip("-").isdigit() else (1, 0.0, name)
 
 
-class ClsDataset(ExampleDataset):
+class ClsDataset(TextDataset):
     """One example per line: input_ids, segment_ids (T,) and labels ()."""
 
     def __init__(self, store: Reader, tokenizer: Any, seed: int, config: ClsProcessorConfig):

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from tpcli.data.dataset import DocumentStream, ExampleDataset, special_id
+from tp_text.batch_keys import TextDataset
+from tpcli.data.dataset import DocumentStream, special_id
 from tpcli.data.format import Reader
 from tpcli.data.masking import IGNORE
 from tpcli.model.module import ModuleConfig
@@ -40,7 +41,7 @@ def restart_positions(starts: np.ndarray) -> np.ndarray:
     return idx - run_start
 
 
-class LmDataset(ExampleDataset):
+class LmDataset(TextDataset):
     """Packed blocks: input_ids, lm_labels (T,) and, with reset_positions, position_ids (T,)."""
 
     def __init__(self, store: Reader, tokenizer: Any, seed: int, config: LmProcessorConfig):

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from tpcli.data.dataset import ExampleDataset, Masker
+from tp_text.batch_keys import TextDataset
+from tpcli.data.dataset import Masker
 from tpcli.data.format import Reader
 from tpcli.data.masking import MaskingConfig
 from tpcli.errors import DataError
@@ -28,7 +29,7 @@ class MlmProcessorConfig(MaskingConfig):
     seq_length: int = Field(128, ge=4, le=65536, description="tokens per example, with specials")
 
 
-class MlmDataset(ExampleDataset):
+class MlmDataset(TextDataset):
     """Blocks of the document stream: input_ids, segment_ids, mlm_labels (T,)."""
 
     def __init__(self, store: Reader, tokenizer: Any, seed: int, config: MlmProcessorConfig):

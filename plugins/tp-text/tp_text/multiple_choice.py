@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field
 
+from tp_text.batch_keys import task_keys
 from tpcli.data.dataset import special_id
 from tpcli.errors import DataError
 from tpcli.downstream.tasks import Example, Splits, TaskConfig, TaskData, data_file
@@ -91,6 +92,8 @@ def read_examples(path: str, need_label: bool) -> list[Example]:
 
 class ChoiceTask:
     """One right choice of K per example, scored by accuracy."""
+
+    batch_keys = staticmethod(task_keys)  # text rows: keys by tp-text's naming convention
 
     Config: ClassVar[type[TaskConfig]] = ChoiceConfig
     metrics: tuple[str, ...] = ("accuracy",)

@@ -11,7 +11,8 @@ from pydantic import Field
 from torch import nn
 
 from tpcli.errors import TpError
-from tpcli.model.module import BuildContext, ModuleConfig
+from tpcli.data.batch import BatchKey
+from tpcli.model.module import BuildContext, ModuleConfig, sequence_length
 
 
 class PosEmbedding(nn.Module):
@@ -31,12 +32,15 @@ class PosEmbedding(nn.Module):
         super().__init__()
         self.config = config
         self.embedding = nn.Embedding(config.max_length, ctx.embed_dim)
+        self.inputs = (BatchKey("position_ids", "int64", ("T",), pad=0, high=config.max_length,
+                                optional=True),)
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, inputs: dict[str, torch.Tensor],
+                sequence: torch.Tensor | None = None) -> torch.Tensor:
         position_ids = inputs.get("position_ids")
         if position_ids is not None:  # explicit rows of the table, used as given
             return self.embedding(position_ids)  # (B, T, H)
-        b, t = inputs["input_ids"].shape
+        b, t = sequence_length(inputs, sequence, "pos")
         off = self.config.offset
         past = inputs.get("past_length")
         if past is not None:  # new tokens after `past` earlier ones (incremental decoding)

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field
 
+from tp_text.batch_keys import task_keys
 from tpcli.data.dataset import special_id
 from tpcli.errors import DataError, TpError
 from tpcli.downstream.tasks import Example, Splits, TaskConfig, TaskData, data_file
@@ -217,6 +218,8 @@ def best_span(logits: torch.Tensor, first: int, count: int, n_best: int, max_ans
 
 class QaTask:
     """Answer spans of questions about a context, scored by SQuAD v1.1 F1 and exact match."""
+
+    batch_keys = staticmethod(task_keys)  # text rows: keys by tp-text's naming convention
 
     Config: ClassVar[type[TaskConfig]] = QaConfig
     metrics: tuple[str, ...] = ("f1", "exact_match")

@@ -6,7 +6,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from tpcli.model.module import BuildContext, ModuleConfig
+from tpcli.data.batch import BatchKey
+from tpcli.model.module import BuildContext, ModuleConfig, sequence_length
 
 
 class SegEmbedding(nn.Module):
@@ -19,10 +20,13 @@ class SegEmbedding(nn.Module):
         super().__init__()
         self.config = config
         self.embedding = nn.Embedding(config.types, ctx.embed_dim)
+        self.inputs = (BatchKey("segment_ids", "int64", ("T",), pad=0, high=config.types,
+                                optional=True),)
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, inputs: dict[str, torch.Tensor],
+                sequence: torch.Tensor | None = None) -> torch.Tensor:
         segment_ids = inputs.get("segment_ids")
         if segment_ids is None:
-            b, t = inputs["input_ids"].shape
+            b, t = sequence_length(inputs, sequence, "seg")
             return self.embedding.weight[0].expand(b, t, -1)  # (B, T, H): all in segment 0
         return self.embedding(segment_ids)  # (B, T, H)

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from tpcli.data.dataset import ExampleDataset, special_id
+from tp_text.batch_keys import TextDataset
+from tpcli.data.dataset import special_id
 from tpcli.data.format import Reader
 from tpcli.errors import DataError
 from tpcli.model.module import ModuleConfig
@@ -46,7 +47,7 @@ class Seq2SeqProcessorConfig(ModuleConfig):
         "else cls)")
 
 
-class Seq2SeqDataset(ExampleDataset):
+class Seq2SeqDataset(TextDataset):
     """One example per pair: input_ids (T,), tgt_input_ids (T',), lm_labels (T',)."""
 
     def __init__(self, store: Reader, tokenizer: Any, seed: int,

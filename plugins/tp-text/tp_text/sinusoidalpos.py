@@ -19,7 +19,8 @@ from pydantic import Field
 from torch import nn
 
 from tpcli.errors import TpError
-from tpcli.model.module import BuildContext, ModuleConfig
+from tpcli.data.batch import BatchKey
+from tpcli.model.module import BuildContext, ModuleConfig, sequence_length
 
 
 def sinusoid_table(rows: int, dim: int) -> torch.Tensor:
@@ -57,6 +58,8 @@ class SinusoidalPosEmbedding(nn.Module):
             raise TpError(f"embedding sinusoidalpos: embedding size {dim} is too small",
                           hint="a sinusoidal table needs an embedding size of at least 4")
         self.dim = dim
+        self.inputs = (BatchKey("position_ids", "int64", ("T",), pad=0, optional=True,
+                                high=config.max_length),)
         self.register_buffer("table", sinusoid_table(config.max_length, dim), persistent=False)
 
     def _rows(self, needed: int) -> torch.Tensor:
@@ -65,13 +68,14 @@ class SinusoidalPosEmbedding(nn.Module):
             self.table = sinusoid_table(needed, self.dim).to(self.table.device, self.table.dtype)
         return self.table  # (rows, E)
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, inputs: dict[str, torch.Tensor],
+                sequence: torch.Tensor | None = None) -> torch.Tensor:
         s = self.config.scale
         position_ids = inputs.get("position_ids")
         if position_ids is not None:  # explicit rows of the table, used as given
             table = self._rows(int(position_ids.max()) + 1 if position_ids.numel() else 1)
             return s * table[position_ids]  # (B, T, E)
-        b, t = inputs["input_ids"].shape
+        b, t = sequence_length(inputs, sequence, "sinusoidalpos")
         off = self.config.offset
         past = inputs.get("past_length")
         if past is not None:  # new tokens after `past` earlier ones (incremental decoding)

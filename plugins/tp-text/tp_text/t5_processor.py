@@ -22,7 +22,8 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field
 
-from tpcli.data.dataset import DocumentStream, ExampleDataset, special_id
+from tp_text.batch_keys import TextDataset
+from tpcli.data.dataset import DocumentStream, special_id
 from tpcli.data.format import Reader
 from tpcli.errors import DataError
 from tpcli.model.module import ModuleConfig
@@ -114,7 +115,7 @@ def find_sentinels(tokenizer: Any) -> list[int]:
     return found
 
 
-class T5Dataset(ExampleDataset):
+class T5Dataset(TextDataset):
     """Span-corrupted chunks: input_ids (T,), tgt_input_ids (T',), lm_labels (T',)."""
 
     def __init__(self, store: Reader, tokenizer: Any, seed: int, config: T5ProcessorConfig):

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field
 
+from tp_text.batch_keys import task_keys
 from tpcli.data.dataset import special_id
 from tpcli.errors import DataError
 from tpcli.downstream.tasks import Example, Splits, TaskConfig, TaskData, data_file
@@ -158,6 +159,8 @@ def read_examples(path: str, need_tags: bool) -> list[Example]:
 
 class TaggingTask:
     """A BIO / IOBES tag for every word, scored by entity-level F1."""
+
+    batch_keys = staticmethod(task_keys)  # text rows: keys by tp-text's naming convention
 
     Config: ClassVar[type[TaskConfig]] = TaggingConfig
     metrics: tuple[str, ...] = ("f1", "precision", "recall", "accuracy")

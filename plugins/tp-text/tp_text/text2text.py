@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field
 
+from tp_text.batch_keys import task_keys
 from tpcli.errors import DataError, TpError
 from tpcli.downstream.tasks import Example, Splits, TaskConfig, TaskData
 from tp_text.records import records
@@ -48,6 +49,8 @@ def read_pairs(path: str, need_target: bool) -> list[Example]:
 
 class Text2TextTask:
     """Generate a text from a text."""
+
+    batch_keys = staticmethod(task_keys)  # text rows: keys by tp-text's naming convention
 
     Config: ClassVar[type[TaskConfig]] = Text2TextConfig
     metrics: tuple[str, ...] = ("exact_match", "bleu", "rouge_l")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tpcli.data.batch import BatchKey
 from tpcli.model.module import BuildContext, ModuleConfig
 
 
@@ -26,6 +27,8 @@ class WordEmbedding(nn.Module):
         self.embedding: nn.Embedding | None = nn.Embedding(
             ctx.vocab_size, ctx.embed_dim, padding_idx=padding_idx)
         self._shared: list[WordEmbedding] = []  # a plain list: the source is not a submodule
+        self.inputs = (BatchKey("input_ids", "int64", ("T",), pad=pad if pad is not None else 0,
+                                mask="attention_mask", unit="tokens", high=ctx.vocab_size),)
 
     def share_from(self, source: "WordEmbedding") -> None:
         """Use `source`'s table from now on and drop this module's own."""
