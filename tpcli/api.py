@@ -41,11 +41,11 @@ def load_tokenizer(recipe: Recipe, plugins: Plugins | None = None) -> Any:
 
 def build_model(recipe: Recipe, tokenizer: Any | None = None, plugins: Plugins | None = None):
     """A randomly initialised `tpcli.model.TpModel` for the recipe's model section."""
-    from tpcli.model import build_model as build
+    from tpcli.model import build_model as build, vocabulary
 
     plugins = plugins or get_plugins()
     tokenizer = tokenizer or load_tokenizer(recipe, plugins)
-    return build(recipe.model, plugins.registry, tokenizer.vocab_size, tokenizer.special_ids)
+    return build(recipe.model, plugins.registry, *vocabulary(tokenizer))
 
 
 def load_checkpoint(path: str | Path, plugins: Plugins | None = None) -> Loaded:

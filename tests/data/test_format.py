@@ -97,7 +97,7 @@ def test_reader_pickles_without_the_data(tmp_path):
 
 @pytest.mark.parametrize("damage,words", [
     ("no-meta", "no meta.json"),
-    ("newer", "format version 2"),
+    ("newer", "format version 3"),
     ("not-ours", "not a tp dataset"),
     ("missing-file", "missing shard-00000.seqs.idx"),
     ("truncated", "truncated or corrupt"),
@@ -110,7 +110,7 @@ def test_bad_datasets(tmp_path, damage, words):
     if damage == "no-meta":
         (out / "meta.json").unlink()
     elif damage in ("newer", "not-ours"):
-        key, value = ("format_version", 2) if damage == "newer" else ("format", "other")
+        key, value = ("format_version", 3) if damage == "newer" else ("format", "other")
         (out / "meta.json").write_text(json.dumps({**meta, key: value}))
     elif damage == "missing-file":
         (out / "shard-00000.seqs.idx").unlink()

@@ -37,7 +37,10 @@ class Processor(Protocol):
 
 
 def build_tokenizer(recipe: "Recipe", plugins: "Plugins") -> Any:
-    """The recipe's tokenizer; its files resolve against the recipe folder."""
+    """The recipe's tokenizer, its files resolved against the recipe folder; None for a recipe
+    without one (a model of images or audio features)."""
+    if recipe.tokenizer is None:
+        return None
     cls = plugins.registry.get("tokenizer", recipe.tokenizer.name)
     return cls(recipe.tokenizer.options, recipe.base_dir)
 

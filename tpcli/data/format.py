@@ -37,7 +37,8 @@ from tpcli.data.staging import OWNER, make_temp, remove_stale, write_error
 from tpcli.errors import DataError, PluginError
 
 FORMAT = "tp-dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this tp reads: 1 token datasets, 2 array datasets (data/arrays.py)
+TOKENS_VERSION = 1  # what a token dataset is written as
 META = "meta.json"
 FLUSH_TOKENS = 1 << 20  # buffered tokens before a write: memory stays flat, writes stay large
 
@@ -189,7 +190,7 @@ class Writer:
 
         return {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": TOKENS_VERSION,
             **self.meta,
             "dtype": self.dtype.name,
             "vocab_size": self.vocab_size,
@@ -259,6 +260,11 @@ class Reader:
     def __init__(self, folder: Path | str) -> None:
         self.folder = Path(folder)
         self.meta = read_meta(self.folder)
+        if self.meta.get("layout", "tokens") != "tokens":
+            raise DataError(f"dataset {self.folder} holds arrays ({self.meta.get('layout')}), "
+                            "not token sequences",
+                            hint="use a recipe whose processor reads it (the one that made it), "
+                            "or re-run `tp preprocess` with this recipe")
         dtype = self.meta.get("dtype", "uint16")
         if dtype not in ("uint16", "uint32"):
             raise DataError(f"dataset {self.folder}: {META} gives token dtype {dtype!r}, "

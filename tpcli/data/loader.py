@@ -12,7 +12,7 @@ from typing import Any
 
 from tpcli.recipes.config import Recipe
 from tpcli.plugins import Plugins
-from tpcli.data.format import Reader
+from tpcli.data.arrays import open_store
 from tpcli.errors import DataError
 
 
@@ -20,6 +20,8 @@ def _describe_tokenizer(info: dict[str, Any]) -> str:
     options = info.get("options") or {}
     source = options.get("vocab") or options.get("tokenizer_json")
     name = info.get("name", "?")
+    if name is None:
+        return "no tokenizer"
     return f"{name} ({source})" if source else str(name)
 
 
@@ -28,13 +30,15 @@ def check_compatible(meta: dict[str, Any], folder: Path, recipe: Recipe, tokeniz
     fix = f"re-run `tp preprocess` with this recipe to rebuild {folder}, or use the recipe it was made with"
     made_tok = meta.get("tokenizer") or {}
     made_fp = made_tok.get("fingerprint")
-    mine = {"name": recipe.tokenizer.name,
-            "options": recipe.tokenizer.options.model_dump() if recipe.tokenizer.options else {}}
-    if made_fp != tokenizer.fingerprint():
+    mine = {"name": recipe.tokenizer.name if recipe.tokenizer else None,
+            "options": recipe.tokenizer.options.model_dump()
+            if recipe.tokenizer and recipe.tokenizer.options else {}}
+    fingerprint = tokenizer.fingerprint() if tokenizer is not None else None
+    if made_fp != fingerprint:
         raise DataError(
             f"dataset {folder} was tokenized with {_describe_tokenizer(made_tok)} (fingerprint "
             f"{str(made_fp)[:12]}), but recipe {recipe.name} uses {_describe_tokenizer(mine)} "
-            f"(fingerprint {tokenizer.fingerprint()[:12]}): the token ids would not match",
+            f"(fingerprint {str(fingerprint)[:12]}): the token ids would not match",
             hint=fix,
         )
     made_proc = (meta.get("processor") or {}).get("name")
@@ -55,7 +59,7 @@ def make_dataset(data_dir: Path, recipe: Recipe, tokenizer: Any, seed: int, plug
     from tpcli.data import build_processor
 
     folder = Path(data_dir)
-    store = Reader(folder)
+    store = open_store(folder)
     check_compatible(store.meta, folder, recipe, tokenizer)
     processor = build_processor(recipe, plugins)  # the run's plugins: in-process ones included
     dataset = processor.dataset(store, tokenizer, seed)

@@ -240,6 +240,7 @@ def _recipe_and_init(request: FinetuneRequest, plugins: Plugins) -> tuple[Any, P
 def run_finetune(request: FinetuneRequest) -> dict[str, Any]:
     """Fine-tune (one run per seed) and return the results (mean and std over seeds)."""
     from tpcli.data import build_tokenizer as load_tokenizer
+    from tpcli.train import checkpoint as ckpt_io
 
     plugins = request.plugins
     assert plugins is not None  # set by tpcli.verbs.finetune
@@ -251,8 +252,7 @@ def run_finetune(request: FinetuneRequest) -> dict[str, Any]:
     if hasattr(task, "bind"):  # a task that reads the recipe (text2text's layout, the pooling)
         task.bind(recipe, plugins.registry)
     check_used(request, recipe, task, section["name"])
-    tok_cls = plugins.registry.get("tokenizer", recipe.tokenizer.name)
-    tokenizer = (tok_cls.from_saved(str(ckpt / "tokenizer")) if ckpt is not None
+    tokenizer = (ckpt_io.load_tokenizer(ckpt, recipe, plugins) if ckpt is not None
                  else load_tokenizer(recipe, plugins))
     splits: Splits = task.load(request.data)
     if not splits.train:
@@ -315,7 +315,7 @@ def _aggregate(devs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, A
 
 def _one_run(request: FinetuneRequest, recipe: Any, task: Any, splits: Splits, tokenizer: Any,
              ckpt: Path | None, out: Path, seed: int) -> dict[str, Any]:
-    from tpcli.model import build_model
+    from tpcli.model import build_model, vocabulary
     from tpcli.train import checkpoint as ckpt_io
     from tpcli.train.loop import Setup, train
     from tpcli.train.strategies import make_strategy
@@ -329,8 +329,7 @@ def _one_run(request: FinetuneRequest, recipe: Any, task: Any, splits: Splits, t
     steps = opts.steps or max(1, math.ceil(opts.epochs * per_epoch))
     run_opts = opts.model_copy(update={"steps": steps, "seed": seed})
     torch.manual_seed(seed)
-    model = build_model(recipe.model, plugins.registry, tokenizer.vocab_size,
-                        tokenizer.special_ids)
+    model = build_model(recipe.model, plugins.registry, *vocabulary(tokenizer))
     report = (init_from(model, ckpt, task.head_sources()) if ckpt is not None else
               {"checkpoint": None, "fresh": list(model.state_dict()), "carried": {},
                "unused": []})

@@ -284,6 +284,14 @@ def build_model(spec: ModelSpec, registry: Registry, vocab_size: int,
     return TpModel(spec, registry, ctx)
 
 
+def vocabulary(tokenizer: Any) -> tuple[int, dict[str, int]]:
+    """(vocab_size, special_ids) a model is built with: the tokenizer's, or (0, {}) for a model
+    without one (images, audio features; an image tokenizer's codes count as its vocabulary)."""
+    if tokenizer is None:
+        return 0, {}
+    return int(tokenizer.vocab_size), dict(tokenizer.special_ids)
+
+
 def count_params(model: nn.Module) -> int:
     seen: set[int] = set()
     n = 0

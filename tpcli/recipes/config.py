@@ -76,7 +76,7 @@ class Recipe:
     path: Path | None  # the recipe folder (relative paths in options resolve against it)
     raw: dict[str, Any]  # normalised, overrides applied: what was validated, saved with runs
     model: ModelSpec
-    tokenizer: ModuleSpec
+    tokenizer: ModuleSpec | None  # None: a model without text (images, audio features)
     processor: ModuleSpec
     pretrain: PretrainOptions
     finetune: FinetuneOptions = field(default_factory=FinetuneOptions)
@@ -417,6 +417,8 @@ def build_recipe(
             problems.append(Problem(f"data.{key}", "unknown key; data has tokenizer, processor"))
     tok = proc = None
     for key, kind in (("tokenizer", "tokenizer"), ("processor", "processor")):
+        if key == "tokenizer" and data.get(key) is None:
+            continue  # optional: a recipe without text has no tokenizer
         if key not in data:
             problems.append(Problem(f"data.{key}", f"missing: name a {kind} ({LIST_COMMAND[kind]})"))
             continue
@@ -438,5 +440,5 @@ def build_recipe(
     if problems:
         raise ConfigError(f"recipe {name}", problems)
     # no problems above
-    assert tok is not None and proc is not None and pretrain is not None and finetune is not None
+    assert proc is not None and pretrain is not None and finetune is not None
     return Recipe(name, path, raw, model, tok, proc, pretrain, finetune)

@@ -101,7 +101,8 @@ def save_checkpoint(
         strategy.save_trainer_state(tmp, extra)
         if dist.is_main:
             write_recipe(tmp, recipe_raw)
-            tokenizer.save(str(tmp / "tokenizer"))
+            if tokenizer is not None:  # a model of images or audio features may have none
+                tokenizer.save(str(tmp / "tokenizer"))
             (tmp / INFO).write_text(json.dumps({
                 "step": step, "weights": WEIGHTS, "strategy": strategy.name,
                 "world_size": dist.world_size}, indent=1))
@@ -271,19 +272,25 @@ class Loaded:
     path: Path
 
 
+def load_tokenizer(ckpt: Path, recipe: Any, plugins: Plugins) -> Any:
+    """The tokenizer saved in checkpoint `ckpt` (None when its recipe has none)."""
+    if recipe.tokenizer is None:
+        return None
+    tok_cls = plugins.registry.get("tokenizer", recipe.tokenizer.name)
+    return tok_cls.from_saved(str(ckpt / "tokenizer"))
+
+
 def load_checkpoint(path: Path, plugins: Plugins) -> Loaded:
     """Model (eval mode), recipe, tokenizer and step of a checkpoint (a run folder means its
     `last`); the tokenizer is the one saved beside the weights."""
-    from tpcli.model import build_model
+    from tpcli.model import build_model, vocabulary
     from tpcli.recipes.config import build_recipe
     from tpcli.train.run_folder import read_recipe
 
     ckpt = find_checkpoint(Path(path))
     recipe = build_recipe(read_recipe(ckpt), plugins.registry, name=str(ckpt), path=ckpt)
-    tok_cls = plugins.registry.get("tokenizer", recipe.tokenizer.name)
-    tokenizer = tok_cls.from_saved(str(ckpt / "tokenizer"))
-    model = build_model(recipe.model, plugins.registry, tokenizer.vocab_size,
-                        tokenizer.special_ids)
+    tokenizer = load_tokenizer(ckpt, recipe, plugins)
+    model = build_model(recipe.model, plugins.registry, *vocabulary(tokenizer))
     load_weights(model, read_weights(ckpt), str(ckpt))
     return Loaded(model.eval(), recipe, tokenizer, int(read_info(ckpt).get("step", 0)), ckpt)
 

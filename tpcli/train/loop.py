@@ -169,8 +169,8 @@ def train(s: Setup) -> dict[str, Any]:
         if dist.rank < len(rngs):
             _set_rng_state(rngs[dist.rank])
     sampler = Sampler(s.dataset, opts.seed, pos, dist.rank, dist.world_size)
-    keys = s.dataset.batch_keys()  # what tokens/s counts: tokens, patches, frames, ...
-    unit = count_units({}, keys)[0]
+    declared = s.dataset.batch_keys()  # what tokens/s counts: tokens, patches, frames, ...
+    unit = count_units({}, declared)[0]
     if opts.compile:
         from tpcli.layers.output import keep_eager_under_compile
 
@@ -203,7 +203,7 @@ def train(s: Setup) -> dict[str, Any]:
     for step in range(s.start_step, opts.steps):
         for i in range(opts.grad_accum):
             host = sampler.next_batch(micro)  # this rank's slice: micro / world examples
-            unit, n = count_units(host, keys)  # counted on the host: no device sync
+            unit, n = count_units(host, declared)  # counted on the host: no device sync
             window_tokens += n
             batch = {k: v.to(dist.device, non_blocking=True) for k, v in drop_full_masks(host)}
             with strategy.accumulate(i == opts.grad_accum - 1), \
@@ -367,7 +367,7 @@ def _start(request: PretrainRequest, plugins: Plugins, recipe: Any, data: Path, 
            ckpt: Path | None, dist: Dist) -> dict[str, Any]:
     from tpcli.data import build_tokenizer as load_tokenizer
     from tpcli.data.loader import make_dataset
-    from tpcli.model import build_model
+    from tpcli.model import build_model, vocabulary
 
     start = 0
     if ckpt is not None:
@@ -385,8 +385,7 @@ def _start(request: PretrainRequest, plugins: Plugins, recipe: Any, data: Path, 
     torch.manual_seed(recipe.pretrain.seed)  # the same initial weights on every rank
     tokenizer = load_tokenizer(recipe, plugins)
     dataset = make_dataset(data, recipe, tokenizer, recipe.pretrain.seed, plugins)
-    model = build_model(recipe.model, plugins.registry, tokenizer.vocab_size,
-                        tokenizer.special_ids)
+    model = build_model(recipe.model, plugins.registry, *vocabulary(tokenizer))
     if ckpt is not None:
         ckpt_io.load_weights(model, ckpt_io.read_weights(ckpt), str(ckpt))
     _preflight(model, dataset)
