@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from tpcli.model.module import Tokenizer
     from tpcli.plugins import Plugins
 
-CorpusFormat = Literal["sentences", "documents", "tsv"]
+CorpusFormat = Literal["sentences", "documents", "tsv", "records"]
 
 
 class Processor(Protocol):
@@ -25,9 +25,15 @@ class Processor(Protocol):
     Built as ``cls(config)``. ``corpus_format`` says how ``tp preprocess`` reads the corpus:
     ``"sentences"`` (one sentence per line, blank line between documents), ``"documents"``
     (one document per line) or ``"tsv"`` (one ``label<TAB>text[<TAB>text_b]`` example per line;
-    its fields are the document's sequences, label first). ``dataset(store, tokenizer, seed)``
-    returns a map-style dataset (see `tpcli.data.dataset.ExampleDataset`) over the stored
-    tokens.
+    its fields are the document's sequences, label first): the core reads and tokenizes the text
+    into a token dataset (`tpcli.data.format`). ``"records"``: the processor reads its corpus
+    itself (an image folder, an audio manifest) with ``fields()`` (the stored arrays: name ->
+    (dtype, shape), None for a size that varies) and ``records(corpus, tokenizer, workers)`` (an
+    iterator of dicts of arrays), optionally ``contents()`` (JSON facts for meta.json: class
+    names, files skipped), into an array dataset (`tpcli.data.arrays`).
+    ``dataset(store, tokenizer, seed)`` returns a map-style dataset (see
+    `tpcli.data.dataset.ExampleDataset`) over the stored examples, which declares its
+    ``batch_keys()``. ``tokenizer`` is None for a recipe without one.
     """
 
     Config: ClassVar[type[ModuleConfig]]

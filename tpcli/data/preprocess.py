@@ -27,7 +27,7 @@ from tpcli.plugins.requests import PreprocessRequest
 BATCH_LINES = 8192  # lines per encode_batch call: large enough to keep every core busy
 BATCH_CHARS = 1_000_000  # ...but bounded in characters: the tokenizer needs ~100 bytes a char
 MAX_PIECE_CHARS = 1 << 16  # longer lines are tokenized in pieces (see `pieces`)
-FORMATS = ("sentences", "documents", "tsv")
+FORMATS = ("sentences", "documents", "tsv", "records")
 
 
 CORPUS_HINT = "give a text file path or an fsspec URL (file://, memory://, s3://, ...)"
@@ -232,7 +232,8 @@ def _meta(request: PreprocessRequest, recipe: Any, tokenizer: Any, fmt: str) -> 
 
     return {
         "tokenizer": {"name": recipe.tokenizer.name, "options": dump(recipe.tokenizer.options),
-                      "fingerprint": tokenizer.fingerprint(), "special_ids": tokenizer.special_ids},
+                      "fingerprint": tokenizer.fingerprint(), "special_ids": tokenizer.special_ids}
+        if tokenizer is not None else {"name": None, "fingerprint": None},
         "processor": {"name": recipe.processor.name, "options": dump(recipe.processor.options),
                       "corpus_format": fmt},
         "recipe": recipe.name,
@@ -287,6 +288,32 @@ def _tokenize(request: PreprocessRequest, tokenizer: Any, fmt: str,
         return writer.finish()
 
 
+def _records(request: PreprocessRequest, processor: Any, tokenizer: Any, meta: dict[str, Any],
+             setup_seconds: float) -> dict[str, Any]:
+    """A processor that reads its corpus itself (images, audio): its `records` stream into an
+    array dataset (`tpcli.data.arrays`); what it reports (`contents()`: class names, files
+    skipped) goes into meta.json and the summary."""
+    from tpcli.data.arrays import ArrayWriter
+
+    start = time.perf_counter()
+    records = processor.records(request.corpus, tokenizer, request.workers)
+    with ArrayWriter(Path(request.out), processor.fields(), meta) as writer:
+        for record in records:
+            writer.append(record)
+        if writer.examples == 0:
+            raise DataError(f"corpus {request.corpus} holds no examples",
+                            hint="check the path and the processor's corpus layout "
+                            "(`tp modules processor`)")
+        contents = processor.contents() if hasattr(processor, "contents") else {}
+        writer.meta["contents"] = contents
+        done = writer.finish()
+    seconds = time.perf_counter() - start
+    return {"examples": done["examples"], "shards": len(done["shards"]), "out": str(request.out),
+            **{k: v for k, v in contents.items() if not isinstance(v, (list, dict))},
+            "seconds": round(seconds, 3), "setup_seconds": round(setup_seconds, 3),
+            "examples_per_s": round(done["examples"] / max(seconds, 1e-9), 1)}
+
+
 def run_preprocess(request: PreprocessRequest) -> dict[str, Any]:
     """Tokenize `request.corpus` into a new dataset folder `request.out`; return a summary."""
     from tpcli.plugins import get_plugins
@@ -303,19 +330,26 @@ def run_preprocess(request: PreprocessRequest) -> dict[str, Any]:
     # The cheap checks first: a typo in a path should not wait for the recipe's imports.
     if out.exists():
         raise DataError(f"output {out} already exists", hint="choose another --out or delete it")
-    check_corpus(request.corpus)
     plugins = request.plugins or get_plugins()
     recipe = load_recipe(request.recipe, request.overrides, plugins)
-    tokenizer = build_tokenizer(recipe, plugins)
     processor = build_processor(recipe, plugins)
     fmt = getattr(processor, "corpus_format", None)
     if fmt not in FORMATS:
         raise PluginError(f"processor {recipe.processor.name!r} has corpus_format {fmt!r}; "
                           f"it must be one of {FORMATS}")
+    if fmt != "records":  # a records processor checks its corpus (a folder, a manifest) itself
+        check_corpus(request.corpus)
+    tokenizer = build_tokenizer(recipe, plugins)
+    if tokenizer is None and fmt != "records":
+        raise TpError(f"recipe {recipe.name} has no tokenizer, and its processor "
+                      f"{recipe.processor.name!r} reads text",
+                      hint="name one in data.tokenizer (`tp modules tokenizer`)")
     meta = _meta(request, recipe, tokenizer, fmt)
     setup_seconds = time.perf_counter() - start
     start = time.perf_counter()
     try:
+        if fmt == "records":
+            return _records(request, processor, tokenizer, meta, setup_seconds)
         done = _tokenize(request, tokenizer, fmt, meta)
     except BaseException:  # Ctrl-C / SIGTERM in any window, even before the Writer owns its folder
         remove_own(out)
