@@ -329,6 +329,14 @@ def check_inputs(model: torch.nn.Module, keys: tuple[Any, ...]) -> None:
         return
     have = {k.name for k in keys} | {k.mask for k in keys if k.mask}
     missing = [k.name for k in inputs() if not k.optional and k.name not in have]
+    given = {k.name: k for k in keys}
+    for k in inputs():  # fixed shapes both sides declare must agree (an image size)
+        data = given.get(k.name)
+        if data is not None and not k.varying and not data.varying and data.shape != k.shape:
+            raise TpError(f"the model reads {k.name!r} of shape {k.shape} per example, but the "
+                          f"data's examples have {data.shape}",
+                          hint="make the embedding's options (model.embedding) and the "
+                          "processor's (data.processor) give the same shape, e.g. one image size")
     if missing:
         raise TpError(f"the model's embeddings read {', '.join(repr(m) for m in missing)}, which "
                       f"the data's examples do not have (they have {', '.join(sorted(have))})",

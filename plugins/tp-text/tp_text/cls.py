@@ -71,8 +71,10 @@ class ClsTarget(nn.Module):
         if labels is None:
             raise TpError("target cls needs `labels` (one class index per sequence) in the batch",
                           hint="use a data processor that reads labelled text (e.g. `cls`)")
-        labels = labels.reshape(-1).long()  # (B,)
         c = self.config.labels
+        if labels.is_floating_point() and labels.dim() == 2:
+            return self.soft(features, labels)  # mixup / cutmix / label smoothing targets
+        labels = labels.reshape(-1).long()  # (B,)
         # checked here, as on a GPU a bad index is an unreadable device-side assert inside
         # cross_entropy; there only the first batch (each read waits for the device), which
         # finds a class count that does not fit the dataset
@@ -89,6 +91,20 @@ class ClsTarget(nn.Module):
             count = torch.tensor(float(labels.numel()), device=logits.device)
             acc = (logits.argmax(dim=-1) == labels).sum().float() / count.clamp(min=1.0)
         return TargetOutput(loss, {"acc": acc, "count": count})
+
+    def soft(self, features: Features, targets: torch.Tensor) -> TargetOutput:
+        """Cross-entropy against soft targets (B, C) (each row sums to 1: mixed or smoothed
+        labels); `acc` counts the argmax of the target as the class."""
+        c = self.config.labels
+        if targets.shape[1] != c:
+            raise DataError(f"target cls: soft labels have {targets.shape[1]} classes, the head "
+                            f"has {c}", hint=f"set model.target.cls.labels to {targets.shape[1]}")
+        logits = self.logits(features)  # (B, C)
+        loss = torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        with torch.no_grad():
+            count = torch.tensor(float(targets.shape[0]), device=logits.device)
+            hits = (logits.argmax(dim=-1) == targets.argmax(dim=-1)).sum().float()
+        return TargetOutput(loss, {"acc": hits / count.clamp(min=1.0), "count": count})
 
     def predict(self, features: Features, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.logits(features)  # (B, C)
