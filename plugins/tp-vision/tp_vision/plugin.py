@@ -10,12 +10,12 @@ from tpcli import hookimpl
 
 @hookimpl
 def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
-    pass  # modules
+    register("target", "mim", "tp_vision.mim:MimTarget")
 
 
 @hookimpl
 def tp_register_tokenizers(register: Callable[[str, Any], None]) -> None:
-    pass  # tokenizers
+    register("kmeans", "tp_vision.kmeans:KmeansImageTokenizer")
 
 
 @hookimpl
