@@ -11,6 +11,8 @@ from tpcli import hookimpl
 @hookimpl
 def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
     register("target", "mim", "tp_vision.mim:MimTarget")
+    register("embedding", "patch", "tp_vision.patch:PatchEmbedding")
+    register("embedding", "masked_patch", "tp_vision.masked_patch:MaskedPatchEmbedding")
 
 
 @hookimpl
@@ -20,12 +22,12 @@ def tp_register_tokenizers(register: Callable[[str, Any], None]) -> None:
 
 @hookimpl
 def tp_register_processors(register: Callable[[str, Any], None]) -> None:
-    pass  # processors
+    register("image", "tp_vision.image_processor:ImageProcessor")
 
 
 @hookimpl
 def tp_register_tasks(register: Callable[[str, Any], None]) -> None:
-    pass  # tasks
+    register("image_classification", "tp_vision.image_classification:ImageClassificationTask")
 
 
 @hookimpl
