@@ -7,6 +7,11 @@ concatenating along dim 0. With grouped-query attention (`kv_heads` < `heads`, L
 three blocks have unequal sizes: heads * head_dim rows for q, kv_heads * head_dim each for k and
 v. Cross-attention projects q from the queries and a fused [W_k; W_v] kv from the memory.
 
+Biases of q, k and v (`qkv_bias`): all (BERT), none (T5, ViT with qkv_bias=False) or q and v
+only (BEiT). A key bias adds the same q.b_k to every score of a query, which softmax ignores, so
+BEiT has none; with `qv` the fused Linear has no bias and two vectors `q_bias` and `v_bias` ride
+beside it (zeros in between for k), so that no k bias exists to train or to convert.
+
 Masks follow SDPA's conventions, built by `tpcli.layers.masks`: a boolean mask (True = may
 attend), or an additive float mask when a position bias rides along (T5).
 
@@ -18,7 +23,10 @@ a cache (training) the forward is the same code as before, plus one `is None` te
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tpcli.layers.dropout import attention
@@ -26,6 +34,8 @@ from tpcli.layers.positions import apply_rotary
 
 # SDPA shares k/v heads itself from torch 2.5 (`enable_gqa`); before, k/v are repeated
 _NATIVE_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+QkvBias = Literal["all", "qv", "none"]
 
 
 class AttentionCache:
@@ -81,11 +91,13 @@ class MultiHeadAttention(nn.Module):
 
     # (B, T, H) -> (B, T, H). scale is 1/sqrt(head_dim), or 1 when `scale` is False (T5 folds it
     into the weights). `kv_heads` (default `heads`) k/v heads are each shared by
-    heads / kv_heads query heads.
+    heads / kv_heads query heads. `bias` sets the output projection's bias, and those of q, k
+    and v unless `qkv_bias` (all | qv | none) says otherwise.
     """
 
     def __init__(self, hidden_size: int, heads: int, *, dropout: float = 0.0, bias: bool = True,
-                 cross: bool = False, kv_heads: int | None = None, scale: bool = True) -> None:
+                 cross: bool = False, kv_heads: int | None = None, scale: bool = True,
+                 qkv_bias: QkvBias | None = None) -> None:
         super().__init__()
         if hidden_size % heads != 0:
             raise ValueError(f"hidden size {hidden_size} is not divisible by {heads} heads")
@@ -99,11 +111,18 @@ class MultiHeadAttention(nn.Module):
         self.dropout = dropout
         self.cross = cross
         self.scale = scale
+        qkv_bias = ("all" if bias else "none") if qkv_bias is None else qkv_bias
+        if qkv_bias not in ("all", "qv", "none") or (cross and qkv_bias == "qv"):
+            raise ValueError(f"qkv_bias {qkv_bias!r} is not one of all, none, or (self-attention "
+                             "only) qv")
+        fused_bias = qkv_bias == "all"
         if cross:
-            self.q = nn.Linear(hidden_size, hidden_size, bias=bias)
-            self.kv = nn.Linear(hidden_size, 2 * self.kv_size, bias=bias)
+            self.q = nn.Linear(hidden_size, hidden_size, bias=fused_bias)
+            self.kv = nn.Linear(hidden_size, 2 * self.kv_size, bias=fused_bias)
         else:
-            self.qkv = nn.Linear(hidden_size, hidden_size + 2 * self.kv_size, bias=bias)
+            self.qkv = nn.Linear(hidden_size, hidden_size + 2 * self.kv_size, bias=fused_bias)
+        self.q_bias = nn.Parameter(torch.zeros(hidden_size)) if qkv_bias == "qv" else None
+        self.v_bias = nn.Parameter(torch.zeros(self.kv_size)) if qkv_bias == "qv" else None
         self.out = nn.Linear(hidden_size, hidden_size, bias=bias)
 
     def _split(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
@@ -111,6 +130,13 @@ class MultiHeadAttention(nn.Module):
         b, t, _ = x.shape
         parts = x.view(b, t, n, self.heads, self.head_dim).unbind(dim=2)
         return tuple(p.transpose(1, 2) for p in parts)
+
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused projection (B, T, H + 2 * kv_size); with q and v biases only, k's are zeros."""
+        if self.q_bias is None or self.v_bias is None:
+            return self.qkv(x)
+        bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        return F.linear(x, self.qkv.weight, bias)
 
     def _heads(self, x: torch.Tensor, n_heads: int) -> torch.Tensor:
         """(B, T, n_heads*head_dim) -> (B, n_heads, T, head_dim), a view."""
@@ -127,9 +153,9 @@ class MultiHeadAttention(nn.Module):
             return (self._heads(self.q(x), self.heads), self._heads(k, self.kv_heads),
                     self._heads(v, self.kv_heads))
         if self.kv_heads == self.heads:
-            q, k, v = self._split(self.qkv(x), 3)
+            q, k, v = self._split(self._qkv(x), 3)
             return q, k, v
-        q, k, v = self.qkv(x).split([self.heads * self.head_dim, self.kv_size, self.kv_size], -1)
+        q, k, v = self._qkv(x).split([self.heads * self.head_dim, self.kv_size, self.kv_size], -1)
         return (self._heads(q, self.heads), self._heads(k, self.kv_heads),
                 self._heads(v, self.kv_heads))
 

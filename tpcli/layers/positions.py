@@ -1,8 +1,10 @@
-"""Positions inside attention: T5's relative position bias and rotary embeddings (RoPE).
+"""Positions inside attention: T5's relative position bias, BEiT's 2-D relative position bias
+over a patch grid, and rotary embeddings (RoPE).
 
-Both are computed ONCE per forward by the stack and handed to every layer: the bias is the same
+All are computed ONCE per forward by the stack and handed to every layer: the bias is the same
 (1, heads, Tq, Tk) table for all layers (T5 keeps one table per stack, in its first block), and
-the rotary cos/sin depend only on the positions.
+the rotary cos/sin depend only on the positions. BEiT may instead give each layer its own 2-D
+table, which that layer computes.
 """
 
 from __future__ import annotations
@@ -102,3 +104,60 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (B, heads, T, d) rotated by cos/sin (B, 1, T, d)."""
     return x * cos + rotate_half(x) * sin
+
+
+def relative_position_index_2d(grid: tuple[int, int]) -> torch.Tensor:
+    """BEiT's table row for each (query, key) pair of [class token; h*w patches], row-major.
+
+    # (1 + N, 1 + N) int64, N = h * w. Two patches at (r1, c1) (query) and (r2, c2) (key) read
+    row (r1 - r2 + h - 1) * (2w - 1) + (c1 - c2 + w - 1) of a (2h - 1)(2w - 1) grid of offsets;
+    the three rows after it are class token -> patch, patch -> class token, class -> class.
+    """
+    h, w = grid
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    rows, cols = rows.reshape(-1), cols.reshape(-1)  # (N,) patch i sits at (rows[i], cols[i])
+    d_row = rows[:, None] - rows[None, :] + (h - 1)  # (N, N) in [0, 2h - 2]
+    d_col = cols[:, None] - cols[None, :] + (w - 1)  # (N, N) in [0, 2w - 2]
+    offsets = (2 * h - 1) * (2 * w - 1)
+    index = torch.empty(h * w + 1, h * w + 1, dtype=torch.long)
+    index[1:, 1:] = d_row * (2 * w - 1) + d_col
+    index[0, :] = offsets  # the class token's query row
+    index[:, 0] = offsets + 1  # every patch's key column for the class token
+    index[0, 0] = offsets + 2
+    return index
+
+
+class RelativePositionBias2D(nn.Module):
+    """BEiT's learned bias per (2-D offset between two patches, head), added to the scores.
+
+    # () -> (1, heads, T, T), T = 1 + h*w (class token first) or h*w (no class token). The
+    table starts at zeros (every offset alike, as HF and BEiT do); the index is rebuilt from the
+    grid, never saved (`persistent=False`): it is a function of the grid alone.
+    """
+
+    def __init__(self, heads: int, grid: tuple[int, int]) -> None:
+        super().__init__()
+        h, w = grid
+        if h < 1 or w < 1:
+            raise ValueError(f"a 2-D position bias needs a grid of at least 1x1, got {grid}")
+        self.grid = (h, w)
+        self.table = nn.Parameter(torch.zeros((2 * h - 1) * (2 * w - 1) + 3, heads))
+        self.register_buffer("index", relative_position_index_2d(self.grid), persistent=False)
+
+    def reset_parameters_tp(self) -> None:
+        """Zeros, and the index again (a module built on the meta device has none yet)."""
+        with torch.no_grad():
+            self.table.zero_()
+            self.index.copy_(relative_position_index_2d(self.grid))
+
+    def forward(self, t_q: int, t_k: int, offset: int = 0) -> torch.Tensor:
+        """The bias of key j for query i (the signature of `RelativePositionBias`; queries and
+        keys are the same T positions here, with or without the class token)."""
+        n = self.index.shape[0]
+        if offset != 0 or t_q != t_k or t_q not in (n, n - 1):
+            raise ValueError(f"a 2-D position bias over a {self.grid[0]}x{self.grid[1]} grid "
+                             f"covers {n} or {n - 1} positions, got {t_q} queries, {t_k} keys "
+                             f"(offset {offset})")
+        index = self.index if t_q == n else self.index[1:, 1:]  # (T, T)
+        # contiguous: SDPA's fused GPU kernels need a mask whose last dim has stride 1
+        return self.table[index].permute(2, 0, 1).unsqueeze(0).contiguous()

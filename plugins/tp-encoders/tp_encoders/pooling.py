@@ -3,11 +3,15 @@
 Each registered pooling is a thin module over the pure functions of `tpcli.layers.pooling`,
 which the `cls` target uses too: padding on either side never contributes, `first`/`last` are
 the first/last REAL tokens, and a row that is all padding pools to zeros.
+
+`mean` also pools as BEiT does: over the patches only (`skip_first`, leaving out the class token
+in position 0), then a LayerNorm (`norm`, HF's `pooler.layernorm`).
 """
 
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from tpcli.layers.pooling import first_pool, last_pool, max_pool, mean_pool
@@ -43,13 +47,25 @@ class LastPooling(_Pooling):
 
 
 class MeanPooling(_Pooling):
-    """The mean of the real tokens' hidden states (Sentence-BERT)."""
+    """The mean of the real tokens' hidden states (Sentence-BERT); BEiT: of the patches, then
+    normalised."""
 
     class Config(ModuleConfig):
-        pass
+        skip_first: bool = Field(
+            False, description="leave out position 0 (the class token of a ViT/BEiT sequence)")
+        norm: bool = Field(False, description="a LayerNorm after pooling (BEiT's pooler)")
+
+    def __init__(self, config: Config, ctx: BuildContext) -> None:
+        super().__init__(config, ctx)
+        self.skip_first = config.skip_first
+        self.norm = nn.LayerNorm(ctx.hidden_size, eps=ctx.norm_eps) if config.norm else None
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return mean_pool(hidden, mask)  # (B, H)
+        if self.skip_first:
+            hidden = hidden[:, 1:]  # (B, T - 1, H)
+            mask = mask[:, 1:] if mask is not None else None
+        pooled = mean_pool(hidden, mask)  # (B, H)
+        return self.norm(pooled) if self.norm is not None else pooled
 
 
 class MaxPooling(_Pooling):

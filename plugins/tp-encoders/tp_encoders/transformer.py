@@ -8,27 +8,37 @@ T5 = rmsnorm + relative position bias + unscaled attention, no biases; LLaMA = r
 gated silu FFN (+ grouped-query attention); ALBERT = BERT with one layer's weights shared by all.
 The position bias and the rotary tables are computed once per forward and shared by all layers.
 
+ViT = GPT-2's pre-norm stack, fully visible (`qkv_bias: none` for checkpoints without q/k/v
+biases). BEiT = ViT + q and v biases only (`qkv_bias: qv`) + layer scale on both branches
+  x = x + g1 * drop(attn(LN(x)));  x = x + g2 * drop(ffn(LN(x)))
++ a 2-D relative position bias over the patch grid (`position: relative_2d`), one table for the
+stack or one per layer, and no final norm when it pools by mean (`final_norm: false`).
+
 A causal stack decodes incrementally when given a `KVCache` (`tpcli.downstream.generate`): x holds only the
 new tokens, the mask covers every token so far, and positions continue from `cache.length`.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from tpcli.errors import TpError
-from tpcli.layers.attention import AttentionCache, KVCache, MultiHeadAttention
+from tpcli.layers.attention import AttentionCache, KVCache, MultiHeadAttention, QkvBias
 from tpcli.layers.dropout import Dropout
 from tpcli.layers.ffn import Activation, FeedForward
 from tpcli.layers.masks import (attention_mask, block_mask, causal_mask, prefix_mask,
                                 with_bias)
 from tpcli.layers.norms import make_norm
-from tpcli.layers.positions import RelativePositionBias, RotaryEmbedding
+from tpcli.layers.layer_scale import LayerScale
+from tpcli.layers.positions import RelativePositionBias, RelativePositionBias2D, RotaryEmbedding
 from tpcli.model.module import BuildContext, ModuleConfig
+
+
+PositionBias = RelativePositionBias | RelativePositionBias2D  # what a stack adds to its scores
 
 
 class TransformerOptions(ModuleConfig):
@@ -139,7 +149,7 @@ def no_padding(mask: torch.Tensor) -> bool:
 
 def self_attention_inputs(
     x: torch.Tensor, mask: torch.Tensor | None, causal: bool,
-    relative_bias: RelativePositionBias | None, rotary: RotaryEmbedding | None,
+    relative_bias: PositionBias | None, rotary: RotaryEmbedding | None,
     position_ids: torch.Tensor | None,
 ) -> tuple[torch.Tensor | None, bool, tuple[torch.Tensor, torch.Tensor] | None]:
     """Once per forward: (SDPA mask or None, is_causal fast path, rotary cos/sin or None).
@@ -169,7 +179,7 @@ def self_attention_inputs(
 
 def cached_attention_inputs(
     x: torch.Tensor, mask: torch.Tensor | None, causal: bool,
-    relative_bias: RelativePositionBias | None, rotary: RotaryEmbedding | None,
+    relative_bias: PositionBias | None, rotary: RotaryEmbedding | None,
     position_ids: torch.Tensor | None, past: int,
 ) -> tuple[torch.Tensor | None, bool, tuple[torch.Tensor, torch.Tensor] | None]:
     """`self_attention_inputs` for T new tokens after `past` cached ones (incremental decoding).
@@ -200,6 +210,34 @@ def cached_attention_inputs(
     return attn_mask, False, cos_sin
 
 
+def patch_grid(config: "TransformerEncoder.Config") -> tuple[int, int] | None:
+    """The grid of a 2-D position bias (position=relative_2d), or None; user errors first."""
+    if config.position != "relative_2d":
+        return None
+    if config.grid is None:
+        raise TpError(
+            "encoder transformer: position relative_2d needs the patch grid",
+            hint="set model.encoder.grid to [image height / patch size, image width / patch "
+            "size], e.g. [14, 14] for 224x224 images in 16x16 patches")
+    if config.mask != "fully_visible":
+        raise TpError(
+            f"encoder transformer: position relative_2d is for a fully visible encoder (an "
+            f"image's patches see each other), not mask={config.mask}",
+            hint="set model.encoder.mask=fully_visible, or another model.encoder.position")
+    return config.grid
+
+
+def check_grid_length(config: "TransformerEncoder.Config", length: int) -> None:
+    """A sequence must be the grid's patches, after a class token or not."""
+    h, w = config.grid or (0, 0)
+    if length not in (h * w + 1, h * w):
+        raise TpError(
+            f"encoder transformer: position relative_2d over a {h}x{w} grid expects "
+            f"{h * w + 1} positions (class token + {h * w} patches) or {h * w}, got {length}",
+            hint="set model.encoder.grid to the patch embedding's grid: image_size / "
+            "patch_size per side")
+
+
 class LayerModules(nn.Module):
     """The modules of a transformer layer: self-attention, cross-attention to a memory when the
     class sets `cross_attention` (the decoder's), feed-forward, each with its norm."""
@@ -209,12 +247,13 @@ class LayerModules(nn.Module):
     def __init__(self, hidden_size: int, heads: int, ffn_size: int, *, activation: str,
                  dropout: float, attention_dropout: float, bias: bool, pre_norm: bool,
                  eps: float, norm: str = "layernorm", kv_heads: int | None = None,
-                 scale_attention: bool = True, ffn_gate: bool = False) -> None:
+                 scale_attention: bool = True, ffn_gate: bool = False,
+                 qkv_bias: QkvBias | None = None) -> None:
         super().__init__()
         self.pre_norm = pre_norm
         attn: dict[str, Any] = dict(dropout=attention_dropout, bias=bias, kv_heads=kv_heads,
                                     scale=scale_attention)
-        self.attn = MultiHeadAttention(hidden_size, heads, **attn)
+        self.attn = MultiHeadAttention(hidden_size, heads, qkv_bias=qkv_bias, **attn)
         self.attn_norm = make_norm(norm, hidden_size, eps)
         if self.cross_attention:
             self.cross = MultiHeadAttention(hidden_size, heads, cross=True, **attn)
@@ -225,18 +264,38 @@ class LayerModules(nn.Module):
 
 
 class TransformerLayer(LayerModules):
-    """One self-attention + feed-forward block. # (B, T, H) -> (B, T, H)"""
+    """One self-attention + feed-forward block. # (B, T, H) -> (B, T, H)
+
+    `layer_scale` (BEiT, CaiT): each branch is multiplied by a learned per-channel factor
+    starting at that value (keys `attn_scale.weight`, `ffn_scale.weight`); `relative_bias`: a
+    position bias of this layer's own, added to the scores (BEiT without a shared table)."""
+
+    def __init__(self, hidden_size: int, heads: int, ffn_size: int, *,
+                 layer_scale: float | None = None,
+                 relative_bias: RelativePositionBias2D | None = None, **options: Any) -> None:
+        super().__init__(hidden_size, heads, ffn_size, **options)
+        self.relative_bias = relative_bias
+        self.attn_scale = LayerScale(hidden_size, layer_scale) if layer_scale is not None else None
+        self.ffn_scale = LayerScale(hidden_size, layer_scale) if layer_scale is not None else None
+
+    def _branch(self, y: torch.Tensor, scale: LayerScale | None) -> torch.Tensor:
+        """A branch's output as the residual stream adds it: dropout, then the layer scale."""
+        y = self.dropout(y)
+        return scale(y) if scale is not None else y
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
                 rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
                 cache: AttentionCache | None = None) -> torch.Tensor:
+        if self.relative_bias is not None:  # the stack refuses causal masks with a layer bias
+            mask = with_bias(mask, self.relative_bias(x.shape[1], x.shape[1]))
         if self.pre_norm:
-            x = x + self.dropout(self.attn(self.attn_norm(x), mask, is_causal=is_causal,
-                                           rotary=rotary, cache=cache))
-            return x + self.dropout(self.ffn(self.ffn_norm(x)))
-        x = self.attn_norm(x + self.dropout(self.attn(x, mask, is_causal=is_causal,
-                                                      rotary=rotary, cache=cache)))
-        return self.ffn_norm(x + self.dropout(self.ffn(x)))
+            x = x + self._branch(self.attn(self.attn_norm(x), mask, is_causal=is_causal,
+                                           rotary=rotary, cache=cache), self.attn_scale)
+            return x + self._branch(self.ffn(self.ffn_norm(x)), self.ffn_scale)
+        x = self.attn_norm(x + self._branch(self.attn(x, mask, is_causal=is_causal,
+                                                      rotary=rotary, cache=cache),
+                                            self.attn_scale))
+        return self.ffn_norm(x + self._branch(self.ffn(x), self.ffn_scale))
 
 
 class TransformerEncoder(nn.Module):
@@ -248,6 +307,32 @@ class TransformerEncoder(nn.Module):
             "or prefix (prefix LM: each row's first `prefix_lengths` tokens see each other, the "
             "rest is causal; the batch must carry prefix_lengths (B,))"
         )
+        # the encoder's own: the decoder keeps TransformerOptions' (no grid in generated text)
+        position: Literal["none", "relative", "rotary", "relative_2d"] = Field(
+            "none", description="positions inside attention: none (the embedding has them), "
+            "relative (T5 bucketed bias), rotary (RoPE, LLaMA) or relative_2d (BEiT: a bias "
+            "per 2-D offset between patches, over `grid`)"
+        )
+        grid: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = Field(
+            None, description="patch grid [rows, columns] = image size / patch size per side, "
+            "e.g. [14, 14] for 224 / 16 (position=relative_2d)"
+        )
+        share_position_bias: bool = Field(
+            False, description="position=relative_2d: one table for all layers, computed once "
+            "per forward (BEiT pre-training); false: one table per layer (BEiT fine-tuned)"
+        )
+        qkv_bias: QkvBias | None = Field(
+            None, description="biases of q, k and v: all, qv (BEiT; a k bias changes nothing "
+            "under softmax) or none (ViT with qkv_bias=False); None: follow `bias`"
+        )
+        layer_scale: float | None = Field(
+            None, gt=0.0, description="layer scale: each branch times a learned per-channel "
+            "factor starting at this value (BEiT: 0.1 base, 1e-5 large); None: no scale"
+        )
+        final_norm: bool | None = Field(
+            None, description="a norm after the last layer; None: iff pre_norm (GPT-2, ViT); "
+            "BEiT pooling by mean has none"
+        )
 
     def __init__(self, config: Config, ctx: BuildContext) -> None:
         super().__init__()
@@ -255,18 +340,25 @@ class TransformerEncoder(nn.Module):
         self.config = config
         self.causal = config.mask == "causal"
         self.prefix = config.mask == "prefix"
-        opts = layer_options(config, ctx)
+        grid = patch_grid(config)
+        opts = {**layer_options(config, ctx), "qkv_bias": config.qkv_bias,
+                "layer_scale": config.layer_scale}
         n = 1 if config.share_layers else config.layers  # shared: ONE layer, key layers.0.*
+        per_layer = grid is not None and not config.share_position_bias
         self.layers = nn.ModuleList(
-            TransformerLayer(ctx.hidden_size, config.heads, config.ffn_size, **opts)
+            TransformerLayer(ctx.hidden_size, config.heads, config.ffn_size, **opts,
+                             relative_bias=RelativePositionBias2D(config.heads, grid)
+                             if per_layer and grid is not None else None)
             for _ in range(n)
         )
         # T5 buckets both directions in an encoder, only the past in a causal stack
+        self.relative_bias: PositionBias | None
         self.relative_bias, self.rotary = position_modules(config, ctx, not self.causal)
+        if grid is not None and config.share_position_bias:
+            self.relative_bias = RelativePositionBias2D(config.heads, grid)
         # pre-norm leaves the residual stream un-normalised; GPT-2 normalises it once at the end
-        self.final_norm = (
-            make_norm(config.norm, ctx.hidden_size, ctx.norm_eps) if config.pre_norm else None
-        )
+        final = config.pre_norm if config.final_norm is None else config.final_norm
+        self.final_norm = make_norm(config.norm, ctx.hidden_size, ctx.norm_eps) if final else None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None,
@@ -288,6 +380,8 @@ class TransformerEncoder(nn.Module):
             mask = prefix_mask(prefix_lengths.reshape(-1), x.shape[1], mask)  # (B, 1, T, T)
         elif block_ids is not None:
             mask = block_mask(block_ids, mask, causal=self.causal)  # (B, 1, T, T)
+        if self.config.position == "relative_2d":
+            check_grid_length(self.config, x.shape[1])
         attn_mask, is_causal, rotary = self_attention_inputs(
             x, mask, self.causal, self.relative_bias, self.rotary, position_ids)
         for i in range(self.config.layers):
