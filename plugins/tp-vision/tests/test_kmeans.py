@@ -19,7 +19,8 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import load_digits
 
 from tp_vision.kmeans import (
-    KmeansImageTokenizer, _update, inertia, load_pixels, main, train_codebook, write_codebook,
+    KmeansImageTokenizer, _update, inertia, list_images, load_pixels, main, sample_patches,
+    train_codebook, write_codebook,
 )
 from tp_vision.masking import patchify
 from tpcli.errors import TpError
@@ -185,3 +186,15 @@ def test_command_reads_a_list_and_refuses_bad_sizes(tmp_path: Path,
                                 ".").vocab_size == 4
     assert main([*args, "--size", "20"]) == 1
     assert "--size 20 is not a multiple of --patch-size 8" in capsys.readouterr().err
+
+
+def test_sampled_patches_are_patches_of_the_corpus(tmp_path: Path) -> None:
+    write_pngs(tmp_path / "imgs")
+    images = list_images(tmp_path / "imgs")
+    every = torch.cat([patchify(load_pixels(p, 16)[None], 4)[0] for p in images])  # (64, 48)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(sample_patches(images, 16, 4, 64, g), every)  # all, in corpus order
+    some = sample_patches(images, 16, 4, 20, g)
+    assert some.shape == (20, 48)
+    matches = (some[:, None, :] == every[None, :, :]).all(-1)  # (20, 64)
+    assert matches.any(1).all() and len(set(matches.float().argmax(1).tolist())) == 20

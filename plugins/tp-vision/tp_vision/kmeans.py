@@ -29,8 +29,8 @@ from typing import Iterable
 
 import torch
 from pydantic import Field
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from tp_vision.masking import patchify
 from tpcli.errors import TpError
@@ -155,20 +155,19 @@ def load_codebook(path: Path, patch_size: int) -> torch.Tensor:
         raise TpError(f"the kmeans codebook {path} does not exist",
                       hint=how_to_make(path, patch_size))
     try:
-        tensors = load_file(str(path))
-        with open(path, "rb") as f:  # the metadata: safetensors' 8-byte header length, then JSON
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            codebook = f.get_tensor(KEY) if KEY in f.keys() else None
     except (SafetensorError, OSError, ValueError) as e:
         raise TpError(f"the kmeans codebook {path} is not a readable safetensors file ({e})",
                       hint=how_to_make(path, patch_size)) from e
-    codebook = tensors.get(KEY)
     if codebook is None or codebook.dim() != 2 or not codebook.is_floating_point() \
             or codebook.shape[0] == 0 or codebook.shape[1] % (patch_size * patch_size):
         shape = None if codebook is None else tuple(codebook.shape)
         raise TpError(f"the kmeans codebook {path} does not hold a float tensor {KEY!r} of shape "
                       f"(K, {patch_size}*{patch_size}*channels) (found {shape})",
                       hint=how_to_make(path, patch_size))
-    trained = (header.get("__metadata__") or {}).get("patch_size")
+    trained = metadata.get("patch_size")
     if trained is not None and trained != str(patch_size):
         raise TpError(f"the kmeans codebook {path} was trained on {trained}x{trained} patches, "
                       f"not {patch_size}x{patch_size}",
@@ -313,11 +312,12 @@ def sample_patches(images: list[Path], size: int, patch_size: int, sample: int,
         chosen = torch.randperm(total, generator=g)[:sample].sort().values
     else:  # a permutation of the whole corpus would not fit: draw with replacement instead
         chosen = torch.randint(total, (sample,), generator=g).unique()
-    image_ids, patch_ids = chosen // per_image, chosen % per_image
+    image_ids, patch_ids = chosen // per_image, chosen % per_image  # both sorted by image
+    ids, counts = torch.unique_consecutive(image_ids, return_counts=True)
     parts = []
-    for image_id in image_ids.unique().tolist():
+    for image_id, picked in zip(ids.tolist(), patch_ids.split(counts.tolist())):
         patches = patchify(load_pixels(images[image_id], size)[None], patch_size)[0]  # (N, D)
-        parts.append(patches[patch_ids[image_ids == image_id]])
+        parts.append(patches[picked])
     return torch.cat(parts)
 
 
