@@ -96,12 +96,15 @@ class Tokenizer(Protocol):
 
 
 def sequence_length(inputs: dict[str, "torch.Tensor"], sequence: "torch.Tensor | None",
-                    name: str) -> tuple[int, int]:
+                    name: str, fallback: str | None = None) -> tuple[int, int]:
     """(B, T) of the sequence the embeddings listed before `name` built (a class token
-    included): what a position or segment embedding sizes itself by. A TpError when `name` is
-    listed first, with nothing before it to take a length from."""
+    included): what a position or segment embedding sizes itself by. Called alone (no
+    `sequence`), the (B, T) of input `fallback` when given and present; else a TpError: `name`
+    is listed first, with nothing before it to take a length from."""
     if sequence is not None:
         return int(sequence.shape[0]), int(sequence.shape[1])
+    if fallback is not None and fallback in inputs:
+        return int(inputs[fallback].shape[0]), int(inputs[fallback].shape[1])
     raise TpError(f"embedding {name} takes its length from the embeddings listed before it, "
                   "and it is listed first",
                   hint=f"list {name} after the embedding that reads the inputs, e.g. "

@@ -40,7 +40,7 @@ class PosEmbedding(nn.Module):
         position_ids = inputs.get("position_ids")
         if position_ids is not None:  # explicit rows of the table, used as given
             return self.embedding(position_ids)  # (B, T, H)
-        b, t = sequence_length(inputs, sequence, "pos")
+        b, t = sequence_length(inputs, sequence, "pos", fallback="input_ids")
         off = self.config.offset
         past = inputs.get("past_length")
         if past is not None:  # new tokens after `past` earlier ones (incremental decoding)

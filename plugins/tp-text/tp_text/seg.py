@@ -27,6 +27,6 @@ class SegEmbedding(nn.Module):
                 sequence: torch.Tensor | None = None) -> torch.Tensor:
         segment_ids = inputs.get("segment_ids")
         if segment_ids is None:
-            b, t = sequence_length(inputs, sequence, "seg")
+            b, t = sequence_length(inputs, sequence, "seg", fallback="input_ids")
             return self.embedding.weight[0].expand(b, t, -1)  # (B, T, H): all in segment 0
         return self.embedding(segment_ids)  # (B, T, H)

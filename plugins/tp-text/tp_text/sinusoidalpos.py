@@ -75,7 +75,7 @@ class SinusoidalPosEmbedding(nn.Module):
         if position_ids is not None:  # explicit rows of the table, used as given
             table = self._rows(int(position_ids.max()) + 1 if position_ids.numel() else 1)
             return s * table[position_ids]  # (B, T, E)
-        b, t = sequence_length(inputs, sequence, "sinusoidalpos")
+        b, t = sequence_length(inputs, sequence, "sinusoidalpos", fallback="input_ids")
         off = self.config.offset
         past = inputs.get("past_length")
         if past is not None:  # new tokens after `past` earlier ones (incremental decoding)
