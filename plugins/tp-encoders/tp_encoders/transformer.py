@@ -8,11 +8,10 @@ T5 = rmsnorm + relative position bias + unscaled attention, no biases; LLaMA = r
 gated silu FFN (+ grouped-query attention); ALBERT = BERT with one layer's weights shared by all.
 The position bias and the rotary tables are computed once per forward and shared by all layers.
 
-ViT = GPT-2's pre-norm stack, fully visible (`qkv_bias: none` for checkpoints without q/k/v
-biases). BEiT = ViT + q and v biases only (`qkv_bias: qv`) + layer scale on both branches
-  x = x + g1 * drop(attn(LN(x)));  x = x + g2 * drop(ffn(LN(x)))
-+ a 2-D relative position bias over the patch grid (`position: relative_2d`), one table for the
-stack or one per layer, and no final norm when it pools by mean (`final_norm: false`).
+ViT = GPT-2's pre-norm stack, fully visible. BEiT = ViT + q and v biases only (qkv_bias: qv) +
+layer scale, x = x + g1 * drop(attn(LN(x))), x = x + g2 * drop(ffn(LN(x))), + a 2-D relative
+bias over the patch grid (position: relative_2d), one table shared or one per layer; pooling by
+mean, BEiT has no final norm (final_norm: false).
 
 A causal stack decodes incrementally when given a `KVCache` (`tpcli.downstream.generate`): x holds only the
 new tokens, the mask covers every token so far, and positions continue from `cache.length`.
