@@ -43,7 +43,13 @@ class Converter:
     read with `rules`, else with `base_rules`.
     max_length: HF config dict -> the most tokens the model takes, written as the exported
     tokenizer's `model_max_length` (without it `truncation=True` does not truncate); default
-    `max_position_embeddings` or `n_positions`, None when the config has neither."""
+    `max_position_embeddings` or `n_positions`, None when the config has neither.
+    preprocessing: for a model that reads no text (images, audio features), what stands in for
+    the tokenizer files: `from_hf(folder, hf_config) -> dict`, the recipe's data section read
+    from the folder's preprocessor_config.json, and `to_hf(recipe, folder, hf_config)`, which
+    writes it. None: the model reads text and its tokenizer files are converted.
+    check_batch: `(ModelSpec, hf_config) -> (tp batch, HF keyword arguments)`, the fixed batch
+    `--check` runs through both models; None: padded token ids (text models)."""
 
     name: str
     hf_architecture: str
@@ -57,6 +63,8 @@ class Converter:
     outputs: Mapping[str, str] = field(default_factory=dict)
     also_reads: tuple[str, ...] = ()
     max_length: Callable[[HfConfig], int | None] | None = None
+    preprocessing: Any = None
+    check_batch: Callable[[Any, HfConfig], tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None
 
     def input_limit(self, hf_config: HfConfig) -> int | None:
         """The model's maximum input length (`max_length`, or the config's position count)."""

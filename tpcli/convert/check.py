@@ -65,11 +65,15 @@ def max_abs_diff(conv: Converter, hf_model: Any, tp_model: Any, hf_config: dict[
     fixed padded batch of `check_batch`, over real positions. Ids are drawn below `vocab`.
     `fields`: compare only these targets, with these HF output fields (default: every target,
     through `conv.outputs`)."""
-    batch = check_batch(tp_model.spec, hf_config, vocab)
-    kwargs = {HF_INPUTS[k]: (v.long() if v.dtype == torch.bool else v) for k, v in batch.items()}
+    if conv.check_batch is not None:  # a model that reads no token ids (images)
+        batch, kwargs = conv.check_batch(tp_model.spec, hf_config)
+    else:
+        batch = check_batch(tp_model.spec, hf_config, vocab)
+        kwargs = {HF_INPUTS[k]: (v.long() if v.dtype == torch.bool else v)
+                  for k, v in batch.items()}
     with torch.no_grad():
         ref = hf_model(**kwargs)
-        tmask = batch.get("tgt_attention_mask", batch["attention_mask"])
+        tmask = batch.get("tgt_attention_mask", batch.get("attention_mask"))
         if base:
             pairs = [("hidden", tp_model.features(batch).hidden, ref.last_hidden_state)]
         else:
@@ -82,7 +86,7 @@ def max_abs_diff(conv: Converter, hf_model: Any, tp_model: Any, hf_config: dict[
             raise TpError(f"--check: tp's {name} output is {tuple(mine.shape)}, the Hugging Face "
                           f"model's {tuple(theirs.shape)}")
         diff = (mine.float() - theirs.float()).abs()
-        if diff.dim() >= 3:  # per token: only the real positions count
+        if diff.dim() >= 3 and tmask is not None:  # per token: only the real positions count
             diff = diff[tmask]
         worst = max(worst, float(diff.max()))
     return worst
@@ -92,7 +96,9 @@ def compare(conv: Converter, hf_model: Any, tp_model: Any, hf_config: dict[str, 
              tokenizer: Any, tolerance: float, *, base: bool,
              fields: dict[str, str] | None = None) -> float:
     """`max_abs_diff` on the tokenizer's ids; a TpError above `tolerance`."""
-    vocab = min(tp_model.ctx.vocab_size, tokenizer.vocab_size)
+    vocab = tp_model.ctx.vocab_size
+    if tokenizer is not None:
+        vocab = min(vocab, tokenizer.vocab_size)
     worst = max_abs_diff(conv, hf_model, tp_model, hf_config, vocab, base=base, fields=fields)
     if not worst <= tolerance:
         raise TpError(f"--check failed: the logits differ by up to {worst:.3g} (tolerance "

@@ -164,6 +164,21 @@ def _tokenizer_section(folder: Path, plugins: Plugins) -> tuple[dict[str, Any], 
                   hint="save the tokenizer beside the model (tokenizer.save_pretrained(DIR))")
 
 
+def _copy_tokenizer(section: dict[str, Any], file: Path, folder: Path, tmp: Path,
+                    plugins: Plugins) -> tuple[Any, dict[str, Any]]:
+    """The folder's tokenizer, saved into the checkpoint being written at `tmp`, and the
+    recipe's data section naming it there."""
+    tok_cls = plugins.registry.get("tokenizer", section["name"])
+    options = {k: v for k, v in section.items() if k != "name"}
+    tokenizer = tok_cls(tok_cls.Config(**options), folder)
+    tokenizer.save(str(tmp / "tokenizer"))
+    if not (tmp / "tokenizer" / file.name).is_file():
+        shutil.copy(file, tmp / "tokenizer" / file.name)
+    key = "tokenizer_json" if "tokenizer_json" in section else "vocab"
+    section = {**section, key: f"tokenizer/{file.name}"}  # the recipe beside it stays usable
+    return tokenizer, {"tokenizer": section}
+
+
 def _to_tp(conv: Converter, hf_sd: dict[str, torch.Tensor], hf_config: dict[str, Any],
            own: dict[str, torch.Tensor], base: bool, partial: bool = False
            ) -> dict[str, torch.Tensor]:
@@ -217,36 +232,33 @@ def from_hf(source: str, out: Path, plugins: Plugins, *, check: bool = False,
     from tpcli.train.run_folder import write_recipe
 
     from tpcli.recipes.config import build_recipe
-    from tpcli.model import build_model
+    from tpcli.model import build_model, vocabulary
 
     folder = resolve_source(source)
     hf_config = read_hf_config(folder)
     conv, base = choose_hf_converter(hf_config, plugins)
     arch = (hf_config.get("architectures") or [conv.hf_architecture])[0]
     model_section = conv.config_to_recipe(hf_config)
-    tok_section, tok_file = _tokenizer_section(folder, plugins)
+    text = conv.preprocessing is None  # else a model of images or audio: no tokenizer
+    if text:
+        tok_section, tok_file = _tokenizer_section(folder, plugins)
     hf_sd = _legacy_names(read_hf_weights(folder))
     with staged(out) as tmp:
-        tok_cls = plugins.registry.get("tokenizer", tok_section["name"])
-        options = {k: v for k, v in tok_section.items() if k != "name"}
-        tokenizer = tok_cls(tok_cls.Config(**options), folder)
-        tokenizer.save(str(tmp / "tokenizer"))
-        if not (tmp / "tokenizer" / tok_file.name).is_file():
-            shutil.copy(tok_file, tmp / "tokenizer" / tok_file.name)
-        key = "tokenizer_json" if "tokenizer_json" in tok_section else "vocab"
-        tok_section[key] = f"tokenizer/{tok_file.name}"  # the recipe beside it stays usable
-        data: dict[str, Any] = {"tokenizer": tok_section}
-        if conv.processor is not None:
-            data["processor"] = conv.processor(hf_config)
+        tokenizer = None
+        if text:
+            tokenizer, data = _copy_tokenizer(tok_section, tok_file, folder, tmp, plugins)
+            if conv.processor is not None:
+                data["processor"] = conv.processor(hf_config)
+        else:
+            data = conv.preprocessing.from_hf(folder, hf_config)
         raw = {"model": model_section, "data": data, "pretrain": {}}
         recipe = build_recipe(raw, plugins.registry, name=f"the recipe translated from {folder}",
                               path=tmp)
-        vocab = model_section.get("vocab_size") or tokenizer.vocab_size
-        if tokenizer.vocab_size > vocab:
-            raise TpError(f"the tokenizer of {folder} has {tokenizer.vocab_size} tokens, more than "
-                          f"the model's vocab_size {vocab}")
-        model = build_model(recipe.model, plugins.registry, tokenizer.vocab_size,
-                            tokenizer.special_ids)
+        vocab, special_ids = vocabulary(tokenizer)
+        if tokenizer is not None and vocab > (model_section.get("vocab_size") or vocab):
+            raise TpError(f"the tokenizer of {folder} has {vocab} tokens, more than "
+                          f"the model's vocab_size {model_section.get('vocab_size')}")
+        model = build_model(recipe.model, plugins.registry, vocab, special_ids)
         own = dict(model.state_dict())
         headless = base  # the architecture's: what --check compares
         tp_sd, base = _convert_weights(conv, hf_sd, hf_config, own, base, arch)

@@ -175,16 +175,17 @@ def to_hf(checkpoint: Path, out: Path, plugins: Plugins, *, arch: str | None = N
     """A tp checkpoint (run folder or step folder) -> a Hugging Face folder at `out`."""
     from tpcli.files import save_weights
 
+    from tpcli.model import vocabulary
     from tpcli.train.checkpoint import load_checkpoint
     from tpcli.train import checkpoint as ckpt_io
 
     loaded = load_checkpoint(checkpoint, plugins)  # strict: corrupt files, shapes, keys
     spec = loaded.recipe.model
     tp_sd = ckpt_io.read_weights(loaded.path)
-    conv, hf_config = choose_converter(spec, loaded.tokenizer.vocab_size, plugins, arch,
-                                       None if arch else tp_sd)
+    vocab, special_ids = vocabulary(loaded.tokenizer)
+    conv, hf_config = choose_converter(spec, vocab, plugins, arch, None if arch else tp_sd)
     hf_config.setdefault("architectures", [conv.hf_architecture])
-    for role, i in loaded.tokenizer.special_ids.items():  # what the converter did not set
+    for role, i in special_ids.items():  # what the converter did not set
         if role in ("pad", "bos", "eos"):
             hf_config.setdefault(f"{role}_token_id", i)
     hf_sd = conv.tp_to_hf(tp_sd, hf_config=hf_config)
@@ -196,8 +197,15 @@ def to_hf(checkpoint: Path, out: Path, plugins: Plugins, *, arch: str | None = N
         weights = {k: v.contiguous() for k, v in hf_sd.items() if k not in tied}
         save_weights(weights, tmp / WEIGHTS, {"format": "pt"})
         _write_config(tmp, conv, hf_config, dtype)
-        _save_tokenizer_hf(loaded.tokenizer, tmp, hf_config.get("type_vocab_size", 0) >= 2,
-                           conv.input_limit(hf_config))
+        if conv.preprocessing is not None:  # preprocessor_config.json (images, audio)
+            conv.preprocessing.to_hf(loaded.recipe, tmp, hf_config)
+        elif loaded.tokenizer is None:
+            raise TpError(f"converter {conv.name!r} writes tokenizer files, and the checkpoint "
+                          "has no tokenizer", hint="a converter bug: it must declare the "
+                          "preprocessing of a model without text")
+        else:
+            _save_tokenizer_hf(loaded.tokenizer, tmp, hf_config.get("type_vocab_size", 0) >= 2,
+                               conv.input_limit(hf_config))
         result = ConvertResult(Path(out), conv.name, hf_config["architectures"][0], len(weights))
         if check:
             hf_model = hf_model_class(hf_config["architectures"][0]).from_pretrained(str(tmp))
