@@ -143,6 +143,21 @@ def write_corpus(path: Path, corpus_format: str, labels: list[str], pairs: bool 
             raise AssertionError(f"no test corpus for corpus_format {corpus_format!r}")
 
 
+def write_records_corpus(folder: Path, processor: str) -> None:
+    """A small real corpus for a processor that reads its own: images of scikit-learn's
+    digits in class folders (the layout tp-vision's processors read)."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for i in range(40):
+        label = int(digits.target[i])
+        path = folder / f"digit{label}" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8), mode="L").save(path)
+
+
 class Datasets:
     """One preprocessed dataset per (tokenizer, processor), shared by the session's recipes."""
 
@@ -155,15 +170,20 @@ class Datasets:
 
         plugins = get_plugins()
         recipe = load_recipe(recipe_name, overrides, plugins)
-        tok = recipe.tokenizer.options.model_dump() if recipe.tokenizer.options else {}
-        key = json.dumps([recipe.tokenizer.name, tok, str(recipe.base_dir)
+        tok = (recipe.tokenizer.options.model_dump()
+               if recipe.tokenizer and recipe.tokenizer.options else {})
+        key = json.dumps([recipe.tokenizer and recipe.tokenizer.name, tok, str(recipe.base_dir)
                           if _has_relative_files(tok) else "", recipe.processor.name],
                          sort_keys=True, default=str)
         if key not in self.made:
             fmt = plugins.registry.get("processor", recipe.processor.name).corpus_format
             labels = list(getattr(recipe.processor.options, "labels", None) or ["0", "1"])
             corpus = self.root / f"corpus{len(self.made)}.{fmt}.txt"
-            write_corpus(corpus, fmt, labels, pairs=recipe.processor.name == "seq2seq")
+            if fmt == "records":  # a processor that reads its own corpus: images, audio
+                corpus = self.root / f"corpus{len(self.made)}"
+                write_records_corpus(corpus, recipe.processor.name)
+            else:
+                write_corpus(corpus, fmt, labels, pairs=recipe.processor.name == "seq2seq")
             out = self.root / f"data{len(self.made)}"
             preprocess(PreprocessRequest(recipe_name, str(corpus), out, overrides, plugins=plugins))
             self.made[key] = out

@@ -140,8 +140,8 @@ def test_relative_2d_user_errors() -> None:
     with pytest.raises(TpError) as e:
         beit()(torch.randn(2, 9, H))
     assert "2x3 grid expects 7 positions (class token + 6 patches) or 6, got 9" in str(e.value)
-    with pytest.raises(ValueError):
-        TransformerEncoder.Config(position="relative_2d", grid=(0, 3))
+    with pytest.raises(TpError, match=r"grid \[0, 3\] has a side below 1"):
+        beit(grid=(0, 3))
 
 
 def test_a_padded_key_gets_no_weight_beside_the_bias() -> None:

@@ -19,7 +19,7 @@ new tokens, the mask covers every token so far, and positions continue from `cac
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -218,6 +218,10 @@ def patch_grid(config: "TransformerEncoder.Config") -> tuple[int, int] | None:
             "encoder transformer: position relative_2d needs the patch grid",
             hint="set model.encoder.grid to [image height / patch size, image width / patch "
             "size], e.g. [14, 14] for 224x224 images in 16x16 patches")
+    if min(config.grid) < 1:
+        raise TpError(f"encoder transformer: grid {list(config.grid)} has a side below 1",
+                      hint="set model.encoder.grid to [image height / patch size, image width "
+                      "/ patch size]")
     if config.mask != "fully_visible":
         raise TpError(
             f"encoder transformer: position relative_2d is for a fully visible encoder (an "
@@ -312,7 +316,7 @@ class TransformerEncoder(nn.Module):
             "relative (T5 bucketed bias), rotary (RoPE, LLaMA) or relative_2d (BEiT: a bias "
             "per 2-D offset between patches, over `grid`)"
         )
-        grid: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = Field(
+        grid: tuple[int, int] | None = Field(
             None, description="patch grid [rows, columns] = image size / patch size per side, "
             "e.g. [14, 14] for 224 / 16 (position=relative_2d)"
         )

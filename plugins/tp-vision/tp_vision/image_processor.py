@@ -37,8 +37,8 @@ class ImageProcessorConfig(ModuleConfig):
         "raise", description="an undecodable image: stop with an error naming it, or skip it "
         "(counted and listed in the dataset's meta.json)")
     scale: tuple[float, float] = Field((0.08, 1.0), description="random resized crop: area range")
-    ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="random resized crop: aspect "
-                                       "ratio range")
+    ratio: tuple[float, float] = Field((0.75, 1.3333333333333333),  # 3/4, 4/3
+                                       description="random resized crop: aspect ratio range")
     crop: bool = Field(True, description="random resized crop (False: resize the stored image "
                        "to image_size, as evaluation does)")
     hflip: float = Field(0.5, ge=0.0, le=1.0, description="probability of a horizontal flip")

@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from tp_vision.patch import PatchEmbedding
+from tp_vision.patch import PatchConfig, PatchEmbedding
 from tpcli.data.batch import BatchKey
 from tpcli.errors import TpError
 from tpcli.model.module import BuildContext
@@ -25,8 +25,9 @@ class MaskedPatchEmbedding(PatchEmbedding):
     """`patch` + a learned mask token (E,) in place of the patches `mim_mask` marks."""
 
     name: ClassVar[str] = "masked_patch"
+    Config = PatchConfig
 
-    def __init__(self, config: PatchEmbedding.Config, ctx: BuildContext) -> None:
+    def __init__(self, config: PatchConfig, ctx: BuildContext) -> None:
         super().__init__(config, ctx)
         self.mask_token = nn.Parameter(torch.zeros(ctx.embed_dim))
         self.inputs = self.inputs + (BatchKey(

@@ -39,21 +39,25 @@ def recipe_path(ctx: BuildContext, name: str) -> str:
     return f"model.tgt_embedding.{name}" if ctx.stream == "tgt" else f"model.embedding.{name}"
 
 
+class PatchConfig(ModuleConfig):
+    """The options of `patch` and `masked_patch`."""
+
+    image_size: Size = Field(224, description="image height and width in pixels: one int "
+                             "(square) or [height, width]")
+    patch_size: Size = Field(16, description="patch height and width in pixels: one int "
+                             "(square) or [height, width]; must divide image_size")
+    channels: int = Field(3, ge=1, description="colour channels of pixel_values (3: RGB)")
+    class_token: bool = Field(True, description="prepend a learned class token ([CLS])")
+    bias: bool = Field(True, description="a bias in the patch projection")
+
+
 class PatchEmbedding(nn.Module):
     """Image -> (B, 1 + N, E) patch embeddings, the class token first (or (B, N, E) without)."""
 
     name: ClassVar[str] = "patch"  # the registry name, for the recipe paths in errors
+    Config = PatchConfig
 
-    class Config(ModuleConfig):
-        image_size: Size = Field(224, description="image height and width in pixels: one int "
-                                 "(square) or [height, width]")
-        patch_size: Size = Field(16, description="patch height and width in pixels: one int "
-                                 "(square) or [height, width]; must divide image_size")
-        channels: int = Field(3, ge=1, description="colour channels of pixel_values (3: RGB)")
-        class_token: bool = Field(True, description="prepend a learned class token ([CLS])")
-        bias: bool = Field(True, description="a bias in the patch projection")
-
-    def __init__(self, config: Config, ctx: BuildContext) -> None:
+    def __init__(self, config: PatchConfig, ctx: BuildContext) -> None:
         super().__init__()
         self.config = config
         self.path = recipe_path(ctx, self.name)
