@@ -75,6 +75,18 @@ def test_16_bit_png_is_scaled_by_its_depth_not_clipped(tmp_path: Path) -> None:
     assert (out[..., 0] < 255).mean() > 0.9  # Pillow's own convert("RGB") clips >255 to white
 
 
+def test_32_bit_and_float_tiffs(tmp_path: Path) -> None:
+    deep = np.linspace(0, 65535, 20 * 30).round().astype(np.int32).reshape(20, 30)
+    Image.fromarray(deep).save(tmp_path / "i.tif")  # mode I: 16-bit data in 32-bit words
+    assert Image.open(tmp_path / "i.tif").mode == "I"
+    np.testing.assert_array_equal(decode(tmp_path / "i.tif")[..., 1],
+                                  np.rint(deep / 65535 * 255).astype(np.uint8))
+    unit = np.linspace(0, 1, 20 * 30, dtype=np.float32).reshape(20, 30)
+    Image.fromarray(unit).save(tmp_path / "f.tif")  # mode F in [0, 1]
+    np.testing.assert_array_equal(decode(tmp_path / "f.tif")[..., 2],
+                                  np.rint(unit * 255).astype(np.uint8))
+
+
 def test_cmyk_jpeg(tmp_path: Path) -> None:
     smooth = np.kron(rgb(6, 8), np.ones((8, 8, 1), np.uint8))  # blocks: little JPEG loss
     path = tmp_path / "cmyk.jpg"

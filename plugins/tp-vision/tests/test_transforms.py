@@ -71,7 +71,8 @@ def test_to_hf_loads_back_into_the_same_transform(tmp_path: Path, photos: dict[s
     image = photos["coffee"]
     expected = torch.from_numpy(hf(image, return_tensors="np")["pixel_values"][0])
     assert (transform(image) - expected).abs().max().item() <= 1e-6
-    assert EvalTransform.from_hf(json.loads((tmp_path / "preprocessor_config.json").read_text())) == transform
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert EvalTransform.from_hf(saved) == transform
 
 
 def test_from_hf_defaults_and_legacy_configs() -> None:
@@ -84,7 +85,8 @@ def test_from_hf_defaults_and_legacy_configs() -> None:
 
 def test_from_hf_refuses_what_it_cannot_do() -> None:
     with pytest.raises(DataError, match="do_reduce_labels=true") as e:
-        EvalTransform.from_hf({"image_processor_type": "BeitImageProcessor", "do_reduce_labels": True})
+        EvalTransform.from_hf({"image_processor_type": "BeitImageProcessor",
+                               "do_reduce_labels": True})
     assert "false" in (e.value.hint or "")
     with pytest.raises(DataError, match="'CLIPImageProcessor'") as e:
         EvalTransform.from_hf({"image_processor_type": "CLIPImageProcessor"})
@@ -94,7 +96,7 @@ def test_from_hf_refuses_what_it_cannot_do() -> None:
                                "size": {"shortest_edge": 10, "longest_edge": 20}})
 
 
-# ---- train-time -----------------------------------------------------------------------------------
+# ---- train-time -------------------------------------------------------------------------
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
@@ -121,6 +123,16 @@ def test_train_transform_is_a_function_of_the_generator_only(photos: dict[str, n
     assert torch.equal(whole, expected)  # scale=None: the evaluation resize
 
 
+def test_train_transform_checks_its_options() -> None:
+    with pytest.raises(ValueError, match="resample must be one of"):
+        TrainTransform(interpolation="cubic")
+    with pytest.raises(ValueError, match="scale"):
+        TrainTransform(scale=(0.5, 0.1))
+    with pytest.raises(ValueError, match="magnitude"):
+        TrainTransform(randaugment=(2, 40))
+    assert TrainTransform(randaugment=[2, 9], mean=[0.1, 0.2, 0.3]).randaugment == (2, 9)
+
+
 def test_crop_box_area_and_aspect_stay_in_bounds() -> None:
     g, height, width = gen(0), 300, 451
     areas, aspects = [], []
@@ -141,7 +153,8 @@ def test_random_resized_crop_is_the_resized_box(photos: dict[str, np.ndarray]) -
     image = photos["coffee"]
     out = random_resized_crop(image, 48, g=gen(5))
     top, left, h, w = crop_box(*image.shape[:2], (0.08, 1.0), (3 / 4, 4 / 3), gen(5))
-    expected = np.array(Image.fromarray(image[top:top + h, left:left + w]).resize((48, 48), Image.Resampling.BICUBIC))
+    box = Image.fromarray(image[top:top + h, left:left + w])
+    expected = np.array(box.resize((48, 48), Image.Resampling.BICUBIC))
     np.testing.assert_array_equal(out, expected)
 
 
@@ -154,7 +167,7 @@ def test_hflip_is_an_exact_mirror_with_probability_p() -> None:
     assert 160 < flips < 240
 
 
-# ---- RandAugment ops ---------------------------------------------------------------------------------
+# ---- RandAugment ops ---------------------------------------------------------------------------
 
 RAMP = np.stack([np.arange(256, dtype=np.uint8).reshape(16, 16)] * 3, axis=2)  # every value once
 
@@ -216,7 +229,7 @@ def test_randaugment_draws_only_from_the_generator() -> None:
         RandAugment(magnitude=31)
 
 
-# ---- Mixup / CutMix ---------------------------------------------------------------------------------
+# ---- Mixup / CutMix ----------------------------------------------------------------------------
 
 def test_beta_draws_follow_the_beta_distribution() -> None:
     for alpha in (0.8, 1.0):

@@ -48,11 +48,11 @@ class ImageError(DataError):
 
 def decode(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
     """The image in `source` (a path, or the file's bytes with `name` for messages) as an
-    (H, W, 3) uint8 RGB array, EXIF orientation applied (the first frame of an animation or a
-    multi-page file). Greyscale, palette, CMYK and 16-bit
-    files become RGB (16-bit scaled by the file's bit depth, not clipped); alpha is composited
-    onto white. Raises ImageError for anything Pillow cannot read in full: a truncated file is
-    an error, never silently padded (ImageFile.LOAD_TRUNCATED_IMAGES is left alone)."""
+    (H, W, 3) uint8 RGB array, EXIF orientation applied; the first frame of an animation or a
+    multi-page file. Greyscale, palette, CMYK and 16-bit files become RGB (16-bit scaled by the
+    file's bit depth, not clipped); alpha is composited onto white. Raises ImageError for
+    anything Pillow cannot read in full: a truncated file is an error, never silently padded
+    (ImageFile.LOAD_TRUNCATED_IMAGES is left alone)."""
     label = name or ("<bytes>" if isinstance(source, bytes) else str(source))
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
@@ -106,12 +106,14 @@ def bomb_error(label: str, detail: str) -> ImageError:
 
 def declared_bits(im: Image.Image) -> int | None:
     """Bits per sample the file declares for a deep greyscale image (TIFF's BitsPerSample, e.g.
-    12 for a 12-bit scan stored in 16-bit words), None when the file does not say."""
+    12 for a 12-bit scan stored in 16-bit words); None when the file does not say, or says 32
+    (a 32-bit TIFF rarely uses its range: the data decides, see deep_to_uint8)."""
     tags = getattr(im, "tag_v2", None)
     if im.mode not in DEEP_GREY or tags is None or 258 not in tags:
         return None
     bits = tags[258]
-    return int(bits[0] if isinstance(bits, tuple) else bits)
+    bits = int(bits[0] if isinstance(bits, tuple) else bits)
+    return bits if 8 < bits <= 16 else None
 
 
 def to_rgb(im: Image.Image, bits: int | None = None) -> np.ndarray:
@@ -207,11 +209,11 @@ def decode_many(paths: Iterable[str | Path], size: int | None, workers: int,
     reports them).
 
     `workers` > 1 decodes ahead in parallel, in chunks of CHUNK files, at most workers * WINDOW
-    chunks in flight however long `paths` is. pool="process" (forked workers, where the
-    platform forks; threads elsewhere) is the faster on 2 cores, measured with 2 workers: 32x32
-    PNGs 10.5k images/s vs 7.2k for threads and 7.5k serial (opening a file is Python work
-    under the GIL); 500x500 JPEGs fit to 224, 344/s vs 265/s threads and 159/s serial (Pillow
-    releases the GIL while decoding and resizing, but not for the rest)."""
+    chunks in flight however long `paths` is. pool="process" (forked workers on Linux, threads
+    elsewhere) is the faster on 2 cores; 2 workers, best of 7 on a shared 2-core machine: 32x32
+    PNGs 8.8k images/s vs 4.8k for threads and 7.3k serial (opening a file is Python work
+    under the GIL, which threads fight over); 500x500 JPEGs fit to 224, 310/s vs 276/s threads
+    and 188/s serial (Pillow releases the GIL while decoding and resizing, not for the rest)."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     if workers <= 1:

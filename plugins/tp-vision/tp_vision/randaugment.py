@@ -41,6 +41,11 @@ def enhance(kind: type) -> Callable[[Image.Image, float, Style], Image.Image]:
     return lambda img, m, style: kind(img).enhance(1.0 + 0.9 * m)
 
 
+def shift(side: int, m: float) -> int:
+    """Whole pixels a translation moves: up to 150/331 of the side (torchvision's largest)."""
+    return int(150 / 331 * side * m)
+
+
 def posterize_bits(m: float) -> int:
     """Bits kept by posterize: 8 at m = 0 down to 4 at m = 1 (torchvision's table)."""
     return 8 - int(round(4 * m))
@@ -58,9 +63,10 @@ OPS: dict[str, tuple[Callable[[Image.Image, float, Style], Image.Image], bool]] 
     "identity": (lambda img, m, s: img, False),
     "shear_x": (lambda img, m, s: affine(img, (1, 0.3 * m, 0, 0, 1, 0), s), True),
     "shear_y": (lambda img, m, s: affine(img, (1, 0, 0, 0.3 * m, 1, 0), s), True),
-    "translate_x": (lambda img, m, s: affine(img, (1, 0, int(150 / 331 * img.width * m), 0, 1, 0), s), True),
-    "translate_y": (lambda img, m, s: affine(img, (1, 0, 0, 0, 1, int(150 / 331 * img.height * m)), s), True),
-    "rotate": (lambda img, m, s: img.rotate(30.0 * m, resample=RESAMPLE[s.resample], fillcolor=s.fill), True),
+    "translate_x": (lambda img, m, s: affine(img, (1, 0, shift(img.width, m), 0, 1, 0), s), True),
+    "translate_y": (lambda img, m, s: affine(img, (1, 0, 0, 0, 1, shift(img.height, m)), s), True),
+    "rotate": (lambda img, m, s: img.rotate(30.0 * m, resample=RESAMPLE[s.resample],
+                                            fillcolor=s.fill), True),
     "brightness": (enhance(ImageEnhance.Brightness), True),
     "color": (enhance(ImageEnhance.Color), True),
     "contrast": (enhance(ImageEnhance.Contrast), True),

@@ -24,12 +24,14 @@ from tpcli.errors import DataError
 
 Pair = tuple[int, int]
 Triple = tuple[float, float, float]
-HF_TYPES = {  # image_processor_type -> its class defaults (transformers 5), read when a key is absent
-    "ViTImageProcessor": {"resample": 2, "size": {"height": 224, "width": 224}, "do_center_crop": False},
-    "BeitImageProcessor": {"resample": 3, "size": {"height": 224, "width": 224}, "do_center_crop": False,
-                           "crop_size": {"height": 224, "width": 224}},
+SQUARE_224 = {"height": 224, "width": 224}
+HF_TYPES = {  # image_processor_type -> its class defaults (transformers 5), for absent keys
+    "ViTImageProcessor": {"resample": 2, "size": SQUARE_224, "do_center_crop": False},
+    "BeitImageProcessor": {"resample": 3, "size": SQUARE_224, "do_center_crop": False,
+                           "crop_size": SQUARE_224},
 }
-HF_NAMES = {"ViTFeatureExtractor": "ViTImageProcessor", "BeitFeatureExtractor": "BeitImageProcessor"}
+HF_NAMES = {"ViTFeatureExtractor": "ViTImageProcessor",
+            "BeitFeatureExtractor": "BeitImageProcessor"}
 CODES = {int(v): k for k, v in RESAMPLE.items()}  # HF's resample int -> our name
 
 
@@ -41,7 +43,8 @@ def to_tensor(image: np.ndarray, rescale: float | None, mean: Triple | None,
     x = (x.astype(np.float64) * rescale).astype(np.float32) if rescale is not None \
         else x.astype(np.float32)
     if mean is not None and std is not None:
-        x = (x - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
+        m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        x = (x - m[:, None, None]) / s[:, None, None]
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
@@ -51,12 +54,15 @@ def check_resample(name: str) -> None:
 
 
 def as_rgb_array(image: np.ndarray | Image.Image) -> np.ndarray:
-    """A PIL image (any mode) or an (H, W), (H, W, 1) or (H, W, 3) uint8 array as (H, W, 3) uint8."""
+    """A PIL image (any mode) or an (H, W), (H, W, 1) or (H, W, 3) uint8 array as (H, W, 3)."""
     if isinstance(image, Image.Image):
         return to_rgb(image)
-    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)):
+    channels = image.shape[2] if image.ndim == 3 else 1
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or channels not in (1, 3):
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
-    return image if image.ndim == 3 and image.shape[2] == 3 else np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=2)
+    if channels == 3:
+        return image
+    return np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=2)
 
 
 @dataclass(frozen=True)
@@ -123,14 +129,15 @@ class EvalTransform:
         kind = HF_NAMES.get(image_processor_type, image_processor_type.removesuffix("Pil"))
         if kind not in HF_TYPES:
             raise ValueError(f"image_processor_type must be one of {', '.join(HF_TYPES)}")
-        size = (self.resize or (224, 224))
+        size, crop = self.resize or (224, 224), self.crop or (224, 224)
         out: dict[str, Any] = {
             "image_processor_type": kind,
             "do_resize": self.resize is not None,
-            "size": {"height": size[0], "width": size[1]} if isinstance(size, tuple) else {"shortest_edge": size},
+            "size": {"height": size[0], "width": size[1]} if isinstance(size, tuple)
+            else {"shortest_edge": size},
             "resample": int(RESAMPLE[self.resample]),
             "do_center_crop": self.crop is not None,
-            "crop_size": {"height": (self.crop or (224, 224))[0], "width": (self.crop or (224, 224))[1]},
+            "crop_size": {"height": crop[0], "width": crop[1]},
             "do_rescale": self.rescale is not None,
             "rescale_factor": self.rescale if self.rescale is not None else 1 / 255,
             "do_normalize": self.mean is not None,
@@ -154,16 +161,18 @@ def hf_type(config: dict[str, Any]) -> str:
 
 
 def hf_size(size: Any, key: str) -> Pair | int:
-    """HF's size: {height, width} -> (h, w); {shortest_edge} -> N; an int -> (N, N) (ViT and
-    BEiT default to a square)."""
+    """HF's size: {shortest_edge} -> N; {height, width} -> (h, w); an int -> (N, N) (ViT and
+    BEiT default to a square). Read in the PIL backend's order of precedence."""
     if isinstance(size, int):
         return (size, size)
-    if isinstance(size, dict) and set(k for k, v in size.items() if v is not None) == {"shortest_edge"}:
+    given = {k for k, v in size.items() if v} if isinstance(size, dict) else set()
+    if "shortest_edge" in given and not given & {"longest_edge", "max_height", "max_width"}:
         return int(size["shortest_edge"])
-    if isinstance(size, dict) and size.get("height") and size.get("width"):
+    if {"height", "width"} <= given and not given & {"shortest_edge", "max_height", "max_width"}:
         return (int(size["height"]), int(size["width"]))
     raise DataError(f"preprocessor_config.json has {key}={size!r}, which tp does not read",
-                    hint=f"give {key} as {{\"height\": H, \"width\": W}} or {{\"shortest_edge\": N}}")
+                    hint=f"give {key} as {{\"height\": H, \"width\": W}} or "
+                    "{\"shortest_edge\": N}")
 
 
 def hf_crop(size: Any) -> Pair:
@@ -261,6 +270,8 @@ class TrainTransform:
         if not (0 < scale[0] <= scale[1] <= 1 and 0 < self.ratio[0] <= self.ratio[1]):
             raise ValueError(f"need 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], "
                              f"got scale={self.scale}, ratio={self.ratio}")
+        if self.randaugment is not None:
+            RandAugment(*self.randaugment)  # its checks now, not at the first image
 
     def __call__(self, image: np.ndarray, g: torch.Generator) -> torch.Tensor:
         """(H, W, 3) uint8 -> (3, size, size) float32."""
@@ -276,7 +287,7 @@ class TrainTransform:
         return to_tensor(x, 1 / 255, self.mean, self.std)  # (3, size, size)
 
 
-# ---- Mixup / CutMix --------------------------------------------------------------------------------
+# ---- Mixup / CutMix ----------------------------------------------------------------------------
 
 def gamma(shape: float, g: torch.Generator) -> float:
     """One Gamma(shape, 1) draw from `g` (Marsaglia and Tsang's method; torch's own samplers
@@ -307,7 +318,8 @@ def smooth_one_hot(label: int, classes: int, smoothing: float) -> torch.Tensor:
     return out
 
 
-def cutmix_box(height: int, width: int, lam: float, g: torch.Generator) -> tuple[int, int, int, int]:
+def cutmix_box(height: int, width: int, lam: float, g: torch.Generator,
+               ) -> tuple[int, int, int, int]:
     """(y0, y1, x0, x1): a box of sides sqrt(1 - lam) of the image's, centred uniformly and
     clipped at the borders (so its area can be smaller than 1 - lam of the image's)."""
     cut = math.sqrt(1.0 - lam)
