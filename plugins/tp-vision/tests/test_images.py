@@ -203,3 +203,18 @@ def test_decode_many_raises_at_the_first_bad_file(tmp_path: Path, pool: str) -> 
             seen.append(i)
     assert seen == list(range(7)) and e.value.hint
     assert list(decode_many([], 16, 2)) == []
+
+
+def test_decode_many_inside_a_daemon_process_uses_threads(tmp_path: Path) -> None:
+    import multiprocessing
+
+    paths, _ = write_corpus(tmp_path)
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:  # pool workers are daemons: they may not fork their own
+        counts = pool.apply(count_decoded, (paths,))
+    assert counts == (38, 2)
+
+
+def count_decoded(paths: list[Path]) -> tuple[int, int]:
+    got = list(decode_many(paths, 16, 2, on_error="skip"))
+    return sum(e is None for _, _, e in got), sum(e is not None for _, _, e in got)

@@ -229,8 +229,10 @@ def decode_many(paths: Iterable[str | Path], size: int | None, workers: int,
 
 def executor(pool: Literal["process", "thread"], workers: int) -> Executor:
     """A process pool of forked workers (fork starts in milliseconds; spawn re-imports torch,
-    seconds), or threads where the platform has no safe fork."""
-    if pool == "process" and sys.platform == "linux":
+    seconds), or threads where the platform has no safe fork or this process may not have
+    children (a DataLoader worker is a daemon)."""
+    daemon = multiprocessing.current_process().daemon
+    if pool == "process" and sys.platform == "linux" and not daemon:
         return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
     return ThreadPoolExecutor(workers, thread_name_prefix="tp-decode")
 
