@@ -324,8 +324,11 @@ def _one_run(request: FinetuneRequest, recipe: Any, task: Any, splits: Splits, t
     plugins = request.plugins
     assert plugins is not None
     opts = recipe.finetune
-    rows = task.encode(splits.train, tokenizer, opts.max_length)
-    per_epoch = max(1, math.ceil(len(rows) / opts.batch_size))
+    own = getattr(task, "train_dataset", None)  # augmented on the fly (images), or encoded rows
+    data = (own(splits.train, seed) if own is not None else
+            _rows_dataset(task, task.encode(splits.train, tokenizer, opts.max_length), tokenizer,
+                          seed))
+    per_epoch = max(1, math.ceil(len(data) / opts.batch_size))
     steps = opts.steps or max(1, math.ceil(opts.epochs * per_epoch))
     run_opts = opts.model_copy(update={"steps": steps, "seed": seed})
     torch.manual_seed(seed)
@@ -346,7 +349,7 @@ def _one_run(request: FinetuneRequest, recipe: Any, task: Any, splits: Splits, t
                               opts.eval_every or per_epoch, out, dist.device,
                               lambda step, m: plugins.hook.tp_on_log(step=step, metrics=m))
         torch.manual_seed(seed)  # the dropout stream of this seed
-        summary = train(Setup(recipe, tokenizer, model, MemoryDataset(rows, task.batch_keys(rows, tokenizer), seed),
+        summary = train(Setup(recipe, tokenizer, model, data,
                               out, plugins, request.progress, 0, None, dist, strategy,
                               run_opts, evaluator))
         best = ckpt_io.find_checkpoint(out / "best")
@@ -368,6 +371,11 @@ def _one_run(request: FinetuneRequest, recipe: Any, task: Any, splits: Splits, t
             "metric": evaluator.metric, "dev": scores, "fresh": report["fresh"],
             "carried": report["carried"], "unused": len(report["unused"]),
             "checkpoint": str(best)}
+
+
+def _rows_dataset(task: Any, rows: list[dict[str, torch.Tensor]], tokenizer: Any,
+                  seed: int) -> MemoryDataset:
+    return MemoryDataset(rows, task.batch_keys(rows, tokenizer), seed)
 
 
 def run_infer(request: InferRequest) -> dict[str, Any]:

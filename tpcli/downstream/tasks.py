@@ -146,6 +146,15 @@ class Task(Protocol):
     # optional: `bind(recipe, registry)`, called before `fit` with the model's recipe and the
     # run's registry, for a task whose inputs or head depend on the model (text2text reads the
     # processor's source layout; pooled heads choose their default pooling from the encoder)
+    # optional: `train_dataset(examples, seed) -> ExampleDataset`, the training set as a dataset
+    # whose examples are a function of (seed, epoch, index), for a task that augments them
+    # (images: crops, flips, mixup); without it the training rows are `encode`d once
+
+    def batch_keys(self, rows: list[dict[str, torch.Tensor]], tokenizer: Any
+                   ) -> tuple[Any, ...]:
+        """The `tpcli.data.batch.BatchKey`s of the rows `encode` makes: how they are padded
+        and collated, and what throughput counts."""
+        ...
 
     def target(self) -> dict[str, Any]:
         """The model's target section for this task, e.g. {"cls": {"labels": 3}}."""

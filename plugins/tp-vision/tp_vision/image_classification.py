@@ -26,6 +26,8 @@ from tpcli.plugins.requests import TaskData
 
 
 class ImageClassificationConfig(TaskConfig):
+    classes: list[str] | None = Field(None, description="the class names, in the head's order "
+                                      "(set by fine-tuning from the training images)")
     workers: int = Field(2, ge=1, description="processes that decode images")
 
 
@@ -64,7 +66,7 @@ class ImageClassificationTask:
             raise TpError(f"task image_classification has no variant {variant!r}",
                           hint="name it alone: --task image_classification")
         self.config = config
-        self.classes: list[str] = []
+        self.classes: list[str] = list(config.classes or [])
         self.processor: Any = None  # the recipe's image processor options (bind)
         self.image_size = 224
 
@@ -128,6 +130,20 @@ class ImageClassificationTask:
                 row["labels"] = torch.tensor(self.classes.index(str(examples[i].label)))
             rows.append(row)
         return rows
+
+    def train_dataset(self, examples: list[Example], seed: int) -> Any:
+        """The training images, decoded once at the processor's stored size and augmented per
+        (seed, epoch, index) as the recipe's `image` processor says (crop, flip, RandAugment,
+        mixup / CutMix, smoothing)."""
+        from tp_vision.image_processor import ImageDataset, MemoryImages
+        from tp_vision.images import decode_many
+
+        paths = [e.fields["path"] for e in examples]
+        pixels = [np.asarray(p) for _, p, _ in
+                  decode_many(paths, self.processor.size, self.config.workers, on_error="raise")]
+        labels = [self.classes.index(str(e.label)) for e in examples]
+        store = MemoryImages(pixels, labels, self.classes, "the training images")
+        return ImageDataset(store, seed, self.processor)
 
     def batch_keys(self, rows: list[dict[str, torch.Tensor]], tokenizer: Any
                    ) -> tuple[BatchKey, ...]:

@@ -55,6 +55,23 @@ class ImageProcessorConfig(ModuleConfig):
     smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="label smoothing (DeiT: 0.1)")
 
 
+class MemoryImages:
+    """Decoded images held in memory, read like a stored dataset (`example(i)`, `meta`): the
+    fine-tuning set of the image_classification task, augmented by `ImageDataset`."""
+
+    def __init__(self, pixels: list[np.ndarray], labels: list[int], classes: list[str],
+                 folder: str) -> None:
+        self.pixels, self.labels = pixels, labels
+        self.meta = {"contents": {"classes": list(classes)}}
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def example(self, index: int) -> dict[str, np.ndarray]:
+        return {"pixels": self.pixels[index], "label": np.int64(self.labels[index])}
+
+
 class ImageDataset(ExampleDataset):
     """Augmented stored images; labels hard or soft (mixup, CutMix, smoothing)."""
 
