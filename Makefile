@@ -6,7 +6,7 @@ TP := $(VENV)/bin/tp
 DEMO := build/demo
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test check-wheels bench clean
+.PHONY: install demo demo-images test check-wheels bench clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,15 @@ demo: install
 	$(TP) preprocess bert-tiny --corpus $(DEMO)/corpus.txt --out $(DEMO)/data
 	$(TP) pretrain bert-tiny --data $(DEMO)/data --out $(DEMO)/run model.encoder.position=rotary
 	$(PY) scripts/demo_eval.py $(DEMO)/run $(DEMO)/heldout.txt $(DEMO)/corpus.txt
+
+# The image demo: a 4-layer ViT learns Fashion-MNIST (Debian's dataset-fashion-mnist: 10,000
+# training images, 2,000 to choose the best epoch on) from scratch, and `tp infer` labels 1,000
+# held-out images, reporting their accuracy (recipes/vit-tiny/README.md).
+demo-images: install
+	rm -rf $(DEMO)-images
+	$(PY) scripts/fashion_mnist.py $(DEMO)-images/fashion
+	$(TP) finetune vit-tiny --train $(DEMO)-images/fashion/train --dev $(DEMO)-images/fashion/dev --out $(DEMO)-images/run
+	$(TP) infer $(DEMO)-images/run --input $(DEMO)-images/fashion/heldout.tsv --out $(DEMO)-images/heldout.jsonl
 
 # TP_PEAK_FLOPS: each of the suite's ~100 training processes would otherwise spend ~1 s measuring
 # the machine's matmul peak for MFU; tests/train/test_perf.py unsets it and measures for real.

@@ -1,10 +1,11 @@
 """Write Fashion-MNIST (Debian's `dataset-fashion-mnist`) as class-per-folder PNG trees.
 
-    python scripts/fashion_mnist.py OUT [--train N] [--test N]
+    python scripts/fashion_mnist.py OUT [--train N] [--dev N] [--heldout N]
 
-OUT/train/<class>/<i>.png and OUT/test/<class>/<i>.png: the layout `tp preprocess` reads with
-the `image` processor, and `tp infer` image lists (OUT/test.tsv, `label<TAB>path`). The first N
-images of each official split are used (the splits are already shuffled and balanced).
+OUT/<split>/<class>/<i>.png for the splits train (the first N of the official training set),
+dev and heldout (the first and the next images of the official test set): the class-folder
+layout `tp preprocess` and `tp finetune` read, plus OUT/<split>.tsv (`label<TAB>path`) for
+`tp infer`. The official splits are already shuffled and balanced.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def write_split(out: Path, images: np.ndarray, labels: np.ndarray, n: int) -> list[str]:
+def write_split(out: Path, images: np.ndarray, labels: np.ndarray, first: int, n: int
+                ) -> list[str]:
     lines = []
-    for i in range(min(n, len(images))):
+    for i in range(first, min(first + n, len(images))):
         name = CLASSES[int(labels[i])]
         path = out / name / f"{i:05d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,17 +46,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--train", type=int, default=10_000)
-    ap.add_argument("--test", type=int, default=1_000)
+    ap.add_argument("--dev", type=int, default=2_000)
+    ap.add_argument("--heldout", type=int, default=1_000)
     args = ap.parse_args()
     if not SOURCE.is_dir():
         raise SystemExit(f"{SOURCE} not found: install it with `apt-get install "
                          "dataset-fashion-mnist` (the README's set-up does)")
-    for split, prefix, n in (("train", "train", args.train), ("test", "t10k", args.test)):
+    splits = (("train", "train", 0, args.train), ("dev", "t10k", 0, args.dev),
+              ("heldout", "t10k", args.dev, args.heldout))
+    for split, prefix, first, n in splits:
         images = read_idx(SOURCE / f"{prefix}-images-idx3-ubyte.gz")
         labels = read_idx(SOURCE / f"{prefix}-labels-idx1-ubyte.gz")
-        lines = write_split(args.out / split, images, labels, n)
+        lines = write_split(args.out / split, images, labels, first, n)
         (args.out / f"{split}.tsv").write_text("label\tpath\n" + "\n".join(lines) + "\n")
-    print(f"wrote {args.train} train and {args.test} test images under {args.out}")
+    print(f"wrote {args.train} train, {args.dev} dev and {args.heldout} held-out images under "
+          f"{args.out}")
 
 
 if __name__ == "__main__":

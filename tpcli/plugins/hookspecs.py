@@ -48,18 +48,25 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
     Forward contracts, by kind (shapes: B batch, T time, H hidden, E ``ctx.embed_dim``: the
     embedding width, H unless ``model.embedding_size`` factorizes it as ALBERT does):
 
-    - embedding: ``forward(inputs: dict[str, Tensor]) -> (B, T, E)``; ``inputs`` holds
-      ``input_ids`` (B, T), ``attention_mask`` (B, T) bool and, when the data has them,
-      ``segment_ids`` / ``position_ids``. The outputs of all embeddings of a stack are summed
-      (and projected to H when E != H). An embedding that owns the vocabulary matrix exposes it
-      as ``word_weight`` (V, E) so targets can tie to it.
+    - embedding: ``forward(inputs: dict[str, Tensor]) -> (B, T, E)``; it declares the batch
+      keys it reads as ``self.inputs``, a tuple of ``tpcli.data.batch.BatchKey`` (name, dtype,
+      per-example shape, padding, optional), e.g. ``input_ids`` ("T",) for ``word``,
+      ``pixel_values`` (3, 224, 224) for ``patch``. tp checks that a recipe's data provides
+      them and the contract test (``tpcli.testing.contract``) builds the module's test inputs
+      from them. The outputs of the embeddings of a stack are summed in the recipe's order (and
+      projected to H when E != H); an embedding whose ``forward`` also takes ``sequence`` gets
+      the (B, T, E) sum of the embeddings listed before it, whose length it sizes itself by
+      (``pos`` after ``patch``: T = 1 + patches, the class token included). An embedding that
+      owns the vocabulary matrix exposes it as ``word_weight`` (V, E) so targets can tie to it.
     - encoder: ``forward(x (B, T, H), mask (B, T) bool, True = real token) -> (B, T, H)``.
     - decoder: ``forward(x, mask, memory, memory_mask) -> (B, T, H)``.
     - pooling: ``forward(hidden (B, T, H), mask (B, T)) -> (B, H)``.
     - target: ``forward(features: tpcli.model.module.Features, batch) -> tpcli.model.module.TargetOutput``
       (a scalar loss plus metrics), ``predict(features, batch) -> Tensor`` (logits), and
-      optionally ``tie_weights(get_weight)`` to share the word embedding. Its Config derives
-      from ``tpcli.model.module.TargetConfig`` (which adds the multi-task ``weight``).
+      optionally ``tie_weights(get_weight)`` to share the word embedding, ``inputs`` (the
+      label keys it reads, as BatchKeys) and ``contract_labels(batch) -> batch`` (labels with
+      structure the contract test cannot draw at random). Its Config derives from
+      ``tpcli.model.module.TargetConfig`` (which adds the multi-task ``weight``).
     """
 
 
@@ -67,13 +74,17 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
 def tp_register_tokenizers(register: Callable[[str, Any], None]) -> None:
     """Register tokenizers: ``register(name, cls)``.
 
-    ``cls`` implements ``tpcli.model.module.Tokenizer``: ``cls.Config`` (pydantic options, as for
-    modules), ``cls(config, base_dir)`` where relative paths in the options resolve against
-    ``base_dir`` (the recipe folder), ``encode_batch(texts) -> list[list[int]]``,
-    ``decode(ids) -> str``, ``vocab_size``, ``special_ids`` (``pad``, ``cls``, ``sep``, ``mask``,
-    ``unk`` where they exist), ``fingerprint()`` (a stable hash of the vocabulary, stored in every
-    dataset so a mismatch is caught), ``save(dir)`` and the classmethod ``from_saved(dir)``
-    (checkpoints store the tokenizer with ``save`` and rebuild it with ``from_saved``).
+    A tokenizer is the preprocessing a checkpoint carries beside its weights; a recipe without
+    text names none (``data.tokenizer`` is optional). ``cls`` implements
+    ``tpcli.model.module.Tokenizer``: ``cls.Config`` (pydantic options, as for modules),
+    ``cls(config, base_dir)`` where relative paths in the options resolve against ``base_dir``
+    (the recipe folder), ``vocab_size``, ``special_ids`` (``pad``, ``cls``, ``sep``, ``mask``,
+    ``unk`` where they exist; ``{}`` for an image tokenizer), ``fingerprint()`` (a stable hash of
+    the vocabulary, stored in every dataset so a mismatch is caught), ``save(dir)`` and the
+    classmethod ``from_saved(dir)`` (checkpoints store the tokenizer with ``save`` and rebuild it
+    with ``from_saved``). A text tokenizer adds ``encode_batch(texts) -> list[list[int]]`` and
+    ``decode(ids) -> str``; an image tokenizer (BEiT's visual tokens, tp-vision's ``kmeans``)
+    adds ``encode_images(pixels (B, C, H, W)) -> (B, N)``.
     """
 
 
@@ -82,15 +93,22 @@ def tp_register_processors(register: Callable[[str, Any], None]) -> None:
     """Register data processors: ``register(name, cls)``.
 
     A processor decides how a corpus is read at preprocess time and how training examples are
-    built from the stored tokens at load time. ``cls`` implements ``tpcli.data.Processor``:
-    ``Config`` (pydantic), ``corpus_format`` (``"sentences"``: one sentence per line, blank line
-    between documents; ``"documents"``: one document per line; or ``"tsv"``: one
-    ``label<TAB>text[<TAB>text_b]`` example per line, its fields the document's sequences),
-    ``cls(config)``, and
-    ``dataset(store, tokenizer, seed)`` (``store`` a ``tpcli.data.format.Reader``) returning a
-    map-style torch Dataset (subclass ``tpcli.data.dataset.ExampleDataset``) whose items are
-    unpadded dicts of tensors (``input_ids``, ``segment_ids``, and each target's labels) and
-    whose ``collate`` pads them and adds ``attention_mask``. Masking is done there,
+    built from the stored data at load time. ``cls`` implements ``tpcli.data.Processor``:
+    ``Config`` (pydantic), ``cls(config)``, ``corpus_format`` and ``dataset``.
+    ``corpus_format`` ``"sentences"`` (one sentence per line, blank line between documents),
+    ``"documents"`` (one document per line) or ``"tsv"`` (one ``label<TAB>text[<TAB>text_b]``
+    example per line, its fields the document's sequences): the core tokenizes the text into a
+    token dataset (``tpcli.data.format``). ``"records"``: the processor reads its corpus itself
+    (image folders, audio manifests) through ``fields()`` (stored arrays: name -> (dtype,
+    shape), None for a size that varies), ``records(corpus, tokenizer, workers)`` (dicts of
+    arrays) and optionally ``contents()`` (facts for meta.json), into an array dataset
+    (``tpcli.data.arrays``: any dtype and shape per example).
+    ``dataset(store, tokenizer, seed)`` (``store`` the dataset's reader; ``tokenizer`` None for
+    a recipe without one) returns a map-style torch Dataset (subclass
+    ``tpcli.data.dataset.ExampleDataset``) whose items are unpadded dicts of tensors and which
+    declares its ``batch_keys()`` (``tpcli.data.batch.BatchKey``: name, dtype, per-example
+    shape, pad value, the mask collate adds, the ``unit`` throughput counts: tokens, images,
+    frames); ``collate`` pads and stacks by them. Masking and augmentation are done there,
     dynamically, from the seed, the epoch (``set_epoch``) and the index. An encoder-decoder
     processor may add ``seq2seq_layout(special_ids) -> (decoder start id, ids before a source,
     ids after it)`` so that generation and the ``text2text`` task lay inputs out as it trains.
@@ -105,8 +123,10 @@ def tp_register_tasks(register: Callable[[str, Any], None]) -> None:
     ``metrics`` (names; the first selects the best checkpoint), ``cls(config, variant)`` (the
     part after a slash: ``--task glue/sst2`` is task ``glue``, variant ``sst2``), ``load``,
     ``fit`` / ``check`` / ``state`` / ``restore`` (the label list), ``target`` (the model's
-    target section replacing the pre-training targets), ``head_sources``, ``encode``, ``decode``
-    and ``evaluate``. A task's head is an ordinary registered target with a ``predict`` method.
+    target section replacing the pre-training targets), ``head_sources``, ``encode``,
+    ``batch_keys(rows, tokenizer)`` (the encoded rows' BatchKeys), ``decode`` and ``evaluate``;
+    optionally ``train_dataset(examples, seed)`` for a training set augmented per (seed, epoch,
+    index) (images). A task's head is an ordinary registered target with a ``predict`` method.
     """
 
 
@@ -213,7 +233,8 @@ def tp_on_train_start(run: dict[str, Any]) -> None:
 @hookspec
 def tp_on_log(step: int, metrics: dict[str, float]) -> None:
     """Called every ``pretrain.log_every`` steps with scalar metrics: ``loss``, each target's loss
-    and metrics, ``lr``, ``grad_norm``, ``tokens_per_s``, ``steps_per_s``, ``mfu`` (at most 1),
+    and metrics, ``lr``, ``grad_norm``, ``<unit>_per_s`` (``tokens_per_s``, ``images_per_s``:
+    the unit the data's batch keys declare), ``steps_per_s``, ``mfu`` (at most 1),
     ``peak_tflops`` (the peak MFU is measured against, raised when a window beats it),
     ``elapsed_s``."""
 
