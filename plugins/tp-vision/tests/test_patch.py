@@ -62,19 +62,26 @@ def test_a_square_size_is_one_int() -> None:
     assert m.grid == (4, 4) and m.inputs[0].shape == (3, 32, 32)
 
 
-@pytest.mark.parametrize("cls, path", [(PatchEmbedding, "model.embedding.patch"),
-                                       (MaskedPatchEmbedding, "model.embedding.masked_patch")])
-def test_an_indivisible_image_size_names_both_sizes_and_the_fix(cls: type, path: str) -> None:
-    with pytest.raises(TpError) as e:
-        cls(cls.Config(image_size=[224, 200], patch_size=16), ctx())
-    assert "image_size 224x200 is not divisible by patch_size 16x16" in str(e.value)
-    assert f"{path}.image_size" in e.value.hint and f"{path}.patch_size" in e.value.hint
+@pytest.mark.parametrize("cls", [PatchEmbedding, MaskedPatchEmbedding])
+def test_an_indivisible_image_size_is_refused_by_the_config(cls: type) -> None:
+    with pytest.raises(ValidationError, match="patch_size 16x16 does not divide image_size "
+                       "224x200"):
+        cls.Config(image_size=[224, 200], patch_size=16)
 
 
-def test_the_recipe_path_follows_the_stream() -> None:
-    with pytest.raises(TpError) as e:
-        PatchEmbedding(PatchEmbedding.Config(image_size=30, patch_size=16), ctx("stream_1"))
-    assert "model.stream_1.embedding.patch.image_size" in e.value.hint
+def test_an_indivisible_image_size_fails_recipe_validation(tmp_path) -> None:
+    """Caught when the recipe is validated (`tp preprocess` and `tp pretrain` both), with the
+    option's recipe path: before any data is read or any folder written."""
+    from tpcli.errors import ConfigError
+    from tpcli.recipes import load_recipe
+
+    (tmp_path / "recipe.yaml").write_text(
+        "model:\n  hidden_size: 32\n  embedding: [{name: patch, image_size: 30, patch_size: 4},"
+        " {name: pos, max_length: 65}]\n  encoder: transformer\n  target: {cls: {labels: 2}}\n"
+        "data:\n  processor: {name: image, size: 30}\n")
+    with pytest.raises(ConfigError) as e:
+        load_recipe(str(tmp_path))
+    assert "model.embedding.patch" in str(e.value) and "does not divide" in str(e.value)
 
 
 def test_wrong_pixel_shapes_name_expected_and_got() -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Annotated, ClassVar
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from tpcli.data.batch import BatchKey
@@ -49,6 +49,16 @@ class PatchConfig(ModuleConfig):
     channels: int = Field(3, ge=1, description="colour channels of pixel_values (3: RGB)")
     class_token: bool = Field(True, description="prepend a learned class token ([CLS])")
     bias: bool = Field(True, description="a bias in the patch projection")
+
+    @model_validator(mode="after")
+    def _patches_tile_the_image(self) -> "PatchConfig":
+        """An image size the patch size does not divide is a recipe error (caught when the
+        recipe is validated, before any data is read)."""
+        (h, w), (ph, pw) = pair(self.image_size), pair(self.patch_size)
+        if h % ph or w % pw:
+            raise ValueError(f"patch_size {ph}x{pw} does not divide image_size {h}x{w}; choose "
+                             "sizes whose ratio is whole (224 / 16 = 14 patches a side)")
+        return self
 
 
 class PatchEmbedding(nn.Module):
