@@ -56,7 +56,7 @@ def _bare(p: Path) -> bool:
 
 
 class ImageClassificationTask:
-    """One class per image, scored by top-1 and top-k accuracy."""
+    """One class per image, scored by top-1 and top-5 accuracy."""
 
     Config: ClassVar[type[TaskConfig]] = ImageClassificationConfig
     metrics = ("accuracy", "top5")
