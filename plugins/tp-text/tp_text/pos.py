@@ -16,7 +16,7 @@ from tpcli.model.module import BuildContext, ModuleConfig, sequence_length
 
 
 class PosEmbedding(nn.Module):
-    """Learned absolute positions: position_ids, or offset + 0..T-1 over the sequence so far -> (B, T, H)."""
+    """Learned absolute positions: position_ids (or offset + 0..T-1 of the sequence) -> (B, T, H)."""
 
     class Config(ModuleConfig):
         max_length: int = Field(
