@@ -32,4 +32,5 @@ def tp_register_tasks(register: Callable[[str, Any], None]) -> None:
 
 @hookimpl
 def tp_register_converters(register: Callable[[str, Any], None]) -> None:
-    pass  # converters
+    register("vit", "tp_vision.convert_vit:CONVERTER")
+    register("beit", "tp_vision.convert_beit:CONVERTER")
