@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,11 +35,18 @@ class ImageList:
     labels: list[int] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # "file:line" or the path, for errors
+    # A Hub dataset (tp_vision.hub_images): the encoded images, streamed from its parquet files
+    # (paths stays empty, sources is a lazy sequence of "file:row"); None for files on disk.
+    blobs: Iterable[bytes] | None = None
 
 
 def read_corpus(corpus: str | Path, classes: list[str] | None = None) -> ImageList:
     """The images of `corpus` in one of the three layouts. `classes`: a fixed class list (an
     evaluation set must use the training set's); None: the corpus's own, sorted."""
+    from tp_vision.hub_images import is_hub_corpus, read_hub_images
+
+    if is_hub_corpus(corpus):  # hf://datasets/<org>/<name>[@<revision>]:<split>, cifar10:train
+        return read_hub_images(str(corpus), classes)
     path = Path(corpus)
     if not path.exists():
         raise DataError(f"image corpus {corpus} does not exist", hint=LAYOUT_HINT)

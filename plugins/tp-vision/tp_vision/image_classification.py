@@ -34,7 +34,10 @@ class ImageClassificationConfig(TaskConfig):
 def read_images(path: str, labelled: bool, classes: list[str] | None = None) -> list[Example]:
     """The examples of an image corpus; a text file of bare paths when unlabelled."""
     from tp_vision.corpus import read_corpus
+    from tp_vision.hub_images import hub_examples, is_hub_corpus
 
+    if is_hub_corpus(path):  # hf://datasets/uoft-cs/cifar10:train, cifar10:test
+        return hub_examples(path, labelled)
     p = Path(path)
     if not p.is_dir():
         data_file(path, "image folder, label<TAB>path TSV, CSV / JSONL manifest or list of paths")
@@ -119,12 +122,11 @@ class ImageClassificationTask:
     def encode(self, examples: list[Example], tokenizer: Any, max_length: int,
                with_labels: bool = True) -> list[dict[str, torch.Tensor]]:
         """Decoded, evaluation-transformed images (and class indexes)."""
-        from tp_vision.images import decode_many
+        from tp_vision.hub_images import decode_examples
 
         transform = self.eval_transform()
         rows = []
-        paths = [e.fields["path"] for e in examples]
-        for i, pixels, _ in decode_many(paths, None, self.config.workers, on_error="raise"):
+        for i, pixels, _ in decode_examples(examples, None, self.config.workers):
             row = {"pixel_values": transform(np.asarray(pixels))}
             if with_labels:
                 row["labels"] = torch.tensor(self.classes.index(str(examples[i].label)))
@@ -136,11 +138,10 @@ class ImageClassificationTask:
         (seed, epoch, index) as the recipe's `image` processor says (crop, flip, RandAugment,
         mixup / CutMix, smoothing)."""
         from tp_vision.image_processor import ImageDataset, MemoryImages
-        from tp_vision.images import decode_many
+        from tp_vision.hub_images import decode_examples
 
-        paths = [e.fields["path"] for e in examples]
         pixels = [np.asarray(p) for _, p, _ in
-                  decode_many(paths, self.processor.size, self.config.workers, on_error="raise")]
+                  decode_examples(examples, self.processor.size, self.config.workers)]
         labels = [self.classes.index(str(e.label)) for e in examples]
         store = MemoryImages(pixels, labels, self.classes, "the training images")
         return ImageDataset(store, seed, self.processor)

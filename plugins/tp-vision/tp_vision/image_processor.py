@@ -138,13 +138,12 @@ class ImageProcessor:
     def records(self, corpus: str, tokenizer: Any, workers: int
                 ) -> Iterator[dict[str, np.ndarray]]:
         from tp_vision.corpus import read_corpus
-        from tp_vision.images import decode_many
+        from tp_vision.hub_images import decode_images
 
         images = read_corpus(corpus)
         skipped: list[str] = []
-        self._contents = {"classes": images.classes, "images": len(images.paths)}
-        decoded = decode_many(images.paths, self.config.size, workers or 2,
-                              on_error=self.config.on_error)
+        self._contents = {"classes": images.classes, "images": len(images.labels)}
+        decoded = decode_images(images, self.config.size, workers or 2, self.config.on_error)
         for index, pixels, error in decoded:
             if pixels is None:
                 skipped.append(f"{images.sources[index]}: {error}")
