@@ -23,6 +23,7 @@ def tp_register_tokenizers(register: Callable[[str, Any], None]) -> None:
 @hookimpl
 def tp_register_processors(register: Callable[[str, Any], None]) -> None:
     register("image", "tp_vision.image_processor:ImageProcessor")
+    register("beit", "tp_vision.beit_processor:BeitProcessor")
 
 
 @hookimpl
