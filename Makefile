@@ -57,6 +57,8 @@ check-wheels:
 bench: install
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/bert_step.py
+	$(PY) benchmarks/vit_step.py
+	$(PY) benchmarks/image_loader.py
 	$(PY) benchmarks/table2_lines.py
 	$(PY) benchmarks/zoo_pull.py --big
 
