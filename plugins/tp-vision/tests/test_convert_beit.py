@@ -110,13 +110,17 @@ def test_the_mask_token_is_used() -> None:
     assert max_abs_diff(CONVERTER, hf, tp, config, 0) > 1e-3
 
 
-@pytest.mark.parametrize("target", ["mim", "cls"])
+@pytest.mark.parametrize("target", ["mim", "mim_final_norm", "cls"])
 def test_tp_to_hf_direction(target: str) -> None:
-    """A tp BEiT written as a user would -> the HF model of its config, same outputs."""
+    """A tp BEiT written as a user would -> the HF model of its config, same outputs. The
+    beit-tiny recipe's MIM head (no norm of its own, after the encoder's final norm) is HF's
+    use_mean_pooling layout: its final norm is HF's `layernorm`."""
     heads = {"mim": ({"mim": {"vocab_size": 40}}, {}, True),
+             "mim_final_norm": ({"mim": {"vocab_size": 40, "norm": False}}, {}, True),
              "cls": ({"cls": {"labels": 6}}, {"pooling": {"name": "mean", "skip_first": True,
                                                            "norm": True}}, False)}
     head, pooling, final_norm = heads[target]
+    target = target.split("_")[0]
     torch.manual_seed(0)
     tp = perturbed(build({
         "hidden_size": 32, "dropout": 0.0, "embedding_norm": "none",
@@ -136,6 +140,8 @@ def test_tp_to_hf_direction(target: str) -> None:
     sd = CONVERTER.tp_to_hf(tp.state_dict(), expected=hf.state_dict().keys(), hf_config=config)
     hf.load_state_dict(sd, strict=True)
     assert max_abs_diff(CONVERTER, hf, tp, config, 0) <= 1e-5
+    assert config["use_mean_pooling"] == (head.get("mim", {}).get("norm") is False
+                                          or "pooling" in pooling)
 
 
 def test_every_option_there_and_back() -> None:

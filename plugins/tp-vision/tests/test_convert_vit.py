@@ -275,3 +275,27 @@ def test_preprocessing_tp_cannot_do_is_said(tmp_path: Path,
         data = CONVERTER.preprocessing.from_hf(tmp_path, {"image_size": 224})
     assert data["processor"] == {"name": "image", "size": 224, "mean": [0.5] * 3,
                                  "std": [0.5] * 3} and not caplog.text
+
+
+def test_cli_vit_tiny_run_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The built-in vit-tiny recipe (shrunk) as `tp pretrain` saves it -> `tp convert --to hf
+    --check` -> `tp convert --from hf --check` -> the run's tensors bit for bit; the export's
+    processor is the recipe's evaluation transform (28x28, bilinear, mean and std 0.5)."""
+    from tpcli.testing.convert import make_run
+
+    run = make_run("vit-tiny", tmp_path / "run", ["model.hidden_size=32",
+                                                  "model.encoder.layers=2",
+                                                  "model.encoder.ffn_size=48"])
+    code, printed, _ = convert([str(run), "--to", "hf", "--out", str(tmp_path / "hf"),
+                                "--check", "--tolerance", "1e-5"], capsys)
+    assert code == 0 and printed_diff(printed) <= 1e-5
+    processor = json.loads((tmp_path / "hf" / "preprocessor_config.json").read_text())
+    assert (processor["size"], processor["resample"], processor["do_center_crop"],
+            processor["image_mean"]) == ({"height": 28, "width": 28}, 2, False, [0.5] * 3)
+    code, printed, _ = convert([str(tmp_path / "hf"), "--from", "hf", "--out",
+                                str(tmp_path / "back"), "--check", "--tolerance", "1e-5"], capsys)
+    assert code == 0 and printed_diff(printed) <= 1e-5
+    original = load_file(str(run / "last" / "model.safetensors"))
+    again = load_file(str(tmp_path / "back" / "model.safetensors"))
+    assert again.keys() == original.keys()
+    assert all(torch.equal(again[k], v) for k, v in original.items())

@@ -3,6 +3,8 @@ its three architectures (model_type beit):
 
     BeitForMaskedImageModeling (pre-training)  <->  target mim {vocab_size, norm}: HF's
                                                     `layernorm` + `lm_head` over the patches
+                                                    (or, exported: a mim target without norm
+                                                    after the encoder's final norm, beit-tiny's)
     BeitForImageClassification                 <->  target cls {labels}; with use_mean_pooling
                                                     the stack's pooling is `mean` {skip_first,
                                                     norm} (HF's pooler LayerNorm), else the
@@ -32,6 +34,7 @@ no weight and no output at inference, and an export says 0.0, what tp trains wit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from tpcli.convert import Converter, Drop, Rename, Reshape, Rule
@@ -46,6 +49,21 @@ from tp_vision.hf_preprocessing import ImagePreprocessing, check_batch
 MIM, CLS, BASE = "BeitForMaskedImageModeling", "BeitForImageClassification", "BeitModel"
 POOLING_NORM = "stack.pooling.norm"
 INDEX = "relative_position_bias.relative_position_index"  # a buffer old checkpoints saved
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One HF tensor that a tp model holds under one of several names. BEiT's MIM head norm
+    (`layernorm`, with use_mean_pooling) is `targets.mim.norm`, or, in a recipe whose encoder
+    ends in its final norm and whose mim target has none (tp's beit-tiny), that final norm: the
+    same function. HF -> tp writes the first name; tp -> HF reads whichever the source has."""
+
+    hf: str
+    tp: tuple[str, ...]
+
+    def apply(self, run: Any) -> None:
+        have = [t for t in self.tp if t in run.src] if run.direction == "tp_to_hf" else []
+        Rename(self.hf, (have or self.tp)[0]).apply(run)
 
 
 def body_rules(hf: HfConfig, p: str, n: Names) -> list[Rule]:
@@ -83,7 +101,9 @@ def beit_rules(hf: HfConfig, base: bool, n: Names) -> list[Rule]:
     if architecture(hf, MIM) == CLS:
         pooler = pair("beit.pooler.layernorm", POOLING_NORM) if mean else []
         return [*rules, *pooler, *pair("classifier", "targets.cls.classifier")]
-    return [*rules, *pair("layernorm", "targets.mim.norm"), *pair("lm_head", "targets.mim.head")]
+    head_norm = [OneOf(f"layernorm.{p}", (f"targets.mim.norm.{p}", f"{FINAL_NORM}.{p}"))
+                 for p in ("weight", "bias")] if mean else pair("layernorm", "targets.mim.norm")
+    return [*rules, *head_norm, *pair("lm_head", "targets.mim.head")]
 
 
 def rules(hf: HfConfig, base: bool) -> list[Rule]:
@@ -147,15 +167,13 @@ def recipe_to_config(spec: Any, vocab_size: int) -> HfConfig:
     arch, head = (MIM, mim_config(spec, vocab_size, problems)) if [
         t.name for t in spec.targets] == ["mim"] else (CLS, cls_config(spec, problems))
     refuse("beit", arch, problems)
-    final = enc.pre_norm if enc.final_norm is None else enc.final_norm
     relative = enc.position == "relative_2d"
     return {"architectures": [arch], "model_type": "beit", **hf_body(spec.options, enc, patch),
             "use_mask_token": names[0] == "masked_patch",
             "use_absolute_position_embeddings": "pos" in emb,
             "use_relative_position_bias": relative and not enc.share_position_bias,
             "use_shared_relative_position_bias": relative and enc.share_position_bias,
-            "layer_scale_init_value": enc.layer_scale or 0.0, "use_mean_pooling": not final,
-            "drop_path_rate": 0.0, **head}
+            "layer_scale_init_value": enc.layer_scale or 0.0, "drop_path_rate": 0.0, **head}
 
 
 def encoder_problems(enc: Any, image: Any, patch: Any) -> list[str]:
@@ -172,24 +190,33 @@ def encoder_problems(enc: Any, image: Any, patch: Any) -> list[str]:
     return problems
 
 
+def final_norm(spec: Any) -> bool:
+    enc = spec.stacks[""].encoder.options
+    return enc.pre_norm if enc.final_norm is None else enc.final_norm
+
+
 def mim_config(spec: Any, vocab_size: int, problems: list[str]) -> HfConfig:
-    """HF keys of the MIM head (its visual vocabulary); its problems appended to `problems`."""
+    """HF keys of the MIM head (its visual vocabulary; use_mean_pooling: whether HF's encoder
+    lacks the final norm); its problems appended to `problems`. The head's norm is the mim
+    target's, or the encoder's final norm when the target has none (the same function)."""
     mim, pooling = spec.targets[0].options, spec.stacks[""].pooling
-    if mim.objective != "tokens" or not mim.norm:
-        problems.append("model.target.mim needs objective=tokens and norm=true (HF's layernorm "
-                        "+ lm_head over visual tokens)")
+    final = final_norm(spec)
+    if mim.objective != "tokens":
+        problems.append("model.target.mim.objective=pixels (HF's BEiT predicts visual tokens)")
+    if not mim.norm and not final:
+        problems.append("model.target.mim.norm=false with model.encoder.final_norm=false "
+                        "(BeitForMaskedImageModeling normalises before its head)")
     if pooling is not None:
         problems.append(f"model.pooling={pooling.name} (BeitForMaskedImageModeling pools nothing)")
     vocab = mim.vocab_size or spec.options.vocab_size or vocab_size
     if not vocab:
         problems.append("no visual vocabulary size (model.target.mim.vocab_size)")
-    return {"vocab_size": vocab}
+    return {"vocab_size": vocab, "use_mean_pooling": not (final and mim.norm)}
 
 
 def cls_config(spec: Any, problems: list[str]) -> HfConfig:
     """HF keys of the classification head; its problems appended to `problems`."""
-    pooling, enc = spec.stacks[""].pooling, spec.stacks[""].encoder.options
-    final = enc.pre_norm if enc.final_norm is None else enc.final_norm
+    pooling, final = spec.stacks[""].pooling, final_norm(spec)
     mean = pooling is not None and pooling.name == "mean"
     if mean and (not pooling.options.skip_first or not pooling.options.norm or final):
         problems.append("mean pooling must be BEiT's: model.pooling {name: mean, skip_first: "
@@ -200,7 +227,7 @@ def cls_config(spec: Any, problems: list[str]) -> HfConfig:
     if problems or not spec.targets:
         return {}
     vocab = {"vocab_size": spec.options.vocab_size} if spec.options.vocab_size else {}
-    return {"num_labels": spec.targets[0].options.labels, **vocab}
+    return {"num_labels": spec.targets[0].options.labels, "use_mean_pooling": mean, **vocab}
 
 
 CONVERTER = Converter(
