@@ -180,6 +180,10 @@ def test_keys_are_strict() -> None:
         CONVERTER.hf_to_tp(missing, hf_config=config, expected=tp_keys)
     with pytest.raises(CheckpointError, match=r"vit\.extra\.weight"):
         CONVERTER.hf_to_tp({**sd, "vit.extra.weight": torch.zeros(1)}, hf_config=config)
+    # a pooler saved beside a classifier is one ViTForImageClassification never runs: dropped
+    pooler = {f"vit.pooler.dense.{p}": torch.zeros(32, 32) for p in ("weight", "bias")}
+    assert CONVERTER.hf_to_tp({**sd, **pooler}, hf_config=config, expected=tp_keys).keys() == \
+        tp_keys
 
 
 # ------------------------------------------------------------------------ through the CLI
