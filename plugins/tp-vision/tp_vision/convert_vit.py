@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from tpcli.convert import Concat, Converter, Drop, Rename, Reshape, Rule
 from tpcli.errors import TpError
@@ -107,7 +107,8 @@ class Spelled:
             rule.apply(run)
 
 
-def spelled(family: str, build: Any, hf: HfConfig, base: bool) -> list[Rule]:
+def spelled(family: str, build: Callable[[HfConfig, bool, Names], list[Rule]], hf: HfConfig,
+            base: bool) -> list[Rule]:
     """`build(hf, base, names)`'s rules in both spellings, as one rule."""
     return [Spelled(family, tuple(build(hf, base, LEGACY)), tuple(build(hf, base, CURRENT)))]
 
