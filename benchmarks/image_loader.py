@@ -5,7 +5,7 @@ Real images, written to a temporary folder and made into array datasets by `tp p
 Fashion-MNIST (28x28 PNGs from scripts/fashion_mnist.py, for recipes/vit-tiny; skipped with a
 message without /usr/share/datasets/fashion-mnist) and the sample photos of scikit-image and
 scikit-learn, cut into random crops saved as JPEG (~250-1400 px a side), for ViT-B/16 at 224
-(`vit_step.VIT_B16`). Tables:
+(`vit_step.vit_b16_recipe`: the `vit` converter's recipe of HF's ViTConfig()). Tables:
 
 1. images/s of tp's loader (`tpcli.train.loop.Sampler.next_batch`: the `image` processor's
    dataset and collate, as the training loop calls them) against a Pillow loop over the same

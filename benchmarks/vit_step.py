@@ -4,24 +4,25 @@ One run prints a markdown table: for a supervised ViT-B/16 step (batch 8 of 224x
 1000 classes) in fp32 and in bf16 autocast, the median step time of tp and of HF and the ratio
 HF time / tp time (the issue's goal: >= 1.2 in both precisions). With --profile it then prints,
 per precision, where one step of each spends its time (torch.profiler, self CPU time grouped by
-kind of op, and the top ops of each).
+kind of op, and the top ops of each); with --whatif, the pieces of the step that tp could do
+another way (attention core, q/k/v projection, patchify), each variant timed alone.
 
 A step = zero_grad + forward (loss) + backward + AdamW step, as in `throughput.py` (whose timing
 loop this reuses: tp and HF alternate, warm-up rounds are not timed, the median of the timed
-steps is shown with min-max). Both models hold the same weights: HF's random ViT-B/16, converted
-by the registered `vit` converter when there is one, else loaded into tp's ViT-B/16 recipe
-(`VIT_B16` below) by this file's own key map; the losses of the first step show they agree.
-Run::
+steps is shown with min-max). Both models hold the same weights: tp's model is built and
+loaded from HF's random ViT-B/16 by the registered `vit` converter (tp-vision); the losses of
+each precision's first step show that they compute the same thing. Run::
 
     python benchmarks/vit_step.py                    # fp32 + bf16, 3 timed steps (~3 min, 2 cores)
     python benchmarks/vit_step.py --quick            # 2 layers, 1 step: a smoke run
-    python benchmarks/vit_step.py --profile --precisions bf16
+    python benchmarks/vit_step.py --profile --whatif --steps 5   # the report's run
     python benchmarks/vit_step.py --device cuda --steps 20 --batch 64
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,90 +33,53 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from throughput import (PRECISIONS, Case, fmt_time, machine, make_step,  # noqa: E402
-                        measure)
+                        measure, sync)
 
 CLASSES = 1000
-IMAGE, PATCH = 224, 16
-# tp's ViT-B/16: what `transformers.ViTConfig()` is, in the paper's vocabulary
-VIT_B16: dict[str, Any] = {
-    "hidden_size": 768,
-    "dropout": 0.0,
-    "norm_eps": 1e-12,
-    "embedding_norm": "none",
-    "embedding": [{"name": "patch", "image_size": IMAGE, "patch_size": PATCH},
-                  {"name": "pos", "max_length": (IMAGE // PATCH) ** 2 + 1}],
-    "encoder": {"name": "transformer", "layers": 12, "heads": 12, "ffn_size": 3072,
-                "pre_norm": True, "qkv_bias": "all"},
-    "target": {"cls": {"labels": CLASSES, "pooling": "first"}},
-}
+IMAGE = 224
 
 
-def vit_b16_recipe(layers: int | None = None, image_size: int = IMAGE) -> dict[str, Any]:
-    """A whole recipe (model, data, pretrain) around `VIT_B16`; `layers` shrinks the encoder."""
-    model = {**VIT_B16, "encoder": {**VIT_B16["encoder"]}}
-    if layers is not None:
-        model["encoder"]["layers"] = layers
-    return {"model": model, "data": {"processor": {"name": "image", "size": image_size}},
+def hf_vit_config(layers: int | None = None) -> Any:
+    """`ViTConfig()` is ViT-B/16 at 224 (google/vit-base-patch16-224's shapes, no dropout)."""
+    import transformers
+
+    extra = {} if layers is None else {"num_hidden_layers": layers}
+    return transformers.ViTConfig(num_labels=CLASSES, **extra)
+
+
+def vit_converter() -> Any:
+    from tpcli.plugins import get_plugins
+
+    registry = get_plugins().registry
+    if not registry.has("converter", "vit"):
+        raise SystemExit("no `vit` converter is registered: install tp-vision (pip install -e "
+                         "plugins/tp-vision) and leave it in TP_LOAD_PLUGINS")
+    return registry.get("converter", "vit")
+
+
+def vit_b16_recipe(layers: int | None = None) -> dict[str, Any]:
+    """tp's ViT-B/16 recipe (model section by the `vit` converter from HF's config; `layers`
+    shrinks the encoder), images stored and cropped at 224, batch 8."""
+    config = {**hf_vit_config(layers).to_dict(), "architectures": ["ViTForImageClassification"]}
+    return {"model": vit_converter().config_to_recipe(config),
+            "data": {"processor": {"name": "image", "size": IMAGE}},
             "pretrain": {"batch_size": 8}}
 
 
-# ----------------------------------------------------------------------------- the models
-
-
-def hf_key_map(layers: int) -> dict[str, list[str]]:
-    """tp key -> the `ViTForImageClassification` keys (transformers 5) concatenated into it
-    (HF's separate q, k, v -> tp's fused qkv); only used while no `vit` converter exists."""
-    e, s = "stack.embedding.parts.", "stack.encoder."
-    out = {f"{e}patch.cls_token": ["vit.embeddings.cls_token"],
-           f"{e}pos.embedding.weight": ["vit.embeddings.position_embeddings"],
-           "targets.cls.classifier.weight": ["classifier.weight"],
-           "targets.cls.classifier.bias": ["classifier.bias"]}
-    for p in ("weight", "bias"):
-        out[f"{e}patch.projection.{p}"] = [f"vit.embeddings.patch_embeddings.projection.{p}"]
-        out[f"{s}final_norm.{p}"] = [f"vit.layernorm.{p}"]
-        for i in range(layers):
-            hf, tp = f"vit.layers.{i}.", f"{s}layers.{i}."
-            out[f"{tp}attn.qkv.{p}"] = [f"{hf}attention.{n}_proj.{p}" for n in "qkv"]
-            for tp_name, hf_name in (("attn.out", "attention.o_proj"), ("ffn.fc1", "mlp.fc1"),
-                                     ("ffn.fc2", "mlp.fc2"), ("attn_norm", "layernorm_before"),
-                                     ("ffn_norm", "layernorm_after")):
-                out[f"{tp}{tp_name}.{p}"] = [f"{hf}{hf_name}.{p}"]
-    return out
-
-
-def build_tp(raw: dict[str, Any]) -> torch.nn.Module:
+def tp_from_hf(hf: Any) -> torch.nn.Module:
+    """tp's model of `hf`'s config holding `hf`'s weights, by the `vit` converter (strict)."""
     from tpcli.model import build_model
     from tpcli.plugins import get_plugins
     from tpcli.recipes.config import build_recipe
 
-    registry = get_plugins().registry
-    return build_model(build_recipe(raw, registry).model, registry, 0)
-
-
-def tp_from_hf(hf: Any) -> tuple[torch.nn.Module, str]:
-    """tp's model holding `hf`'s weights (strict load), and how it was made, for the notes."""
-    from tpcli.plugins import get_plugins
-
     config = {**hf.config.to_dict(), "architectures": [type(hf).__name__]}
-    registry = get_plugins().registry
-    converter = registry.get("converter", "vit") if registry.has("converter", "vit") else None
-    if converter is not None and converter.hf_architecture == type(hf).__name__:
-        data = converter.processor(config) if converter.processor else {"name": "image"}
-        tp = build_tp({"model": converter.config_to_recipe(config),
-                       "data": {"processor": data}, "pretrain": {}})
-        state = converter.hf_to_tp(hf.state_dict(), expected=tp.state_dict().keys(),
-                                   hf_config=config)
-        how = "tp model and weights from the registered `vit` converter"
-    else:
-        tp = build_tp(vit_b16_recipe(hf.config.num_hidden_layers))
-        hf_sd, shapes = hf.state_dict(), {k: v.shape for k, v in tp.state_dict().items()}
-        key_map = hf_key_map(hf.config.num_hidden_layers)
-        state = {k: torch.cat([hf_sd[h] for h in hs]).reshape(shapes[k])
-                 for k, hs in key_map.items()}
-        how = ("no `vit` converter registered: tp model from this file's ViT-B/16 recipe, "
-               "HF weights copied by its key map")
-    tp.load_state_dict(state, strict=True)
-    return tp, how
+    converter, registry = vit_converter(), get_plugins().registry
+    raw = {"model": converter.config_to_recipe(config),
+           "data": {"processor": {"name": "image", "size": IMAGE}}, "pretrain": {}}
+    tp = build_model(build_recipe(raw, registry).model, registry, 0)
+    tp.load_state_dict(converter.hf_to_tp(hf.state_dict(), expected=tp.state_dict().keys(),
+                                          hf_config=config), strict=True)
+    return tp
 
 
 def vit_case(batch: int, layers: int | None = None) -> Case:
@@ -123,11 +87,8 @@ def vit_case(batch: int, layers: int | None = None) -> Case:
     import transformers
 
     torch.manual_seed(0)
-    extra = {} if layers is None else {"num_hidden_layers": layers}
-    # ViTConfig() is ViT-B/16 at 224 (google/vit-base-patch16-224's shapes); no dropout
-    hf = transformers.ViTForImageClassification(
-        transformers.ViTConfig(num_labels=CLASSES, **extra))
-    tp, how = tp_from_hf(hf)
+    hf = transformers.ViTForImageClassification(hf_vit_config(layers))
+    tp = tp_from_hf(hf)
     g = torch.Generator().manual_seed(4)
     pixels = torch.randn(batch, 3, IMAGE, IMAGE, generator=g)  # (B, 3, 224, 224)
     labels = torch.randint(0, CLASSES, (batch,), generator=g)  # (B,)
@@ -135,7 +96,7 @@ def vit_case(batch: int, layers: int | None = None) -> Case:
                 f"{batch}x3x{IMAGE}x{IMAGE}", batch, tp, hf,
                 {"pixel_values": pixels, "labels": labels},
                 {"pixel_values": pixels, "labels": labels})
-    case.notes.append(how)
+    case.notes.append("tp model and weights from HF's by the registered `vit` converter")
     case.notes.append(f"HF attention implementation `{hf.config._attn_implementation}`")
     return case
 
@@ -211,6 +172,86 @@ def profile_tables(case: Case, precision: str, device: torch.device, top: int) -
     yield ""
 
 
+# ----------------------------------------------------------------------------- what-if
+
+Piece = Callable[[], torch.Tensor]  # a forward from fresh leaves; the harness adds the backward
+
+
+def pieces(batch: int, layers: int, device: torch.device
+           ) -> list[tuple[str, int, dict[str, Piece]]]:
+    """(piece of the step, how often a step runs it, {variant: forward}) at ViT-B/16's shapes;
+    the first variant of each is what tp does today."""
+    import torch.nn.functional as F
+
+    b, t, e, h, d, p = batch, 197, 768, 12, 64, 16
+    kw = {"device": device}
+    x = torch.randn(b, t, e, requires_grad=True, **kw)
+    qkv = torch.randn(b, t, 3, h, d, requires_grad=True, **kw)
+    pixels = torch.randn(b, 3, IMAGE, IMAGE, **kw)
+    conv = torch.nn.Conv2d(3, e, p, p).to(device)
+    fused = torch.nn.Linear(e, 3 * e).to(device)
+    separate = [torch.nn.Linear(e, e).to(device) for _ in range(3)]
+
+    def heads() -> tuple[torch.Tensor, ...]:
+        return tuple(z.transpose(1, 2) for z in qkv.unbind(2))  # 3 x (B, h, T, d), views
+
+    def matmul_attention() -> torch.Tensor:
+        q, k, v = heads()
+        return ((q * d ** -0.5) @ k.transpose(-1, -2)).softmax(-1) @ v  # (B, h, T, d)
+
+    def patch_matmul() -> torch.Tensor:
+        n = IMAGE // p  # (B, 3, n*p, n*p) -> (B, n*n, 3*p*p), conv's (C, ph, pw) order
+        cut = pixels.view(b, 3, n, p, n, p).permute(0, 2, 4, 1, 3, 5).reshape(b, n * n, -1)
+        return F.linear(cut, conv.weight.flatten(1), conv.bias)  # the conv's own weights
+
+    return [
+        ("attention core", layers, {
+            "SDPA (CPU flash kernel; tp and HF)": lambda: F.scaled_dot_product_attention(*heads()),
+            "softmax(q k^T / sqrt(d)) v, two matmuls": matmul_attention}),
+        ("q, k, v projection", layers, {
+            "one fused Linear (tp)": lambda: fused(x),
+            "three Linears (HF)": lambda: torch.stack([m(x).float().sum() for m in separate])}),
+        ("patchify", 1, {
+            "Conv2d, kernel = stride = 16 (tp and HF)": lambda: conv(pixels).flatten(2),
+            "reshape + Linear on the conv's weight": patch_matmul}),
+    ]
+
+
+def time_piece(fn: Piece, precision: str, device: torch.device, runs: int) -> list[float]:
+    """Seconds of forward + backward of `fn` under the step's autocast, `runs` times after 2."""
+    times = []
+    for i in range(runs + 2):
+        sync(device)
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = fn()
+        out.float().sum().backward()
+        sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def whatif_table(batch: int, layers: int, precisions: list[str], device: torch.device,
+                 runs: int) -> Iterator[str]:
+    yield "### What would change the step: pieces of it alone, forward + backward"
+    yield ""
+    yield "| piece (runs per step) | precision | variant | ms (median, best) | per step, ms " \
+          "(median) | vs first variant, per step |"
+    yield "|---|---|---|---:|---:|---:|"
+    for name, count, variants in pieces(batch, layers, device):
+        for precision in precisions:
+            base = None
+            for variant, fn in variants.items():
+                ts = time_piece(fn, precision, device, runs)
+                med = statistics.median(ts)
+                base = med if base is None else base
+                yield (f"| {name} (x{count}) | {precision} | {variant} | {med * 1e3:.1f}, "
+                       f"{min(ts) * 1e3:.1f} | {count * med * 1e3:,.0f} | "
+                       f"{count * (med - base) * 1e3:+,.0f} |")
+    yield ""
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -231,11 +272,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="also profile one step of each (per-op tables)")
     p.add_argument("--top", type=int, default=12, help="ops listed per profile")
+    p.add_argument("--whatif", action="store_true",
+                   help="also time alternatives for pieces of the step (attention, qkv, patchify)")
     args = p.parse_args(argv)
     if args.quick:
         args.layers = args.layers or 2
     args.steps = args.steps or (1 if args.quick else 3)
     return args
+
+
+def step_table(case: Case, rows: list[tuple[str, dict[str, Any], float, float]]
+               ) -> Iterator[str]:
+    """One row per precision: (precision, {impl: Timing}, model FLOPs per step, peak FLOP/s)."""
+    yield ("| model | batch | precision | tp s/step (median, min-max) | HF s/step (median, "
+           "min-max) | HF/tp (goal >= 1.2): medians (bests) | tp images/s | GFLOP/step | "
+           "tp MFU | HF MFU | loss tp / HF |")
+    yield "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for precision, res, flops, peak in rows:
+        tp, hf = res["tp"], res["HF"]
+        yield (f"| {case.name} | {case.shape} | {precision} | {tp.median:.3f} ({min(tp.times):.3f}-"
+               f"{max(tp.times):.3f}) | {hf.median:.3f} ({min(hf.times):.3f}-"
+               f"{max(hf.times):.3f}) | {hf.median / tp.median:.2f}x "
+               f"({min(hf.times) / min(tp.times):.2f}x) | {case.tokens / tp.median:.1f} | "
+               f"{flops / 1e9:,.0f} | {100 * flops / tp.median / peak:.1f}% | "
+               f"{100 * flops / hf.median / peak:.1f}% | {tp.loss:.4f} / {hf.loss:.4f} |")
 
 
 def run(args: argparse.Namespace, device: torch.device) -> Iterator[str]:
@@ -259,18 +319,7 @@ def run(args: argparse.Namespace, device: torch.device) -> Iterator[str]:
         rows.append((precision, res, flops, peak))
         print(f"{precision}: tp {fmt_time(res['tp'].median)}, HF {fmt_time(res['HF'].median)}, "
               f"{res['HF'].median / res['tp'].median:.2f}x", file=sys.stderr, flush=True)
-    yield ("| model | batch | precision | tp s/step (median, min-max) | HF s/step (median, "
-           "min-max) | HF/tp (goal >= 1.2) | tp images/s | GFLOP/step | tp MFU | HF MFU | "
-           "loss tp / HF |")
-    yield "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-    for precision, res, flops, peak in rows:
-        tp, hf = res["tp"], res["HF"]
-        yield (f"| {case.name} | {case.shape} | {precision} | {tp.median:.3f} ({min(tp.times):.3f}-"
-               f"{max(tp.times):.3f}) | {hf.median:.3f} ({min(hf.times):.3f}-"
-               f"{max(hf.times):.3f}) | {hf.median / tp.median:.2f}x | "
-               f"{case.tokens / tp.median:.1f} | {flops / 1e9:,.0f} | "
-               f"{100 * flops / tp.median / peak:.1f}% | {100 * flops / hf.median / peak:.1f}% | "
-               f"{tp.loss:.4f} / {hf.loss:.4f} |")
+    yield from step_table(case, rows)
     yield ""
     yield "Notes: " + "; ".join(case.notes) + "; MFU over the best matmul peak measured in the " \
           "run (`tpcli.train.perf.measure_peak`)."
@@ -278,6 +327,9 @@ def run(args: argparse.Namespace, device: torch.device) -> Iterator[str]:
     if args.profile:
         for precision in precisions:
             yield from profile_tables(case, precision, device, args.top)
+    if args.whatif:
+        yield from whatif_table(args.batch, args.layers or 12, precisions, device,
+                                max(args.steps, 3))
 
 
 def main(argv: list[str] | None = None) -> None:
