@@ -41,6 +41,9 @@ class Converter:
     also_reads: other HF architectures whose published checkpoints hold this key map's weights
     (bert-base-uncased's config.json says BertForMaskedLM, its weights are BertForPreTraining's):
     read with `rules`, else with `base_rules`.
+    full_architectures: other HF architectures this converter maps completely, its
+    `config_rules` choosing the key map by the config's architecture (BEiT's classifier beside
+    its masked-image model): read, written and `--check`ed as themselves.
     max_length: HF config dict -> the most tokens the model takes, written as the exported
     tokenizer's `model_max_length` (without it `truncation=True` does not truncate); default
     `max_position_embeddings` or `n_positions`, None when the config has neither.
@@ -62,6 +65,7 @@ class Converter:
     processor: Callable[[HfConfig], dict[str, Any]] | None = None
     outputs: Mapping[str, str] = field(default_factory=dict)
     also_reads: tuple[str, ...] = ()
+    full_architectures: tuple[str, ...] = ()
     max_length: Callable[[HfConfig], int | None] | None = None
     preprocessing: Any = None
     check_batch: Callable[[Any, HfConfig], tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None

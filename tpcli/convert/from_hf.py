@@ -127,11 +127,13 @@ def choose_hf_converter(hf_config: dict[str, Any], plugins: Plugins) -> tuple[Co
         raise TpError(f"unsupported Hugging Face architecture {arch or model_type!r} "
                       f"(model_type {model_type!r})",
                       hint=f"supported model_types: {', '.join(sorted(convs)) or 'none'}")
-    if arch is None or arch == conv.hf_architecture or arch in conv.also_reads:
+    if arch is None or arch in (conv.hf_architecture, *conv.also_reads,
+                                *conv.full_architectures):
         return conv, False
     if arch == conv.base_architecture:
         return conv, True
-    known = [a for a in (conv.hf_architecture, conv.base_architecture, *conv.also_reads) if a]
+    known = [a for a in (conv.hf_architecture, conv.base_architecture, *conv.also_reads,
+                         *conv.full_architectures) if a]
     raise TpError(f"unsupported Hugging Face architecture {arch!r}: converter {conv.name!r} maps "
                   f"{' and '.join(known)}", hint="convert the pre-training checkpoint of the model")
 

@@ -30,7 +30,8 @@ def convertible(card: Card, plugins: Any) -> str | None:
     if not plugins.registry.has("converter", card.model_type):
         return f"no installed plugin converts model_type {card.model_type!r}"
     conv = plugins.registry.get("converter", card.model_type)
-    known = {conv.hf_architecture, conv.base_architecture, *conv.also_reads} - {None}
+    known = {conv.hf_architecture, conv.base_architecture, *conv.also_reads,
+             *conv.full_architectures} - {None}
     if card.architecture is not None and card.architecture not in known:
         return (f"converter {conv.name!r} maps {' and '.join(sorted(known))}, not "
                 f"{card.architecture}")

@@ -19,11 +19,7 @@ bias), `layer_scale` (layer_scale_init_value > 0), `position: relative_2d` over 
 One registration serves the three: the key map (`config_rules`) and the recipe follow config.json's
 `architectures[0]`, and `recipe_to_config` picks the architecture from the targets (mim ->
 BeitForMaskedImageModeling, cls -> BeitForImageClassification). BeitForImageClassification is
-read as `also_reads` (`choose_hf_converter` and the zoo know it). Known limit of the core:
-`tp convert --from hf --check` compares an `also_reads` checkpoint against `hf_architecture`
-(BERT's case: its published BertForMaskedLM config over BertForPreTraining weights), so a
-BeitForImageClassification folder converts, but its --check fails on the shapes; --to hf
---check of a cls model compares against BeitForImageClassification itself.
+one of its `full_architectures`: read, written and `--check`ed as itself.
 
 Refused (TpError naming the option): non-square image_size or patch_size (HF resamples the 2-D
 table of a non-square grid even at its trained size, which is not BEiT's table), both
@@ -233,7 +229,7 @@ def cls_config(spec: Any, problems: list[str]) -> HfConfig:
 CONVERTER = Converter(
     name="beit",
     hf_architecture=MIM,
-    also_reads=(CLS,),
+    full_architectures=(CLS,),
     rules=(),
     config_to_recipe=config_to_recipe,
     recipe_to_config=recipe_to_config,
