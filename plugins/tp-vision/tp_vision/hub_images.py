@@ -26,6 +26,7 @@ Fine-tuning (`hub_examples`) holds the encoded bytes, as the task holds every de
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -43,7 +44,7 @@ ALIASES = {"cifar10": "uoft-cs/cifar10", "cifar100": "uoft-cs/cifar100"}
 IMAGE_COLUMNS = ("img", "image")  # datasets' Image feature, by the names CIFAR / ImageNet use
 LABEL_COLUMNS = ("label", "fine_label", "labels")  # CIFAR-100: fine by default, coarse by ?label=
 OPTIONS = ("config", "label", "image")
-BATCH_ROWS = 256  # images per record batch streamed from a parquet file
+BATCH_ROWS = 64  # images per streamed record batch: 7 MB of ImageNet JPEGs; as fast as 256
 SPELLING = ("hf://datasets/<org>/<name>[@<revision>]:<split>[?label=<column>&config=<name>], "
             "e.g. hf://datasets/uoft-cs/cifar10:train, or a short name: "
             + ", ".join(f"{a}:train" for a in ALIASES))
@@ -96,27 +97,32 @@ def parse_source(corpus: str) -> HubSource:
 
 
 # -- fetching ---------------------------------------------------------------------------------
-def snapshot(repo: str, revision: str, patterns: list[str], cache_dir: str | Path | None
-             ) -> Path:
-    """The cached snapshot folder (snapshots/<commit>) holding the files matching `patterns`,
-    downloaded when missing; a DataError saying why when they cannot be had."""
+def snapshot(src: HubSource, patterns: list[str], cache_dir: str | Path | None,
+             revision: str | None = None) -> Path:
+    """The cached snapshot folder (snapshots/<commit>) holding the files of `src` (at
+    `revision`, default its own) matching `patterns`, downloaded when missing; a DataError
+    saying why when they cannot be had."""
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
 
     try:
-        return Path(snapshot_download(repo, repo_type="dataset", revision=revision,
-                                      allow_patterns=patterns, cache_dir=cache_dir))
+        return Path(snapshot_download(src.repo, repo_type="dataset", allow_patterns=patterns,
+                                      revision=revision or src.revision, cache_dir=cache_dir))
     except (HfHubHTTPError, LocalEntryNotFoundError) as e:
         if constants.HF_HUB_OFFLINE:
-            raise DataError(f"hf://datasets/{repo}@{revision}: {', '.join(patterns)} is not in "
-                            "the Hugging Face cache, and HF_HUB_OFFLINE is set",
+            raise DataError(f"{src.url}: {', '.join(patterns)} is not in the Hugging Face "
+                            "cache, and HF_HUB_OFFLINE is set",
                             hint="run once online (HF_HUB_OFFLINE=0) to cache this split, or "
                             "point HF_HUB_CACHE at a cache that holds it.") from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(
-            f"cannot get {', '.join(patterns)} from hf://datasets/{repo}@{revision}: {first}",
-            hint="check the network (or HF_ENDPOINT), the repository name and the revision; "
-            "offline, only what an earlier run cached can be read.") from None
+        why = str(e).strip().split("\n")[0]  # the Hub's own words, for anything else
+        if isinstance(e, RevisionNotFoundError):
+            why = f"no revision {src.revision!r}"
+        elif isinstance(e, RepositoryNotFoundError):  # gated and private repos too
+            why = f"no dataset {src.repo} (or it is private or gated: `hf auth login`)"
+        raise DataError(f"cannot get {', '.join(patterns)} from {src.url}: {why}",
+                        hint="check the network (or HF_ENDPOINT), the repository name and the "
+                        "revision; offline, only what an earlier run cached can be read.") from None
 
 
 def read_card(folder: Path) -> dict[str, Any]:
@@ -141,7 +147,8 @@ def choose_config(card: dict[str, Any], src: HubSource) -> dict[str, Any] | None
     if src.config is not None:
         chosen = [c for c, n in zip(configs, names) if n == src.config]
     else:
-        chosen = [c for c in configs if c.get("default")] or configs[:len(configs) == 1]
+        chosen = [c for c in configs if c.get("default")] or (configs if len(configs) == 1
+                                                               else [])
     if not chosen:
         why = f"no config {src.config!r}" if src.config else "several configs, none the default"
         raise DataError(f"{src.url}: {why}", hint=f"its configs are {', '.join(names)}; name "
@@ -170,7 +177,7 @@ def split_patterns(config: dict[str, Any], src: HubSource) -> list[str]:
 def split_files(src: HubSource, cache_dir: str | Path | None
                 ) -> tuple[Path, list[Path], dict[str, Any]]:
     """(snapshot folder, the split's parquet files in order, the card's dataset_info)."""
-    folder = snapshot(src.repo, src.revision, ["README.md"], cache_dir)
+    folder = snapshot(src, ["README.md"], cache_dir)
     commit = folder.name  # resolved once: the data files come from this very commit
     card = read_card(folder)
     config = choose_config(card, src)
@@ -178,7 +185,7 @@ def split_files(src: HubSource, cache_dir: str | Path | None
     # plain_text/train/0000.parquet (refs/convert/parquet)
     patterns = split_patterns(config, src) if config else [
         f"{src.split}-*.parquet", f"*/{src.split}-*.parquet", f"*/{src.split}/*.parquet"]
-    folder = snapshot(src.repo, commit, patterns, cache_dir)
+    folder = snapshot(src, patterns, cache_dir, revision=commit)
     files = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()
                     and p.suffix == ".parquet"})
     if config is None and src.config is not None:
@@ -212,10 +219,7 @@ class RowSources(Sequence[str]):
     ImageNet's 1.28M names as a list would take ~180 MB."""
 
     def __init__(self, parts: list[Part]) -> None:
-        self.parts = parts
-        self.starts = [0]
-        for part in parts:
-            self.starts.append(self.starts[-1] + part.rows)
+        self.parts, self.starts = parts, [0, *itertools.accumulate(p.rows for p in parts)]
 
     def __len__(self) -> int:
         return self.starts[-1]
@@ -230,7 +234,9 @@ class RowSources(Sequence[str]):
 
 class HubBlobs:
     """The encoded images of a split in order, streamed a record batch (BATCH_ROWS rows) at a
-    time from the parquet files: iterating holds one batch, never the split."""
+    time from the parquet files: iterating holds one batch, never the split (measured on 330 MB
+    of 110 KB images: peak RSS ~200 MB, imports included, after one pass and after four; the table
+    read whole, 1.4 GB)."""
 
     def __init__(self, parts: list[Part], column: str) -> None:
         self.parts, self.column = parts, column
@@ -291,9 +297,8 @@ def _columns(schema: Any, features: dict[str, Any], src: HubSource) -> tuple[str
 
 def _features(schema: Any) -> dict[str, Any]:
     """The `datasets` features stored in a parquet's schema metadata ({} when absent)."""
-    raw = (schema.metadata or {}).get(b"huggingface")
     try:
-        features = json.loads(raw)["info"]["features"] if raw else {}
+        features = json.loads((schema.metadata or {})[b"huggingface"])["info"]["features"]
     except (ValueError, KeyError, TypeError):
         return {}
     return features if isinstance(features, dict) else {}
@@ -335,7 +340,8 @@ def read_hub_images(corpus: str, classes: list[str] | None = None, *, labelled: 
     parts: list[Part] = []
     values: list[Any] = []
     for path in files:
-        where = f"hf://datasets/{src.repo}@{folder.name[:12]}/{path.relative_to(folder).as_posix()}"
+        name = path.relative_to(folder).as_posix()
+        where = f"hf://datasets/{src.repo}@{folder.name[:12]}/{name}"
         if not {image, label} <= set(names := pq.read_schema(path).names):
             raise DataError(f"{where}: no column {image!r} or {label!r} (columns: "
                             f"{', '.join(names)})", hint="the split's files disagree; check the "
@@ -358,12 +364,10 @@ def _indexes(values: list[Any], names: list[str] | None, sources: RowSources, la
     """(class names, each row's class index) from a label column: ClassLabel ints (named by
     `names`, or "0", "1", ... without them) or strings (sorted, as class folders are)."""
     known = [v for v in values if v is not None and v != -1]
-    if known and all(isinstance(v, str) for v in known):
-        names = names or sorted(set(known))
-        index = {n: i for i, n in enumerate(names)}
-        values = [index.get(v, len(names)) if v is not None else -1 for v in values]
-    elif names is None:
-        names = [str(i) for i in range(int(max(known, default=-1)) + 1)]
+    strings = bool(known) and all(isinstance(v, str) for v in known)
+    names = names or (sorted(set(known)) if strings
+                      else [str(i) for i in range(int(max(known, default=-1)) + 1)])
+    index = {n: i for i, n in enumerate(names)}
     labels = []
     for row, v in enumerate(values):
         if v is None or v == -1:
@@ -372,12 +376,13 @@ def _indexes(values: list[Any], names: list[str] | None, sources: RowSources, la
                                 hint="this split is unlabelled (a test split); fine-tune and "
                                 "evaluate on a labelled one, e.g. train or validation")
             labels.append(-1)
-        elif not 0 <= int(v) < len(names):
-            raise DataError(f"{sources[row]}: label {v} is not one of the {len(names)} classes",
-                            hint="the label column disagrees with its ClassLabel names; check "
-                            "the revision, or name another column with ?label=")
-        else:
-            labels.append(int(v))
+            continue
+        y = index.get(v, -1) if strings else int(v)
+        if not 0 <= y < len(names):
+            raise DataError(f"{sources[row]}: label {v!r} is not one of the {len(names)} "
+                            "classes", hint="the label column disagrees with its ClassLabel "
+                            "names; check the revision, or name another column with ?label=")
+        labels.append(y)
     return names, labels
 
 
@@ -403,7 +408,8 @@ def decode_blobs(blobs: Iterable[bytes], sources: Sequence[str], size: int | Non
     image's row (`sources[i]`) where decode can only say `<bytes>`."""
     from tp_vision.images import ImageError, decode_many
 
-    for index, pixels, error in decode_many(blobs, size, workers, on_error="skip"):  # type: ignore[arg-type]
+    decoded = decode_many(blobs, size, workers, on_error="skip")  # type: ignore[arg-type]
+    for index, pixels, error in decoded:
         if error is None:
             yield index, pixels, None
             continue
@@ -425,8 +431,8 @@ def decode_images(images: ImageList, size: int | None, workers: int, on_error: s
 
 
 def decode_examples(examples: list[Any], size: int | None, workers: int) -> Decoded:
-    """The images of a task's examples decoded in order, raising on a bad one: Hub rows
-    (`fields["image"]`, bytes) or files (`fields["path"]`)."""
+    """A task's images decoded in order, raising on a bad one: Hub rows (bytes in
+    `fields["image"]`) or files (`fields["path"]`)."""
     from tp_vision.images import decode_many
 
     if examples and "image" in examples[0].fields:
