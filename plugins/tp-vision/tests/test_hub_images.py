@@ -222,6 +222,9 @@ def test_missing_split_revision_repo_and_bad_spellings(hub: HubServer, tmp_path:
             read_hub_images(bad, cache_dir=tmp_path)
     with pytest.raises(DataError, match=r"no label column 'nope' \(columns: img, fine_label"):
         read_hub_images("cifar100:train?label=nope", cache_dir=tmp_path)
+    hub.require_token("uoft-cs/cifar100", "secret", repo_type="dataset")  # gated, as ImageNet
+    with pytest.raises(DataError, match=r"private or gated: `hf auth login`"):
+        read_hub_images("cifar100:train", cache_dir=tmp_path / "fresh")  # (a cached copy is served)
 
 
 def test_cifar100_fine_by_default_coarse_by_option_names_from_the_card(
