@@ -52,7 +52,10 @@ class Converter:
     from the folder's preprocessor_config.json, and `to_hf(recipe, folder, hf_config)`, which
     writes it. None: the model reads text and its tokenizer files are converted.
     check_batch: `(ModelSpec, hf_config) -> (tp batch, HF keyword arguments)`, the fixed batch
-    `--check` runs through both models; None: padded token ids (text models)."""
+    `--check` runs through both models; None: padded token ids (text models).
+    task: HF config dict -> the `finetune.task` section of a converted fine-tuned model (an image
+    classifier's task with its class names from `id2label`), so `tp infer` runs on it; None
+    (or a None result): the checkpoint has no task."""
 
     name: str
     hf_architecture: str
@@ -69,6 +72,7 @@ class Converter:
     max_length: Callable[[HfConfig], int | None] | None = None
     preprocessing: Any = None
     check_batch: Callable[[Any, HfConfig], tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None
+    task: Callable[[HfConfig], dict[str, Any] | None] | None = None
 
     def input_limit(self, hf_config: HfConfig) -> int | None:
         """The model's maximum input length (`max_length`, or the config's position count)."""

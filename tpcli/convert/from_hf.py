@@ -253,7 +253,10 @@ def from_hf(source: str, out: Path, plugins: Plugins, *, check: bool = False,
                 data["processor"] = conv.processor(hf_config)
         else:
             data = conv.preprocessing.from_hf(folder, hf_config)
-        raw = {"model": model_section, "data": data, "pretrain": {}}
+        raw: dict[str, Any] = {"model": model_section, "data": data, "pretrain": {}}
+        task = conv.task(hf_config) if conv.task is not None else None
+        if task is not None:  # a fine-tuned classifier: `tp infer` runs on it as converted
+            raw["finetune"] = {"task": task}
         recipe = build_recipe(raw, plugins.registry, name=f"the recipe translated from {folder}",
                               path=tmp)
         vocab, special_ids = vocabulary(tokenizer)

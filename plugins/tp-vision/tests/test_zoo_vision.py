@@ -156,6 +156,13 @@ def test_vit_card_pulls_as_tp_fine_tunes_and_infers(hub: HubServer, tmp_path: Pa
     assert len(rows) == sum(1 for _ in dev.rglob("*.png"))
     assert {r["label"] for r in rows} <= {"zero", "one", "two"}
     assert all(len(r["top"]) == 3 for r in rows)
+    # the pulled classifier itself keeps the card's classes (id2label): `tp infer` runs on it
+    listing = tmp_path / "images.txt"  # unlabelled: the digits are not the card's classes
+    listing.write_text("\n".join(str(p) for p in sorted(dev.rglob("*.png"))) + "\n")
+    code = main(["infer", result["path"], "--input", str(listing), "--out", str(predictions)])
+    assert code == 0, capsys.readouterr().err
+    names = set(model.config.id2label.values())
+    assert {json.loads(line)["label"] for line in predictions.read_text().splitlines()} <= names
 
 
 def test_beit_card_pulls_pickled_weights_as_tp(hub: HubServer, tmp_path: Path) -> None:

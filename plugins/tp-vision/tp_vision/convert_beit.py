@@ -40,7 +40,7 @@ from tp_vision.convert_vit import (FINAL_NORM, LAYER, LEGACY, POS, HfConfig, Nam
                                    architecture, attention_rules, cls_problems, encoder_section,
                                    geometry, hf_body, model_options, num_labels, pair, refuse,
                                    spelled, token_rule, vision_body)
-from tp_vision.hf_preprocessing import ImagePreprocessing, check_batch
+from tp_vision.hf_preprocessing import ImagePreprocessing, check_batch, classification_task
 
 MIM, CLS, BASE = "BeitForMaskedImageModeling", "BeitForImageClassification", "BeitModel"
 POOLING_NORM = "stack.pooling.norm"
@@ -237,4 +237,5 @@ CONVERTER = Converter(
     config_rules=rules,
     preprocessing=ImagePreprocessing("BeitImageProcessor"),
     check_batch=check_batch,
+    task=classification_task,
 )

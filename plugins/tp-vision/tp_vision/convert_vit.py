@@ -29,7 +29,7 @@ from typing import Any, Callable
 from tpcli.convert import Concat, Converter, Drop, Rename, Reshape, Rule
 from tpcli.errors import TpError
 
-from tp_vision.hf_preprocessing import ImagePreprocessing, check_batch
+from tp_vision.hf_preprocessing import ImagePreprocessing, check_batch, classification_task
 
 HfConfig = dict[str, Any]
 PATCH, POS = "stack.embedding.parts.patch", "stack.embedding.parts.pos.embedding.weight"
@@ -347,4 +347,5 @@ CONVERTER = Converter(
     config_rules=rules,
     preprocessing=ImagePreprocessing("ViTImageProcessor"),
     check_batch=check_batch,
+    task=classification_task,
 )

@@ -149,6 +149,17 @@ def class_names(recipe: Any) -> list[str] | None:
     return [str(c) for c in classes]
 
 
+def classification_task(hf_config: dict[str, Any]) -> dict[str, Any] | None:
+    """The `image_classification` task of an HF image classifier, its classes from id2label
+    (index order); None for other architectures (a masked-image model, a headless one)."""
+    arch = (hf_config.get("architectures") or [""])[0]
+    labels = hf_config.get("id2label") or {}
+    if not arch.endswith("ForImageClassification") or not labels:
+        return None
+    names = [str(labels.get(str(i), labels.get(i, f"LABEL_{i}"))) for i in range(len(labels))]
+    return {"name": "image_classification", "classes": names}
+
+
 def write_class_names(config_json: Path, names: list[str]) -> None:
     """config.json's id2label / label2id set to `names` (index order)."""
     data = json.loads(config_json.read_text(encoding="utf-8"))
