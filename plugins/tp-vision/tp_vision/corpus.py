@@ -1,12 +1,15 @@
 """Image corpora: which files, with which labels.
 
-Three layouts, as the image tools people use lay them out:
+Four sources, as the image tools people use lay them out:
 
 - a folder with one sub-folder per class (ImageNet's and `imagefolder`'s layout): the class
   names are the sub-folders' names, sorted; files are found recursively by image extension;
 - a TSV file of ``label<TAB>path`` lines (TencentPretrain's format; a first line ``label<TAB>path``
   is a header), paths relative to the TSV's folder;
-- a CSV or JSONL manifest with a ``path`` (or ``image``) and a ``label`` column.
+- a CSV or JSONL manifest with a ``path`` (or ``image``) and a ``label`` column;
+- a Hugging Face Hub dataset's split, ``hf://datasets/<org>/<name>[@revision]:<split>`` or a
+  short name (``cifar10:train``, ``cifar100:test``): parquet files of encoded images, read in
+  `tp_vision.hub_images`.
 
 Every problem (an empty class folder, a missing file, a malformed line) is a DataError naming the
 folder, file or line and the fix.
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +27,8 @@ from tpcli.errors import DataError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 LAYOUT_HINT = ("give a folder with one sub-folder of images per class, a TSV of `label<TAB>path` "
-               "lines, or a CSV / JSONL manifest with `path` and `label` columns")
+               "lines, a CSV / JSONL manifest with `path` and `label` columns, or a Hub "
+               "dataset split (hf://datasets/uoft-cs/cifar10:train, cifar10:train)")
 
 
 @dataclass
@@ -34,7 +38,7 @@ class ImageList:
     paths: list[Path] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)  # "file:line" or the path, for errors
+    sources: Sequence[str] = field(default_factory=list)  # "file:line" or the path, for errors
     # A Hub dataset (tp_vision.hub_images): the encoded images, streamed from its parquet files
     # (paths stays empty, sources is a lazy sequence of "file:row"); None for files on disk.
     blobs: Iterable[bytes] | None = None
