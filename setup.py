@@ -13,7 +13,8 @@ from setuptools import find_namespace_packages, find_packages, setup
 # package -> (folder, the files it ships). A recipe or card file of another kind needs its glob
 # here: tests/test_packaging.py fails on any file in these folders that no glob ships.
 DATA_PACKAGES = {
-    "tpcli.builtin_recipes": ("recipes", ["**/*.yaml", "**/*.md", "**/*.json"]),
+    "tpcli.builtin_recipes": ("recipes", ["**/*.yaml", "**/*.md", "**/*.json",
+                                          "**/*.safetensors"]),  # image tokenizers' codebooks
     "tpcli.builtin_zoo": ("zoo", ["*.yaml", "*.md"]),
 }
 

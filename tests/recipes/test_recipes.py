@@ -248,7 +248,7 @@ def test_shrunk_recipe_trains_two_steps(name: str, request: pytest.FixtureReques
     assert all(math.isfinite(x) and x > 0 for x in losses), losses
 
     loaded = load_checkpoint(run)
-    expected = uniform_loss(recipe, loaded.tokenizer.vocab_size)
+    expected = uniform_loss(recipe, loaded.tokenizer.vocab_size if loaded.tokenizer else 0)
     if expected is not None:  # a fresh model predicts almost uniformly: loss ~ ln(classes)
         assert losses[0] == pytest.approx(expected, abs=0.15), (losses[0], expected)
     assert loaded.step == STEPS

@@ -96,3 +96,23 @@ def test_unseen_dev_class_and_missing_image_are_errors(finetuned: Path, tmp_path
            str(tmp_path / "p.jsonl"))
     assert r.returncode == 1 and "image nope.png does not exist" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "p.jsonl").exists()
+
+
+def test_a_beit_recipe_fine_tunes_with_its_own_image_settings() -> None:
+    """A BEiT pre-training recipe (processor `beit`) binds: the task evaluates at its image size
+    with its normalisation and trains with its crop and flip."""
+    from tpcli.errors import TpError
+    from tpcli.plugins import get_plugins
+    from tpcli.recipes import load_recipe
+
+    plugins = get_plugins()
+    cls = plugins.registry.get("task", "image_classification")
+    task = cls(cls.Config(), None)
+    recipe = load_recipe("beit-tiny", [], plugins)
+    task.bind(recipe, plugins.registry)
+    beit = recipe.processor.options
+    assert task.image_size == (beit.image_size or beit.size)
+    assert (task.processor.mean, task.processor.scale) == (beit.mean, beit.scale)
+    assert task.eval_transform().resize == (task.image_size, task.image_size)
+    with pytest.raises(TpError, match="`image` or `beit`, not 'bert'"):
+        task.bind(load_recipe("bert-tiny", [], plugins), plugins.registry)

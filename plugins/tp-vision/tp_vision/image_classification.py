@@ -74,11 +74,18 @@ class ImageClassificationTask:
         self.image_size = 224
 
     def bind(self, recipe: Any, registry: Any) -> None:
-        """The model's image size and normalisation, from the recipe's processor."""
+        """The model's image size, normalisation and training augmentation, from the recipe's
+        processor: `image`, or `beit` (a BEiT pre-training recipe: its size, normalisation,
+        crop and flip, and the `image` processor's defaults for the rest)."""
+        from tp_vision.image_processor import ImageProcessorConfig
+
         opts = recipe.processor.options
-        if recipe.processor.name != "image" or opts is None:
+        if recipe.processor.name == "beit" and opts is not None:
+            shared = ("size", "image_size", "mean", "std", "scale", "ratio", "hflip", "on_error")
+            opts = ImageProcessorConfig(**{k: getattr(opts, k) for k in shared})
+        elif recipe.processor.name != "image" or opts is None:
             raise TpError(f"task image_classification needs a recipe whose data.processor is "
-                          f"`image`, not {recipe.processor.name!r}",
+                          f"`image` or `beit`, not {recipe.processor.name!r}",
                           hint="fine-tune an image model (a recipe such as vit-tiny)")
         self.processor = opts
         self.image_size = opts.image_size or opts.size
