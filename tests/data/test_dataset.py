@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tpcli.data.batch import BatchKey, count_units
 from tpcli.data.dataset import DocumentStream, ExampleDataset, TokenStore, special_id
 from tpcli.data.format import Reader, Writer
 from tpcli.data.masking import (
@@ -16,7 +17,7 @@ from tpcli.data.masking import (
     place_spans,
     span_lengths,
 )
-from tpcli.errors import DataError
+from tpcli.errors import DataError, PluginError
 
 
 class Tok:
@@ -32,15 +33,28 @@ def write(folder, docs, shard_tokens=10**9) -> Reader:
     return Reader(folder)
 
 
-def test_collate_pads_each_key_and_masks_every_input_ids(tmp_path):
-    ds = ExampleDataset(write(tmp_path / "d", [[[10]]]), Tok(), 0)
+KEYS = (BatchKey("input_ids", "int64", ("T",), pad=7, mask="attention_mask", unit="tokens"),
+        BatchKey("tgt_input_ids", "int64", ("T",), pad=7, mask="tgt_attention_mask"),
+        BatchKey("lm_labels", "int64", ("T",), pad=IGNORE),
+        BatchKey("position_ids", "int64", ("T",), pad=0),
+        BatchKey("labels", "int64", ()),
+        BatchKey("pixel_values", "float32", (3, 2, 2), unit="images"))
+
+
+class Declared(ExampleDataset):
+    def batch_keys(self):
+        return KEYS
+
+
+def test_collate_pads_and_masks_as_declared(tmp_path):
+    ds = Declared(write(tmp_path / "d", [[[10]]]), Tok(), 0)
     examples = [
         {"input_ids": torch.tensor([10, 11, 12]), "tgt_input_ids": torch.tensor([5]),
          "lm_labels": torch.tensor([20]), "position_ids": torch.tensor([0, 1, 0]),
-         "labels": torch.tensor(1)},
+         "labels": torch.tensor(1), "pixel_values": torch.zeros(3, 2, 2)},
         {"input_ids": torch.tensor([13]), "tgt_input_ids": torch.tensor([5, 21]),
          "lm_labels": torch.tensor([21, 22]), "position_ids": torch.tensor([4]),
-         "labels": torch.tensor(0)},
+         "labels": torch.tensor(0), "pixel_values": torch.ones(3, 2, 2)},
     ]
     b = ds.collate(examples)
     assert b["input_ids"].tolist() == [[10, 11, 12], [13, 7, 7]]
@@ -50,7 +64,22 @@ def test_collate_pads_each_key_and_masks_every_input_ids(tmp_path):
     assert b["lm_labels"].tolist() == [[20, IGNORE], [21, 22]]
     assert b["position_ids"].tolist() == [[0, 1, 0], [4, 0, 0]]
     assert b["labels"].tolist() == [1, 0]
+    assert b["pixel_values"].shape == (2, 3, 2, 2) and b["pixel_values"][1].eq(1).all()
     assert b["attention_mask"].dtype == torch.bool
+    assert count_units(b, KEYS) == ("tokens", 4)  # the first counted key's real positions
+    assert count_units(b, KEYS[-1:]) == ("images", 2)
+
+
+def test_collate_refuses_what_is_not_declared(tmp_path):
+    store = write(tmp_path / "d", [[[10]]])
+    ex = {"input_ids": torch.tensor([1]), "extra": torch.tensor(0)}
+    with pytest.raises(PluginError, match="produced the batch key 'extra' but does not declare"):
+        Declared(store, Tok(), 0).collate([ex])
+    with pytest.raises(PluginError, match="ExampleDataset declares no batch_keys"):
+        ExampleDataset(store, Tok(), 0).collate([ex])
+    odd = {"input_ids": torch.tensor([1]), "pixel_values": torch.zeros(3, 2, 3)}
+    with pytest.raises(PluginError, match="declared fixed-size"):
+        Declared(store, Tok(), 0).collate([odd | {"pixel_values": torch.zeros(3, 2, 2)}, odd])
 
 
 def test_token_store_and_stream_cross_shards(tmp_path):
