@@ -19,9 +19,7 @@ without its maps.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
-import os
 import shutil
 from pathlib import Path
 from types import TracebackType
@@ -31,7 +29,7 @@ import numpy as np
 
 from tpcli.data.format import FORMAT, META, read_meta, shard_name
 from tpcli.data.integrity import corrupt, file_digest, rebuild_hint
-from tpcli.data.staging import OWNER, make_temp, remove_stale, write_error
+from tpcli.data.staging import complete, make_temp, remove_stale, write_error
 from tpcli.errors import DataError, PluginError
 
 ARRAYS_VERSION = 2
@@ -157,17 +155,9 @@ class ArrayWriter:
                     "shards": self._done, "examples": sum(s["examples"] for s in self._done),
                     "tp_version": __version__,
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-            (self.tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            (self.tmp / OWNER).unlink()
         except OSError as e:
             raise write_error(self.out, e, "completing it") from None
-        if self.out.exists():
-            raise DataError(f"output {self.out} appeared while writing",
-                            hint="choose another --out or delete it")
-        try:
-            os.rename(self.tmp, self.out)
-        except OSError as e:
-            raise write_error(self.out, e, f"renaming {self.tmp.name} into place") from None
+        complete(self.tmp, self.out, meta, META)
         return meta
 
     def __enter__(self) -> "ArrayWriter":

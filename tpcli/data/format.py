@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 from tpcli.data.integrity import (
     INDEXES, check_ids, check_index, check_shard_info, check_sizes, file_digest, rebuild_hint,
 )
-from tpcli.data.staging import OWNER, make_temp, remove_stale, write_error
+from tpcli.data.staging import complete, make_temp, remove_stale, write_error
 from tpcli.errors import DataError, PluginError
 
 FORMAT = "tp-dataset"
@@ -171,18 +170,10 @@ class Writer:
         """Complete the dataset, rename it into place and return its meta."""
         try:
             self._shards.append(self._shard.close())
-            meta = self._final_meta()
-            (self.tmp / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            (self.tmp / OWNER).unlink()
         except OSError as e:
             raise write_error(self.out, e, "completing it") from None
-        if self.out.exists():
-            raise DataError(f"output {self.out} appeared while writing",
-                            hint="choose another --out or delete it")
-        try:
-            os.rename(self.tmp, self.out)
-        except OSError as e:
-            raise write_error(self.out, e, f"renaming {self.tmp.name} into place") from None
+        meta = self._final_meta()
+        complete(self.tmp, self.out, meta, META)
         return meta
 
     def _final_meta(self) -> dict[str, Any]:

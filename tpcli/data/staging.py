@@ -19,6 +19,7 @@ import shutil
 import socket
 import uuid
 from pathlib import Path
+from typing import Any
 
 from tpcli.errors import DataError
 
@@ -104,3 +105,23 @@ def remove_own(out: Path) -> None:
     defence when a signal lands between creating one and the `with` block that owns it."""
     for path in Path(out).parent.glob(f".{glob.escape(Path(out).name)}.tmp-{os.getpid()}-*"):
         shutil.rmtree(path, ignore_errors=True)
+
+
+def complete(tmp: Path, out: Path, meta: dict[str, Any], name: str = "meta.json") -> None:
+    """Finish dataset `out` written in `tmp`: its meta file, the owner mark dropped, then one
+    rename into place (a reader sees the whole dataset or none). A full or read-only disk is a
+    DataError naming the dataset; so is an `out` that appeared meanwhile."""
+    import json
+
+    try:
+        (tmp / name).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        (tmp / OWNER).unlink()
+    except OSError as e:
+        raise write_error(out, e, "completing it") from None
+    if out.exists():
+        raise DataError(f"output {out} appeared while writing",
+                        hint="choose another --out or delete it")
+    try:
+        os.rename(tmp, out)
+    except OSError as e:
+        raise write_error(out, e, f"renaming {tmp.name} into place") from None

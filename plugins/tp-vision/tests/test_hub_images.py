@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -280,23 +280,11 @@ def test_a_fixed_class_list_reorders_and_rejects_unknown_classes(hub: HubServer,
         read_hub_images("cifar10:test", ["airplane", "bird"], cache_dir=tmp_path)
 
 
-RECIPE = """
-model:
-  hidden_size: 32
-  embedding_norm: none
-  embedding:
-    - {name: patch, image_size: 16, patch_size: 4}
-    - {name: pos, max_length: 17}
-  encoder: {name: transformer, layers: 1, heads: 2, ffn_size: 64, pre_norm: true}
-  target: {cls: {labels: 10}}
-data:
-  processor: {name: image, size: 16}
-pretrain: {steps: 4, batch_size: 4, log_every: 2, save_every: 4}
-"""
 
 
 def test_tp_preprocess_reads_a_hub_split(hub: HubServer, tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          tiny_vit: Callable[..., Path]) -> None:
     from huggingface_hub import constants
 
     from tpcli.data.arrays import ArrayReader
@@ -304,8 +292,7 @@ def test_tp_preprocess_reads_a_hub_split(hub: HubServer, tmp_path: Path,
     from tpcli.plugins.requests import PreprocessRequest
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # the default cache
-    (tmp_path / "recipe").mkdir()
-    (tmp_path / "recipe" / "recipe.yaml").write_text(RECIPE)
+    tiny_vit(tmp_path / "recipe", labels=10)
     done = run_preprocess(PreprocessRequest(str(tmp_path / "recipe"), "cifar10:train",
                                             str(tmp_path / "data"), [], 2))
     store = ArrayReader(tmp_path / "data")

@@ -4,35 +4,14 @@ digits as class folders): metrics against scikit-learn, predictions on disk, bad
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
 from PIL import Image
 from sklearn.metrics import accuracy_score
 
-RECIPE = """
-model:
-  hidden_size: 32
-  dropout: 0.0
-  embedding_norm: none
-  embedding:
-    - {name: patch, image_size: 16, patch_size: 4}
-    - {name: pos, max_length: 17}
-  encoder: {name: transformer, layers: 1, heads: 2, ffn_size: 64, pre_norm: true}
-  target: {cls: {labels: 2}}
-data:
-  processor: {name: image, size: 16, scale: [0.8, 1.0], hflip: 0.0}
-finetune: {epochs: 30, batch_size: 16, lr: 3.0e-3, warmup_ratio: 0.0}
-"""
-
-
-def tp(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tpcli.cli.main", *args], capture_output=True,
-                          text=True, env={"HF_HUB_OFFLINE": "1", "TP_PEAK_FLOPS": "1e12",
-                                          "PATH": "/usr/bin:/bin"})
 
 
 def digits(root: Path, start: int, per_class: int, classes: tuple[int, ...] = (0, 1, 7)) -> None:
@@ -48,10 +27,11 @@ def digits(root: Path, start: int, per_class: int, classes: tuple[int, ...] = (0
 
 
 @pytest.fixture(scope="module")
-def finetuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def finetuned(tp: Callable[..., Any], tiny_vit: Callable[..., Path],
+              tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("imgcls")
-    (root / "recipe").mkdir()
-    (root / "recipe" / "recipe.yaml").write_text(RECIPE)
+    tiny_vit(root / "recipe", labels=2, processor=", scale: [0.8, 1.0], hflip: 0.0",
+             extra="finetune: {epochs: 30, batch_size: 16, lr: 3.0e-3, warmup_ratio: 0.0}\n")
     digits(root / "train", 0, 30)
     digits(root / "dev", 30, 15)
     r = tp("finetune", str(root / "recipe"), "--task", "image_classification", "--train",
@@ -60,7 +40,7 @@ def finetuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_finetune_learns_and_scores_like_sklearn(finetuned: Path) -> None:
+def test_finetune_learns_and_scores_like_sklearn(tp: Callable[..., Any], finetuned: Path) -> None:
     result = json.loads((finetuned / "run" / "results.json").read_text())
     preds = [json.loads(line) for line in
              (finetuned / "run" / "predictions" / "dev.jsonl").read_text().splitlines()]
@@ -72,7 +52,7 @@ def test_finetune_learns_and_scores_like_sklearn(finetuned: Path) -> None:
                for p in preds)  # fewer than 5 classes: all of them, probabilities summing to 1
 
 
-def test_infer_on_a_list_of_paths(finetuned: Path, tmp_path: Path) -> None:
+def test_infer_on_a_list_of_paths(tp: Callable[..., Any], finetuned: Path, tmp_path: Path) -> None:
     files = sorted((finetuned / "dev").rglob("*.png"))[:4]
     listing = tmp_path / "images.txt"
     listing.write_text("\n".join(str(f) for f in files) + "\n")
@@ -84,7 +64,8 @@ def test_infer_on_a_list_of_paths(finetuned: Path, tmp_path: Path) -> None:
     assert {g["label"] for g in got} <= {"d0", "d1", "d7"}
 
 
-def test_unseen_dev_class_and_missing_image_are_errors(finetuned: Path, tmp_path: Path) -> None:
+def test_unseen_dev_class_and_missing_image_are_errors(tp: Callable[..., Any], finetuned: Path,
+                                                       tmp_path: Path) -> None:
     digits(tmp_path / "dev", 50, 2, classes=(0, 3))
     r = tp("finetune", str(finetuned / "recipe"), "--task", "image_classification", "--train",
            str(finetuned / "train"), "--dev", str(tmp_path / "dev"), "--out", str(tmp_path / "o"))

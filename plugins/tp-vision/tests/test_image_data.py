@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -13,33 +12,11 @@ from PIL import Image
 
 from tpcli.data.arrays import ArrayReader
 
-RECIPE = """
-model:
-  hidden_size: 32
-  embedding_norm: none
-  embedding:
-    - {name: patch, image_size: 16, patch_size: 4}
-    - {name: pos, max_length: 17}
-  encoder: {name: transformer, layers: 1, heads: 2, ffn_size: 64, pre_norm: true}
-  target: {cls: {labels: 3}}
-data:
-  processor: {name: image, size: 16}
-pretrain: {steps: 4, batch_size: 4, log_every: 2, save_every: 4}
-"""
-
-
-def tp(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tpcli.cli.main", *args], capture_output=True,
-                          text=True, env={"HF_HUB_OFFLINE": "1", "TP_PEAK_FLOPS": "1e12",
-                                          "PATH": "/usr/bin:/bin"})
 
 
 @pytest.fixture()
-def recipe(tmp_path: Path) -> Path:
-    folder = tmp_path / "recipe"
-    folder.mkdir()
-    (folder / "recipe.yaml").write_text(RECIPE)
-    return folder
+def recipe(tmp_path: Path, tiny_vit: Callable[..., Path]) -> Path:
+    return tiny_vit(tmp_path / "recipe", labels=3)
 
 
 def digits_folder(root: Path, per_class: int = 4, classes: int = 3) -> list[np.ndarray]:
@@ -57,7 +34,8 @@ def digits_folder(root: Path, per_class: int = 4, classes: int = 3) -> list[np.n
     return out
 
 
-def test_folder_layout_is_stored_as_rgb_at_the_recipe_size(recipe: Path, tmp_path: Path) -> None:
+def test_folder_layout_is_stored_as_rgb_at_the_recipe_size(tp: Callable[..., Any], recipe: Path,
+                                                           tmp_path: Path) -> None:
     images = digits_folder(tmp_path / "corpus")
     r = tp("preprocess", str(recipe), "--corpus", str(tmp_path / "corpus"), "--out",
            str(tmp_path / "data"))
@@ -71,7 +49,7 @@ def test_folder_layout_is_stored_as_rgb_at_the_recipe_size(recipe: Path, tmp_pat
     assert np.abs(first[..., 0].astype(int) - expected.astype(int)).max() <= 1
 
 
-def test_tsv_layout_and_its_errors(recipe: Path, tmp_path: Path) -> None:
+def test_tsv_layout_and_its_errors(tp: Callable[..., Any], recipe: Path, tmp_path: Path) -> None:
     digits_folder(tmp_path / "corpus")
     tsv = tmp_path / "list.tsv"
     tsv.write_text("label\tpath\nzero\tcorpus/digit0/0.png\none\tcorpus/digit1/0.png\n")
@@ -85,7 +63,8 @@ def test_tsv_layout_and_its_errors(recipe: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "d2").exists()
 
 
-def test_empty_class_folder_is_an_error(recipe: Path, tmp_path: Path) -> None:
+def test_empty_class_folder_is_an_error(tp: Callable[..., Any], recipe: Path,
+                                        tmp_path: Path) -> None:
     digits_folder(tmp_path / "corpus")
     (tmp_path / "corpus" / "digit9").mkdir()
     r = tp("preprocess", str(recipe), "--corpus", str(tmp_path / "corpus"), "--out",
@@ -94,7 +73,8 @@ def test_empty_class_folder_is_an_error(recipe: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "d").exists()
 
 
-def test_truncated_image_raises_or_is_skipped_and_counted(recipe: Path, tmp_path: Path) -> None:
+def test_truncated_image_raises_or_is_skipped_and_counted(tp: Callable[..., Any], recipe: Path,
+                                                          tmp_path: Path) -> None:
     digits_folder(tmp_path / "corpus")
     bad = tmp_path / "corpus" / "digit1" / "9.jpg"
     Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(bad)
