@@ -50,15 +50,33 @@ def random_hf(model_cls: Any, config_cls: Any, **config: Any) -> Any:
 
 def hf_config_dict(hf_model: Any) -> dict[str, Any]:
     config = hf_model.config.to_dict()
-    config.setdefault("architectures", [type(hf_model).__name__])
+    # a model built from a config (not loaded) has `architectures: None`
+    config["architectures"] = config.get("architectures") or [type(hf_model).__name__]
     return config
 
 
-def tp_model_for(model_section: dict[str, Any], vocab_size: int) -> TpModel:
-    """A tp model (eval mode) built from a recipe's model section alone."""
+def tp_model_for(model_section: dict[str, Any], vocab_size: int,
+                 data: dict[str, Any] | None = None) -> TpModel:
+    """A tp model (eval mode) built from a recipe's model section alone (`data`: the recipe's
+    data section, a text one by default)."""
     registry = get_plugins().registry
-    recipe = build_recipe({"model": model_section, "data": DATA, "pretrain": {}}, registry)
+    recipe = build_recipe({"model": model_section, "data": data or DATA, "pretrain": {}},
+                          registry)
     return build_model(recipe.model, registry, vocab_size).eval()
+
+
+def copy_weights(tp: Any, hf: Any, key_map: dict[str, list[str]]) -> None:
+    """Fill every tensor of module `tp` from module `hf` through `key_map` (tp key -> the HF
+    keys concatenated along dim 0, then reshaped): a hand-written map, for checking modules
+    block by block before a converter exists. Strict both ways: each tp key is mapped, each
+    HF key used."""
+    hf_sd, tp_sd = hf.state_dict(), tp.state_dict()
+    assert set(key_map) == set(tp_sd), set(key_map) ^ set(tp_sd)
+    used = {k for ks in key_map.values() for k in ks}
+    assert used == set(hf_sd), used ^ set(hf_sd)
+    new = {k: torch.cat([hf_sd[h] for h in hs]).reshape(tp_sd[k].shape)
+           for k, hs in key_map.items()}
+    tp.load_state_dict(new, strict=True)
 
 
 def tp_from_hf(conv: Converter, hf_model: Any) -> TpModel:

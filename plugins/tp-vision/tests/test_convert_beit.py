@@ -20,10 +20,9 @@ from safetensors.torch import load_file, save_file
 
 from tpcli.convert.hf import max_abs_diff
 from tpcli.errors import TpError
-from tpcli.model import TpModel, build_model
+from tpcli.model import TpModel
 from tpcli.plugins import get_plugins
-from tpcli.recipes.config import build_recipe
-from tpcli.testing.convert import perturbed
+from tpcli.testing.convert import hf_config_dict, perturbed, tp_model_for
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -51,20 +50,14 @@ def random_beit(arch: str, options: dict[str, Any]) -> Any:
     return perturbed(model, scale=0.1)  # HF starts tables at 0, biases at 0, norms at 1
 
 
-def config_dict(hf: Any) -> dict[str, Any]:
-    return {**hf.config.to_dict(), "architectures": [type(hf).__name__]}
-
-
 def build(section: dict[str, Any]) -> TpModel:
-    registry = get_plugins().registry
-    recipe = build_recipe({"model": section, "data": DATA, "pretrain": {}}, registry)
-    return build_model(recipe.model, registry, 0).eval()
+    return tp_model_for(section, 0, DATA)
 
 
 def tp_of(hf: Any) -> TpModel:
     """The tp model of `hf`'s translated config, its weights converted strictly (a headless
     model's head keeps tp's initialisation)."""
-    config = config_dict(hf)
+    config = hf_config_dict(hf)
     base = config["architectures"] == ["BeitModel"]
     model = build(CONVERTER.config_to_recipe(config))
     sd = CONVERTER.hf_to_tp(hf.state_dict(), base=base, hf_config=config,
@@ -79,7 +72,7 @@ def tp_of(hf: Any) -> TpModel:
                               "headless_mean"])
 def test_outputs_match_hf_and_keys_round_trip(arch: str, options: dict[str, Any]) -> None:
     hf = random_beit(arch, options)
-    tp, config = tp_of(hf), config_dict(hf)
+    tp, config = tp_of(hf), hf_config_dict(hf)
     base = arch == "BeitModel"
     diff = max_abs_diff(CONVERTER, hf, tp, config, 0, base=base)
     assert diff <= 1e-5, diff
@@ -103,7 +96,7 @@ def test_the_mask_token_is_used() -> None:
     """With bool_masked_pos, HF puts its mask token where tp's masked_patch puts its own: a
     different mask token moves the MIM logits."""
     hf = random_beit(*MIM)
-    tp, config = tp_of(hf), config_dict(hf)
+    tp, config = tp_of(hf), hf_config_dict(hf)
     with torch.no_grad():
         token = tp.stack.embedding.parts["masked_patch"].mask_token  # (H,)
         token.add_(torch.randn(token.shape, generator=torch.Generator().manual_seed(3)))
@@ -146,7 +139,7 @@ def test_tp_to_hf_direction(target: str) -> None:
 
 def test_every_option_there_and_back() -> None:
     for arch, options in (MIM, LAYER_BIAS_MEAN, ABSOLUTE_CLS_TOKEN):
-        config = config_dict(random_beit(arch, options))
+        config = hf_config_dict(random_beit(arch, options))
         config.update(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.05,
                       drop_path_rate=0.0)
         back = CONVERTER.recipe_to_config(build(CONVERTER.config_to_recipe(config)).spec, 0)
@@ -156,7 +149,7 @@ def test_every_option_there_and_back() -> None:
 
 
 def test_what_tp_cannot_do_is_refused_by_name() -> None:
-    config = config_dict(random_beit(*LAYER_BIAS_MEAN))
+    config = hf_config_dict(random_beit(*LAYER_BIAS_MEAN))
     for bad, option in ((dict(image_size=[48, 32]), "image_size"),
                         (dict(use_shared_relative_position_bias=True),
                          "use_relative_position_bias and use_shared_relative_position_bias"),

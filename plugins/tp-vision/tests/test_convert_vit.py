@@ -20,10 +20,9 @@ from safetensors.torch import load_file, save_file
 
 from tpcli.convert.hf import max_abs_diff
 from tpcli.errors import CheckpointError, TpError
-from tpcli.model import TpModel, build_model
+from tpcli.model import TpModel
 from tpcli.plugins import get_plugins
-from tpcli.recipes.config import build_recipe
-from tpcli.testing.convert import perturbed
+from tpcli.testing.convert import hf_config_dict, perturbed, tp_model_for
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -42,19 +41,13 @@ def random_vit(arch: str = "ViTForImageClassification", **config: Any) -> Any:
     return perturbed(model, scale=0.1)  # HF starts biases at 0 and norms at 1: move them
 
 
-def config_dict(hf: Any) -> dict[str, Any]:
-    return {**hf.config.to_dict(), "architectures": [type(hf).__name__]}
-
-
 def build(section: dict[str, Any]) -> TpModel:
-    registry = get_plugins().registry
-    recipe = build_recipe({"model": section, "data": DATA, "pretrain": {}}, registry)
-    return build_model(recipe.model, registry, 0).eval()
+    return tp_model_for(section, 0, DATA)
 
 
 def tp_of(hf: Any, base: bool = False) -> TpModel:
     """The tp model of `hf`'s translated config, its weights converted strictly."""
-    config = config_dict(hf)
+    config = hf_config_dict(hf)
     model = build(CONVERTER.config_to_recipe(config))
     sd = CONVERTER.hf_to_tp(hf.state_dict(), expected=None if base else model.state_dict(),
                             hf_config=config, base=base)
@@ -66,7 +59,7 @@ def tp_of(hf: Any, base: bool = False) -> TpModel:
 def test_logits_match_hf_and_keys_round_trip(options: dict[str, Any]) -> None:
     hf = random_vit(**options)
     tp = tp_of(hf)
-    config = config_dict(hf)
+    config = hf_config_dict(hf)
     diff = max_abs_diff(CONVERTER, hf, tp, config, 0)
     assert diff <= 1e-5, diff
     batch, kwargs = CONVERTER.check_batch(tp.spec, config)
@@ -87,7 +80,7 @@ def test_saved_spelling_reads_too(tmp_path: Path) -> None:
     hf.save_pretrained(str(tmp_path))
     saved = load_file(str(tmp_path / "model.safetensors"))
     assert "vit.encoder.layer.0.attention.attention.query.weight" in saved
-    config = config_dict(hf)
+    config = hf_config_dict(hf)
     from_saved = CONVERTER.hf_to_tp(saved, hf_config=config)
     from_memory = CONVERTER.hf_to_tp(hf.state_dict(), hf_config=config)
     assert from_saved.keys() == from_memory.keys()
@@ -127,7 +120,7 @@ def test_headless_vit_keeps_its_pooler_as_the_cls_pooler() -> None:
     hf = random_vit("ViTModel", **ODD)
     tp = tp_of(hf, base=True)
     assert tp.spec.targets[0].options.pooler
-    batch, kwargs = CONVERTER.check_batch(tp.spec, config_dict(hf))
+    batch, kwargs = CONVERTER.check_batch(tp.spec, hf_config_dict(hf))
     with torch.no_grad():
         want = hf(**kwargs)
         hidden = tp.features(batch).hidden
@@ -138,7 +131,7 @@ def test_headless_vit_keeps_its_pooler_as_the_cls_pooler() -> None:
 
 def test_every_option_there_and_back() -> None:
     for options in (ODD, SQUARE):
-        config = config_dict(random_vit(**options))
+        config = hf_config_dict(random_vit(**options))
         for dropout in (0.0, 0.1):
             config.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout / 2)
             back = CONVERTER.recipe_to_config(build(CONVERTER.config_to_recipe(config)).spec, 0)
@@ -148,7 +141,7 @@ def test_every_option_there_and_back() -> None:
 
 
 def test_what_hf_vit_cannot_do_is_refused_by_name() -> None:
-    config = config_dict(random_vit(**ODD))
+    config = hf_config_dict(random_vit(**ODD))
     for bad, option in ((dict(hidden_act="quick_gelu"), "hidden_act"),
                         (dict(num_labels=1, id2label={"0": "score"}), "num_labels=1"),
                         (dict(image_size=[30, 48]), "image_size 30x48")):
@@ -172,7 +165,7 @@ def test_what_hf_vit_cannot_do_is_refused_by_name() -> None:
 
 def test_keys_are_strict() -> None:
     hf = random_vit(**ODD)
-    config, sd = config_dict(hf), dict(random_vit(**ODD).state_dict())
+    config, sd = hf_config_dict(hf), dict(random_vit(**ODD).state_dict())
     tp_keys = tp_of(hf).state_dict().keys()
     missing = {k: v for k, v in sd.items() if k != "vit.layers.1.mlp.fc2.bias"}
     with pytest.raises(CheckpointError, match=r"result lacks: stack\.encoder\.layers\.1\.ffn"

@@ -21,6 +21,7 @@ from tp_text.pos import PosEmbedding
 from tp_vision.patch import PatchEmbedding
 from tpcli.model import EmbeddingSum
 from tpcli.model.module import BuildContext
+from tpcli.testing.convert import copy_weights
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -55,18 +56,6 @@ def vit_key_map(layers: int, qkv_bias: bool = True) -> dict[str, list[str]]:
             for p in ("weight", "bias"):
                 out[f"{tp}{tp_name}.{p}"] = [f"{hf}{hf_name}.{p}"]
     return out
-
-
-def copy_weights(tp: nn.Module, hf: nn.Module, key_map: dict[str, list[str]]) -> None:
-    """Fill every tp tensor from HF through `key_map`; strict both ways: each tp key is mapped,
-    each HF key is used."""
-    hf_sd, tp_sd = hf.state_dict(), tp.state_dict()
-    assert set(key_map) == set(tp_sd), set(key_map) ^ set(tp_sd)
-    used = {k for ks in key_map.values() for k in ks}
-    assert used == set(hf_sd), used ^ set(hf_sd)
-    new = {k: torch.cat([hf_sd[h] for h in hs]).reshape(tp_sd[k].shape)
-           for k, hs in key_map.items()}
-    tp.load_state_dict(new, strict=True)
 
 
 class ClsPooler(nn.Module):
