@@ -174,19 +174,22 @@ def profile_tables(case: Case, precision: str, device: torch.device, top: int) -
 
 # ----------------------------------------------------------------------------- what-if
 
-Piece = Callable[[], torch.Tensor]  # a forward from fresh leaves; the harness adds the backward
+# a forward from leaves to its outputs; the harness runs the backward from dense random gradients
+Piece = Callable[[], tuple[torch.Tensor, ...]]
 
 
-def pieces(batch: int, layers: int, device: torch.device
+def pieces(batch: int, layers: int, device: torch.device, precision: str
            ) -> list[tuple[str, int, dict[str, Piece]]]:
     """(piece of the step, how often a step runs it, {variant: forward}) at ViT-B/16's shapes;
-    the first variant of each is what tp does today."""
+    the first variant of each is what tp does today. The inputs have the model's dtypes there:
+    attention reads the q/k/v projection's output (bf16 under autocast), the rest fp32."""
     import torch.nn.functional as F
 
     b, t, e, h, d, p = batch, 197, 768, 12, 64, 16
     kw = {"device": device}
     x = torch.randn(b, t, e, requires_grad=True, **kw)
-    qkv = torch.randn(b, t, 3, h, d, requires_grad=True, **kw)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    qkv = torch.randn(b, t, 3, h, d, dtype=dtype, requires_grad=True, **kw)
     pixels = torch.randn(b, 3, IMAGE, IMAGE, **kw)
     conv = torch.nn.Conv2d(3, e, p, p).to(device)
     fused = torch.nn.Linear(e, 3 * e).to(device)
@@ -195,37 +198,41 @@ def pieces(batch: int, layers: int, device: torch.device
     def heads() -> tuple[torch.Tensor, ...]:
         return tuple(z.transpose(1, 2) for z in qkv.unbind(2))  # 3 x (B, h, T, d), views
 
-    def matmul_attention() -> torch.Tensor:
+    def matmul_attention() -> tuple[torch.Tensor, ...]:
         q, k, v = heads()
-        return ((q * d ** -0.5) @ k.transpose(-1, -2)).softmax(-1) @ v  # (B, h, T, d)
+        return (((q * d ** -0.5) @ k.transpose(-1, -2)).softmax(-1) @ v,)  # (B, h, T, d)
 
-    def patch_matmul() -> torch.Tensor:
+    def patch_matmul() -> tuple[torch.Tensor, ...]:
         n = IMAGE // p  # (B, 3, n*p, n*p) -> (B, n*n, 3*p*p), conv's (C, ph, pw) order
         cut = pixels.view(b, 3, n, p, n, p).permute(0, 2, 4, 1, 3, 5).reshape(b, n * n, -1)
-        return F.linear(cut, conv.weight.flatten(1), conv.bias)  # the conv's own weights
+        return (F.linear(cut, conv.weight.flatten(1), conv.bias),)  # the conv's own weights
 
     return [
         ("attention core", layers, {
-            "SDPA (CPU flash kernel; tp and HF)": lambda: F.scaled_dot_product_attention(*heads()),
+            "SDPA (CPU flash kernel; tp and HF)":
+            lambda: (F.scaled_dot_product_attention(*heads()),),
             "softmax(q k^T / sqrt(d)) v, two matmuls": matmul_attention}),
         ("q, k, v projection", layers, {
-            "one fused Linear (tp)": lambda: fused(x),
-            "three Linears (HF)": lambda: torch.stack([m(x).float().sum() for m in separate])}),
+            "one fused Linear (tp)": lambda: (fused(x),),
+            "three Linears (HF)": lambda: tuple(m(x) for m in separate)}),
         ("patchify", 1, {
-            "Conv2d, kernel = stride = 16 (tp and HF)": lambda: conv(pixels).flatten(2),
+            "Conv2d, kernel = stride = 16 (tp and HF)": lambda: (conv(pixels),),
             "reshape + Linear on the conv's weight": patch_matmul}),
     ]
 
 
 def time_piece(fn: Piece, precision: str, device: torch.device, runs: int) -> list[float]:
-    """Seconds of forward + backward of `fn` under the step's autocast, `runs` times after 2."""
-    times = []
+    """Seconds of forward + backward of `fn` under the step's autocast, `runs` times after 2.
+    The output gradients are dense and random, as the layers above would send them."""
+    times: list[float] = []
+    grads: list[torch.Tensor] = []
     for i in range(runs + 2):
         sync(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = fn()
-        out.float().sum().backward()
+            outs = fn()
+        grads = grads or [torch.randn_like(o) for o in outs]  # made once, in the first run
+        torch.autograd.backward(outs, grads)
         sync(device)
         if i >= 2:
             times.append(time.perf_counter() - start)
@@ -239,8 +246,8 @@ def whatif_table(batch: int, layers: int, precisions: list[str], device: torch.d
     yield "| piece (runs per step) | precision | variant | ms (median, best) | per step, ms " \
           "(median) | vs first variant, per step |"
     yield "|---|---|---|---:|---:|---:|"
-    for name, count, variants in pieces(batch, layers, device):
-        for precision in precisions:
+    for precision in precisions:
+        for name, count, variants in pieces(batch, layers, device, precision):
             base = None
             for variant, fn in variants.items():
                 ts = time_piece(fn, precision, device, runs)
