@@ -4,7 +4,7 @@ waits for data.
 Real images, written to a temporary folder and made into array datasets by `tp preprocess`:
 Fashion-MNIST (28x28 PNGs from scripts/fashion_mnist.py, for recipes/vit-tiny; skipped with a
 message without /usr/share/datasets/fashion-mnist) and the sample photos of scikit-image and
-scikit-learn, cut into random crops saved as JPEG (~250-1400 px a side), for ViT-B/16 at 224
+scikit-learn, cut into random crops saved as JPEG (~230-1400 px a side), for ViT-B/16 at 224
 (`vit_step.vit_b16_recipe`: the `vit` converter's recipe of HF's ViTConfig()). Tables:
 
 1. images/s of tp's loader (`tpcli.train.loop.Sampler.next_batch`: the `image` processor's
@@ -16,9 +16,12 @@ scikit-learn, cut into random crops saved as JPEG (~250-1400 px a side), for ViT
    four ways in turns: one pre-loaded batch, the Sampler (tp today), the Sampler run ahead by a
    thread, a DataLoader worker process.
 
-Medians and bests: on a shared machine the best is the least disturbed. Run::
+Medians and bests: on a shared machine the best is the least disturbed; there --threads 1 also
+keeps torch's thread pool from stalling on busy cores (it did: 2 threads made a 16-image
+torch.stack take 250 ms instead of 1.4). Run::
 
-    python benchmarks/image_loader.py             # ~4 min on 2 CPU cores
+    python benchmarks/image_loader.py             # 1-5 min on 2 CPU cores
+    python benchmarks/image_loader.py --threads 1 # steadier on a machine shared with others
     python benchmarks/image_loader.py --quick     # small corpora, ViT-B/16 with 2 layers
 """
 
@@ -332,7 +335,7 @@ def make_workloads(tmp: Path, args: argparse.Namespace) -> list[Workload]:
     files = write_photos(tmp / "photos", args.photos)
     recipe = str(write_recipe(tmp / "vit-b16", vit_b16_recipe(args.layers)))
     summary = preprocess(recipe, tmp / "photos", tmp / "photos-ds", [])
-    out.append(Workload("photos (JPEG ~300-1400 px) -> 224, ViT-B/16 (crop 0.08-1, flip)",
+    out.append(Workload("photos (JPEG ~230-1400 px) -> 224, ViT-B/16 (crop 0.08-1, flip)",
                         "photos 224", recipe, [], tmp / "photos-ds", files, 8, summary))
     out.append(Workload("same, DeiT aug (RandAugment 2/9, mixup 0.8, CutMix 1.0, smoothing)",
                         "photos 224, DeiT aug", recipe, DEIT_AUG, tmp / "photos-ds", files, 8,

@@ -14,6 +14,7 @@ loaded from HF's random ViT-B/16 by the registered `vit` converter (tp-vision); 
 each precision's first step show that they compute the same thing. Run::
 
     python benchmarks/vit_step.py                    # fp32 + bf16, 3 timed steps (~3 min, 2 cores)
+    python benchmarks/vit_step.py --threads 1 --steps 5  # steadier on a machine shared with others
     python benchmarks/vit_step.py --quick            # 2 layers, 1 step: a smoke run
     python benchmarks/vit_step.py --profile --whatif --steps 5   # the report's run
     python benchmarks/vit_step.py --device cuda --steps 20 --batch 64
