@@ -163,8 +163,8 @@ def pillow_image(path: Path, size: int, scale: tuple[float, float], rng: random.
         w, h = f.size
         box = crop_box(w, h, scale, rng)
         if draft:
-            need = (math.ceil(w * size / (box[2] - box[0])), math.ceil(h * size / (box[3] - box[1])))
-            f.draft("RGB", need)  # a no-op for PNG
+            cw, ch = box[2] - box[0], box[3] - box[1]
+            f.draft("RGB", (math.ceil(w * size / cw), math.ceil(h * size / ch)))  # PNG: no-op
         image = f.convert("RGB")
     sx, sy = image.size[0] / w, image.size[1] / h  # 1 unless draft mode shrank it
     box_f = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
