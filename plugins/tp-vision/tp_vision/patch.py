@@ -1,12 +1,13 @@
 """Patch embedding (ViT): an image cut into non-overlapping patches, each projected to E wide,
 with a learned class token in front.
 
-    pixel_values (B, C, H, W) -> Conv2d(kernel = stride = patch) -> (B, E, H/p, W/p)
-        -> flatten, row by row -> (B, N, E) -> [cls; patches] -> (B, 1 + N, E)
+    pixel_values (B, C, H, W) -> patches, row by row (B, N, C*p*p) -> Linear -> (B, N, E)
+        -> [cls; patches] -> (B, 1 + N, E)
 
-A convolution whose kernel equals its stride is one Linear applied to each patch's C*p*p pixels;
-it is kept a Conv2d because HF's `patch_embeddings.projection` is one, so the weight converts as
-is. Patches are numbered row by row, N = (H/p) * (W/p): the order a position embedding and the
+A convolution whose kernel equals its stride is one Linear applied to each patch's C*p*p pixels,
+and that is how it runs: a reshape and one matmul (in bf16 on CPU, Conv2d's backward took six
+times as long: benchmarks/vit_step.py --whatif). The weight stays a Conv2d's (E, C, p, p)
+because HF's `patch_embeddings.projection` is one, so it converts as is. Patches are numbered row by row, N = (H/p) * (W/p): the order a position embedding and the
 encoder's 2-D relative bias (`model.encoder.grid` = `grid` here) assume. Positions are not added
 here: a `pos` embedding after this one in the recipe adds them (ViT); BEiT has them in attention.
 """
@@ -18,6 +19,7 @@ from typing import Annotated, ClassVar
 import torch
 from pydantic import Field, model_validator
 from torch import nn
+from torch.nn import functional as F
 
 from tpcli.data.batch import BatchKey
 from tpcli.errors import TpError
@@ -112,8 +114,12 @@ class PatchEmbedding(nn.Module):
                 f"expected (batch, {', '.join(str(d) for d in want)})",
                 hint=f"resize the images to {want[1]}x{want[2]} with {want[0]} channels in the "
                 f"data processor, or set {self.path}.image_size and channels to the data's")
-        x = self.projection(pixels.to(self.projection.weight.dtype))  # (B, E, H/p, W/p)
-        return x.flatten(2).transpose(1, 2)  # (B, N, E)
+        weight = self.projection.weight  # (E, C, ph, pw): the Conv2d's
+        b, c, h, w = pixels.shape
+        (gh, gw), (ph, pw) = self.grid, weight.shape[2:]
+        x = pixels.to(weight.dtype).reshape(b, c, gh, ph, gw, pw)
+        x = x.permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * ph * pw)  # (B, N, C*ph*pw)
+        return F.linear(x, weight.reshape(weight.shape[0], -1), self.projection.bias)  # (B, N, E)
 
     def with_class_token(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, E) -> (B, 1 + N, E) with the class token first (unchanged without one)."""
