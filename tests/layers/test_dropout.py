@@ -125,6 +125,42 @@ def test_without_dropout_it_is_sdpa_and_bf16_stays_close() -> None:
     assert (lo.float() - hi).abs().max() < 0.05
 
 
+def test_bf16_without_dropout_over_few_keys_takes_two_matmuls_and_matches_sdpa() -> None:
+    """bf16 on CPU over at most SHORT_KEYS keys: the matmul path (faster there than SDPA's
+    flash backward), with SDPA's outputs and gradients to bf16 precision, a boolean padding mask
+    included; no random numbers drawn. Longer key sets stay with SDPA."""
+    from tpcli.layers import dropout as module
+
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 4, 20, 8, generator=g).bfloat16() for _ in range(3))
+    mask = torch.ones(2, 1, 1, 20, dtype=torch.bool)
+    mask[1, ..., 15:] = False
+
+    def run(fn):
+        leaves = [z.clone().requires_grad_() for z in (q, k, v)]
+        out = fn(*leaves)
+        out.float().mul(torch.linspace(-1, 1, 8)).sum().backward()
+        return [out, *(z.grad for z in leaves)]
+
+    rng = torch.get_rng_state()
+    ours = run(lambda a, b, c: attention(a, b, c, mask=mask, dropout_p=0.0, is_causal=False))
+    assert torch.equal(torch.get_rng_state(), rng)
+    ref = run(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, attn_mask=mask))
+    for mine, theirs in zip(ours, ref):
+        assert mine.dtype == torch.bfloat16
+        torch.testing.assert_close(mine.float(), theirs.float(), atol=3e-2, rtol=3e-2)
+    calls = []
+    real = module._AttentionDropout.apply
+    module._AttentionDropout.apply = lambda *a: calls.append(1) or real(*a)  # type: ignore
+    try:
+        attention(q, k, v, mask=None, dropout_p=0.0, is_causal=False)
+        long = torch.randn(1, 2, module.SHORT_KEYS + 1, 8).bfloat16()
+        attention(long, long, long, mask=None, dropout_p=0.0, is_causal=False)
+    finally:
+        module._AttentionDropout.apply = real  # type: ignore
+    assert calls == [1]  # the short one only
+
+
 def test_multi_head_attention_gqa_trains_through_the_cpu_path() -> None:
     torch.manual_seed(0)
     attn = MultiHeadAttention(32, 4, kv_heads=2, dropout=0.2).train()

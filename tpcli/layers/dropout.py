@@ -91,9 +91,12 @@ class _AttentionDropout(torch.autograd.Function):
             s.masked_fill_(torch.ones(t, tk, dtype=torch.bool, device=s.device).triu_(1), lowest)
         prob = torch.softmax(s, dim=-1)
         del s
-        drop, scale = drop_mask(prob.shape, p, prob.device)
-        kept = prob.masked_fill(drop, 0)  # the dropped weights, before scaling
-        del drop
+        if p > 0.0:
+            drop, scale = drop_mask(prob.shape, p, prob.device)
+            kept = prob.masked_fill(drop, 0)  # the dropped weights, before scaling
+            del drop
+        else:  # no dropout (bf16 on CPU without it): no mask, and no random numbers drawn
+            kept, scale = prob, 1.0
         o = torch.matmul(kept, v).mul_(scale)
         ctx.save_for_backward(q, k, v, prob, kept, o)
         ctx.scale = scale
@@ -123,12 +126,18 @@ class _AttentionDropout(torch.autograd.Function):
         return dq, dk, dv, dmask, None, None
 
 
+SHORT_KEYS = 256  # bf16 attention over at most this many keys runs as two matmuls on CPU
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None,
               dropout_p: float, is_causal: bool, scale: float | None = None,
               enable_gqa: bool = False) -> torch.Tensor:
-    """`F.scaled_dot_product_attention` (same arguments and conventions); on CPU with
-    dropout, `_AttentionDropout`."""
-    if dropout_p > 0.0 and q.device.type == "cpu":
+    """`F.scaled_dot_product_attention` (same arguments and conventions); on CPU with dropout,
+    or in bf16 over at most SHORT_KEYS keys, `_AttentionDropout`: there SDPA's CPU flash kernel's
+    backward is the slower (a ViT-B/16 step, 197 keys: 862 ms of attention against 345 ms for
+    the two matmuls, benchmarks/vit_step.py --whatif)."""
+    cpu = q.device.type == "cpu"
+    if cpu and (dropout_p > 0.0 or (q.dtype == torch.bfloat16 and k.shape[-2] <= SHORT_KEYS)):
         if enable_gqa:  # one k/v head per query head
             rep = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
