@@ -53,6 +53,19 @@ def check_resample(name: str) -> None:
         raise ValueError(f"resample must be one of {', '.join(RESAMPLE)}, not {name!r}")
 
 
+def train_tensor(image: np.ndarray, mean: Triple, std: Triple) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32 normalised in one float32 pass, x * (1 / 255 / std)
+    - mean / std: about half `to_tensor`'s time (17 against 30 us at 28 px), whose float64
+    rescale only evaluation needs (to equal HF's pixels bit for bit)."""
+    m, s = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    scale = (1 / 255 / s).astype(np.float32)[:, None, None]
+    shift = (-m / s).astype(np.float32)[:, None, None]
+    x = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)  # (3, H, W), new
+    x *= scale
+    x += shift
+    return torch.from_numpy(x)
+
+
 def as_rgb_array(image: np.ndarray | Image.Image) -> np.ndarray:
     """A PIL image (any mode) or an (H, W), (H, W, 1) or (H, W, 3) uint8 array as (H, W, 3)."""
     if isinstance(image, Image.Image):
@@ -284,7 +297,7 @@ class TrainTransform:
         x = hflip(x, self.hflip, g)
         if self.randaugment is not None:
             x = RandAugment(*self.randaugment)(x, g)
-        return to_tensor(x, 1 / 255, self.mean, self.std)  # (3, size, size)
+        return train_tensor(x, self.mean, self.std)  # (3, size, size)
 
 
 # ---- Mixup / CutMix ----------------------------------------------------------------------------
