@@ -461,18 +461,25 @@ def run_training(args: argparse.Namespace, device: torch.device) -> Iterator[str
     yield "; ".join(notes) + "."
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def start_report(args: argparse.Namespace, title: str) -> torch.device:
+    """Threads and device from `args`, then the report's heading: the machine and how steps
+    are timed (shared by the step benchmarks)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible")
-    start = time.perf_counter()
-    print(f"# tp vs Hugging Face throughput\n\nMachine: {machine(device)}\n", flush=True)
+    print(f"# {title}\n\nMachine: {machine(device)}\n", flush=True)
     print(f"Steps: {args.steps} timed per implementation after {args.warmup} warm-up round(s), "
           f"tp and HF alternating; forward + backward + AdamW (fused); bf16 = autocast"
           f"{'; torch.compile' if args.compile else ''}.\n", flush=True)
+    return device
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    device = start_report(args, "tp vs Hugging Face throughput")
     for line in run_training(args, device):
         print(line, flush=True)
     if not args.no_preprocess:

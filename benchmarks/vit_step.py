@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from throughput import (PRECISIONS, Case, fmt_time, machine, make_step,  # noqa: E402
-                        measure, sync)
+from throughput import (PRECISIONS, Case, fmt_time, make_step,  # noqa: E402
+                        measure, start_report, sync)
 
 CLASSES = 1000
 IMAGE = 224
@@ -342,17 +342,8 @@ def run(args: argparse.Namespace, device: torch.device) -> Iterator[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible")
     start = time.perf_counter()
-    print(f"# ViT-B/16 training step: tp vs Hugging Face\n\nMachine: {machine(device)}\n",
-          flush=True)
-    print(f"Steps: {args.steps} timed per implementation after {args.warmup} warm-up round(s), "
-          f"tp and HF alternating; forward + backward + AdamW (fused); bf16 = autocast"
-          f"{'; torch.compile' if args.compile else ''}.\n", flush=True)
+    device = start_report(args, "ViT-B/16 training step: tp vs Hugging Face")
     for line in run(args, device):
         print(line, flush=True)
     print(f"(total {time.perf_counter() - start:.0f} s)")
