@@ -325,9 +325,11 @@ def _one_run(request: FinetuneRequest, recipe: Any, task: Any, splits: Splits, t
     assert plugins is not None
     opts = recipe.finetune
     own = getattr(task, "train_dataset", None)  # augmented on the fly (images), or encoded rows
-    data = (own(splits.train, seed) if own is not None else
-            _rows_dataset(task, task.encode(splits.train, tokenizer, opts.max_length), tokenizer,
-                          seed))
+    if own is not None:
+        data = own(splits.train, seed)
+    else:
+        rows = task.encode(splits.train, tokenizer, opts.max_length)
+        data = MemoryDataset(rows, task.batch_keys(rows, tokenizer), seed)
     per_epoch = max(1, math.ceil(len(data) / opts.batch_size))
     steps = opts.steps or max(1, math.ceil(opts.epochs * per_epoch))
     run_opts = opts.model_copy(update={"steps": steps, "seed": seed})
@@ -371,11 +373,6 @@ def _one_run(request: FinetuneRequest, recipe: Any, task: Any, splits: Splits, t
             "metric": evaluator.metric, "dev": scores, "fresh": report["fresh"],
             "carried": report["carried"], "unused": len(report["unused"]),
             "checkpoint": str(best)}
-
-
-def _rows_dataset(task: Any, rows: list[dict[str, torch.Tensor]], tokenizer: Any,
-                  seed: int) -> MemoryDataset:
-    return MemoryDataset(rows, task.batch_keys(rows, tokenizer), seed)
 
 
 def run_infer(request: InferRequest) -> dict[str, Any]:

@@ -203,8 +203,7 @@ def train(s: Setup) -> dict[str, Any]:
     for step in range(s.start_step, opts.steps):
         for i in range(opts.grad_accum):
             host = sampler.next_batch(micro)  # this rank's slice: micro / world examples
-            unit, n = count_units(host, declared)  # counted on the host: no device sync
-            window_tokens += n
+            window_tokens += count_units(host, declared)[1]  # on the host: no device sync
             batch = {k: v.to(dist.device, non_blocking=True) for k, v in drop_full_masks(host)}
             with strategy.accumulate(i == opts.grad_accum - 1), \
                     meter.count(step == s.start_step), _autocast(dist.device, opts.precision):
@@ -321,16 +320,15 @@ def _refuse_with_resume(request: PretrainRequest) -> None:
                       hint="drop --out (or copy the run folder and resume the copy)")
 
 
-def check_inputs(model: torch.nn.Module, keys: tuple[Any, ...]) -> None:
-    """A TpError when an embedding reads a batch key the data does not provide (a `patch`
-    embedding over a text processor), naming the key, the module and what the data has."""
-    inputs = getattr(model, "inputs", None)
-    if inputs is None:
-        return
+def check_inputs(model: Any, keys: tuple[Any, ...]) -> None:
+    """A TpError when the model's embeddings read a batch key the data does not provide (a
+    `patch` embedding over a text processor), or a fixed shape other than the data's, naming
+    the key and what the data has."""
+    reads = model.inputs()
     have = {k.name for k in keys} | {k.mask for k in keys if k.mask}
-    missing = [k.name for k in inputs() if not k.optional and k.name not in have]
+    missing = [k.name for k in reads if not k.optional and k.name not in have]
     given = {k.name: k for k in keys}
-    for k in inputs():  # fixed shapes both sides declare must agree (an image size)
+    for k in reads:  # fixed shapes both sides declare must agree (an image size)
         data = given.get(k.name)
         if data is not None and not k.varying and not data.varying and data.shape != k.shape:
             raise TpError(f"the model reads {k.name!r} of shape {k.shape} per example, but the "
