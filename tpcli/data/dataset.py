@@ -62,7 +62,9 @@ class Masker:
 class ExampleDataset(Dataset):
     """Map-style dataset over a stored corpus; subclasses implement `__len__` and `example`."""
 
-    def __init__(self, store: Reader | None, tokenizer: Any, seed: int) -> None:
+    def __init__(self, store: Any, tokenizer: Any, seed: int) -> None:
+        # store: the dataset's reader (a token Reader, an ArrayReader) or any object a
+        # subclass reads its examples from; tokenizer: None for a recipe without one
         self.store = store
         self.seed = int(seed)
         self.epoch = 0
