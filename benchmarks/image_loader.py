@@ -7,14 +7,15 @@ message without /usr/share/datasets/fashion-mnist) and the sample photos of scik
 scikit-learn, cut into random crops saved as JPEG (~230-1400 px a side), for ViT-B/16 at 224
 (`vit_step.vit_b16_recipe`: the `vit` converter's recipe of HF's ViTConfig()). Tables:
 
-1. images/s of tp's loader (`tpcli.train.loop.Sampler.next_batch`: the `image` processor's
-   dataset and collate, as the training loop calls them) against a Pillow loop over the same
+1. images/s of tp's loader in one process (`tpcli.train.batches.Sampler.next_batch`: the
+   `image` processor's dataset and collate, as the training loop calls them) against a Pillow loop over the same
    files (decode, random resized crop, flip, normalise, stack), plain and with JPEG draft mode;
 2. where tp's time per image goes;
-3. the loader's time per batch against the step's (tp, fused AdamW): the loop loads each batch
-   synchronously, in the training process, before its step; for vit-tiny the loop itself, fed
-   four ways in turns: one pre-loaded batch, the Sampler (tp today), the Sampler run ahead by a
-   thread, a DataLoader worker process.
+3. the loader's time per batch against the step's (tp, fused AdamW), as if each batch were
+   loaded in the training process before its step (`data_workers=0`); for vit-tiny the loop
+   itself, fed four ways in turns: one pre-loaded batch, tp's batches with 0 and with 1 data
+   worker process (`tpcli.train.batches.Batches`, what `tp pretrain` runs), and the Sampler run
+   ahead by a thread; with the share of each step spent waiting for its batch.
 
 Medians and bests: on a shared machine the best is the least disturbed; there --threads 1 also
 keeps torch's thread pool from stalling on busy cores (it did: 2 threads made a 16-image
@@ -269,17 +270,15 @@ def model_of(recipe: Any) -> torch.nn.Module:
     return build_model(recipe.model, get_plugins().registry, 0)
 
 
-def worker_prefetch(dataset: Any, batch: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches of the Sampler's first-epoch order from a DataLoader with one worker process."""
-    from torch.utils.data import DataLoader
+def tp_prefetch(dataset: Any, batch: int, seed: int, workers: int
+                ) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches as `tp pretrain` takes them: `tpcli.train.batches.Batches` over the Sampler, with
+    `workers` data worker processes (`pretrain.data_workers`; 0 loads in this process)."""
+    from tpcli.train.batches import Batches, DataPosition, Sampler
 
-    g = torch.Generator().manual_seed(seed * 1_000_003)  # the Sampler's epoch-0 permutation
-    order = torch.randperm(len(dataset), generator=g).tolist()
-    chunks = [order[i:i + batch] for i in range(0, len(order) - batch + 1, batch)]
-    loader = DataLoader(dataset, batch_sampler=chunks, collate_fn=dataset.collate,
-                        num_workers=1, prefetch_factor=4, persistent_workers=True)
+    batches = Batches(Sampler(dataset, seed, DataPosition()), batch, workers)
     while True:
-        yield from loader
+        yield batches.next()
 
 
 def thread_prefetch(next_batch: Callable[[], dict[str, torch.Tensor]], depth: int = 4
@@ -397,36 +396,46 @@ def wait_table(loads: list[Workload], args: argparse.Namespace) -> Iterator[str]
 
 
 def loop_table(w: Workload, rounds: int, per_round: int = 5) -> Iterator[str]:
-    """vit-tiny's loop for real: the step alone, after the Sampler (tp today), and with the
-    batches prefetched by a thread or by a DataLoader worker process. The four take turns,
-    `per_round` steps each per round, so that other load on the machine hits them alike."""
+    """vit-tiny's loop for real: the step alone, and after tp's batches loaded in the training
+    process (`data_workers=0`), by one worker process (the default on two cores), or run ahead
+    by a thread. They take turns, `per_round` steps each per round, so that other load on the
+    machine hits them alike; the time the loop waits for each batch is measured apart."""
     model = model_of(w.recipe)
     step = trainer(model, w.recipe.pretrain.precision)
-    # the thread takes the Sampler over for good, so the synchronous loop gets its own Sampler
-    sync = tp_batches(w.dataset, w.recipe.pretrain.seed)
+    seed = w.recipe.pretrain.seed
     first = w.next_batch(w.batch)
     rows = {"step alone (one pre-loaded batch)": iter(lambda: first, None),
-            "`Sampler.next_batch`, then the step (what `tp pretrain` does)":
-            iter(lambda: sync(w.batch), None),
+            "tp, `data_workers=0`: each batch loaded before its step":
+            tp_prefetch(w.dataset, w.batch, seed, 0),
+            "tp, `data_workers=1` (the default): a worker process loads ahead":
+            tp_prefetch(w.dataset, w.batch, seed, 1),
             "Sampler run ahead by a thread (queue of 4), then the step":
-            thread_prefetch(lambda: w.next_batch(w.batch)),
-            "DataLoader, 1 worker process, prefetch 4, then the step":
-            worker_prefetch(w.dataset, w.batch, w.recipe.pretrain.seed)}
-    runs = {name: partial(lambda b: step(next(b)), batches) for name, batches in rows.items()}
+            thread_prefetch(partial(tp_batches(w.dataset, seed), w.batch))}
+    waits: dict[str, list[float]] = {name: [] for name in rows}
+
+    def run(name: str, batches: Iterator[dict[str, torch.Tensor]]) -> None:
+        t = time.perf_counter()
+        b = next(batches)
+        waits[name].append(time.perf_counter() - t)
+        step(b)
+
+    runs = {name: partial(run, name, batches) for name, batches in rows.items()}
     times: dict[str, list[float]] = {name: [] for name in rows}
-    for name, run in runs.items():
-        timed_runs(run, 0, warmup=2)  # the worker started, the queues filled
+    for name, fn in runs.items():
+        timed_runs(fn, 0, warmup=2)  # the worker started, the queues filled
+        waits[name].clear()
     for _ in range(rounds):
-        for name, run in runs.items():
-            times[name] += timed_runs(run, per_round, warmup=0).times
+        for name, fn in runs.items():
+            times[name] += timed_runs(fn, per_round, warmup=0).times
     yield f"| {w.recipe.name} loop, batch {w.batch}, {w.recipe.pretrain.precision} | ms/step " \
-          "(median, best) | median vs step alone |"
-    yield "|---|---:|---:|"
+          "(median, best) | median vs step alone | waiting for data: share of the step time |"
+    yield "|---|---:|---:|---:|"
     alone = Times(next(iter(times.values())))
     for name, ts in times.items():
         t = Times(ts)
+        waited = 100 * sum(waits[name]) / sum(ts)
         yield (f"| {name} | {t.median * 1e3:.1f}, {t.min * 1e3:.1f} | "
-               f"{100 * (t.median / alone.median - 1):+.0f}% |")
+               f"{100 * (t.median / alone.median - 1):+.0f}% | {waited:.1f}% |")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -471,7 +480,7 @@ def report(tmp: Path, args: argparse.Namespace) -> Iterator[str]:
     yield ""
     yield from breakdown_table(loads)
     yield ""
-    yield "## Waiting for data: the loop loads each batch synchronously, before its step"
+    yield "## Waiting for data, if each batch were loaded in the training process before its step"
     yield ""
     yield from wait_table(loads, args)
     tiny = [w for w in loads if w.recipe.name == "vit-tiny"]

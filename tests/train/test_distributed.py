@@ -61,7 +61,8 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _rank_pids(launcher: int) -> list[int]:
-    """The training processes (tpcli.cli.main children of torchrun), in start order."""
+    """The training processes (tpcli.cli.main children of torchrun), in start order; not their
+    data workers (forked from them, with the same command line)."""
     pids = []
     for pid in _descendants(launcher):
         try:
@@ -70,7 +71,14 @@ def _rank_pids(launcher: int) -> list[int]:
             continue
         if b"tpcli.cli.main" in cmd and b"torch.distributed.run" not in cmd:
             pids.append(pid)
-    return sorted(pids)
+    return sorted(p for p in pids if _parent(p) not in pids)
+
+
+def _parent(pid: int) -> int:
+    try:  # /proc/PID/stat: pid (comm) state ppid ...; comm may hold spaces, so split after ')'
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
 
 
 def _train_kill_resume(tmp: Path, recipe: Path, data: Path, strategy: str) -> dict:

@@ -71,6 +71,10 @@ class PretrainOptions(_Strict):
         "precision must agree with this section")
     activation_checkpointing: bool = Field(
         False, description="recompute each layer's activations in backward (less memory)")
+    data_workers: int | None = Field(
+        None, ge=0, le=64, description="processes that load batches ahead of the step (0: "
+        "load them in the training process; default: 1 where there is a second CPU core); any "
+        "number trains the same model")
 
     @model_validator(mode="after")
     def _deepspeed_options_need_deepspeed(self) -> PretrainOptions:

@@ -14,6 +14,7 @@ tokens/s summed over ranks, in one all-reduce per log window.
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -27,55 +28,11 @@ from tpcli.errors import Interrupted, Terminated, TpError
 from tpcli.plugins import Plugins
 from tpcli.train import checkpoint as ckpt_io
 from tpcli.train import run_folder
+from tpcli.train.batches import Batches, DataPosition, Sampler  # noqa: F401 - Sampler: re-export
 from tpcli.train.perf import FlopMeter, peak_flops
 from tpcli.train.strategies import make_strategy, resolved_name
 from tpcli.train.strategy import Dist, Strategy
 from tpcli.plugins.requests import PretrainRequest
-
-
-@dataclass
-class DataPosition:
-    """Where the sampler stands: epoch and offset into that epoch's permutation."""
-
-    epoch: int = 0
-    offset: int = 0
-
-
-class Sampler:
-    """Deterministic, resumable shuffling: epoch e visits randperm(n, seed=(seed, e)).
-
-    With `world` ranks, each `next_batch(size)` consumes `size` global examples and rank `rank`
-    loads only the `rank`-th contiguous slice of them: the order does not depend on `world`."""
-
-    def __init__(self, dataset: Any, seed: int, pos: DataPosition, rank: int = 0,
-                 world: int = 1) -> None:
-        self.dataset, self.seed, self.pos = dataset, seed, pos
-        self.rank, self.world = rank, world
-        self.n = len(dataset)
-        if self.n == 0:
-            raise TpError("the dataset holds no training examples",
-                          hint="preprocess a larger corpus or lower the processor's seq_length")
-        self._perm = self._permutation(pos.epoch)
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-        return torch.randperm(self.n, generator=g)
-
-    def next_batch(self, size: int) -> dict[str, torch.Tensor]:
-        """This rank's slice of the next `size` examples (all of them for one process)."""
-        per = size // self.world
-        lo, hi = self.rank * per, (self.rank + 1) * per
-        examples = []
-        for j in range(size):
-            if self.pos.offset >= self.n:
-                self.pos = DataPosition(self.pos.epoch + 1, 0)
-                self._perm = self._permutation(self.pos.epoch)
-            if lo <= j < hi:  # the other ranks' examples are skipped, never read
-                examples.append(self.dataset[int(self._perm[self.pos.offset])])
-            self.pos.offset += 1
-        return self.dataset.collate(examples)
 
 
 def drop_full_masks(host: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
@@ -169,6 +126,7 @@ def train(s: Setup) -> dict[str, Any]:
         if dist.rank < len(rngs):
             _set_rng_state(rngs[dist.rank])
     sampler = Sampler(s.dataset, opts.seed, pos, dist.rank, dist.world_size)
+    batches = Batches(sampler, micro, data_workers(opts), pin_memory=dist.device.type == "cuda")
     declared = s.dataset.batch_keys()  # what tokens/s counts: tokens, patches, frames, ...
     unit = count_units({}, declared)[0]
     if opts.compile:
@@ -193,61 +151,72 @@ def train(s: Setup) -> dict[str, Any]:
         unlogged = dist.all_reduce_sum(window_loss.double().reshape(1)).item()
         if not math.isfinite(unlogged):
             raise _diverged(unlogged, done)
-        extra = {"data": asdict(sampler.pos), "rng": _rng_state(), "step": done,
+        extra = {"data": asdict(batches.pos), "rng": _rng_state(), "step": done,
                  "rng_ranks": dist.gather_object(_rng_state())}
         path = ckpt_io.save_checkpoint(s.out, done, strategy, dist, extra, s.recipe.raw,
                                        s.tokenizer, opts.keep_last, pointer)
         hook.tp_on_checkpoint(step=done, path=str(path))
         return path
 
-    for step in range(s.start_step, opts.steps):
-        for i in range(opts.grad_accum):
-            host = sampler.next_batch(micro)  # this rank's slice: micro / world examples
-            window_tokens += count_units(host, declared)[1]  # on the host: no device sync
-            batch = {k: v.to(dist.device, non_blocking=True) for k, v in drop_full_masks(host)}
-            with strategy.accumulate(i == opts.grad_accum - 1), \
-                    meter.count(step == s.start_step), _autocast(dist.device, opts.precision):
-                out = step_fn(batch)
-                strategy.backward(out.loss / opts.grad_accum)
-            window_loss += out.loss.detach() / opts.grad_accum
-            for k, v in out.metrics.items():
-                sums[k] = sums.get(k, 0) + v.detach().float() / opts.grad_accum
-        grad_norm = strategy.step()
-        window_steps += 1
-        done = step + 1
-        hook.tp_on_step(step=done, seconds=time.perf_counter() - t0)
-        if done % opts.log_every == 0 or done == opts.steps:
-            # the only host-device sync of the loop, and its only all-reduce: once per window
-            keys = sorted(sums)
-            stats = torch.stack([window_loss.double(), *(sums[k].double() for k in keys),
-                                 torch.tensor(float(window_tokens), device=dist.device,
-                                              dtype=torch.float64)])
-            stats = dist.all_reduce_sum(stats).tolist()  # loss, metrics, tokens over ranks
-            elapsed = time.perf_counter() - t_window
-            last_loss = stats[0] / dist.world_size / window_steps
-            if not math.isfinite(last_loss):
-                raise _diverged(last_loss, done)
-            metrics = {"loss": last_loss, "lr": strategy.lr(), "grad_norm": float(grad_norm),
-                       f"{unit}_per_s": stats[-1] / elapsed, "steps_per_s": window_steps / elapsed,
-                       "elapsed_s": time.perf_counter() - t0}
-            metrics |= {k: v / dist.world_size / window_steps for k, v in zip(keys, stats[1:])}
-            metrics |= meter.mfu(window_steps / elapsed)  # per chip: this rank's FLOPs
-            hook.tp_on_log(step=done, metrics=metrics)
-            window_loss.zero_()
-            sums, window_tokens, window_steps, t_window = {}, 0, 0, time.perf_counter()
-        if s.evaluator is not None:
-            if s.evaluator.due(done):  # evaluates, saves the best, says when to stop early
-                model.eval()
-                stop = s.evaluator(s.model, done, save)
-                model.train()
-                if stop:
-                    break
-        elif done % opts.save_every == 0 or done == opts.steps:
-            save(done)
-    summary = {"steps": done if opts.steps > s.start_step else opts.steps, "loss": last_loss, "out": str(s.out),
+    with batches:  # its workers stop however training ends
+        for step in range(s.start_step, opts.steps):
+            for i in range(opts.grad_accum):
+                host = batches.next()  # this rank's slice: micro / world examples
+                window_tokens += count_units(host, declared)[1]  # on the host: no device sync
+                batch = {k: v.to(dist.device, non_blocking=True) for k, v in drop_full_masks(host)}
+                with strategy.accumulate(i == opts.grad_accum - 1), \
+                        meter.count(step == s.start_step), _autocast(dist.device, opts.precision):
+                    out = step_fn(batch)
+                    strategy.backward(out.loss / opts.grad_accum)
+                window_loss += out.loss.detach() / opts.grad_accum
+                for k, v in out.metrics.items():
+                    sums[k] = sums.get(k, 0) + v.detach().float() / opts.grad_accum
+            grad_norm = strategy.step()
+            window_steps += 1
+            done = step + 1
+            hook.tp_on_step(step=done, seconds=time.perf_counter() - t0)
+            if done % opts.log_every == 0 or done == opts.steps:
+                # the only host-device sync of the loop, and its only all-reduce: once per window
+                keys = sorted(sums)
+                stats = torch.stack([window_loss.double(), *(sums[k].double() for k in keys),
+                                     torch.tensor(float(window_tokens), device=dist.device,
+                                                  dtype=torch.float64)])
+                stats = dist.all_reduce_sum(stats).tolist()  # loss, metrics, tokens over ranks
+                elapsed = time.perf_counter() - t_window
+                last_loss = stats[0] / dist.world_size / window_steps
+                if not math.isfinite(last_loss):
+                    raise _diverged(last_loss, done)
+                metrics = {"loss": last_loss, "lr": strategy.lr(), "grad_norm": float(grad_norm),
+                           f"{unit}_per_s": stats[-1] / elapsed,
+                           "steps_per_s": window_steps / elapsed,
+                           "elapsed_s": time.perf_counter() - t0}
+                metrics |= {k: v / dist.world_size / window_steps for k, v in zip(keys, stats[1:])}
+                metrics |= meter.mfu(window_steps / elapsed)  # per chip: this rank's FLOPs
+                hook.tp_on_log(step=done, metrics=metrics)
+                window_loss.zero_()
+                sums, window_tokens, window_steps, t_window = {}, 0, 0, time.perf_counter()
+            if s.evaluator is not None:
+                if s.evaluator.due(done):  # evaluates, saves the best, says when to stop early
+                    model.eval()
+                    stop = s.evaluator(s.model, done, save)
+                    model.train()
+                    if stop:
+                        break
+            elif done % opts.save_every == 0 or done == opts.steps:
+                save(done)
+    summary = {"steps": done if opts.steps > s.start_step else opts.steps, "loss": last_loss,
+               "out": str(s.out),
                "checkpoint": str(s.out / "last"), "seconds": round(time.perf_counter() - t0, 2)}
     hook.tp_on_train_end(summary=summary)
     return summary
+
+
+def data_workers(opts: Any) -> int:
+    """Processes that load batches ahead (`data_workers`; default: one where a second CPU core
+    can run it, none on one core)."""
+    if opts.data_workers is not None:
+        return opts.data_workers
+    return 1 if (os.cpu_count() or 1) > 1 else 0
 
 
 def run_pretrain(request: PretrainRequest) -> dict[str, Any]:
