@@ -167,11 +167,14 @@ class MultiHeadAttention(nn.Module):
         is_causal: bool = False,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: AttentionCache | None = None,
+        queries: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, T, H); mask: an SDPA bool or additive float mask broadcastable to
         (B, heads, T, Tk), or None; memory (B, Tk, H) for cross-attention; is_causal: causal
         without a mask (fast path); rotary: cos, sin (B, 1, T, head_dim) applied to q and k;
-        cache: keys/values of earlier steps (incremental decoding), updated in place."""
+        cache: keys/values of earlier steps (incremental decoding), updated in place;
+        queries (B, n): the positions whose outputs are wanted -> (B, n, H), the others' are not
+        computed (a fully visible self-attention's last layer under first-token pooling)."""
         b, t, h = x.shape
         if cache is not None and self.cross and cache.k is not None and cache.v is not None:
             q, k, v = self._heads(self.q(x), self.heads), cache.k, cache.v  # memory done once
@@ -184,6 +187,8 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.append(k, v)  # self: past + new (B, kv_heads, Tk, d); cross: stored
         if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)  # SDPA wants an additive mask in the query's dtype
+        if queries is not None:
+            q, mask = select_queries(q, mask, queries)
         gqa = False
         if self.kv_heads != self.heads:
             if mask is None and _NATIVE_GQA and q.dtype in (torch.float16, torch.bfloat16):
@@ -194,4 +199,17 @@ class MultiHeadAttention(nn.Module):
         y = attention(q, k, v, mask=mask, dropout_p=self.dropout if self.training else 0.0,
                       is_causal=is_causal, scale=None if self.scale else 1.0,
                       enable_gqa=gqa)  # (B, heads, T, head_dim)
-        return self.out(y.transpose(1, 2).reshape(b, t, h))
+        return self.out(y.transpose(1, 2).reshape(b, -1, h))  # (B, T or n, H)
+
+
+def select_queries(q: torch.Tensor, mask: torch.Tensor | None, queries: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """q (B, heads, T, d) and a mask's query rows (when it has T of them) at `queries` (B, n)."""
+    b, heads, t, d = q.shape
+    n = queries.shape[1]
+    q = q.gather(2, queries.view(b, 1, n, 1).expand(b, heads, n, d))
+    if mask is not None and mask.dim() == 4 and mask.shape[-2] == t and t > 1:
+        rows = mask.expand(b, -1, -1, -1)
+        index = queries.view(b, 1, n, 1).expand(b, rows.shape[1], n, rows.shape[-1])
+        mask = rows.gather(2, index)
+    return q, mask

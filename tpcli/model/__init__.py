@@ -110,13 +110,22 @@ class Stack(nn.Module):
         self.pooling = pool
         # batch keys passed on to the encoder when present and its forward takes them
         self.encoder_keys = _accepted(encoder, ENCODER_KEYS)
+        # the encoder can compute chosen positions' outputs only (`queries`, (B, n))
+        self.selects_queries = pool is None and bool(_accepted(encoder, ("queries",)))
 
-    def forward(self, inputs: Batch) -> Features:
+    def forward(self, inputs: Batch, first_only: bool = False) -> Features:
+        """first_only (when `selects_queries`): hidden (B, 1, H) = each row's first real token
+        only, the rest of the last layer not computed; the mask is then None."""
         mask = inputs.get("attention_mask")
         mask = mask.bool() if mask is not None else None
         h = self.embedding(inputs)  # (B, T, H)
         if self.encoder is not None:
             extra = {k: inputs[k] for k in self.encoder_keys if k in inputs}
+            if first_only and self.selects_queries:
+                first = (mask.int().argmax(dim=1) if mask is not None  # first True, no sync
+                         else torch.zeros(h.shape[0], dtype=torch.long, device=h.device))
+                return Features(self.encoder(h, mask, queries=first[:, None], **extra), None,
+                                None)
             h = self.encoder(h, mask, **extra)
         pooled = self.pooling(h, mask) if self.pooling is not None else None
         return Features(h, mask, pooled)
@@ -167,6 +176,12 @@ class TpModel(nn.Module):
                 m.reset_parameters_tp()
         if opts.tie_weights:
             self._tie()
+        # every target reads only the first token's hidden state (a classifier over [CLS]):
+        # training and prediction skip the rest of the last layer (the hidden states of
+        # `features` stay whole)
+        self.first_only = (not spec.dual and self.decoder is None and self.stack.selects_queries
+                           and all(getattr(t, "reads_first_token", False)
+                                   for t in self.targets.values()))
 
     # -- construction helpers
 
@@ -230,13 +245,14 @@ class TpModel(nn.Module):
 
     # -- running
 
-    def features(self, batch: Batch) -> Features:
-        """Hidden states for the targets: the encoder's, or the decoder's for seq2seq."""
+    def features(self, batch: Batch, first_only: bool = False) -> Features:
+        """Hidden states for the targets: the encoder's, or the decoder's for seq2seq;
+        `first_only`: only each sequence's first real token's (when `self.first_only` allows)."""
         if self.spec.dual:
             f0 = self.stream_0(_view(batch, "stream_0."))
             f1 = (self.stream_1 or self.stream_0)(_view(batch, "stream_1."))
             return Features(None, None, None, (f0, f1))
-        enc = self.stack(batch)
+        enc = self.stack(batch, first_only and self.first_only)
         if self.decoder is None or self.tgt_embedding is None:
             return enc
         tgt = _view(batch, "tgt_")
@@ -248,7 +264,7 @@ class TpModel(nn.Module):
         return Features(y, tmask, None)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        feats = self.features(batch)
+        feats = self.features(batch, first_only=True)
         total: torch.Tensor | None = None
         losses: dict[str, torch.Tensor] = {}
         metrics: dict[str, torch.Tensor] = {}
@@ -265,7 +281,7 @@ class TpModel(nn.Module):
     @torch.no_grad()
     def predict(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Each target's logits (e.g. `mlm` (B, T, V), `sp` (B, 2))."""
-        feats = self.features(batch)
+        feats = self.features(batch, first_only=True)
         return {name: t.predict(feats, batch) for name, t in self.targets.items()}
 
 

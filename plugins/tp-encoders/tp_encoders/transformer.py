@@ -288,16 +288,21 @@ class TransformerLayer(LayerModules):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
                 rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: AttentionCache | None = None) -> torch.Tensor:
+                cache: AttentionCache | None = None,
+                queries: torch.Tensor | None = None) -> torch.Tensor:
+        """queries (B, n): only these positions' outputs (B, n, H); every position is still a
+        key and a value."""
         if self.relative_bias is not None:  # the stack refuses causal masks with a layer bias
             mask = with_bias(mask, self.relative_bias(x.shape[1], x.shape[1]))
+        attend = dict(is_causal=is_causal, rotary=rotary, cache=cache, queries=queries)
+        residual = x if queries is None else x.gather(
+            1, queries[..., None].expand(-1, -1, x.shape[-1]))  # (B, n, H)
         if self.pre_norm:
-            x = x + self._branch(self.attn(self.attn_norm(x), mask, is_causal=is_causal,
-                                           rotary=rotary, cache=cache), self.attn_scale)
+            x = residual + self._branch(self.attn(self.attn_norm(x), mask, **attend),
+                                        self.attn_scale)
             return x + self._branch(self.ffn(self.ffn_norm(x)), self.ffn_scale)
-        x = self.attn_norm(x + self._branch(self.attn(x, mask, is_causal=is_causal,
-                                                      rotary=rotary, cache=cache),
-                                            self.attn_scale))
+        x = self.attn_norm(residual + self._branch(self.attn(x, mask, **attend),
+                                                   self.attn_scale))
         return self.ffn_norm(x + self._branch(self.ffn(x), self.ffn_scale))
 
 
@@ -367,11 +372,14 @@ class TransformerEncoder(nn.Module):
                 position_ids: torch.Tensor | None = None,
                 prefix_lengths: torch.Tensor | None = None,
                 cache: KVCache | None = None,
-                block_ids: torch.Tensor | None = None) -> torch.Tensor:
+                block_ids: torch.Tensor | None = None,
+                queries: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, H), mask (B, T) True = real token, position_ids (B, T) for rotary (default
         0..T-1), prefix_lengths (B,) for mask=prefix -> (B, T, H). With a `cache` (a causal stack
         decoding incrementally) x is the T new tokens and mask covers all cache.length + T.
-        block_ids (B, T): several sequences packed in a row attend only within their block."""
+        block_ids (B, T): several sequences packed in a row attend only within their block.
+        queries (B, n): only these positions' outputs are wanted -> (B, n, H); the last layer
+        computes no others (its attention output and feed-forward run on n rows, not T)."""
         if cache is not None:
             return self._forward_cached(x, mask, position_ids, cache)
         if self.prefix:
@@ -387,9 +395,13 @@ class TransformerEncoder(nn.Module):
             check_grid_length(self.config, x.shape[1])
         attn_mask, is_causal, rotary = self_attention_inputs(
             x, mask, self.causal, self.relative_bias, self.rotary, position_ids)
+        # the causal fast path has no mask whose rows could follow the queries: select after
+        last = self.config.layers - 1 if not is_causal else -1
         for i in range(self.config.layers):
             layer = self.layers[0 if self.config.share_layers else i]
-            x = layer(x, attn_mask, is_causal, rotary)
+            x = layer(x, attn_mask, is_causal, rotary, queries=queries if i == last else None)
+        if queries is not None and is_causal:
+            x = x.gather(1, queries[..., None].expand(-1, -1, x.shape[-1]))
         return self.final_norm(x) if self.final_norm is not None else x
 
     def _forward_cached(self, x: torch.Tensor, mask: torch.Tensor | None,

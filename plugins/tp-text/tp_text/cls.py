@@ -53,6 +53,12 @@ class ClsTarget(nn.Module):
         self.dropout = Dropout(ctx.dropout)
         self.classifier = nn.Linear(h, outputs)
 
+    @property
+    def reads_first_token(self) -> bool:
+        """Reads only each sequence's first real token (first pooling): the model may then skip
+        the other positions in the encoder's last layer."""
+        return self.config.pooling == "first"
+
     def logits(self, features: Features) -> torch.Tensor:
         """Features -> (B, C)."""
         if features.pooled is not None:  # a recipe-level pooling takes precedence
