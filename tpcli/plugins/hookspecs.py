@@ -58,14 +58,18 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
       the (B, T, E) sum of the embeddings listed before it, whose length it sizes itself by
       (``pos`` after ``patch``: T = 1 + patches, the class token included). An embedding that
       owns the vocabulary matrix exposes it as ``word_weight`` (V, E) so targets can tie to it.
-    - encoder: ``forward(x (B, T, H), mask (B, T) bool, True = real token) -> (B, T, H)``.
+    - encoder: ``forward(x (B, T, H), mask (B, T) bool, True = real token) -> (B, T, H)``; one
+      whose ``forward`` also takes ``queries`` (B, n) positions returns only those outputs
+      (B, n, H), and tp passes each row's first real token when every target reads only that.
     - decoder: ``forward(x, mask, memory, memory_mask) -> (B, T, H)``.
     - pooling: ``forward(hidden (B, T, H), mask (B, T)) -> (B, H)``.
     - target: ``forward(features: tpcli.model.module.Features, batch) -> tpcli.model.module.TargetOutput``
       (a scalar loss plus metrics), ``predict(features, batch) -> Tensor`` (logits), and
       optionally ``tie_weights(get_weight)`` to share the word embedding, ``inputs`` (the
       label keys it reads, as BatchKeys) and ``contract_labels(batch) -> batch`` (labels with
-      structure the contract test cannot draw at random). Its Config derives from
+      structure the contract test cannot draw at random); ``reads_first_token = True`` when it
+      reads only each sequence's first real token (first pooling: the last layer may then skip
+      the rest). Its Config derives from
       ``tpcli.model.module.TargetConfig`` (which adds the multi-task ``weight``).
     """
 
