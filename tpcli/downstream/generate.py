@@ -152,14 +152,15 @@ class _CausalLM:
 class _Seq2Seq:
     """Encoder-decoder stepping: the memory once, then tgt_embedding -> decoder -> lm logits."""
 
-    def __init__(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
-                 beams: int) -> None:
+    def __init__(self, model: nn.Module, inputs: dict[str, torch.Tensor], beams: int) -> None:
         self.lm = _lm_target(model)
         self.decoder = _takes_cache(model.decoder, "decoder")
         self.embedding = model.tgt_embedding
-        enc = model.stack({"input_ids": ids, "attention_mask": mask})
-        self.memory = enc.hidden.repeat_interleave(beams, dim=0)  # (B*beams, T, H)
-        self.memory_mask = mask.repeat_interleave(beams, dim=0)  # (B*beams, T)
+        enc = model.stack(inputs)  # input_ids, or any encoder inputs (speech features)
+        mask = enc.mask if enc.mask is not None else torch.ones(
+            enc.hidden.shape[:2], dtype=torch.bool, device=enc.hidden.device)
+        self.memory = enc.hidden.repeat_interleave(beams, dim=0)  # (B*beams, S, H)
+        self.memory_mask = mask.repeat_interleave(beams, dim=0)  # (B*beams, S)
         self.cache = KVCache()
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
@@ -204,13 +205,29 @@ def _inputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
     return input_ids.to(device).long(), mask.to(device)
 
 
-def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-             config: GenerationConfig) -> torch.Tensor:
+def generate(model: nn.Module, input_ids: torch.Tensor | None,
+             attention_mask: torch.Tensor | None, config: GenerationConfig,
+             inputs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Decode from `model` (a TpModel); input_ids (B, T) left-padded for a decoder-only model,
-    attention_mask (B, T) 1 = real token (None: no padding). Returns a LongTensor: prompt +
-    continuation (B, T + N) for a decoder-only model, start token + continuation (B, 1 + N)
-    for an encoder-decoder one; rows that stopped early are padded with `config.pad`."""
-    ids, mask = _inputs(model, input_ids, attention_mask)
+    attention_mask (B, T) 1 = real token (None: no padding); an encoder-decoder model may take
+    its encoder's batch keys as `inputs` instead (speech: input_features, attention_mask).
+    Returns a LongTensor: prompt + continuation (B, T + N) for a decoder-only model, start
+    token + continuation (B, 1 + N) for an encoder-decoder one; rows that stopped early are
+    padded with `config.pad`."""
+    if inputs is not None:
+        if getattr(model, "decoder", None) is None:
+            raise TpError("only an encoder-decoder model decodes from encoder inputs",
+                          hint="give a decoder-only model its prompt as input_ids")
+        device = next(model.parameters()).device
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        batch = next(iter(inputs.values())).shape[0]
+        ids = torch.zeros(batch, 1, dtype=torch.long, device=device)  # sizes the start tokens
+    else:
+        if input_ids is None:
+            raise TpError("generation needs input_ids or encoder inputs",
+                          hint="give the prompts as input_ids")
+        ids, mask = _inputs(model, input_ids, attention_mask)
+        inputs = {"input_ids": ids, "attention_mask": mask}
     k = config.num_beams
     was_training = model.training
     model.eval()
@@ -221,7 +238,7 @@ def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Te
                     raise TpError("an encoder-decoder model needs a decoder start token",
                                   hint="set decoder_start_token_id (T5: the pad id, BART: eos)")
                 _check_positions(model.tgt_embedding, config.max_new_tokens)
-                stepper: _CausalLM | _Seq2Seq = _Seq2Seq(model, ids, mask, k)
+                stepper: _CausalLM | _Seq2Seq = _Seq2Seq(model, inputs, k)
                 start = torch.full((ids.shape[0] * k, 1), config.decoder_start_token_id,
                                    dtype=torch.long, device=ids.device)
             else:

@@ -271,7 +271,7 @@ class TpModel(nn.Module):
         y = self.tgt_embedding(tgt)  # (B, T', H)
         extra = {k: tgt[k] for k in self.decoder_keys if k in tgt}
         y = self.decoder(y, tmask, enc.hidden, enc.mask, **extra)
-        return Features(y, tmask, None)
+        return Features(y, tmask, None, memory=enc.hidden, memory_mask=enc.mask)
 
     def forward(self, batch: Batch) -> ModelOutput:
         feats = self.features(batch, first_only=True)

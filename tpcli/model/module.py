@@ -55,12 +55,15 @@ class BuildContext:
 class Features:
     """What targets see. `hidden` (B, T, H) is the last stack's output (the decoder's for seq2seq),
     `mask` (B, T) is True on real tokens, `pooled` (B, H) is set when the stack has a pooling;
-    dual-stream models put one Features per stream in `streams`."""
+    dual-stream models put one Features per stream in `streams`. A seq2seq model also gives the
+    encoder's output as `memory` (B, S, H) with `memory_mask` (B, S) (a CTC target reads it)."""
 
     hidden: "torch.Tensor | None"
     mask: "torch.Tensor | None" = None
     pooled: "torch.Tensor | None" = None
     streams: tuple["Features", ...] = ()
+    memory: "torch.Tensor | None" = None
+    memory_mask: "torch.Tensor | None" = None
 
 
 @dataclass
