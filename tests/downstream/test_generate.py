@@ -140,7 +140,7 @@ def test_cache_equals_full_recompute_seq2seq(name: str, request: pytest.FixtureR
     with torch.no_grad():
         full = tp.predict({"input_ids": ids, "attention_mask": mask,
                            "tgt_input_ids": dec})["lm"]  # (B, 7, V)
-        stepper = _Seq2Seq(tp, ids, mask.bool(), 1)
+        stepper = _Seq2Seq(tp, {"input_ids": ids, "attention_mask": mask.bool()}, 1)
         for part in _chunks(dec.shape[1], 1):
             got = stepper.step(dec[:, part])
             torch.testing.assert_close(got, full[:, part.stop - 1], atol=1e-5, rtol=0)
