@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 import torch
 
-from tpcli.errors import DataError
-from tpcli.train.batches import Batches, DataPosition, Sampler
+from tpcli.errors import DataError, TpError
+from tpcli.train.batches import (Batches, BucketSampler, DataPosition, Sampler,
+                                 padding_waste)
 
 
 class EpochDataset:
@@ -83,3 +85,54 @@ def test_a_worker_error_reaches_the_training_process_as_itself() -> None:
                                  "again")
     assert "raised in a data worker process" in caught.value.__notes__[0]
     assert "in __getitem__" in caught.value.__notes__[0]  # where the worker raised it
+
+
+class SizedDataset(EpochDataset):
+    """EpochDataset whose example i has a size (frames, tokens) of its own."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        super().__init__(len(sizes))
+        self._sizes = sizes
+
+    def sizes(self) -> np.ndarray:
+        return np.asarray(self._sizes)
+
+
+SIZES = [int(s) for s in np.random.default_rng(0).integers(5, 120, 200)]
+
+
+def test_buckets_hold_at_most_the_budget_and_every_example_once_an_epoch() -> None:
+    sampler = BucketSampler(SizedDataset(SIZES), 3, DataPosition(), units=400, cap=16)
+    plan = sampler.plan(0)
+    sizes = np.asarray(SIZES)
+    assert sorted(np.concatenate(plan).tolist()) == list(range(200))
+    assert all(len(b) * sizes[b].max() <= 400 and len(b) <= 16 for b in plan)
+    # similar lengths together: far less padding than batches of the same counts in random order
+    shuffled = np.random.default_rng(1).permutation(200)
+    counts = np.cumsum([len(b) for b in plan])[:-1]
+    random_batches = np.split(shuffled, counts)
+    assert padding_waste(sizes, plan) < 0.1 < padding_waste(sizes, random_batches)
+    assert [b.tolist() for b in plan] == [b.tolist() for b in sampler.plan(0)]
+    assert [b.tolist() for b in plan] != [b.tolist() for b in sampler.plan(1)]
+
+
+def test_bucket_batches_split_over_ranks_and_resume() -> None:
+    def keys(rank: int, world: int, steps: int, pos: DataPosition) -> list:
+        s = BucketSampler(SizedDataset(SIZES), 3, pos, rank, world, units=400, cap=16)
+        out = [s.next_keys(0) for _ in range(steps)]
+        return out, s.pos
+
+    one, _ = keys(0, 1, 60, DataPosition())  # 60 batches: past the first epoch's end
+    assert {e for batch in one for e, _ in batch} == {0, 1}
+    r0, _ = keys(0, 2, 30, DataPosition())
+    r1, pos = keys(1, 2, 30, DataPosition())
+    assert r0 == one[0::2] and r1 == one[1::2]  # a step's data does not depend on the ranks
+    rest, _ = keys(0, 1, 20, DataPosition(0, 10))
+    assert rest == one[10:30]
+
+
+def test_bucketing_refuses_what_it_cannot_batch() -> None:
+    with pytest.raises(TpError, match=r"example 1 has 500 units.*batch_units=400"):
+        BucketSampler(SizedDataset([10, 500, 20]), 3, DataPosition(), units=400, cap=4)
+    with pytest.raises(TpError, match="does not say its examples' sizes"):
+        BucketSampler(EpochDataset(4), 3, DataPosition(), units=400, cap=4)

@@ -71,6 +71,11 @@ class PretrainOptions(_Strict):
         "precision must agree with this section")
     activation_checkpointing: bool = Field(
         False, description="recompute each layer's activations in backward (less memory)")
+    batch_units: int | None = Field(
+        None, gt=0, description="batch by size (fairseq's max_tokens): each micro-batch holds "
+        "at most this many padded units (frames, tokens) of examples of similar length, and at "
+        "most batch_size / grad_accum / processes examples; the dataset must give its sizes "
+        "(speech). None: batch_size examples per step")
     data_workers: int | None = Field(
         None, ge=0, le=64, description="processes that load batches ahead of the step (0: "
         "load them in the training process; default: 1 where there is a second CPU core); any "

@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from tpcli.errors import TpError
@@ -30,6 +31,11 @@ class DataPosition:
 
     epoch: int = 0
     offset: int = 0
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of epoch `epoch`'s order (the same for every rank)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
 class Sampler:
@@ -46,11 +52,11 @@ class Sampler:
         if self.n == 0:
             raise TpError("the dataset holds no training examples",
                           hint="preprocess a larger corpus or lower the processor's seq_length")
-        self._perm = self._permutation(self.pos.epoch)
+        self._begin(self.pos.epoch)
 
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n, generator=g)
+    def _begin(self, epoch: int) -> None:
+        """Set up epoch `epoch`'s order."""
+        self._perm = torch.randperm(self.n, generator=epoch_generator(self.seed, epoch))
 
     def next_keys(self, size: int) -> list[Key]:
         """(epoch, index) of this rank's slice of the next `size` examples; moves `pos` past
@@ -61,7 +67,7 @@ class Sampler:
         for j in range(size):
             if self.pos.offset >= self.n:
                 self.pos = DataPosition(self.pos.epoch + 1, 0)
-                self._perm = self._permutation(self.pos.epoch)
+                self._begin(self.pos.epoch)
             if lo <= j < hi:
                 keys.append((self.pos.epoch, int(self._perm[self.pos.offset])))
             self.pos.offset += 1
@@ -71,6 +77,74 @@ class Sampler:
         """This rank's slice of the next `size` examples (all of them for one process), loaded
         here."""
         return load_batch(self.dataset, self.next_keys(size))
+
+
+class BucketSampler(Sampler):
+    """Batches by size, with length bucketing (fairseq's `max_tokens`): each batch holds at
+    most `units` padded units (its longest example's size times its count: frames, tokens) and
+    at most `cap` examples, of similar sizes, so that little of a batch is padding.
+
+    Epoch e's plan: every index sorted by (size, position in randperm(n, seed=(seed, e))), cut
+    into batches greedily, the batches shuffled by the same generator: a function of (seed, e)
+    and the sizes only. `pos.offset` counts the batches of the plan consumed. With `world` ranks
+    each `next_keys` consumes `world` batches and rank r gets the r-th: the plan does not depend
+    on `world`, and the data of one optimizer step is a function of the step."""
+
+    def __init__(self, dataset: Any, seed: int, pos: DataPosition, rank: int = 0,
+                 world: int = 1, *, units: int, cap: int) -> None:
+        sizes = getattr(dataset, "sizes", None)
+        if sizes is None:
+            raise TpError(f"pretrain.batch_units batches by size, but the dataset "
+                          f"({type(dataset).__name__}) does not say its examples' sizes",
+                          hint="remove pretrain.batch_units (batch by pretrain.batch_size), or "
+                          "use a processor whose dataset has sizes()")
+        self.sizes = np.asarray(sizes(), dtype=np.int64)
+        self.units, self.cap = int(units), max(1, int(cap))
+        big = int(self.sizes.argmax()) if len(self.sizes) else 0
+        if len(self.sizes) and self.sizes[big] > self.units:
+            raise TpError(f"example {big} has {self.sizes[big]:,} units (frames, tokens), more "
+                          f"than a whole batch may hold (pretrain.batch_units={self.units:,})",
+                          hint="raise pretrain.batch_units, or lower the processor's maximum "
+                          "length so that such examples are refused at preprocessing")
+        super().__init__(dataset, seed, pos, rank, world)
+
+    def _begin(self, epoch: int) -> None:
+        self._plan = self.plan(epoch)
+
+    def plan(self, epoch: int) -> list[np.ndarray]:
+        """Epoch `epoch`'s batches (arrays of example indices), in the order they are read."""
+        g = epoch_generator(self.seed, epoch)
+        rank = torch.randperm(self.n, generator=g).argsort().numpy()  # index -> place in perm
+        order = np.lexsort((rank, self.sizes))  # by size, ties in the epoch's random order
+        batches, start, longest = [], 0, 0
+        for i, index in enumerate(order):
+            longest = max(longest, int(self.sizes[index]))
+            if i > start and (longest * (i - start + 1) > self.units or i - start >= self.cap):
+                batches.append(order[start:i])
+                start, longest = i, int(self.sizes[index])
+        batches.append(order[start:])
+        shuffle = torch.randperm(len(batches), generator=g).tolist()
+        return [batches[j] for j in shuffle]
+
+    def next_keys(self, size: int) -> list[Key]:
+        """(epoch, index) of this rank's batch of the next `world` (`size` is not used: the
+        batch is as large as `units` and `cap` allow)."""
+        keys: list[Key] = []
+        for j in range(self.world):
+            if self.pos.offset >= len(self._plan):
+                self.pos = DataPosition(self.pos.epoch + 1, 0)
+                self._begin(self.pos.epoch)
+            if j == self.rank:
+                keys = [(self.pos.epoch, int(i)) for i in self._plan[self.pos.offset]]
+            self.pos.offset += 1
+        return keys
+
+
+def padding_waste(sizes: np.ndarray, batches: list[np.ndarray]) -> float:
+    """The share of the padded batches' units that are padding: 1 - real / (count x longest)."""
+    real = sum(int(sizes[b].sum()) for b in batches)
+    padded = sum(len(b) * int(sizes[b].max()) for b in batches)
+    return 1.0 - real / padded if padded else 0.0
 
 
 def load_batch(dataset: Any, keys: list[Key]) -> dict[str, torch.Tensor]:

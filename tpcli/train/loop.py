@@ -28,7 +28,7 @@ from tpcli.errors import Interrupted, Terminated, TpError
 from tpcli.plugins import Plugins
 from tpcli.train import checkpoint as ckpt_io
 from tpcli.train import run_folder
-from tpcli.train.batches import Batches, DataPosition, Sampler  # noqa: F401 - Sampler: re-export
+from tpcli.train.batches import Batches, BucketSampler, DataPosition, Sampler
 from tpcli.train.perf import FlopMeter, peak_flops
 from tpcli.train.strategies import make_strategy, resolved_name
 from tpcli.train.strategy import Dist, Strategy
@@ -125,7 +125,11 @@ def train(s: Setup) -> dict[str, Any]:
         rngs = extra.get("rng_ranks") or [extra["rng"]]
         if dist.rank < len(rngs):
             _set_rng_state(rngs[dist.rank])
-    sampler = Sampler(s.dataset, opts.seed, pos, dist.rank, dist.world_size)
+    if opts.batch_units is not None:  # variable batches of similar lengths (speech)
+        sampler: Sampler = BucketSampler(s.dataset, opts.seed, pos, dist.rank, dist.world_size,
+                                         units=opts.batch_units, cap=micro // dist.world_size)
+    else:
+        sampler = Sampler(s.dataset, opts.seed, pos, dist.rank, dist.world_size)
     batches = Batches(sampler, micro, data_workers(opts), pin_memory=dist.device.type == "cuda")
     declared = s.dataset.batch_keys()  # what tokens/s counts: tokens, patches, frames, ...
     unit = count_units({}, declared)[0]
