@@ -31,6 +31,18 @@ def test_cosine_and_constant() -> None:
     assert lr_factor(80, c) == 1.0
 
 
+def test_inverse_sqrt_as_fairseq() -> None:
+    # fairseq inverse_sqrt, warmup 10: lr = peak * sqrt(10) / sqrt(num_updates) after warm-up
+    o = PretrainOptions(steps=1000, warmup_steps=10, schedule="inverse_sqrt")
+    assert lr_factor(4, o) == pytest.approx(5 / 11)
+    assert lr_factor(10, o) == pytest.approx(1.0)
+    assert lr_factor(40, o) == pytest.approx(0.5)
+    assert lr_factor(1000, o) == pytest.approx(0.1)
+    floor = PretrainOptions(steps=1000, warmup_steps=10, schedule="inverse_sqrt",
+                            min_lr_ratio=0.2)
+    assert lr_factor(1000, floor) == pytest.approx(0.2)
+
+
 def test_scheduler_drives_optimizer_lr() -> None:
     model = torch.nn.Linear(4, 4)
     o = PretrainOptions(steps=20, warmup_steps=4, lr=1e-3)

@@ -49,8 +49,9 @@ class PretrainOptions(_Strict):
     adam_eps: float = Field(1e-6, gt=0.0, description="AdamW epsilon")
     warmup_ratio: float = Field(0.01, ge=0.0, le=1.0, description="warm-up as a share of steps")
     warmup_steps: int | None = Field(None, ge=0, description="warm-up steps (wins over the ratio)")
-    schedule: Literal["linear", "cosine", "constant"] = Field(
-        "linear", description="decay after warm-up"
+    schedule: Literal["linear", "cosine", "constant", "inverse_sqrt"] = Field(
+        "linear", description="decay after warm-up (inverse_sqrt: fairseq's and S2T's, "
+        "lr * sqrt(warmup / step), never below min_lr_ratio)"
     )
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr as a share of lr")
     grad_clip: float = Field(1.0, ge=0.0, description="max global grad norm (0: no clipping)")

@@ -97,6 +97,8 @@ def lr_factor(step: int, opts: PretrainOptions) -> float:
         return (step + 1) / (warm + 1)
     if opts.schedule == "constant":
         return 1.0
+    if opts.schedule == "inverse_sqrt":  # fairseq's: lr * sqrt(warmup / step) after warm-up
+        return max(opts.min_lr_ratio, math.sqrt(max(warm, 1) / max(step, 1)))
     span = max(1, opts.steps - warm)
     progress = min(1.0, (step - warm) / span)
     floor = opts.min_lr_ratio
