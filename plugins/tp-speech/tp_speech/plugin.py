@@ -10,7 +10,7 @@ from tpcli import hookimpl
 
 @hookimpl
 def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
-    pass
+    register("embedding", "speech", "tp_speech.speech:SpeechEmbedding")
 
 
 @hookimpl
