@@ -1,8 +1,14 @@
-"""Word (token) embedding: the vocabulary matrix, shared with output layers when tied."""
+"""Word (token) embedding: the vocabulary matrix, shared with output layers when tied.
+
+`scale` multiplies the looked-up vectors (not the table): fairseq-style models (S2T, mBART with
+scale_embedding, the Transformer paper) feed sqrt(hidden) * table[id] to the stack while the
+tied output layer reads the table as is. The default 1 leaves every other model as it was.
+"""
 
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from tpcli.data.batch import BatchKey
@@ -16,7 +22,9 @@ class WordEmbedding(nn.Module):
     side's table (`share_from`): one parameter, one state-dict key."""
 
     class Config(ModuleConfig):
-        pass
+        scale: float = Field(
+            1.0, gt=0.0, description="multiplier of the embedded vectors, e.g. sqrt(hidden_size) "
+            "for S2T / fairseq models with scale_embedding (1: the table's rows as they are)")
 
     def __init__(self, config: Config, ctx: BuildContext) -> None:
         super().__init__()
@@ -46,4 +54,5 @@ class WordEmbedding(nn.Module):
         return self._table().weight  # (V, E)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._table()(inputs["input_ids"])  # (B, T, E)
+        x = self._table()(inputs["input_ids"])  # (B, T, E)
+        return x * self.config.scale if self.config.scale != 1.0 else x
