@@ -14,7 +14,8 @@ from setuptools import find_namespace_packages, find_packages, setup
 # here: tests/test_packaging.py fails on any file in these folders that no glob ships.
 DATA_PACKAGES = {
     "tpcli.builtin_recipes": ("recipes", ["**/*.yaml", "**/*.md", "**/*.json",
-                                          "**/*.safetensors"]),  # image tokenizers' codebooks
+                                          "**/*.safetensors",  # image tokenizers' codebooks
+                                          "**/*.model"]),  # SentencePiece vocabularies
     "tpcli.builtin_zoo": ("zoo", ["*.yaml", "*.md"]),
 }
 
