@@ -11,6 +11,7 @@ from tpcli import hookimpl
 @hookimpl
 def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
     register("embedding", "speech", "tp_speech.speech:SpeechEmbedding")
+    register("target", "ctc", "tp_speech.ctc:CtcTarget")
 
 
 @hookimpl
