@@ -1,0 +1,231 @@
+"""What the S2T converter carries beside the weights: HF's feature extractor
+(preprocessor_config.json, Speech2TextFeatureExtractor) and tokenizer (Speech2TextTokenizer:
+a SentencePiece model + vocab.json).
+
+Feature extractor. HF -> tp reads preprocessor_config.json into the recipe's `speech` processor
+section (the fbank options and utterance CMVN); tp -> HF writes the preprocessor_config.json of
+the recipe's processor, so `AutoFeatureExtractor.from_pretrained` computes the features tp's
+pipeline computes.
+
+Tokenizer. Speech2TextTokenizer cuts text with the SentencePiece model and numbers the pieces
+through vocab.json (fairseq's dictionary: <s>=0, <pad>=1, </s>=2, <unk>=3, then the pieces),
+whose ids need not be the SentencePiece model's. tp's `unigram` tokenizer takes a
+`tokenizers` pipeline: `s2t_tokenizer` builds the SentencePiece model's pipeline (its
+normaliser, pre-tokeniser and scores) over vocab.json's pieces in vocab.json's order, so tp's ids
+are HF's. The two HF files are kept beside it in the checkpoint's tokenizer folder
+(`tokenizer_from_hf`), and `to_hf` writes them back unchanged; a tokenizer trained in tp has no
+such files and is exported as the SentencePiece model `spm_model_bytes` writes from its
+pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tpcli.errors import DataError, TpError
+
+log = logging.getLogger(__name__)
+
+PROCESSOR_FILE = "preprocessor_config.json"
+SPM_FILE, VOCAB_FILE, TOKENIZER_CONFIG = "sentencepiece.bpe.model", "vocab.json", \
+    "tokenizer_config.json"
+HF_FILES = (SPM_FILE, VOCAB_FILE)
+ROLES = {"bos": "<s>", "pad": "<pad>", "eos": "</s>", "unk": "<unk>"}  # HF's defaults
+FBANK_FROM_HF = {"sampling_rate": "sample_rate", "num_mel_bins": "num_mel_bins",
+                 "dither": "dither"}
+CMVN_FROM_HF = {"normalize_means": "normalize_means", "normalize_vars": "normalize_vars"}
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read {path}: {e}",
+                        hint=f"save the {what} again (save_pretrained(DIR))") from e
+    if not isinstance(data, dict):
+        raise DataError(f"{path} is not a JSON object", hint=f"is it a {what}?")
+    return data
+
+
+# ------------------------------------------------------------------------ feature extractor
+
+def _processor_fields() -> dict[str, Any]:
+    """The options of the registered `speech` processor (name -> pydantic field)."""
+    from tpcli.plugins import get_plugins
+
+    registry = get_plugins().registry
+    if "speech" not in registry.names("processor"):
+        raise TpError("no `speech` data processor is installed, so the converted checkpoint "
+                      "would have no feature pipeline", hint="install tp-speech fully")
+    return dict(registry.get("processor", "speech").Config.model_fields)
+
+
+def processor_section(fe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's `speech` processor section of an HF Speech2TextFeatureExtractor config."""
+    fbank = {tp: fe[hf] for hf, tp in FBANK_FROM_HF.items() if hf in fe}
+    cmvn = bool(fe.get("do_ceptral_normalize", True))
+    norm = {tp: bool(fe[hf]) and cmvn for hf, tp in CMVN_FROM_HF.items() if hf in fe}
+    if not cmvn:
+        norm = {"normalize_means": False, "normalize_vars": False}
+    fields = _processor_fields()
+    section: dict[str, Any] = {"name": "speech"}
+    if "fbank" in fields:  # the fbank options nested, CMVN beside them
+        section["fbank"] = fbank
+        wanted = norm
+    else:
+        wanted = {**fbank, **norm}
+    lost = {k: v for k, v in wanted.items() if k not in fields}
+    section.update({k: v for k, v in wanted.items() if k in fields})
+    if lost:
+        log.warning("the speech processor has no options %s; the recipe takes its defaults",
+                    lost)
+    return section
+
+
+def feature_extractor_config(options: Any) -> dict[str, Any]:
+    """preprocessor_config.json (Speech2TextFeatureExtractor) of a `speech` processor's options."""
+    fbank = getattr(options, "fbank", options)
+
+    def get(obj: Any, name: str, default: Any) -> Any:
+        return getattr(obj, name, default)
+
+    means = bool(get(options, "normalize_means", True))
+    variances = bool(get(options, "normalize_vars", True))
+    bins = int(get(fbank, "num_mel_bins", 80))
+    return {"feature_extractor_type": "Speech2TextFeatureExtractor", "feature_size": bins,
+            "num_mel_bins": bins, "sampling_rate": int(get(fbank, "sample_rate", 16000)),
+            "dither": float(get(fbank, "dither", 0.0)), "padding_value": 0.0,
+            "padding_side": "right", "return_attention_mask": True,
+            "do_ceptral_normalize": means or variances, "normalize_means": means,
+            "normalize_vars": variances}
+
+
+# ------------------------------------------------------------------------ tokenizer
+
+def s2t_tokenizer(spm_bytes: bytes, vocab: dict[str, int], where: str,
+                  lowercase: bool = False) -> Any:
+    """The `tokenizers` pipeline of a Speech2TextTokenizer: the SentencePiece model's
+    normaliser, pre-tokeniser, decoder and piece scores, with the pieces numbered as vocab.json
+    numbers them. A piece of vocab.json the model lacks keeps score 0 (kept whole when it
+    occurs); a piece of the model vocab.json lacks is dropped (HF maps it to <unk>)."""
+    from tokenizers import normalizers
+
+    from tp_text.unigram import SPM_CONTROL, SPM_NORMAL, SPM_UNKNOWN, parse_spm_model, \
+        tokenizer_from_spm
+
+    spm = parse_spm_model(spm_bytes, where)
+    scores = {p: s for p, s, _ in spm["pieces"]}
+    order = sorted(vocab.items(), key=lambda kv: kv[1])
+    if [i for _, i in order] != list(range(len(order))):
+        raise DataError(f"{where}: vocab.json's ids are not 0..{len(order) - 1}",
+                        hint="give the vocab.json saved with the model")
+    unk = vocab.get(ROLES["unk"])
+    if unk is None:
+        raise DataError(f"{where}: vocab.json has no {ROLES['unk']}")
+    specials = set(ROLES.values())
+    pieces = [(p, scores.get(p, 0.0) if p not in specials else 0.0,
+               SPM_UNKNOWN if p == ROLES["unk"] else SPM_CONTROL if p in specials
+               else SPM_NORMAL) for p, _ in order]
+    tok = tokenizer_from_spm({**spm, "pieces": pieces, "unk_id": unk})
+    if lowercase:  # Speech2TextTokenizer(do_lower_case=True) lowercases the text first
+        steps = [normalizers.Lowercase()] + ([tok.normalizer] if tok.normalizer else [])
+        tok.normalizer = normalizers.Sequence(steps)
+    return tok
+
+
+def tokenizer_from_hf(folder: Path, directory: Path) -> tuple[Any, dict[str, Any]] | None:
+    """The folder's Speech2TextTokenizer as a tp `unigram` tokenizer saved in `directory`
+    (with the HF files beside it, for the way back), and the recipe's data.tokenizer section;
+    None when the folder has no tokenizer."""
+    from tp_text.unigram import UnigramConfig, UnigramTokenizer
+
+    if not all((folder / name).is_file() for name in HF_FILES):
+        return None
+    config = read_json(folder / TOKENIZER_CONFIG, "tokenizer") \
+        if (folder / TOKENIZER_CONFIG).is_file() else {}
+    if config.get("lang_codes"):
+        raise TpError(f"{folder}: a multilingual Speech2Text tokenizer (lang_codes "
+                      f"{config['lang_codes']!r}) prefixes a language token; tp carries "
+                      "single-language tokenizers only", hint="convert an ASR checkpoint")
+    vocab = {str(k): int(v) for k, v in read_json(folder / VOCAB_FILE, "tokenizer").items()}
+    tok = s2t_tokenizer((folder / SPM_FILE).read_bytes(), vocab, str(folder / SPM_FILE),
+                        lowercase=bool(config.get("do_lower_case", False)))
+    if config.get("do_upper_case"):
+        log.warning("%s: Speech2TextTokenizer upper-cases decoded text (do_upper_case); tp's "
+                    "decoded text keeps the pieces' case", folder)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    roles = {f"{r}_token": str(config.get(f"{r}_token") or t) for r, t in ROLES.items()}
+    section = {"name": "unigram", "tokenizer_json": "tokenizer.json", **roles,
+               "mask_token": None}
+    tokenizer = UnigramTokenizer(UnigramConfig(**{k: v for k, v in section.items()
+                                                  if k != "name"}), directory)
+    tokenizer.save(str(directory))
+    for name in (*HF_FILES, TOKENIZER_CONFIG):
+        if (folder / name).is_file():
+            shutil.copy(folder / name, directory / f"hf_{name}")
+    return tokenizer, {**section, "tokenizer_json": "tokenizer/tokenizer.json"}
+
+
+def tokenizer_to_hf(source: Path, folder: Path) -> bool:
+    """The HF tokenizer files kept by `tokenizer_from_hf` in checkpoint tokenizer folder
+    `source`, written to `folder`; False when there are none."""
+    if not all((source / f"hf_{name}").is_file() for name in HF_FILES):
+        return False
+    for name in (*HF_FILES, TOKENIZER_CONFIG):
+        if (source / f"hf_{name}").is_file():
+            shutil.copy(source / f"hf_{name}", folder / name)
+    if not (folder / TOKENIZER_CONFIG).is_file():
+        config = {"tokenizer_class": "Speech2TextTokenizer", **{
+            f"{r}_token": t for r, t in ROLES.items()}}
+        (folder / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return True
+
+
+# ------------------------------------------------------------------------ the converter's part
+
+@dataclass(frozen=True)
+class S2tPreprocessing:
+    """The S2T converter's `preprocessing` (see `tpcli.convert.Converter`)."""
+
+    def from_hf(self, folder: Path, hf_config: dict[str, Any]) -> dict[str, Any]:
+        """The recipe's data section: the `speech` processor of the folder's
+        preprocessor_config.json (HF's defaults, with a warning, when it has none)."""
+        path = Path(folder) / PROCESSOR_FILE
+        if path.is_file():
+            fe = read_json(path, "feature extractor")
+        else:
+            log.warning("%s has no %s: assuming Speech2TextFeatureExtractor's defaults (80 "
+                        "bins, 16 kHz, utterance CMVN)", folder, PROCESSOR_FILE)
+            fe = {}
+        return {"processor": processor_section(fe)}
+
+    def tokenizer_from_hf(self, folder: Path, hf_config: dict[str, Any], directory: Path
+                          ) -> tuple[Any, dict[str, Any]] | None:
+        """(tp tokenizer saved in `directory`, data.tokenizer section) of the folder's
+        Speech2TextTokenizer files; None without them."""
+        return tokenizer_from_hf(Path(folder), Path(directory))
+
+    def to_hf(self, recipe: Any, folder: Path, hf_config: dict[str, Any]) -> None:
+        """preprocessor_config.json of the recipe's processor, and the tokenizer files the
+        checkpoint kept (see the module docstring)."""
+        config = feature_extractor_config(recipe.processor.options)
+        features = hf_config.get("input_feat_per_channel", config["feature_size"])
+        if config["feature_size"] != features:
+            raise TpError(f"the recipe's speech processor makes {config['feature_size']} "
+                          f"features per frame, the model reads {features}",
+                          hint="set the processor's num_mel_bins to the speech embedding's "
+                          "features")
+        folder = Path(folder)
+        (folder / PROCESSOR_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
+                                             encoding="utf-8")
+        if recipe.tokenizer is None or recipe.path is None:
+            return
+        if not tokenizer_to_hf(Path(recipe.path) / "tokenizer", folder):
+            log.warning("the checkpoint's tokenizer was not converted from Speech2Text; only "
+                        "the model and the feature extractor are written")
