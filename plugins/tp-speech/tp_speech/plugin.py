@@ -21,4 +21,4 @@ def tp_register_processors(register: Callable[[str, Any], None]) -> None:
 
 @hookimpl
 def tp_register_converters(register: Callable[[str, Any], None]) -> None:
-    pass
+    register("speech_to_text", "tp_speech.convert_s2t:CONVERTER")  # HF's model_type
