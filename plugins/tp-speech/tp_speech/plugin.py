@@ -16,7 +16,7 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
 
 @hookimpl
 def tp_register_processors(register: Callable[[str, Any], None]) -> None:
-    pass
+    register("speech", "tp_speech.speech_processor:SpeechProcessor")
 
 
 @hookimpl

@@ -1,0 +1,339 @@
+"""The `speech` processor: transcribed audio for speech recognition (S2T), stored once, read
+with SpecAugment at load time.
+
+Preprocess (`corpus_format = "records"`): the corpus is read by `tp_speech.corpus` (LibriSpeech
+folder, `text<TAB>path` TSV, JSONL manifest, Sphinx folder); the transcripts are tokenized by
+the recipe's tokenizer in one batch; the audio is decoded by threads (`read_audio`: libsndfile
+releases the GIL) and, with `store: fbank`, turned into Kaldi log-mel features a chunk at a time
+by one batched `fbank` call (torch spreads it over the cores). Per utterance the dataset holds
+
+    features (T, F) float16   Kaldi fbank, per-utterance CMVN applied (store: fbank), or
+    waveform (N,) int16       the samples at the 16-bit scale they were recorded at (waveform)
+    ids      (L,) int32       the transcript's token ids (no special tokens)
+    frames   ()   int32       T, the utterance's frames: `sizes()` for batching by frames
+
+Load: `input_features` (T, F) float32 (the stored features, or fbank + CMVN of the stored
+waveform), then SpecAugment drawn from the generator of (seed, epoch, index) when configured;
+`tgt_input_ids` = [start] + ids, `lm_labels` = ids + [end], with start = end = `eos` as in HF's
+S2T (decoder_start_token_id = eos), `sep` for a vocabulary without `eos`.
+
+Why fbank is stored by default (measured on this machine, 2 shared cores; the pocketsphinx
+LibriVox recordings and 240 espeak-ng utterances, `python benchmarks/speech_store.py`):
+
+- bytes on disk per hour of audio: fbank float16 57.6 MB (100 frames/s x 80 x 2 bytes + ids),
+  waveform int16 115.2 MB (16,000 x 2 bytes): half the disk and half the page-cache for fbank;
+- preprocess: see MEASURED below; fbank costs the feature pass once, at preprocess;
+- load time per example (a 10 s utterance, SpecAugment on): see MEASURED below; a waveform
+  pays fbank at every load, in every epoch, in the DataLoader workers that feed the GPU.
+
+MEASURED (filled from benchmarks/speech_store.py).
+
+float16 costs nothing a model can see: CMVN'd features lie in about [-5, 5], where float16's
+spacing is at most 2^-8 (about 0.004, against features whose unit is one standard deviation).
+`store: waveform` remains for what needs the samples at load: dither, speed perturbation, or
+models that read raw audio.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar, Iterator, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from tpcli.data.batch import IGNORE, BatchKey
+from tpcli.data.dataset import ExampleDataset, special_id
+from tpcli.errors import DataError
+from tpcli.model.module import ModuleConfig
+from tp_speech.fbank import FbankConfig
+
+SKIPPED_SHOWN = 20  # skipped utterances named in meta.json; the counts are always exact
+CHUNK = 32  # utterances decoded and featurised together: one fbank call
+END_TOKENS = ("eos", "sep")  # the decoder start and the transcript's end: the first it has
+
+
+def _spec_augment_config() -> type:
+    from tp_speech.specaugment import SpecAugmentConfig
+
+    return SpecAugmentConfig
+
+
+class SpeechProcessorConfig(ModuleConfig):
+    """Options of the `speech` processor (transcribed audio)."""
+
+    sample_rate: int = Field(16000, ge=1000, description="audio is resampled to this rate")
+    store: Literal["fbank", "waveform"] = Field(
+        "fbank", description="what the dataset holds per utterance: float16 fbank features "
+        "(half the bytes, no feature pass at load) or the int16 waveform (features computed "
+        "at every load)")
+    features: FbankConfig = Field(default_factory=FbankConfig,
+                                  description="Kaldi fbank options (HF S2T's defaults)")
+    cmvn: bool = Field(True, description="per-utterance mean and variance normalisation of "
+                       "the features (HF Speech2TextFeatureExtractor's do_ceptral_normalize)")
+    spec_augment: Any = Field(
+        None, description="SpecAugment options (tp_speech.specaugment.SpecAugmentConfig; {} "
+        "for the LibriSpeech policy), applied at load; None: off")
+    max_frames: int | None = Field(
+        6000, ge=1, description="the longest utterance kept, in frames (S2T's "
+        "max_source_positions); None: no limit")
+    too_long: Literal["raise", "skip"] = Field(
+        "raise", description="an utterance longer than max_frames: stop with an error naming "
+        "it, or skip it (counted in meta.json)")
+    on_error: Literal["raise", "skip"] = Field(
+        "raise", description="an unreadable or empty audio file, a missing file or transcript: "
+        "stop with an error naming it, or skip the utterance (counted and listed in meta.json)")
+    unknown: Literal["raise", "count"] = Field(
+        "raise", description="transcript characters the vocabulary cannot encode: stop with an "
+        "error naming the utterance, or keep the unk ids (counted in meta.json)")
+    case: Literal["keep", "upper", "lower"] = Field(
+        "keep", description="transcripts upper- or lower-cased before tokenizing (LibriSpeech "
+        "is upper case, HF S2T's vocabulary lower case)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SpeechProcessorConfig":
+        if self.spec_augment is not None and not isinstance(self.spec_augment, ModuleConfig):
+            self.spec_augment = _spec_augment_config().model_validate(self.spec_augment)
+        if "sample_rate" not in self.features.model_fields_set:
+            self.features = self.features.model_copy(update={"sample_rate": self.sample_rate})
+        elif self.features.sample_rate != self.sample_rate:
+            raise ValueError(f"features.sample_rate ({self.features.sample_rate}) differs from "
+                             f"sample_rate ({self.sample_rate}): give one")
+        return self
+
+
+def to_int16(waveform: np.ndarray) -> np.ndarray:
+    """[-1, 1] float samples at the 16-bit scale (exact for audio read from 16-bit files)."""
+    return np.clip(np.rint(waveform * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def featurise(waveforms: list[np.ndarray], config: SpeechProcessorConfig,
+              generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """(T, F) float32 features of each waveform ((N,) float32 in [-1, 1]): one batched fbank
+    call, then per-utterance CMVN when configured. What the dataset stores or computes at load,
+    and what inference must feed a model trained on it."""
+    from tp_speech.fbank import fbank, utterance_cmvn
+
+    if not waveforms:
+        return []
+    lengths = torch.tensor([len(w) for w in waveforms], dtype=torch.int64)
+    batch = torch.zeros(len(waveforms), int(lengths.max()))  # (B, N)
+    for row, w in enumerate(waveforms):
+        batch[row, :len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
+    feats, frames = fbank(batch, lengths, config.features, generator)  # (B, T, F), (B,)
+    if config.cmvn:
+        feats = utterance_cmvn(feats, frames)
+    return [feats[row, :int(n)] for row, n in enumerate(frames)]
+
+
+class SpeechDataset(ExampleDataset):
+    """One example per utterance: input_features (T, F), tgt_input_ids (L,), lm_labels (L,)."""
+
+    def __init__(self, store: Any, tokenizer: Any, seed: int,
+                 config: SpeechProcessorConfig) -> None:
+        super().__init__(store, tokenizer, seed)
+        self.config = config
+        self.end = special_id(self.special_ids, END_TOKENS, "speech",
+                              "the decoder start and the end of each transcript")
+        self.vocab_size = int(tokenizer.vocab_size)
+        stored = "features" if "features" in store.fields else "waveform"
+        if stored != config.store:
+            raise DataError(f"dataset {store.folder} holds {stored}, but the recipe's speech "
+                            f"processor has store: {config.store}",
+                            hint=f"set data.processor.store={stored}, or re-run `tp preprocess`")
+        self.frames = store.column("frames").astype(np.int64)  # (n,)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def sizes(self) -> np.ndarray:
+        """Frames per example (what batches by frames and length bucketing read)."""
+        return self.frames.copy()
+
+    def features(self, index: int, g: torch.Generator | None = None) -> torch.Tensor:
+        """Example `index`'s (T, F) float32 features, before SpecAugment."""
+        stored = self.store.example(index)
+        if "features" in stored:
+            return torch.from_numpy(np.asarray(stored["features"], dtype=np.float32))
+        samples = np.asarray(stored["waveform"], dtype=np.float32) / 32768.0
+        return featurise([samples], self.config, g)[0]
+
+    def example(self, index: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        feats = self.features(index, g)  # (T, F)
+        if self.config.spec_augment is not None:
+            from tp_speech.specaugment import spec_augment
+
+            feats = spec_augment(feats, g, self.config.spec_augment)
+        ids = torch.from_numpy(np.asarray(self.store.example(index)["ids"], dtype=np.int64))
+        end = torch.tensor([self.end])
+        return {"input_features": feats, "tgt_input_ids": torch.cat([end, ids]),
+                "lm_labels": torch.cat([ids, end])}
+
+    def batch_keys(self) -> tuple[BatchKey, ...]:
+        return (
+            BatchKey("input_features", "float32", ("T", self.config.features.features), pad=0.0,
+                     mask="attention_mask", unit="frames"),
+            BatchKey("tgt_input_ids", "int64", ("T",), pad=self.pad_id,
+                     mask="tgt_attention_mask", high=self.vocab_size),
+            BatchKey("lm_labels", "int64", ("T",), pad=IGNORE),
+        )
+
+
+class SpeechProcessor:
+    """Transcribed audio for an encoder-decoder speech recogniser (S2T)."""
+
+    Config = SpeechProcessorConfig
+    corpus_format: ClassVar[str] = "records"
+
+    def __init__(self, config: SpeechProcessorConfig | None = None) -> None:
+        self.config = config or SpeechProcessorConfig()
+        self._contents: dict[str, Any] = {}
+
+    def fields(self) -> dict[str, tuple[str, tuple[int | None, ...]]]:
+        audio = (("features", ("float16", (None, self.config.features.features)))
+                 if self.config.store == "fbank" else ("waveform", ("int16", (None,))))
+        return {audio[0]: audio[1], "ids": ("int32", (None,)), "frames": ("int32", ())}
+
+    def records(self, corpus: str, tokenizer: Any, workers: int
+                ) -> Iterator[dict[str, np.ndarray]]:
+        from tp_speech.corpus import read_corpus
+
+        if tokenizer is None:
+            raise DataError("the speech processor tokenizes transcripts, and the recipe names no "
+                            "tokenizer", hint="name one in data.tokenizer (`tp modules tokenizer`)")
+        c = self.config
+        read = read_corpus(corpus, c.on_error)
+        texts = [self._case(u.text) for u in read.utterances]
+        ids = tokenizer.encode_batch(texts)
+        unknown = self._unknown(tokenizer, read.utterances, texts, ids)
+        skipped, too_long = list(read.skipped), []
+        seconds, kept = 0.0, 0
+        for index, waveform, error in self._decoded(read.utterances, workers):
+            utt = read.utterances[index]
+            if waveform is None:
+                skipped.append(error or str(utt.path))
+                continue
+            frames = int(waveform[1])
+            if c.max_frames is not None and frames > c.max_frames:
+                message = (f"{utt.source}: utterance {utt.uttid} ({utt.path}) has {frames:,} "
+                           f"frames ({waveform[2]:.1f} s), more than max_frames="
+                           f"{c.max_frames:,}")
+                if c.too_long == "raise":
+                    raise DataError(message, hint="raise data.processor.max_frames, or set "
+                                    "data.processor.too_long=skip to skip such utterances "
+                                    "(counted in the dataset's meta.json)")
+                too_long.append(message)
+                continue
+            seconds += waveform[2]
+            kept += 1
+            yield {self.fields_audio: waveform[0], "ids": np.asarray(ids[index], np.int32),
+                   "frames": np.int32(frames)}
+        self._contents = {
+            "layout": read.layout, "utterances": kept, "hours": round(seconds / 3600, 4),
+            "skipped": len(skipped), "skipped_files": skipped[:SKIPPED_SHOWN],
+            "too_long": len(too_long), "too_long_files": too_long[:SKIPPED_SHOWN], **unknown}
+
+    @property
+    def fields_audio(self) -> str:
+        return "features" if self.config.store == "fbank" else "waveform"
+
+    def _case(self, text: str) -> str:
+        return {"keep": text, "upper": text.upper(), "lower": text.lower()}[self.config.case]
+
+    def _unknown(self, tokenizer: Any, utterances: list[Any], texts: list[str],
+                 ids: list[list[int]]) -> dict[str, int]:
+        """Counts of unk ids (unknown: count), or a DataError naming the first utterance whose
+        transcript has characters the vocabulary cannot encode (unknown: raise)."""
+        unk = tokenizer.special_ids.get("unk")
+        if unk is None:
+            return {}
+        hits = [i for i, row in enumerate(ids) if unk in row]
+        if hits and self.config.unknown == "raise":
+            i = hits[0]
+            chars = sorted({ch for ch in set(texts[i]) if not ch.isspace()
+                            and unk in tokenizer.encode_batch([ch])[0]})
+            raise DataError(
+                f"{utterances[i].source}: the transcript of utterance {utterances[i].uttid} has "
+                f"characters the vocabulary cannot encode ({''.join(chars) or 'a word'}), in "
+                f"{texts[i][:80]!r}; {len(hits)} of {len(texts)} transcripts have such",
+                hint="normalise the transcripts (e.g. data.processor.case=upper or lower), use "
+                "a vocabulary trained on them, or set data.processor.unknown=count to keep "
+                "unk ids (counted in meta.json)")
+        return {"unk_tokens": sum(row.count(unk) for row in ids),
+                "utterances_with_unk": len(hits)}
+
+    def _decoded(self, utterances: list[Any], workers: int
+                 ) -> Iterator[tuple[int, tuple[np.ndarray, int, float] | None, str | None]]:
+        """(index, (stored audio array, frames, seconds), None) per utterance in order, or
+        (index, None, error) for an unreadable one with on_error=skip. Threads decode up to
+        `workers` chunks ahead; each chunk's features are one fbank call."""
+        c = self.config
+
+        def load(chunk: range) -> list[tuple[int, Any, str | None]]:
+            from tp_speech.audio import read_audio
+            from tp_speech.fbank import num_frames
+
+            out = []
+            for i in chunk:
+                try:
+                    waveform = read_audio(utterances[i].path, c.sample_rate)
+                    if num_frames(len(waveform), c.features) == 0:
+                        raise DataError(f"audio file {utterances[i].path} holds {len(waveform)} "
+                                        f"samples, less than one {c.features.frame_length_ms:g} "
+                                        "ms frame", hint="remove the utterance from the corpus")
+                    out.append((i, waveform, None))
+                except DataError as e:
+                    if c.on_error == "raise":
+                        raise DataError(f"{utterances[i].source}: {e.message}",
+                                        hint=f"{e.hint or 'fix or remove the file'}, or set "
+                                        "data.processor.on_error=skip to skip such utterances "
+                                        "(counted in the dataset's meta.json)") from None
+                    out.append((i, None, f"{utterances[i].source}: {e.message}"))
+            return out
+
+        chunks = [range(s, min(s + CHUNK, len(utterances)))
+                  for s in range(0, len(utterances), CHUNK)]
+        window = max(1, workers or 2)
+        with ThreadPoolExecutor(window, thread_name_prefix="tp-audio") as pool:
+            pending = [pool.submit(load, ch) for ch in chunks[:window]]
+            for k in range(len(chunks)):
+                try:
+                    decoded = pending[k].result()
+                finally:
+                    if k + window < len(chunks):
+                        pending.append(pool.submit(load, chunks[k + window]))
+                    pending[k] = None  # type: ignore[call-overload]  # free the chunk
+                yield from self._stored(decoded)
+
+    def _stored(self, decoded: list[tuple[int, Any, str | None]]
+                ) -> Iterator[tuple[int, tuple[np.ndarray, int, float] | None, str | None]]:
+        from tp_speech.fbank import num_frames
+
+        good = [(i, w) for i, w, _ in decoded if w is not None]
+        feats = featurise([w for _, w in good], self.config) if self.config.store == "fbank" \
+            else None
+        by_index = {i: k for k, (i, _) in enumerate(good)}
+        for i, w, error in decoded:
+            if w is None:
+                yield i, None, error
+                continue
+            seconds = len(w) / self.config.sample_rate
+            if feats is not None:
+                f = feats[by_index[i]]
+                yield i, (f.numpy().astype(np.float16), int(f.shape[0]), seconds), None
+            else:
+                yield i, (to_int16(w), num_frames(len(w), self.config.features), seconds), None
+
+    def contents(self) -> dict[str, Any]:
+        """Hours, layout, utterances skipped (unreadable, too long), unk counts for meta.json."""
+        return dict(self._contents)
+
+    def dataset(self, store: Any, tokenizer: Any, seed: int) -> SpeechDataset:
+        return SpeechDataset(store, tokenizer, seed, self.config)
+
+    def seq2seq_layout(self, special: dict[str, int]) -> tuple[int | None, list[int], list[int]]:
+        """(decoder start id, ids before a source, after it): the decoder starts with eos (else
+        sep), as this processor trains it; the source is audio, so nothing goes around it."""
+        return next((special[r] for r in END_TOKENS if r in special), None), [], []
+
