@@ -107,7 +107,12 @@ def _info(source: Source, label: str) -> Any:
     try:
         info = sf.info(source)
     except Exception as e:
-        raise AudioError(f"audio {label} is not a file soundfile can read ({_reason(e)})",
+        reason = _reason(e)
+        if "not recognised" not in reason:  # a known format, broken: "file is malformed"
+            raise AudioError(f"audio {label} is corrupt or truncated ({reason})",
+                             hint="re-download or re-encode the file, or remove it from the "
+                             "corpus") from e
+        raise AudioError(f"audio {label} is not a file soundfile can read ({reason})",
                          hint="use WAV, FLAC or Ogg/Vorbis (convert with: sox IN OUT.flac), "
                          "or remove the file from the corpus") from e
     finally:
