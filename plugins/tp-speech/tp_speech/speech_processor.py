@@ -137,7 +137,7 @@ class SpeechDataset(ExampleDataset):
         self.end = special_id(self.special_ids, END_TOKENS, "speech",
                               "the decoder start and the end of each transcript")
         self.vocab_size = int(tokenizer.vocab_size)
-        stored = "features" if "features" in store.fields else "waveform"
+        stored = "fbank" if "features" in store.fields else "waveform"
         if stored != config.store:
             raise DataError(f"dataset {store.folder} holds {stored}, but the recipe's speech "
                             f"processor has store: {config.store}",
