@@ -71,10 +71,12 @@ class SpeechConfig(ModuleConfig):
 
 
 def subsampled_lengths(lengths: torch.Tensor, kernel_sizes: list[int]) -> torch.Tensor:
-    """Frames per row (B,) -> positions per row after the stride-2 convolutions (B,)."""
+    """Frames per row (B,) -> positions per row after the stride-2 convolutions (B,); a row
+    without frames has no positions (an even kernel would make one out of padding alone)."""
     for k in kernel_sizes:
-        lengths = torch.div(lengths + 2 * (k // 2) - k, 2, rounding_mode="floor") + 1
-    return lengths.clamp(min=0)
+        out = torch.div(lengths + 2 * (k // 2) - k, 2, rounding_mode="floor") + 1
+        lengths = torch.where(lengths > 0, out, torch.zeros_like(out))
+    return lengths
 
 
 class SpeechEmbedding(nn.Module):
