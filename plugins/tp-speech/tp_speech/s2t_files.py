@@ -36,9 +36,6 @@ SPM_FILE, VOCAB_FILE, TOKENIZER_CONFIG = "sentencepiece.bpe.model", "vocab.json"
     "tokenizer_config.json"
 HF_FILES = (SPM_FILE, VOCAB_FILE)
 ROLES = {"bos": "<s>", "pad": "<pad>", "eos": "</s>", "unk": "<unk>"}  # HF's defaults
-FBANK_FROM_HF = {"sampling_rate": "sample_rate", "num_mel_bins": "num_mel_bins",
-                 "dither": "dither"}
-CMVN_FROM_HF = {"normalize_means": "normalize_means", "normalize_vars": "normalize_vars"}
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
@@ -54,55 +51,35 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------ feature extractor
 
-def _processor_fields() -> dict[str, Any]:
-    """The options of the registered `speech` processor (name -> pydantic field)."""
-    from tpcli.plugins import get_plugins
-
-    registry = get_plugins().registry
-    if "speech" not in registry.names("processor"):
-        raise TpError("no `speech` data processor is installed, so the converted checkpoint "
-                      "would have no feature pipeline", hint="install tp-speech fully")
-    return dict(registry.get("processor", "speech").Config.model_fields)
-
-
-def processor_section(fe: dict[str, Any]) -> dict[str, Any]:
-    """The recipe's `speech` processor section of an HF Speech2TextFeatureExtractor config."""
-    fbank = {tp: fe[hf] for hf, tp in FBANK_FROM_HF.items() if hf in fe}
-    cmvn = bool(fe.get("do_ceptral_normalize", True))
-    norm = {tp: bool(fe[hf]) and cmvn for hf, tp in CMVN_FROM_HF.items() if hf in fe}
-    if not cmvn:
-        norm = {"normalize_means": False, "normalize_vars": False}
-    fields = _processor_fields()
-    section: dict[str, Any] = {"name": "speech"}
-    if "fbank" in fields:  # the fbank options nested, CMVN beside them
-        section["fbank"] = fbank
-        wanted = norm
-    else:
-        wanted = {**fbank, **norm}
-    lost = {k: v for k, v in wanted.items() if k not in fields}
-    section.update({k: v for k, v in wanted.items() if k in fields})
-    if lost:
-        log.warning("the speech processor has no options %s; the recipe takes its defaults",
-                    lost)
+def processor_section(fe: dict[str, Any], upper_case: bool = False) -> dict[str, Any]:
+    """The recipe's `speech` processor section of an HF Speech2TextFeatureExtractor config
+    (`upper_case`: the tokenizer upper-cases what it decodes, so its vocabulary is lower case
+    and transcripts are lower-cased before tokenizing)."""
+    means = bool(fe.get("normalize_means", True))
+    variances = bool(fe.get("normalize_vars", True))
+    cmvn = bool(fe.get("do_ceptral_normalize", True)) and (means or variances)
+    if cmvn and not (means and variances):
+        log.warning("the feature extractor normalises only the %s; tp's utterance CMVN "
+                    "normalises means and variances", "means" if means else "variances")
+    features = {"num_mel_bins": int(fe.get("num_mel_bins", fe.get("feature_size", 80))),
+                "dither": float(fe.get("dither", 0.0))}
+    section = {"name": "speech", "sample_rate": int(fe.get("sampling_rate", 16000)),
+               "features": features, "cmvn": cmvn}
+    if upper_case:
+        section["case"] = "lower"
     return section
 
 
 def feature_extractor_config(options: Any) -> dict[str, Any]:
-    """preprocessor_config.json (Speech2TextFeatureExtractor) of a `speech` processor's options."""
-    fbank = getattr(options, "fbank", options)
-
-    def get(obj: Any, name: str, default: Any) -> Any:
-        return getattr(obj, name, default)
-
-    means = bool(get(options, "normalize_means", True))
-    variances = bool(get(options, "normalize_vars", True))
-    bins = int(get(fbank, "num_mel_bins", 80))
-    return {"feature_extractor_type": "Speech2TextFeatureExtractor", "feature_size": bins,
-            "num_mel_bins": bins, "sampling_rate": int(get(fbank, "sample_rate", 16000)),
-            "dither": float(get(fbank, "dither", 0.0)), "padding_value": 0.0,
-            "padding_side": "right", "return_attention_mask": True,
-            "do_ceptral_normalize": means or variances, "normalize_means": means,
-            "normalize_vars": variances}
+    """preprocessor_config.json (Speech2TextFeatureExtractor) of a `speech` processor's
+    options: its fbank's bins, rate and dither, and CMVN (means and variances) or none."""
+    fbank = options.features
+    cmvn = bool(options.cmvn)
+    return {"feature_extractor_type": "Speech2TextFeatureExtractor",
+            "feature_size": fbank.num_mel_bins, "num_mel_bins": fbank.num_mel_bins,
+            "sampling_rate": options.sample_rate, "dither": float(fbank.dither),
+            "padding_value": 0.0, "padding_side": "right", "return_attention_mask": True,
+            "do_ceptral_normalize": cmvn, "normalize_means": cmvn, "normalize_vars": cmvn}
 
 
 # ------------------------------------------------------------------------ tokenizer
@@ -203,7 +180,9 @@ class S2tPreprocessing:
             log.warning("%s has no %s: assuming Speech2TextFeatureExtractor's defaults (80 "
                         "bins, 16 kHz, utterance CMVN)", folder, PROCESSOR_FILE)
             fe = {}
-        return {"processor": processor_section(fe)}
+        config = Path(folder) / TOKENIZER_CONFIG
+        upper = config.is_file() and bool(read_json(config, "tokenizer").get("do_upper_case"))
+        return {"processor": processor_section(fe, upper)}
 
     def tokenizer_from_hf(self, folder: Path, hf_config: dict[str, Any], directory: Path
                           ) -> tuple[Any, dict[str, Any]] | None:
