@@ -36,6 +36,7 @@ models that read raw audio.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Iterator, Literal
 
@@ -139,8 +140,8 @@ class SpeechDataset(ExampleDataset):
         self.vocab_size = int(tokenizer.vocab_size)
         stored = "fbank" if "features" in store.fields else "waveform"
         if stored != config.store:
-            raise DataError(f"dataset {store.folder} holds {stored}, but the recipe's speech "
-                            f"processor has store: {config.store}",
+            raise DataError(f"dataset {store.folder} holds {stored} arrays, but the recipe's "
+                            f"speech processor has store: {config.store}",
                             hint=f"set data.processor.store={stored}, or re-run `tp preprocess`")
         self.frames = store.column("frames").astype(np.int64)  # (n,)
 
@@ -294,7 +295,7 @@ class SpeechProcessor:
 
         chunks = [range(s, min(s + CHUNK, len(utterances)))
                   for s in range(0, len(utterances), CHUNK)]
-        window = max(1, workers or 2)
+        window = max(1, workers or os.cpu_count() or 2)  # --workers 0: every core
         with ThreadPoolExecutor(window, thread_name_prefix="tp-audio") as pool:
             pending = [pool.submit(load, ch) for ch in chunks[:window]]
             for k in range(len(chunks)):
