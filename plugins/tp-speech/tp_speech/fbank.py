@@ -248,22 +248,24 @@ def mel_banks(config: FbankConfig, device: torch.device | str = "cpu",
 
 def utterance_cmvn(features: torch.Tensor, frames: torch.Tensor | None = None,
                    eps: float = 0.0) -> torch.Tensor:
-    """Each utterance's features (B, T, F) made zero-mean and unit-variance per feature over its
-    own real frames (the first `frames[b]`; None: all T), padding rows set to 0, as HF's
-    Speech2TextFeatureExtractor (population standard deviation, no epsilon). A feature constant
-    over an utterance (a filter floored in digital silence) has no spread to divide by: HF gives
-    NaN there, this gives 0 (its mean removed), or pass `eps` to add it to the deviation."""
+    """Each utterance's features (B, T, F) (or one (T, F)) made zero-mean and unit-variance per
+    feature over its own real frames (the first `frames[b]`; None: all T), padding rows set to
+    0, as HF's Speech2TextFeatureExtractor (population standard deviation, no epsilon). The
+    statistics are taken in float64 (HF's float32 ones are 2e-5 off on noise-like features);
+    the result has the features' dtype. A feature constant over an utterance (a filter floored
+    in digital silence) has no spread to divide by: HF gives NaN there, this gives 0 (its mean
+    removed), or pass `eps` to add it to the deviation."""
     single = features.dim() == 2
-    if single:
-        features = features[None]
-    batch, t_max, _ = features.shape
+    x = (features[None] if single else features).to(torch.float64)  # (B, T, F)
+    batch, t_max, _ = x.shape
     if frames is None:
         frames = torch.full((batch,), t_max, dtype=torch.int64)
-    frames = torch.as_tensor(frames, device=features.device)
-    real = (torch.arange(t_max, device=features.device)[None, :] < frames[:, None])[..., None]
-    count = frames.clamp_min(1).to(features.dtype)[:, None, None]  # (B, 1, 1)
-    mean = torch.where(real, features, 0.0).sum(1, keepdim=True) / count  # (B, 1, F)
-    centred = torch.where(real, features - mean, 0.0)
+    frames = torch.as_tensor(frames, device=x.device)
+    real = (torch.arange(t_max, device=x.device)[None, :] < frames[:, None])[..., None]
+    count = frames.clamp_min(1).to(x.dtype)[:, None, None]  # (B, 1, 1)
+    mean = torch.where(real, x, 0.0).sum(1, keepdim=True) / count  # (B, 1, F)
+    centred = torch.where(real, x - mean, 0.0)
     std = (centred.square().sum(1, keepdim=True) / count).sqrt() + eps
-    out = torch.where(std > 0, centred / std.clamp_min(torch.finfo(std.dtype).tiny), 0.0)
+    out = torch.where(std > 0, centred / std.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
+    out = out.to(features.dtype)
     return out[0] if single else out
