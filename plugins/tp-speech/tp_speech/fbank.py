@@ -184,13 +184,14 @@ def frame_features(x: torch.Tensor, config: FbankConfig,
         x = torch.empty_like(y)
         torch.sub(y[..., 1:], y[..., :-1], alpha=k, out=x[..., 1:])
         torch.mul(y[..., :1], 1 - k, out=x[..., :1])
-    x.mul_(window_function(config, x.device, x.dtype))
+    window, banks = _filters(config, x.device, x.dtype)
+    x.mul_(window)
     if config.use_energy and not config.raw_energy:
         energy = x.square().sum(-1).clamp_min(FLT_MIN).log()
     spectrum = torch.view_as_real(torch.fft.rfft(x, n=config.fft_size))  # (B, T, K, 2)
     re, im = spectrum[..., 0], spectrum[..., 1]
     power = torch.addcmul(re.square(), im, im)  # (B, T, K): faster than complex abs()
-    mel = power @ mel_banks(config, x.device, x.dtype).T  # (B, T, num_mel_bins)
+    mel = power @ banks.T  # (B, T, num_mel_bins)
     feats = mel.clamp_min_(config.log_floor).log_()
     if energy is None:
         return feats
@@ -198,6 +199,23 @@ def frame_features(x: torch.Tensor, config: FbankConfig,
         energy = energy.clamp_min(math.log(config.energy_floor))
     parts = [feats, energy[..., None]] if config.htk_compat else [energy[..., None], feats]
     return torch.cat(parts, dim=-1)
+
+
+def _filters(config: FbankConfig, device: torch.device,
+             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The window (L,) and mel filters (M, K), cached: building them takes longer than the
+    features of a 1-second utterance. Read-only (frame_features never writes them)."""
+    key = (config.window, config.blackman_coeff, config.window_size, config.num_mel_bins,
+           config.fft_size, config.sample_rate, config.low_freq, config.high_freq, str(device),
+           dtype)
+    if key not in _FILTERS:
+        if len(_FILTERS) >= 16:
+            _FILTERS.clear()
+        _FILTERS[key] = (window_function(config, device, dtype), mel_banks(config, device, dtype))
+    return _FILTERS[key]
+
+
+_FILTERS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def window_function(config: FbankConfig, device: torch.device | str = "cpu",
@@ -225,10 +243,10 @@ def mel_scale(freq: torch.Tensor | float) -> torch.Tensor:
 
 def mel_banks(config: FbankConfig, device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Kaldi's mel filters (num_mel_bins, fft_size/2 + 1), computed in float64: filter m rises linearly in
-    mel from edge m to its centre m + 1 and falls to edge m + 2, the num_mel_bins + 2 edges
-    evenly spaced in mel between low_freq and high_freq. Kaldi weighs only the fft_size/2 bins
-    below Nyquist; the Nyquist bin's column is zero."""
+    """Kaldi's mel filters (num_mel_bins, fft_size/2 + 1), computed in float64: filter m rises
+    linearly in mel from edge m to its centre m + 1 and falls to edge m + 2, the
+    num_mel_bins + 2 edges evenly spaced in mel between low_freq and high_freq. Kaldi weighs
+    only the fft_size/2 bins below Nyquist; the Nyquist bin's column is zero."""
     nyquist = config.sample_rate / 2
     high = config.high_freq if config.high_freq > 0 else nyquist + config.high_freq
     bins = config.fft_size // 2
