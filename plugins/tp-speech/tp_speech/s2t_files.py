@@ -201,10 +201,12 @@ class S2tPreprocessing:
                           hint="set the processor's num_mel_bins to the speech embedding's "
                           "features")
         folder = Path(folder)
-        (folder / PROCESSOR_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
-                                             encoding="utf-8")
-        if recipe.tokenizer is None or recipe.path is None:
-            return
-        if not tokenizer_to_hf(Path(recipe.path) / "tokenizer", folder):
+        carried = recipe.tokenizer is not None and recipe.path is not None and \
+            tokenizer_to_hf(Path(recipe.path) / "tokenizer", folder)
+        if recipe.tokenizer is not None and not carried:
             log.warning("the checkpoint's tokenizer was not converted from Speech2Text; only "
                         "the model and the feature extractor are written")
+        if carried:  # AutoProcessor then gives Speech2TextProcessor (features + tokenizer)
+            config["processor_class"] = "Speech2TextProcessor"
+        (folder / PROCESSOR_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
+                                             encoding="utf-8")

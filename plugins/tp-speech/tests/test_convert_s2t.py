@@ -1,0 +1,244 @@
+"""The Speech2Text converter against Hugging Face `transformers`: logits of tiny random S2T
+models with unusual settings (3 conv layers of kernels 3, 5, 3 with 26 channels over 40
+features; one conv layer of kernel 7 over 24 features, no embedding scale, gelu, untied output;
+3 / 2 and 1 / 3 encoder / decoder layers) on padded batches in both directions, the key map's
+bit-exact round trip, the headless Speech2TextModel, greedy and beam generate() token for token,
+`tp convert` both ways (the export loads with plain AutoModel, AutoModelForSpeechSeq2Seq and
+AutoFeatureExtractor, its weights are the source's bit for bit), the tokenizer (SentencePiece +
+vocab.json) encoding and decoding as HF's, AutoProcessor on the written files, and the
+refusals (one through the real `tp` command)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tpcli.convert.from_hf import from_hf
+from tpcli.convert.hf import max_abs_diff
+from tpcli.convert.to_hf import to_hf
+from tpcli.downstream.generate import GenerationConfig, generate
+from tpcli.errors import CheckpointError, TpError
+from tpcli.plugins import get_plugins
+from tpcli.testing.convert import (assert_round_trip, hf_config_dict, hf_from_tp, logits_diff,
+                                   perturbed, tp_from_hf, tp_model_for)
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("sentencepiece")
+from tp_speech.convert_s2t import CONVERTER, check_batch  # noqa: E402
+from tp_speech.s2t_files import tokenizer_from_hf, tokenizer_to_hf  # noqa: E402
+
+GENERATION = "Speech2TextForConditionalGeneration"
+DATA = {"processor": {"name": "speech"}}
+
+
+@pytest.mark.parametrize("which", ["ODD", "PLAIN"])
+def test_logits_match_hf_both_ways_and_keys_round_trip(s2t, which: str) -> None:
+    hf = s2t.random(getattr(s2t, which))
+    tp = tp_from_hf(CONVERTER, hf)
+    assert logits_diff(CONVERTER, hf, tp) <= 1e-5
+    batch, kwargs = check_batch(tp.spec, hf_config_dict(hf))
+    with torch.no_grad():
+        logits = hf(**kwargs).logits
+    assert logits.std() > 0.1  # not near-zeros: the comparison means something
+    assert batch["attention_mask"].sum(1).unique().numel() == 3  # rows of different lengths
+    assert_round_trip(CONVERTER, hf, tp)
+    back = hf_from_tp(CONVERTER, tp, getattr(transformers, GENERATION))
+    assert logits_diff(CONVERTER, back, tp) <= 1e-5
+
+
+def test_tp_to_hf_direction_and_a_swap_shows() -> None:
+    """A tp S2T written as a user would (perturbed) -> the HF model of its config, same logits;
+    q and k of one encoder layer swapped: the comparison fails."""
+    torch.manual_seed(0)
+    scale = 20 ** 0.5
+    tp = perturbed(tp_model_for({
+        "hidden_size": 20, "vocab_size": 37, "dropout": 0.0, "norm_eps": 1e-5,
+        "embedding_norm": "none", "tie_weights": False,
+        "embedding": {"speech": {"features": 24, "kernel_sizes": [5, 3], "conv_channels": 14,
+                                 "scale": scale}},
+        "encoder": {"name": "transformer", "layers": 2, "heads": 4, "ffn_size": 30,
+                    "activation": "relu", "pre_norm": True},
+        "tgt_embedding": {"word": {"scale": scale},
+                          "sinusoidalpos": {"offset": 2, "padding_aware": True}},
+        "decoder": {"name": "transformer", "layers": 1, "heads": 5, "ffn_size": 22,
+                    "activation": "relu", "pre_norm": True},
+        "target": {"lm": {}}}, 0, DATA), scale=0.1)
+    config = CONVERTER.recipe_to_config(tp.spec, 0)
+    assert config["conv_kernel_sizes"] == [5, 3] and config["scale_embedding"]
+    assert not config["tie_word_embeddings"] and config["max_target_positions"] == 1022
+    hf = hf_from_tp(CONVERTER, tp, getattr(transformers, GENERATION))
+    assert max_abs_diff(CONVERTER, hf, tp, config, 37) <= 1e-5
+    with torch.no_grad():
+        qkv = tp.stack.encoder.layers[1].attn.qkv.weight  # (3H, H): q, k, v rows
+        qkv[:40] = torch.cat([qkv[20:40], qkv[:20]])
+    assert max_abs_diff(CONVERTER, hf, tp, config, 37) > 1e-3
+
+
+def test_headless_model_hidden_states(s2t) -> None:
+    """Speech2TextModel: the decoder's hidden states equal tp's features; the lm head is new."""
+    hf = s2t.random(s2t.ODD, arch="Speech2TextModel")
+    config = hf_config_dict(hf)
+    tp = tp_model_for(CONVERTER.config_to_recipe(config), config["vocab_size"], DATA)
+    sd = CONVERTER.hf_to_tp(hf.state_dict(), hf_config=config, base=True)
+    assert set(tp.state_dict()) - set(sd) == set()  # tied head: nothing of its own
+    tp.load_state_dict(sd, strict=True)
+    assert max_abs_diff(CONVERTER, hf, tp.eval(), config, config["vocab_size"], base=True) <= 1e-5
+
+
+@pytest.mark.parametrize(("which", "eos_boost", "beams"),
+                         [("ODD", 1.4, 1), ("ODD", 1.4, 3), ("PLAIN", 1.0, 1),
+                          ("PLAIN", 1.0, 4)])
+def test_generate_equals_hf_token_for_token(s2t, which: str, eos_boost: float,
+                                            beams: int) -> None:
+    """tp's generate() from speech features (padded rows of different lengths) returns HF's
+    model.generate sequences exactly, greedy and beam; the EOS row of the output matrix is
+    scaled up so that some rows stop early (padding after EOS) and others run to the limit."""
+    hf = s2t.random(getattr(s2t, which), scale=0.5)
+    with torch.no_grad():
+        hf.lm_head.weight[2] *= eos_boost
+    tp = tp_from_hf(CONVERTER, hf)
+    batch, kwargs = check_batch(tp.spec, hf_config_dict(hf))
+    options = dict(max_new_tokens=12, min_new_tokens=2, num_beams=beams)
+    want = hf.generate(input_features=kwargs["input_features"],
+                       attention_mask=kwargs["attention_mask"], do_sample=False,
+                       length_penalty=1.0, early_stopping=False, **options)
+    got = generate(tp, None, None, GenerationConfig(**options, eos_token_id=2, pad_token_id=1,
+                                                    decoder_start_token_id=2),
+                   inputs={k: batch[k] for k in ("input_features", "attention_mask")})
+    assert got.tolist() == want.tolist()
+    assert len({tuple(r) for r in want[:, 1:].tolist()}) > 1  # the rows differ
+    if which == "ODD" and beams == 1:
+        stopped = [2 in row[1:] for row in want.tolist()]
+        assert any(stopped) and not all(stopped)
+
+
+def test_convert_both_ways(s2t, tmp_path: Path) -> None:
+    """`tp convert --from hf --check`, then `--to hf --check` (the functions behind the CLI):
+    the export loads with plain transformers classes, its tensors are the source's bit for bit,
+    its feature extractor is the source's (S2T's: 40 bins, 16 kHz, CMVN)."""
+    source = s2t.save(s2t.random(s2t.ODD), tmp_path / "hf")
+    plugins = get_plugins()
+    done = from_hf(str(source), tmp_path / "tp", plugins, check=True)
+    assert done.max_abs_diff is not None and done.max_abs_diff <= 1e-5
+    recipe = (tmp_path / "tp" / "recipe.yaml").read_text()
+    assert "speech" in recipe and "kernel_sizes" in recipe
+    back = tmp_path / "back"
+    done = to_hf(tmp_path / "tp", back, plugins, check=True)
+    assert done.max_abs_diff is not None and done.max_abs_diff <= 1e-5
+    a, b = load_file(str(source / "model.safetensors")), load_file(str(back / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert type(transformers.AutoModel.from_pretrained(str(back))).__name__ == "Speech2TextModel"
+    model = transformers.AutoModelForSpeechSeq2Seq.from_pretrained(str(back))
+    assert type(model).__name__ == GENERATION
+    fe = transformers.AutoFeatureExtractor.from_pretrained(str(back))
+    original = json.loads((source / "preprocessor_config.json").read_text())
+    written = json.loads((back / "preprocessor_config.json").read_text())
+    keys = ("feature_size", "num_mel_bins", "sampling_rate", "dither", "do_ceptral_normalize",
+            "normalize_means", "normalize_vars", "padding_value")
+    assert {k: written[k] for k in keys} == {k: original[k] for k in keys}
+    assert type(fe).__name__ == "Speech2TextFeatureExtractor" and fe.feature_size == 40
+
+
+def test_cli_refuses_a_pad_id_it_cannot_number(s2t, tp, tmp_path: Path) -> None:
+    """A user error through the real command: exit 1, the reason and the fix, nothing
+    written."""
+    source = s2t.save(s2t.random(dict(s2t.PLAIN, pad_token_id=0)), tmp_path / "hf",
+                      tokenizer=False)
+    done = tp("convert", str(source), "--from", "hf", "--out", str(tmp_path / "tp"))
+    assert done.returncode == 1
+    assert "pad_token_id 0" in done.stderr and "pad_token_id 1" in done.stderr
+    assert not (tmp_path / "tp").exists()
+
+
+def test_tokenizer_encodes_and_decodes_as_hf(s2t, tmp_path: Path) -> None:
+    """Speech2TextTokenizer's files -> tp's unigram tokenizer with vocab.json's ids (not the
+    SentencePiece model's: they differ here by one), the same ids as HF's for the same text,
+    the same text back; saved, reloaded, and written back as HF's files, bit for bit, which
+    AutoProcessor loads beside the feature extractor."""
+    from tp_text.unigram import UnigramTokenizer
+
+    source = s2t.tokenizer(tmp_path / "hf")
+    hf = transformers.Speech2TextTokenizer.from_pretrained(str(source))
+    tok, section = tokenizer_from_hf(source, tmp_path / "ckpt" / "tokenizer")
+    assert section["name"] == "unigram" and section["tokenizer_json"] == "tokenizer/tokenizer.json"
+    assert tok.special_ids == {"bos": 0, "pad": 1, "eos": 2, "unk": 3}
+    assert tok.vocab_size == hf.vocab_size == 71
+    reloaded = UnigramTokenizer.from_saved(tmp_path / "ckpt" / "tokenizer")
+    texts = [*s2t.TEXT, "the yellow lamps would light up", "  good   night  ", "stew", ""]
+    for text in texts:
+        ids = hf(text, add_special_tokens=False).input_ids
+        assert tok.encode(text) == ids == reloaded.encode(text), text
+        assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=True), text
+    unknown = "zebra quiz"  # z and q are not in the vocabulary: <unk> as HF
+    assert tok.encode(unknown) == hf(unknown, add_special_tokens=False).input_ids
+    assert 3 in tok.encode(unknown)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert tokenizer_to_hf(tmp_path / "ckpt" / "tokenizer", out)
+    for name in ("sentencepiece.bpe.model", "vocab.json"):
+        assert (out / name).read_bytes() == (source / name).read_bytes()
+
+
+def test_to_hf_writes_the_processor(s2t, tmp_path: Path) -> None:
+    """The converter's `preprocessing.to_hf` for a checkpoint that carries the HF tokenizer
+    files: preprocessor_config.json of the recipe's speech processor naming
+    Speech2TextProcessor, so AutoProcessor gives features and tokens; a checkpoint without them
+    writes the feature extractor alone."""
+    from tp_speech.speech_processor import SpeechProcessorConfig
+
+    source = s2t.tokenizer(tmp_path / "hf")
+    tokenizer_from_hf(source, tmp_path / "ckpt" / "tokenizer")
+    options = SpeechProcessorConfig(features={"num_mel_bins": 40}, cmvn=False)
+    recipe = SimpleNamespace(processor=SimpleNamespace(options=options), path=tmp_path / "ckpt",
+                             tokenizer=SimpleNamespace(name="unigram"))
+    out = tmp_path / "out"
+    out.mkdir()
+    CONVERTER.preprocessing.to_hf(recipe, out, {"input_feat_per_channel": 40})
+    processor = transformers.AutoProcessor.from_pretrained(str(out))
+    assert type(processor).__name__ == "Speech2TextProcessor"
+    hf = transformers.Speech2TextTokenizer.from_pretrained(str(source))
+    assert processor.tokenizer("stew for dinner").input_ids == hf("stew for dinner").input_ids
+    fe = processor.feature_extractor
+    assert fe.feature_size == 40 and not fe.do_ceptral_normalize and not fe.normalize_vars
+    with pytest.raises(TpError, match="makes 40 features per frame, the model reads 80"):
+        CONVERTER.preprocessing.to_hf(recipe, out, {"input_feat_per_channel": 80})
+
+
+def test_what_s2t_cannot_do_is_refused_by_name(s2t) -> None:
+    config = hf_config_dict(s2t.random(s2t.PLAIN))
+    with pytest.raises(TpError, match="pad_token_id 0"):
+        CONVERTER.config_to_recipe({**config, "pad_token_id": 0})
+    with pytest.raises(TpError, match="activation_function 'tanh'"):
+        CONVERTER.config_to_recipe({**config, "activation_function": "tanh"})
+    with pytest.raises(TpError, match="num_conv_layers 2"):
+        CONVERTER.config_to_recipe({**config, "num_conv_layers": 2})
+    section = CONVERTER.config_to_recipe(config)
+    section["tgt_embedding"]["word"]["scale"] = 2.0
+    section["target"] = {"lm": {"bias": True}}
+    with pytest.raises(TpError) as e:
+        CONVERTER.recipe_to_config(tp_model_for(section, 71, DATA).spec, 71)
+    assert "model.tgt_embedding.word.scale=2.0 (needs 1.0)" in e.value.message
+    assert "model.target.lm needs bias" in e.value.message
+    section = CONVERTER.config_to_recipe(config)
+    section["tgt_embedding"] = {"word": {}, "pos": {"max_length": 40}}
+    with pytest.raises(TpError, match=r"tgt_embedding \[word, sinusoidalpos\]"):
+        CONVERTER.recipe_to_config(tp_model_for(section, 71, DATA).spec, 71)
+
+
+def test_keys_are_strict(s2t) -> None:
+    hf = s2t.random(s2t.ODD)
+    config = hf_config_dict(hf)
+    tp = tp_from_hf(CONVERTER, hf)
+    sd: dict[str, Any] = dict(hf.state_dict())
+    extra = {**sd, "model.encoder.conv.conv_layers.3.weight": torch.zeros(1)}
+    with pytest.raises(CheckpointError, match=r"speech\.convs\.3"):
+        CONVERTER.hf_to_tp(extra, expected=tp.state_dict().keys(), hf_config=config)
+    missing = {k: v for k, v in sd.items() if "encoder_attn.k_proj.bias" not in k}
+    with pytest.raises(CheckpointError, match="encoder_attn.k_proj.bias"):
+        CONVERTER.hf_to_tp(missing, expected=tp.state_dict().keys(), hf_config=config)
