@@ -91,29 +91,31 @@ def test_headless_model_hidden_states(s2t) -> None:
     assert max_abs_diff(CONVERTER, hf, tp.eval(), config, config["vocab_size"], base=True) <= 1e-5
 
 
-@pytest.mark.parametrize(("which", "eos_boost", "beams"),
-                         [("ODD", 1.4, 1), ("ODD", 1.4, 3), ("PLAIN", 1.0, 1),
-                          ("PLAIN", 1.0, 4)])
-def test_generate_equals_hf_token_for_token(s2t, which: str, eos_boost: float,
-                                            beams: int) -> None:
+@pytest.mark.parametrize(("which", "eos_boost", "beams", "length_penalty"),
+                         [("ODD", 1.4, 1, 1.0), ("ODD", 1.4, 3, 1.0), ("ODD", 1.8, 3, 0.5),
+                          ("ODD", 1.8, 3, 2.0), ("PLAIN", 1.0, 1, 1.0), ("PLAIN", 1.0, 4, 1.0)])
+def test_generate_equals_hf_token_for_token(s2t, which: str, eos_boost: float, beams: int,
+                                            length_penalty: float) -> None:
     """tp's generate() from speech features (padded rows of different lengths) returns HF's
-    model.generate sequences exactly, greedy and beam; the EOS row of the output matrix is
-    scaled up so that some rows stop early (padding after EOS) and others run to the limit."""
+    model.generate sequences exactly, greedy and beam (with length penalties); the EOS row of
+    the output matrix is scaled up so that some rows stop early (padding after EOS) and others
+    run to the limit."""
     hf = s2t.random(getattr(s2t, which), scale=0.5)
     with torch.no_grad():
         hf.lm_head.weight[2] *= eos_boost
     tp = tp_from_hf(CONVERTER, hf)
     batch, kwargs = check_batch(tp.spec, hf_config_dict(hf))
-    options = dict(max_new_tokens=12, min_new_tokens=2, num_beams=beams)
+    options = dict(max_new_tokens=12, min_new_tokens=2, num_beams=beams,
+                   length_penalty=length_penalty)
     want = hf.generate(input_features=kwargs["input_features"],
                        attention_mask=kwargs["attention_mask"], do_sample=False,
-                       length_penalty=1.0, early_stopping=False, **options)
+                       early_stopping=False, **options)
     got = generate(tp, None, None, GenerationConfig(**options, eos_token_id=2, pad_token_id=1,
                                                     decoder_start_token_id=2),
                    inputs={k: batch[k] for k in ("input_features", "attention_mask")})
     assert got.tolist() == want.tolist()
     assert len({tuple(r) for r in want[:, 1:].tolist()}) > 1  # the rows differ
-    if which == "ODD" and beams == 1:
+    if eos_boost > 1.0 and (beams == 1 or length_penalty != 1.0):
         stopped = [2 in row[1:] for row in want.tolist()]
         assert any(stopped) and not all(stopped)
 
