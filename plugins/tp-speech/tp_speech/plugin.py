@@ -22,3 +22,8 @@ def tp_register_processors(register: Callable[[str, Any], None]) -> None:
 @hookimpl
 def tp_register_converters(register: Callable[[str, Any], None]) -> None:
     register("speech_to_text", "tp_speech.convert_s2t:CONVERTER")  # HF's model_type
+
+
+@hookimpl
+def tp_register_tasks(register: Callable[[str, Any], None]) -> None:
+    register("asr", "tp_speech.asr:AsrTask")
