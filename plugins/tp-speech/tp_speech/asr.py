@@ -12,9 +12,12 @@ its fbank options and CMVN at its sample rate), so a checkpoint hears what it wa
 transcripts are cased as the processor says (`case`), references included.
 
 Training keeps the model's own targets (teacher-forced `lm`, and `ctc` when the recipe has it),
-with the processor's layout: the decoder starts with eos, the labels end with it. The training
-features are not augmented here (SpecAugment runs in `tp pretrain` through the processor; a
-task's training dataset is built without the tokenizer, so this task encodes its rows once).
+with the processor's layout: the decoder starts with eos, the labels end with it. The rows are
+encoded once and held in memory (float32 features: 32 KB per second of audio at 80 bins), which
+suits fine-tuning sets; LibriSpeech-sized training runs through `tp pretrain` and the processor's
+memory-mapped dataset. For the same reason the training features are not augmented here:
+SpecAugment runs in the processor's dataset, and a task's own training dataset
+(`train_dataset(examples, seed)`) is built without the tokenizer the transcripts need.
 
 Evaluation decodes with `tpcli.downstream.generate.generate` from the encoder's inputs (greedy,
 or beam search with `num_beams` and `length_penalty`: score = sum log p / length ** penalty, as
