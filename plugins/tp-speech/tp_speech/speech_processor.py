@@ -49,16 +49,11 @@ from tpcli.data.dataset import ExampleDataset, special_id
 from tpcli.errors import DataError
 from tpcli.model.module import ModuleConfig
 from tp_speech.fbank import FbankConfig
+from tp_speech.specaugment import SpecAugmentConfig, spec_augment
 
 SKIPPED_SHOWN = 20  # skipped utterances named in meta.json; the counts are always exact
 CHUNK = 32  # utterances decoded and featurised together: one fbank call
 END_TOKENS = ("eos", "sep")  # the decoder start and the transcript's end: the first it has
-
-
-def _spec_augment_config() -> type:
-    from tp_speech.specaugment import SpecAugmentConfig
-
-    return SpecAugmentConfig
 
 
 class SpeechProcessorConfig(ModuleConfig):
@@ -73,9 +68,9 @@ class SpeechProcessorConfig(ModuleConfig):
                                   description="Kaldi fbank options (HF S2T's defaults)")
     cmvn: bool = Field(True, description="per-utterance mean and variance normalisation of "
                        "the features (HF Speech2TextFeatureExtractor's do_ceptral_normalize)")
-    spec_augment: Any = Field(
-        None, description="SpecAugment options (tp_speech.specaugment.SpecAugmentConfig; {} "
-        "for the LibriSpeech policy), applied at load; None: off")
+    spec_augment: SpecAugmentConfig | None = Field(
+        None, description="SpecAugment at load ({} for the LibriSpeech policy: 2 frequency "
+        "masks <= 27 bins, 2 time masks <= 100 frames); null: off")
     max_frames: int | None = Field(
         6000, ge=1, description="the longest utterance kept, in frames (S2T's "
         "max_source_positions); None: no limit")
@@ -94,8 +89,6 @@ class SpeechProcessorConfig(ModuleConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> "SpeechProcessorConfig":
-        if self.spec_augment is not None and not isinstance(self.spec_augment, ModuleConfig):
-            self.spec_augment = _spec_augment_config().model_validate(self.spec_augment)
         if "sample_rate" not in self.features.model_fields_set:
             self.features = self.features.model_copy(update={"sample_rate": self.sample_rate})
         elif self.features.sample_rate != self.sample_rate:
@@ -163,8 +156,6 @@ class SpeechDataset(ExampleDataset):
     def example(self, index: int, g: torch.Generator) -> dict[str, torch.Tensor]:
         feats = self.features(index, g)  # (T, F)
         if self.config.spec_augment is not None:
-            from tp_speech.specaugment import spec_augment
-
             feats = spec_augment(feats, g, self.config.spec_augment)
         ids = torch.from_numpy(np.asarray(self.store.example(index)["ids"], dtype=np.int64))
         end = torch.tensor([self.end])
@@ -267,64 +258,60 @@ class SpeechProcessor:
     def _decoded(self, utterances: list[Any], workers: int
                  ) -> Iterator[tuple[int, tuple[np.ndarray, int, float] | None, str | None]]:
         """(index, (stored audio array, frames, seconds), None) per utterance in order, or
-        (index, None, error) for an unreadable one with on_error=skip. Threads decode up to
-        `workers` chunks ahead; each chunk's features are one fbank call."""
-        c = self.config
-
-        def load(chunk: range) -> list[tuple[int, Any, str | None]]:
-            from tp_speech.audio import read_audio
-            from tp_speech.fbank import num_frames
-
-            out = []
-            for i in chunk:
-                try:
-                    waveform = read_audio(utterances[i].path, c.sample_rate)
-                    if num_frames(len(waveform), c.features) == 0:
-                        raise DataError(f"audio file {utterances[i].path} holds {len(waveform)} "
-                                        f"samples, less than one {c.features.frame_length_ms:g} "
-                                        "ms frame", hint="remove the utterance from the corpus")
-                    out.append((i, waveform, None))
-                except DataError as e:
-                    if c.on_error == "raise":
-                        raise DataError(f"{utterances[i].source}: {e.message}",
-                                        hint=f"{e.hint or 'fix or remove the file'}, or set "
-                                        "data.processor.on_error=skip to skip such utterances "
-                                        "(counted in the dataset's meta.json)") from None
-                    out.append((i, None, f"{utterances[i].source}: {e.message}"))
-            return out
-
+        (index, None, error) for an unusable one with on_error=skip. `workers` threads (0: one
+        a core) decode and featurise up to `workers` chunks of CHUNK utterances ahead: libsndfile
+        and torch release the GIL, so threads run in parallel without forking torch."""
         chunks = [range(s, min(s + CHUNK, len(utterances)))
                   for s in range(0, len(utterances), CHUNK)]
-        window = max(1, workers or os.cpu_count() or 2)  # --workers 0: every core
+        window = max(1, workers or os.cpu_count() or 2)
+
+        def load(chunk: range) -> list[tuple[int, Any, str | None]]:
+            return [self._prepare(i, utterances[i]) for i in chunk]
+
         with ThreadPoolExecutor(window, thread_name_prefix="tp-audio") as pool:
             pending = [pool.submit(load, ch) for ch in chunks[:window]]
             for k in range(len(chunks)):
                 try:
-                    decoded = pending[k].result()
+                    done = pending[k].result()
                 finally:
                     if k + window < len(chunks):
                         pending.append(pool.submit(load, chunks[k + window]))
                     pending[k] = None  # type: ignore[call-overload]  # free the chunk
-                yield from self._stored(decoded)
+                yield from done
 
-    def _stored(self, decoded: list[tuple[int, Any, str | None]]
-                ) -> Iterator[tuple[int, tuple[np.ndarray, int, float] | None, str | None]]:
+    def _prepare(self, index: int, utt: Any
+                 ) -> tuple[int, tuple[np.ndarray, int, float] | None, str | None]:
+        """One utterance's stored audio: float16 features or int16 samples, frames, seconds.
+
+        One utterance at a time, not a padded batch: utterances of a chunk differ in length
+        (1-35 s in LibriSpeech), and a padded batch cost 2-4x the time of the utterances alone
+        (a chunk of 32 espeak-ng utterances of 1-7 s: 87-160 ms batched, 37-50 ms one by one)
+        and memory that grows with the longest of the chunk."""
+        from tp_speech.audio import read_audio
         from tp_speech.fbank import num_frames
 
-        good = [(i, w) for i, w, _ in decoded if w is not None]
-        feats = featurise([w for _, w in good], self.config) if self.config.store == "fbank" \
-            else None
-        by_index = {i: k for k, (i, _) in enumerate(good)}
-        for i, w, error in decoded:
-            if w is None:
-                yield i, None, error
-                continue
-            seconds = len(w) / self.config.sample_rate
-            if feats is not None:
-                f = feats[by_index[i]]
-                yield i, (f.numpy().astype(np.float16), int(f.shape[0]), seconds), None
-            else:
-                yield i, (to_int16(w), num_frames(len(w), self.config.features), seconds), None
+        c = self.config
+        try:
+            waveform = read_audio(utt.path, c.sample_rate)  # (N,) float32
+            frames = num_frames(len(waveform), c.features)
+            if frames == 0:
+                raise DataError(f"audio file {utt.path} holds {len(waveform)} samples, less "
+                                f"than one {c.features.frame_length_ms:g} ms frame",
+                                hint="remove the utterance from the corpus")
+        except DataError as e:
+            if c.on_error == "raise":
+                raise DataError(f"{utt.source}: {e.message}",
+                                hint=f"{e.hint or 'fix or remove the file'}, or set "
+                                "data.processor.on_error=skip to skip such utterances "
+                                "(counted in the dataset's meta.json)") from None
+            return index, None, f"{utt.source}: {e.message}"
+        seconds = len(waveform) / c.sample_rate
+        if c.store == "waveform":
+            return index, (to_int16(waveform), frames, seconds), None
+        # dither (when configured) drawn from the utterance's own seed: the same dataset each run
+        g = torch.Generator().manual_seed(index) if c.features.dither > 0 else None
+        feats = featurise([waveform], c, g)[0]  # (T, F)
+        return index, (feats.numpy().astype(np.float16), frames, seconds), None
 
     def contents(self) -> dict[str, Any]:
         """Hours, layout, utterances skipped (unreadable, too long), unk counts for meta.json."""
