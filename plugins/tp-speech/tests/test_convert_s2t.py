@@ -212,6 +212,45 @@ def test_to_hf_writes_the_processor(s2t, tmp_path: Path) -> None:
         CONVERTER.preprocessing.to_hf(recipe, out, {"input_feat_per_channel": 80})
 
 
+@pytest.mark.parametrize("source", ["shipped", "hf"])
+def test_a_tp_tokenizer_is_written_as_sentencepiece(s2t, tmp_path: Path, source: str) -> None:
+    """A tokenizer that kept no HF files (tp's shipped S2T vocabulary: no normalisation; one
+    read from HF files and renumbered: NFKC's character map) -> sentencepiece.bpe.model +
+    vocab.json that Speech2TextTokenizer (and the sentencepiece library) cut into tp's ids; to_hf
+    writes them for a checkpoint without the HF files."""
+    import sentencepiece as spm
+
+    from tp_text.unigram import UnigramConfig, UnigramTokenizer
+
+    shipped = Path(__file__).parents[3] / "recipes" / "_tokenizers" / "s2t-unigram-256.model"
+    if source == "shipped":
+        tok = UnigramTokenizer(UnigramConfig(model=str(shipped), mask_token=None))
+        reference = spm.SentencePieceProcessor(model_file=str(shipped))
+    else:
+        tok, _ = tokenizer_from_hf(s2t.tokenizer(tmp_path / "hf"), tmp_path / "read")
+        reference = None
+    ckpt = tmp_path / "ckpt"
+    tok.save(str(ckpt / "tokenizer"))
+    from tp_speech.speech_processor import SpeechProcessorConfig
+
+    recipe = SimpleNamespace(processor=SimpleNamespace(options=SpeechProcessorConfig()),
+                             path=ckpt, tokenizer=SimpleNamespace(name="unigram"))
+    out = tmp_path / "out"
+    out.mkdir()
+    CONVERTER.preprocessing.to_hf(recipe, out, {"input_feat_per_channel": 80})
+    processor = transformers.AutoProcessor.from_pretrained(str(out))
+    hf = processor.tokenizer
+    assert type(hf).__name__ == "Speech2TextTokenizer" and hf.vocab_size == tok.vocab_size
+    texts = [*s2t.TEXT, "you will be married within a year", "  the   yellow  lamps ", ""]
+    for text in texts:
+        ids = tok.encode(text)
+        assert hf(text, add_special_tokens=False).input_ids == ids, text
+        assert hf.decode(ids, skip_special_tokens=True) == tok.decode(ids), text
+        if reference is not None:
+            assert reference.encode(text) == ids, text
+    assert hf("stew").input_ids[-1] == hf.eos_token_id == tok.special_ids["eos"]
+
+
 def test_what_s2t_cannot_do_is_refused_by_name(s2t) -> None:
     config = hf_config_dict(s2t.random(s2t.PLAIN))
     with pytest.raises(TpError, match="pad_token_id 0"):

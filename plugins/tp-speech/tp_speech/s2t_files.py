@@ -164,6 +164,114 @@ def tokenizer_to_hf(source: Path, folder: Path) -> bool:
     return True
 
 
+# ------------------------------------------------------------------------ SentencePiece writer
+# A tokenizer trained or built in tp keeps only its `tokenizers` pipeline; Speech2TextTokenizer
+# needs a SentencePiece model file. The few ModelProto fields a Unigram model's encoding and
+# decoding read are written by hand (protobuf wire format): the pieces with scores and types,
+# the trainer's model type, special ids and byte fallback, the normaliser's character map and
+# whitespace rules. Field numbers are sentencepiece_model.proto's.
+
+SPM_NORMAL, SPM_UNKNOWN, SPM_CONTROL, SPM_USER = 1, 2, 3, 4
+
+
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1  # negative int32 (an absent id, -1) as protobuf writes it
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(number: int, value: int | bytes | float) -> bytes:
+    """One protobuf field: an int (varint), bytes (length-delimited) or float (fixed32)."""
+    import struct
+
+    if isinstance(value, bool) or isinstance(value, int):
+        return _varint(number << 3) + _varint(int(value))
+    if isinstance(value, float):
+        return _varint(number << 3 | 5) + struct.pack("<f", value)
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+def _normaliser(spec: dict[str, Any] | None, where: str) -> tuple[bytes, bool]:
+    """(precompiled character map, remove_extra_whitespaces) of the pipelines
+    `tp_text.unigram.tokenizer_from_spm` builds; TpError for normalisers SentencePiece lacks."""
+    import base64
+
+    steps = [] if spec is None else spec.get("normalizers", [spec]) \
+        if spec.get("type") == "Sequence" else [spec]
+    charsmap, squeeze, strip = b"", False, False
+    for step in steps:
+        kind = step.get("type")
+        if kind == "Precompiled":
+            charsmap = base64.b64decode(step.get("precompiled_charsmap") or "")
+        elif kind == "Replace" and step.get("pattern") == {"Regex": " {2,}"} \
+                and step.get("content") == " ":
+            squeeze = True
+        elif kind == "Strip" and step.get("strip_left") and step.get("strip_right"):
+            strip = True
+        else:
+            raise TpError(f"{where}: its normaliser {kind} has no SentencePiece counterpart, so "
+                          "Speech2TextTokenizer cannot be written",
+                          hint="use a tokenizer read from a SentencePiece .model (the unigram "
+                          "tokenizer's `model` option)")
+    return charsmap, squeeze and strip
+
+
+def spm_model_bytes(tok: Any, special_ids: dict[str, int], where: str) -> bytes:
+    """A SentencePiece Unigram model file that cuts text into the pieces `tok` (a
+    `tokenizers.Tokenizer` with a Unigram model, Metaspace pre-tokeniser) does, with its ids."""
+    spec = json.loads(tok.to_str())
+    model = spec.get("model", {})
+    if model.get("type") != "Unigram":
+        raise TpError(f"{where} is a {model.get('type')} tokenizer; Speech2TextTokenizer needs "
+                      "a SentencePiece Unigram model", hint="train the vocabulary as Unigram")
+    charsmap, squeeze = _normaliser(spec.get("normalizer"), where)
+    pre = spec.get("pre_tokenizer") or {}
+    if pre.get("type") != "Metaspace":
+        raise TpError(f"{where}: pre-tokeniser {pre.get('type')} is not SentencePiece's")
+    added = {a["content"]: a.get("special", False) for a in spec.get("added_tokens", [])}
+    unk = model.get("unk_id")
+    pieces = b""
+    for i, (piece, score) in enumerate(model["vocab"]):
+        kind = SPM_UNKNOWN if i == unk else (SPM_CONTROL if added.get(piece) else
+                                             SPM_USER if piece in added else SPM_NORMAL)
+        pieces += _field(1, _field(1, piece.encode("utf-8")) + _field(2, float(score))
+                         + _field(3, kind))
+    ids = {role: special_ids.get(role, -1) for role in ("unk", "bos", "eos", "pad")}
+    ids["unk"] = -1 if unk is None else int(unk)
+    trainer = (_field(3, 1) + _field(4, len(model["vocab"]))
+               + _field(35, bool(model.get("byte_fallback")))
+               + b"".join(_field(40 + n, ids[r]) for n, r in enumerate(("unk", "bos", "eos",
+                                                                           "pad"))))
+    normaliser = (_field(1, b"nmt_nfkc" if charsmap else b"identity") + _field(2, charsmap)
+                  + _field(3, pre.get("prepend_scheme", "always") != "never")
+                  + _field(4, squeeze) + _field(5, True))
+    return pieces + _field(2, trainer) + _field(3, normaliser)
+
+
+def write_s2t_tokenizer(tokenizer: Any, folder: Path) -> None:
+    """A tp tokenizer as Speech2TextTokenizer's files: sentencepiece.bpe.model (`spm_model_bytes`)
+    and vocab.json with the same ids."""
+    tok = tokenizer.backend
+    where = f"the checkpoint's tokenizer ({tokenizer.describe()})"
+    model = spm_model_bytes(tok, tokenizer.special_ids, where)
+    vocab = {piece: i for i, (piece, _) in enumerate(json.loads(tok.to_str())["model"]["vocab"])}
+    names = {f"{role}_token": tok.id_to_token(i) for role, i in tokenizer.special_ids.items()
+             if role in ROLES}
+    (folder / SPM_FILE).write_bytes(model)
+    (folder / VOCAB_FILE).write_text(json.dumps(vocab, ensure_ascii=False, indent=2) + "\n",
+                                     encoding="utf-8")
+    config = {"tokenizer_class": "Speech2TextTokenizer", "do_lower_case": False,
+              "do_upper_case": False, **names}
+    (folder / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+
+
 # ------------------------------------------------------------------------ the converter's part
 
 @dataclass(frozen=True)
@@ -203,9 +311,12 @@ class S2tPreprocessing:
         folder = Path(folder)
         carried = recipe.tokenizer is not None and recipe.path is not None and \
             tokenizer_to_hf(Path(recipe.path) / "tokenizer", folder)
-        if recipe.tokenizer is not None and not carried:
-            log.warning("the checkpoint's tokenizer was not converted from Speech2Text; only "
-                        "the model and the feature extractor are written")
+        if recipe.tokenizer is not None and not carried:  # a tokenizer built in tp
+            from tpcli.plugins import get_plugins
+
+            cls = get_plugins().registry.get("tokenizer", recipe.tokenizer.name)
+            write_s2t_tokenizer(cls.from_saved(Path(recipe.path) / "tokenizer"), folder)
+            carried = True
         if carried:  # AutoProcessor then gives Speech2TextProcessor (features + tokenizer)
             config["processor_class"] = "Speech2TextProcessor"
         (folder / PROCESSOR_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
