@@ -5,6 +5,7 @@ tiny S2T model with [lm, ctc] that learns a fixed batch until CTC decodes it."""
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import pytest
 import torch
@@ -173,6 +174,16 @@ def test_refusals(batch: tuple[torch.Tensor, ...]) -> None:
 # ----------------------------------------------------------------------------- in a model
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny matmuls: a second thread only adds contention on a shared machine (measured with
+    other jobs running: the 200 steps below took 4 s with one thread, 27 s with two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_s2t(targets: dict, vocab: int = 12, hidden: int = 32, decoder: bool = True):
     """A 1+1-layer S2T (speech embedding with two stride-2 convolutions over 8 bins)."""
     model = {"hidden_size": hidden, "dropout": 0.0, "norm_eps": 1e-5, "embedding_norm": "none",
@@ -206,7 +217,7 @@ def speech_batch() -> dict[str, torch.Tensor]:
             "lm_labels": labels}
 
 
-def test_gradient_reaches_the_encoder_only() -> None:
+def test_gradient_reaches_the_encoder_only(one_thread: None) -> None:
     torch.manual_seed(0)
     model = tiny_s2t({"lm": {}, "ctc": {}}).train()
     batch = speech_batch()
@@ -220,7 +231,7 @@ def test_gradient_reaches_the_encoder_only() -> None:
     assert all(g is None for n, g in grads.items() if n.startswith(("decoder.", "tgt_")))
 
 
-def test_joint_training_learns_a_fixed_batch() -> None:
+def test_joint_training_learns_a_fixed_batch(one_thread: None) -> None:
     """lm weight 0.7, ctc 0.3 (ESPnet's mtlalpha), Adam 1e-3: after 60 steps both losses are
     well down (measured: lm 2.53 -> 1.07, ctc 5.16 -> 1.91); after 200 CTC's greedy decoding
     of the encoder gives the three transcripts back, the repeated token included."""
@@ -250,7 +261,7 @@ def test_joint_training_learns_a_fixed_batch() -> None:
                                                                       [10]]
 
 
-def test_encoder_only_model_aligns_its_hidden_states() -> None:
+def test_encoder_only_model_aligns_its_hidden_states(one_thread: None) -> None:
     """A CTC-only recogniser (no decoder): the target reads hidden / mask."""
     torch.manual_seed(0)
     model = tiny_s2t({"ctc": {}}, decoder=False).train()
