@@ -13,9 +13,9 @@ length distribution).
 
 A step = zero_grad + forward (loss) + backward + AdamW step, as in `throughput.py` (tp and HF
 alternate, warm-up rounds are not timed, medians with min-max). Both models hold the same
-weights: tp's is built and loaded from HF's random model by the registered `s2t` converter
-(tp-speech), and the first step's losses show they compute the same thing (label smoothing off,
-as HF's loss has none). Run::
+weights: tp's is built and loaded from HF's random model by the registered `speech_to_text`
+converter (tp-speech), and the first step's losses show they compute the same thing (label
+smoothing off, as HF's loss has none). Run::
 
     python benchmarks/s2t_step.py                     # fp32 + bf16, 3 timed steps (2 cores)
     python benchmarks/s2t_step.py --threads 1 --steps 5
@@ -63,15 +63,15 @@ def converter() -> Any:
     from tpcli.plugins import get_plugins
 
     registry = get_plugins().registry
-    if not registry.has("converter", "s2t"):
-        raise SystemExit("no `s2t` converter is registered: install tp-speech (pip install -e "
-                         "plugins/tp-speech) and leave it in TP_LOAD_PLUGINS")
-    return registry.get("converter", "s2t")
+    if not registry.has("converter", "speech_to_text"):
+        raise SystemExit("no `speech_to_text` converter is registered: install tp-speech (pip "
+                         "install -e plugins/tp-speech) and leave it in TP_LOAD_PLUGINS")
+    return registry.get("converter", "speech_to_text")
 
 
 def tp_from_hf(hf: Any) -> torch.nn.Module:
-    """tp's model of `hf`'s config holding `hf`'s weights, by the `s2t` converter (strict);
-    label smoothing off, as HF's loss."""
+    """tp's model of `hf`'s config holding `hf`'s weights, by the `speech_to_text` converter
+    (strict); label smoothing off, as HF's loss."""
     from tpcli.model import build_model
     from tpcli.plugins import get_plugins
     from tpcli.recipes.config import build_recipe
@@ -119,7 +119,8 @@ def s2t_case(batch: int, quick: bool) -> Case:
     case = Case(f"S2T-small{' (2+1 layers)' if quick else ''}",
                 f"{batch} x {frames[-1]}-{longest} frames", sum(frames), tp, hf,
                 tp_batch, hf_batch)
-    case.notes.append("tp model and weights from HF's by the registered `s2t` converter")
+    case.notes.append("tp model and weights from HF's by the registered `speech_to_text` "
+                      "converter")
     case.notes.append(f"HF attention implementation `{hf.config._attn_implementation}`")
     return case
 
