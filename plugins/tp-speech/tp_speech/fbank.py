@@ -288,11 +288,12 @@ def utterance_cmvn(features: torch.Tensor, frames: torch.Tensor | None = None,
     if frames is None:
         frames = torch.full((batch,), t_max, dtype=torch.int64)
     frames = torch.as_tensor(frames, device=x.device)
-    real = (torch.arange(t_max, device=x.device)[None, :] < frames[:, None])[..., None]
+    real = torch.arange(t_max, device=x.device)[None, :] < frames[:, None]  # (B, T)
+    real = real.to(x.dtype)[..., None]  # (B, T, 1): 1 on real frames, 0 on padding
     count = frames.clamp_min(1).to(x.dtype)[:, None, None]  # (B, 1, 1)
-    mean = torch.where(real, x, 0.0).sum(1, keepdim=True) / count  # (B, 1, F)
-    centred = torch.where(real, x - mean, 0.0)
-    std = (centred.square().sum(1, keepdim=True) / count).sqrt() + eps
-    out = torch.where(std > 0, centred / std.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
-    out = out.to(features.dtype)
+    mean = (x * real).sum(1, keepdim=True) / count  # (B, 1, F)
+    centred = (x - mean).mul_(real)
+    std = (centred.square().sum(1, keepdim=True) / count).sqrt_().add_(eps)
+    inverse = torch.where(std > 0, 1 / std, 0.0)  # (B, 1, F)
+    out = centred.mul_(inverse).to(features.dtype)
     return out[0] if single else out
