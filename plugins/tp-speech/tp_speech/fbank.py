@@ -179,7 +179,7 @@ def frame_signal(waveforms: torch.Tensor, lengths: torch.Tensor, t_max: int,
 
 def frame_features(x: torch.Tensor, config: FbankConfig,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """Log-mel features (B, T, F) of frames (B, T, L) (a view is fine: it is not written), as
+    """Log-mel features (..., F) of frames (..., L) (a view is fine: it is not written), as
     Kaldi's ProcessWindow + Fbank, in x's dtype."""
     if config.dither > 0:
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -187,7 +187,7 @@ def frame_features(x: torch.Tensor, config: FbankConfig,
     x = x - x.mean(dim=-1, keepdim=True) if config.remove_dc_offset else x.clone()
     energy = None
     if config.use_energy and config.raw_energy:
-        energy = x.square().sum(-1).clamp_min(FLT_EPSILON).log()  # (B, T)
+        energy = x.square().sum(-1).clamp_min(FLT_EPSILON).log()  # (...,)
     if config.preemphasis > 0:  # into a new tensor: in place would read written samples
         k, y = config.preemphasis, x
         x = torch.empty_like(y)
@@ -197,10 +197,10 @@ def frame_features(x: torch.Tensor, config: FbankConfig,
     x.mul_(window)
     if config.use_energy and not config.raw_energy:
         energy = x.square().sum(-1).clamp_min(FLT_MIN).log()
-    spectrum = torch.view_as_real(torch.fft.rfft(x, n=config.fft_size))  # (B, T, K, 2)
+    spectrum = torch.view_as_real(torch.fft.rfft(x, n=config.fft_size))  # (..., K, 2)
     re, im = spectrum[..., 0], spectrum[..., 1]
-    power = torch.addcmul(re.square(), im, im)  # (B, T, K): faster than complex abs()
-    mel = power @ banks.T  # (B, T, num_mel_bins)
+    power = torch.addcmul(re.square(), im, im)  # (..., K): faster than complex abs()
+    mel = power @ banks.T  # (..., num_mel_bins)
     feats = mel.clamp_min_(config.log_floor).log_()
     if energy is None:
         return feats
