@@ -303,6 +303,10 @@ def test_keys_are_strict(s2t) -> None:
     extra = {**sd, "model.encoder.conv.conv_layers.3.weight": torch.zeros(1)}
     with pytest.raises(CheckpointError, match=r"speech\.convs\.3"):
         CONVERTER.hf_to_tp(extra, expected=tp.state_dict().keys(), hf_config=config)
+    old = {**sd, **{f"model.{side}.embed_positions.weights": torch.zeros(8, 24)
+                    for side in ("encoder", "decoder")}}  # saved by early transformers
+    converted = CONVERTER.hf_to_tp(old, expected=tp.state_dict().keys(), hf_config=config)
+    assert all(torch.equal(converted[k], v) for k, v in tp.state_dict().items())
     missing = {k: v for k, v in sd.items() if "encoder_attn.k_proj.bias" not in k}
     with pytest.raises(CheckpointError, match="encoder_attn.k_proj.bias"):
         CONVERTER.hf_to_tp(missing, expected=tp.state_dict().keys(), hf_config=config)

@@ -12,7 +12,8 @@ tp's S2T is the seq2seq recipe
 - Positions: HF numbers real positions from padding_idx + 1 (= 2 with pad id 1) and gives
   padding a zero row, on both sides; the encoder's padding is found from the subsampled
   attention mask, which HF only reads right when pad_token_id is 1, so other pad ids are refused.
-  The tables are not weights (HF keeps them as non-persistent buffers, tp rebuilds them).
+  The tables are not weights (HF keeps them as non-persistent buffers, tp rebuilds them; the
+  copies early transformers versions saved are dropped).
 - q, k, v are fused into tp's `attn.qkv`, the cross-attention's k, v into `cross.kv`.
 - HF regularisation tp does not have (activation_dropout, layerdrop) changes no weight and no
   inference result: it is converted with a warning, not refused.
@@ -29,7 +30,7 @@ from typing import Any
 
 import torch
 
-from tpcli.convert import Concat, Converter, Rename, Rule, Tied
+from tpcli.convert import Concat, Converter, Drop, Rename, Rule, Tied
 from tpcli.errors import TpError
 from tp_speech.s2t_files import S2tPreprocessing
 from tp_text.convert_bert import _ACT_FROM_HF, _ACT_TO_HF, pair
@@ -81,6 +82,8 @@ def body_rules(prefix: str) -> list[Rule]:
         *pair(f"{d}encoder_attn_layer_norm", f"{DEC}cross_norm"),
         *_ffn(d, DEC),
         *pair(f"{dec}layer_norm", "decoder.final_norm"),
+        # early transformers saved the sinusoid tables; they are rebuilt, never read
+        Drop(f"{enc}embed_positions.weights"), Drop(f"{dec}embed_positions.weights"),
     ]
 
 
