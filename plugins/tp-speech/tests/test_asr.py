@@ -207,6 +207,9 @@ def test_inputs_tp_infer_reads(tmp_path: Path) -> None:
         test_split(tmp_path / "empty")
     with pytest.raises(DataError, match="does not exist"):
         test_split(tmp_path / "nowhere")
+    (tmp_path / "clip.mp4").write_bytes(b"\x00\xff\xfe binary")
+    with pytest.raises(DataError, match="neither an audio file"):
+        test_split(tmp_path / "clip.mp4")
 
 
 def test_unreadable_audio_and_long_transcripts_are_named(tmp_path: Path) -> None:

@@ -100,7 +100,12 @@ def read_audio_list(path: str, case: str = "keep") -> list[Example]:
         return [Example(p.stem, {"path": str(p)}, None, str(p))]
     if p.suffix.lower() in (".jsonl", ".json") or p.name.endswith("fileids"):
         return read_labelled(path, case)
-    lines = p.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"audio input {path} is neither an audio file ({', '.join(audio)}) nor "
+                        "a UTF-8 list of paths", hint="pass a folder of audio files, an audio "
+                        "file, a list of paths (one a line) or a transcribed corpus") from None
     if any("\t" in line for line in lines):  # text<TAB>path: transcribed
         return read_labelled(path, case)
     out = []
