@@ -290,6 +290,13 @@ def test_what_s2t_cannot_do_is_refused_by_name(s2t) -> None:
     assert "model.tgt_embedding.word.scale=2.0 (needs 1.0)" in e.value.message
     assert "model.target.lm needs bias" in e.value.message
     section = CONVERTER.config_to_recipe(config)
+    section["target"] = {"lm": {}, "ctc": {"blank": 1}}
+    section["encoder"]["final_norm"] = False
+    with pytest.raises(TpError) as e:
+        CONVERTER.recipe_to_config(tp_model_for(section, 71, DATA).spec, 71)
+    assert "Speech2Text has no other head" in e.value.message
+    assert "model.encoder.final_norm=false" in e.value.message
+    section = CONVERTER.config_to_recipe(config)
     section["tgt_embedding"] = {"word": {}, "pos": {"max_length": 40}}
     with pytest.raises(TpError, match=r"tgt_embedding \[word, sinusoidalpos\]"):
         CONVERTER.recipe_to_config(tp_model_for(section, 71, DATA).spec, 71)

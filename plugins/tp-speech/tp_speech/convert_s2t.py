@@ -216,15 +216,17 @@ def _problems(spec: Any, speech: Any, word: Any, pos: Any, enc: Any, dec: Any) -
                      if got[k] != v]
     if getattr(enc, "mask", "fully_visible") != "fully_visible":
         problems.append(f"model.encoder.mask={enc.mask} (needs fully_visible)")
-    for key, need in (("qkv_bias", None), ("layer_scale", None), ("final_norm", None)):
-        value = getattr(enc, key, None)
-        if value is not None and value != need and not (key == "final_norm" and value):
-            problems.append(f"model.encoder.{key}={value} (needs the default)")
+    if enc.qkv_bias not in (None, "all"):
+        problems.append(f"model.encoder.qkv_bias={enc.qkv_bias} (needs all)")
+    if enc.layer_scale is not None:
+        problems.append(f"model.encoder.layer_scale={enc.layer_scale} (needs none)")
+    if enc.final_norm is False:
+        problems.append("model.encoder.final_norm=false (HF's encoder ends in a norm)")
     if enc.activation not in _ACT_TO_HF:
         problems.append(f"model.encoder.activation={enc.activation}")
     targets = {t.name: t.options for t in spec.targets}
     if list(targets) != ["lm"]:
-        problems.append(f"target {list(targets)} (needs [lm])")
+        problems.append(f"target {list(targets)} (needs [lm]: Speech2Text has no other head)")
     elif targets["lm"].bias or targets["lm"].rescale_hidden or targets["lm"].prefix_lm:
         problems.append("model.target.lm needs bias, rescale_hidden and prefix_lm false")
     return problems
