@@ -14,6 +14,7 @@ float32 noise floor, where tp and HF still agree to 2e-6.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -31,6 +32,16 @@ PEAK_GAP = np.log(1e6)  # bins within 60 dB of their frame's loudest: above knf'
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")  # 5 recordings, 16 kHz, 22.7 s
 needs_librivox = pytest.mark.skipif(not LIBRIVOX.is_dir(),
                                     reason="apt package pocketsphinx-testdata is not installed")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Framing, FFTs and small matmuls: on a machine shared with other jobs a second torch thread
+    only waits (this file and SpecAugment's: 9 s with one thread, 57 s with two under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def librivox() -> list[np.ndarray]:

@@ -4,6 +4,7 @@ the width distribution (uniform over [0, W], the time cap at p * frames)."""
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import pytest
 import torch
@@ -11,6 +12,16 @@ from pydantic import ValidationError
 
 from tp_speech.specaugment import SpecAugmentConfig, draw_masks, spec_augment
 from tpcli.errors import TpError
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Framing, FFTs and small matmuls: on a machine shared with other jobs a second torch thread
+    only waits (the fbank tests: 9 s with one thread, 57 s with two under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def features(frames: int = 300, channels: int = 80) -> torch.Tensor:
