@@ -106,21 +106,17 @@ class SpeechEmbedding(nn.Module):
             mask="attention_mask", unit="frames",
             description="log-mel filterbank frames (T frames of F bins), normalised"),)
 
-    def _lengths(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(frames per row (B,), positions per row after subsampling (B,))."""
-        feats = inputs["input_features"]
-        mask = inputs.get("attention_mask")
-        frames = (mask.long().sum(dim=1) if mask is not None else
-                  torch.full((feats.shape[0],), feats.shape[1], dtype=torch.long,
-                             device=feats.device))
-        return frames, subsampled_lengths(frames, self.config.kernel_sizes)
-
     def output_mask(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, T') bool, True = a real position of the subsampled sequence."""
+        """(B, T') bool, True = a real position of the subsampled sequence: each row's frames
+        (its attention_mask; all T without one) through the convolutions' length formula."""
         self._check(inputs)
         feats = inputs["input_features"]
-        width = int(subsampled_lengths(torch.tensor([feats.shape[1]]), self.config.kernel_sizes))
-        _, lengths = self._lengths(inputs)
+        b, t = feats.shape[:2]
+        mask = inputs.get("attention_mask")
+        frames = mask.long().sum(dim=1) if mask is not None else torch.full(
+            (b,), t, dtype=torch.long, device=feats.device)  # (B,)
+        lengths = subsampled_lengths(frames, self.config.kernel_sizes)  # (B,)
+        width = int(subsampled_lengths(torch.tensor([t]), self.config.kernel_sizes))  # T'
         return torch.arange(width, device=feats.device)[None, :] < lengths[:, None]  # (B, T')
 
     def _check(self, inputs: dict[str, torch.Tensor]) -> None:
