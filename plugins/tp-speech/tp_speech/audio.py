@@ -31,7 +31,9 @@ from tpcli.errors import DataError, clip
 Source = str | Path | BinaryIO
 # libsndfile's log line for a WAV whose data chunk is shorter than its header says
 _SHORT_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
-_STREAMED = 0xFFFFFFF0  # a header written before the length was known (a pipe) says ~2^32
+# a WAV header written to a pipe cannot know the length and says "huge": sox and espeak-ng
+# write 0x7FFFF000, ffmpeg 0xFFFFFFFF; libsndfile then reads to the end of the file
+_STREAMED = 0x7FFF0000
 
 
 class AudioError(DataError):
@@ -131,7 +133,7 @@ def _check_complete(info: Any, label: str) -> None:
     short = _SHORT_DATA.search(log)
     if short:
         declared, present = int(short.group(1)), int(short.group(2))
-        if present + 1 < declared < _STREAMED:
+        if present + 1 < declared < _STREAMED:  # more than a pad byte missing
             raise AudioError(f"audio {label} is truncated: its header declares {declared:,} "
                              f"bytes of samples, the file holds {present:,}",
                              hint="re-download or re-copy the file (an interrupted transfer "
