@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -35,6 +35,15 @@ from tp_speech.s2t_files import tokenizer_from_hf, tokenizer_to_hf  # noqa: E402
 
 GENERATION = "Speech2TextForConditionalGeneration"
 DATA = {"processor": {"name": "speech"}}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models: on a machine shared with other jobs a second torch thread only waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("which", ["ODD", "PLAIN"])

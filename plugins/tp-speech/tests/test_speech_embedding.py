@@ -5,6 +5,8 @@ errors a user sees."""
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -17,6 +19,15 @@ from tp_speech.speech import SpeechConfig, SpeechEmbedding, subsampled_lengths
 from tp_text.sinusoidalpos import sinusoid_table
 
 pytest.importorskip("transformers")
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models: on a machine shared with other jobs a second torch thread only waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def padded_batch(frames: list[int], bins: int, seed: int = 0) -> dict[str, torch.Tensor]:
