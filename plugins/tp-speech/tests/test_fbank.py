@@ -324,3 +324,6 @@ def test_bad_inputs_are_refused() -> None:
         FbankConfig(num_bins=80)
     empty, frames = fbank(torch.zeros(3, 100))  # no row reaches one frame
     assert empty.shape == (3, 0, 80) and frames.tolist() == [0, 0, 0]
+    wave = synthetic()["noise"]  # one (N,) numpy waveform is a batch of one
+    one, frames = fbank(wave)
+    assert frames.tolist() == [98] and torch.equal(one[0], torch.from_numpy(tp_fbank(wave)))

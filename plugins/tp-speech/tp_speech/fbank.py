@@ -124,9 +124,11 @@ def fbank(waveforms: torch.Tensor, lengths: torch.Tensor | None = None,
           config: FbankConfig | None = None, generator: torch.Generator | None = None
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (B, T, F) float32 and real frames per row (B,) int64 of a padded batch of
-    waveforms (B, N) in [-1, 1] with `lengths` (B,) real samples per row (None: all N). Frames
-    past a row's count are zero. `generator` draws the dither (only used when dither > 0)."""
+    waveforms (B, N) (or one (N,)) in [-1, 1] with `lengths` (B,) real samples per row (None:
+    all N). Frames past a row's count are zero. `generator` draws the dither (only used when
+    dither > 0)."""
     config = config or FbankConfig()
+    waveforms = torch.as_tensor(waveforms)  # a numpy array works too
     if waveforms.dim() == 1:
         waveforms = waveforms[None]
     if waveforms.dim() != 2:
