@@ -75,8 +75,8 @@ class FbankConfig(ModuleConfig):
                          "to the 16-bit scale Kaldi reads)")
     precision: Literal["float64", "float32"] = Field(
         "float64", description="arithmetic of the computation (features are float32 either "
-        "way): float64 gives HF's features to 1e-6; float32 is about twice as fast and off by "
-        "up to ~1e-3 in the narrow low-frequency filters")
+        "way): float64 gives HF's features to 2e-6; float32 is about twice as fast and, like "
+        "kaldi-native-fbank, off by up to ~1e-2 in quiet frames' narrow low-frequency filters")
 
     @property
     def window_size(self) -> int:
