@@ -179,6 +179,44 @@ def test_convert_carries_the_tokenizer_both_ways(s2t, tmp_path: Path) -> None:
     assert type(processor).__name__ == "Speech2TextProcessor"
 
 
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+
+
+@pytest.mark.skipif(not LIBRIVOX.is_dir(), reason="apt package pocketsphinx-testdata is absent")
+def test_real_speech_transcribed_as_hf_does(s2t, tmp_path: Path) -> None:
+    """From recordings to tokens: HF's feature extractor + model.generate against the converted
+    checkpoint's own pipeline (its recipe's speech processor computes the features, tp decodes),
+    on three LibriVox utterances cut to different lengths: the features agree to float32
+    rounding and the beam-search transcripts token for token."""
+    from tpcli.train.checkpoint import load_checkpoint
+    from tp_speech.audio import read_audio
+    from tp_speech.speech_processor import featurise
+
+    hf = s2t.random(dict(s2t.ODD, input_feat_per_channel=80), scale=0.5)
+    source = s2t.save(hf, tmp_path / "hf", tokenizer=False)
+    from_hf(str(source), tmp_path / "tp", get_plugins())
+    loaded = load_checkpoint(tmp_path / "tp", get_plugins())
+    waves = [read_audio(path)[:n] for path, n in zip(
+        sorted(LIBRIVOX.glob("*.wav"))[:3], (16000, 11000, 7000))]
+    fe = transformers.AutoFeatureExtractor.from_pretrained(str(source))
+    want = fe(waves, sampling_rate=16000, padding=True, return_tensors="pt")
+    feats = featurise(waves, loaded.recipe.processor.options)
+    frames = torch.tensor([len(f) for f in feats])
+    assert frames.tolist() == want["attention_mask"].sum(1).tolist()
+    batch = torch.zeros(len(feats), int(frames.max()), 80)
+    for row, f in enumerate(feats):
+        batch[row, :len(f)] = f
+    mask = torch.arange(batch.shape[1])[None, :] < frames[:, None]
+    assert (batch - want["input_features"]).abs().max() <= 1e-4  # measured 2.6e-6
+    options = dict(max_new_tokens=10, num_beams=3)
+    tokens = hf.generate(**want, do_sample=False, length_penalty=1.0, early_stopping=False,
+                         **options)
+    got = generate(loaded.model, None, None, GenerationConfig(
+        **options, eos_token_id=2, pad_token_id=1, decoder_start_token_id=2),
+        inputs={"input_features": batch, "attention_mask": mask})
+    assert got.tolist() == tokens.tolist()
+
+
 def test_cli_refuses_a_pad_id_it_cannot_number(s2t, tp, tmp_path: Path) -> None:
     """A user error through the real command: exit 1, the reason and the fix, nothing
     written."""
