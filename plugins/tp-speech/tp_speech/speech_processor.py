@@ -3,9 +3,10 @@ with SpecAugment at load time.
 
 Preprocess (`corpus_format = "records"`): the corpus is read by `tp_speech.corpus` (LibriSpeech
 folder, `text<TAB>path` TSV, JSONL manifest, Sphinx folder); the transcripts are tokenized by
-the recipe's tokenizer in one batch; the audio is decoded by threads (`read_audio`: libsndfile
-releases the GIL) and, with `store: fbank`, turned into Kaldi log-mel features a chunk at a time
-by one batched `fbank` call (torch spreads it over the cores). Per utterance the dataset holds
+the recipe's tokenizer in one batch; threads (`--workers`, 0: one a core) decode the audio
+(`read_audio`) and, with `store: fbank`, compute its Kaldi log-mel features, one utterance at a
+time: libsndfile and torch release the GIL, so the threads run in parallel without forking a
+process that holds torch. Per utterance the dataset holds
 
     features (T, F) float16   Kaldi fbank, per-utterance CMVN applied (store: fbank), or
     waveform (N,) int16       the samples at the 16-bit scale they were recorded at (waveform)
@@ -17,21 +18,26 @@ waveform), then SpecAugment drawn from the generator of (seed, epoch, index) whe
 `tgt_input_ids` = [start] + ids, `lm_labels` = ids + [end], with start = end = `eos` as in HF's
 S2T (decoder_start_token_id = eos), `sep` for a vocabulary without `eos`.
 
-Why fbank is stored by default (measured on this machine, 2 shared cores; the pocketsphinx
-LibriVox recordings and 240 espeak-ng utterances, `python benchmarks/speech_store.py`):
+Why fbank is stored by default. Measured with `python benchmarks/speech_store.py` (2 runs) on
+a 2-core machine shared with other jobs (load average 5-7, so the ranges are wide), over 200
+real recordings (the pocketsphinx LibriVox utterances of 3-7 s, listed 40 times: 16.5 min) and
+240 espeak-ng utterances (10.4 min); fbank in float64 (HF's features to 1e-6), SpecAugment on:
 
-- bytes on disk per hour of audio: fbank float16 57.6 MB (100 frames/s x 80 x 2 bytes + ids),
-  waveform int16 115.2 MB (16,000 x 2 bytes): half the disk and half the page-cache for fbank;
-- preprocess: see MEASURED below; fbank costs the feature pass once, at preprocess;
-- load time per example (a 10 s utterance, SpecAugment on): see MEASURED below; a waveform
-  pays fbank at every load, in every epoch, in the DataLoader workers that feed the GPU.
+    stored           MB per hour of audio   preprocess (x real time)   load / example (median)
+    fbank float16    57.3 - 57.5            500 - 1,800                0.12 - 0.18 ms
+    waveform int16   115.3                  1,200 - 8,600              1.4 - 12 ms
 
-MEASURED (filled from benchmarks/speech_store.py).
+- disk and page cache: half (100 frames/s x 80 x 2 bytes against 16,000 x 2 bytes);
+- load: 10-70x cheaper: a waveform pays fbank at every load, in every epoch, in the DataLoader
+  workers that must keep the accelerator fed (fbank in float32 instead: 1.2 - 5.4 ms);
+- preprocess: the features are computed once, 2-5x slower than storing samples, still hundreds
+  of times faster than real time (960 h of LibriSpeech in 0.5 - 2 h on two cores).
 
-float16 costs nothing a model can see: CMVN'd features lie in about [-5, 5], where float16's
-spacing is at most 2^-8 (about 0.004, against features whose unit is one standard deviation).
-`store: waveform` remains for what needs the samples at load: dither, speed perturbation, or
-models that read raw audio.
+float16 costs nothing a model can see: CMVN'd features lie in about [-5, 5] (the LibriVox
+recordings: -3.5 to 4.8), where float16 rounds by at most 2^-9 (0.002; mean 0.00014), and the
+stored features match HF's Speech2TextFeatureExtractor to that (tests/test_speech_processor.py).
+`store: waveform` remains for what needs the samples at load: dither drawn per (seed, epoch,
+index), speed perturbation, or models that read raw audio.
 """
 
 from __future__ import annotations
@@ -93,7 +99,8 @@ class SpeechProcessorConfig(ModuleConfig):
             self.features = self.features.model_copy(update={"sample_rate": self.sample_rate})
         elif self.features.sample_rate != self.sample_rate:
             raise ValueError(f"features.sample_rate ({self.features.sample_rate}) differs from "
-                             f"sample_rate ({self.sample_rate}): give one")
+                             f"sample_rate ({self.sample_rate}): set sample_rate alone (the "
+                             "features take it)")
         return self
 
 
