@@ -4,10 +4,11 @@ kaldi-native-fbank and transformers' Speech2TextFeatureExtractor, on real speech
 The corpus: the five LibriVox recordings of Debian's pocketsphinx-testdata (16 kHz, 22.7 s),
 cut into `--utterances` random crops of 40-100% of a recording (1.2-7.1 s, seeded), read with
 `tp_speech.audio.read_audio`. Every implementation computes 80 log-mel filterbank features
-(25 ms / 10 ms, Povey window, no dither) of every utterance; each row times one whole pass and
-reports the best and the median of `--repeats` passes (on a shared machine the best is the least
-disturbed), as seconds of audio per second and utterances per second, with its largest
-difference from HF's features over the corpus (HF computes in float64; knf in float32).
+(25 ms / 10 ms, Povey window, no dither) of every utterance; each row times whole passes over
+the corpus and reports the best and the median of `--repeats` passes, taken in turns (on a
+shared machine the best is the least disturbed), as seconds of audio per second and utterances
+per second, with its largest difference from HF's features over the corpus (HF computes in
+float64; knf in float32).
 
 - tp batched: utterances sorted by length and cut into batches of `--batch` (as the trainer's
   length buckets feed them), each padded and passed to `fbank` with its lengths; the padding
@@ -125,17 +126,22 @@ def hf_single(cmvn: bool = False) -> Extract:
     return run
 
 
-def timed(extract: Extract, waves: list[np.ndarray], repeats: int, device: torch.device
-          ) -> tuple[list[float], list[np.ndarray]]:
-    """Seconds of each pass (after one warm-up pass on a few utterances) and the features."""
-    extract(waves[:4])
-    seconds, feats = [], []
+def timed(extracts: list[Extract], waves: list[np.ndarray], repeats: int,
+          device: torch.device) -> tuple[list[list[float]], list[list[np.ndarray]]]:
+    """Seconds of each pass of each implementation and its features. Passes go round-robin
+    (one of each, `repeats` times), so a burst of load on a shared machine hits them all alike;
+    one warm-up pass on a few utterances first."""
+    for extract in extracts:
+        extract(waves[:4])
+    seconds: list[list[float]] = [[] for _ in extracts]
+    feats: list[list[np.ndarray]] = [[] for _ in extracts]
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        feats = extract(waves)
-        seconds.append(time.perf_counter() - start)
+        for i, extract in enumerate(extracts):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            feats[i] = extract(waves)
+            seconds[i].append(time.perf_counter() - start)
     return seconds, feats
 
 
@@ -162,21 +168,17 @@ def main(argv: list[str] | None = None) -> None:
          tp_batched(f64, args.batch, device, cmvn=True), "cmvn"),
         ("HF Speech2TextFeatureExtractor + CMVN", hf_single(cmvn=True), "cmvn"),
     ]
-    results, reference = [], {}
-    for name, extract, kind in rows:
-        seconds, feats = timed(extract, waves, args.repeats, device)
-        if name.startswith("HF"):
-            reference[kind] = feats
-        results.append((name, seconds, feats, kind))
+    seconds, feats = timed([extract for _, extract, _ in rows], waves, args.repeats, device)
+    reference = {kind: f for (name, _, kind), f in zip(rows, feats) if name.startswith("HF")}
     print(f"## fbank rate: {len(waves)} utterances, {audio_s:.0f} s of LibriVox audio "
           f"(pocketsphinx-testdata), 80 bins, best and median of {args.repeats}\n")
     print(f"{machine(device)}; tp on {device}\n")
     print("| implementation | audio s / s (best) | audio s / s (median) | utterances / s (best) "
           "| max abs diff from HF |")
     print("|---|---:|---:|---:|---:|")
-    for name, seconds, feats, kind in results:
-        best, median = min(seconds), statistics.median(seconds)
-        diff = "reference" if name.startswith("HF") else f"{max_diff(feats, reference[kind]):.1e}"
+    for (name, _, kind), passes, out in zip(rows, seconds, feats):
+        best, median = min(passes), statistics.median(passes)
+        diff = "reference" if name.startswith("HF") else f"{max_diff(out, reference[kind]):.1e}"
         print(f"| {name} | {audio_s / best:,.0f} | {audio_s / median:,.0f} | "
               f"{len(waves) / best:,.0f} | {diff} |")
 
