@@ -6,8 +6,9 @@ that are exactly what is said, offline. Text-to-speech gives both: the transcrip
 espeak-ng was given. The output is deterministic (fixed voice, speed and pitch per speaker; sox
 run without dither), so the same command gives the same bytes.
 
-The default text is a real text that ships offline: Debian's fortunes
-(/usr/share/games/fortunes/fortunes), else Python's own documentation (pydoc_data.topics).
+The default text is a real text that ships offline: Debian's fortunes (every file of
+/usr/share/games/fortunes, in name order: about 24,000 sentences, over 20 hours of speech), else
+Python's own documentation (pydoc_data.topics).
 Sentences are normalised as LibriSpeech's transcripts are (upper-case letters, apostrophes
 inside words, single spaces); a sentence with anything espeak-ng would speak that the transcript
 cannot say (digits, symbols, letters outside A-Z) is left out, and espeak-ng is given the
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import soundfile
 
-FORTUNES = Path("/usr/share/games/fortunes/fortunes")
+FORTUNES = Path("/usr/share/games/fortunes")
 SAMPLE_RATE = 16000
 MIN_WORDS, MAX_WORDS = 3, 30
 PITCH_STEP = 12  # speaker k speaks at pitch + k * PITCH_STEP (mod 100): distinct, fixed voices
@@ -42,8 +43,13 @@ SPOKEN = re.compile(r"[^A-Za-z'\s.,;:!?\"()\-]")  # what espeak-ng would say tha
 
 
 def default_text() -> str:
-    if FORTUNES.is_file():
-        return FORTUNES.read_text(encoding="utf-8", errors="replace").replace("\n%\n", "\n\n")
+    """Every fortune file (about 24,000 usable sentences), else the pydoc topics."""
+    files = sorted(p for p in FORTUNES.iterdir() if p.is_file() and p.suffix not in (".dat",
+                                                                                    ".u8")) \
+        if FORTUNES.is_dir() else []
+    if files:
+        return "\n\n".join(p.read_text(encoding="utf-8", errors="replace")
+                           .replace("\n%\n", "\n\n") for p in files)
     from pydoc_data.topics import topics
 
     return "\n\n".join(text for _, text in sorted(topics.items()))
@@ -51,13 +57,13 @@ def default_text() -> str:
 
 def sentences(text: str) -> list[str]:
     """Normalised transcripts of the sentences of `text` that can be spoken exactly."""
-    out: list[str] = []
+    out: dict[str, None] = {}  # insertion-ordered, without repeats
     for block in re.split(r"\n\s*\n", text):
         for sentence in re.split(r"(?<=[.!?])\s+", " ".join(block.split())):
             transcript = normalise(sentence)
-            if transcript is not None and transcript not in out:
-                out.append(transcript)
-    return out
+            if transcript is not None:
+                out[transcript] = None
+    return list(out)
 
 
 def normalise(sentence: str) -> str | None:
