@@ -307,7 +307,10 @@ def test_a_tp_tokenizer_is_written_as_sentencepiece(s2t, tmp_path: Path, source:
                              path=ckpt, tokenizer=SimpleNamespace(name="unigram"))
     out = tmp_path / "out"
     out.mkdir()
+    (out / "config.json").write_text('{"decoder_start_token_id": 5, "eos_token_id": 5}')
     CONVERTER.preprocessing.to_hf(recipe, out, {"input_feat_per_channel": 80})
+    written = json.loads((out / "config.json").read_text())
+    assert written["decoder_start_token_id"] == written["eos_token_id"] == 2
     processor = transformers.AutoProcessor.from_pretrained(str(out))
     hf = processor.tokenizer
     assert type(hf).__name__ == "Speech2TextTokenizer" and hf.vocab_size == tok.vocab_size
@@ -319,6 +322,22 @@ def test_a_tp_tokenizer_is_written_as_sentencepiece(s2t, tmp_path: Path, source:
         if reference is not None:
             assert reference.encode(text) == ids, text
     assert hf("stew").input_ids[-1] == hf.eos_token_id == tok.special_ids["eos"]
+
+
+def test_a_tokenizer_with_another_pad_id_is_refused(tmp_path: Path) -> None:
+    """HF numbers S2T's decoder positions from pad id 1: a vocabulary whose pad is 0 (tp's
+    text unigram-8k) cannot be exported with the model."""
+    from tp_speech.speech_processor import SpeechProcessorConfig
+    from tp_text.unigram import UnigramConfig, UnigramTokenizer
+
+    table = Path(__file__).parents[3] / "recipes" / "_tokenizers" / "unigram-8k.json"
+    tok = UnigramTokenizer(UnigramConfig(tokenizer_json=str(table)))
+    tok.save(str(tmp_path / "ckpt" / "tokenizer"))
+    recipe = SimpleNamespace(processor=SimpleNamespace(options=SpeechProcessorConfig()),
+                             path=tmp_path / "ckpt", tokenizer=SimpleNamespace(name="unigram"))
+    with pytest.raises(TpError, match="pad id 0") as e:
+        CONVERTER.preprocessing.to_hf(recipe, tmp_path, {"input_feat_per_channel": 80})
+    assert "S2T's layout" in e.value.hint
 
 
 def test_what_s2t_cannot_do_is_refused_by_name(s2t) -> None:

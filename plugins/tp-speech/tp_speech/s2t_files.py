@@ -309,15 +309,35 @@ class S2tPreprocessing:
                           hint="set the processor's num_mel_bins to the speech embedding's "
                           "features")
         folder = Path(folder)
-        carried = recipe.tokenizer is not None and recipe.path is not None and \
-            tokenizer_to_hf(Path(recipe.path) / "tokenizer", folder)
-        if recipe.tokenizer is not None and not carried:  # a tokenizer built in tp
+        if recipe.tokenizer is not None and recipe.path is not None:
             from tpcli.plugins import get_plugins
 
+            saved = Path(recipe.path) / "tokenizer"
             cls = get_plugins().registry.get("tokenizer", recipe.tokenizer.name)
-            write_s2t_tokenizer(cls.from_saved(Path(recipe.path) / "tokenizer"), folder)
-            carried = True
-        if carried:  # AutoProcessor then gives Speech2TextProcessor (features + tokenizer)
+            tokenizer = cls.from_saved(saved)
+            special_ids(tokenizer.special_ids, folder / "config.json")
+            if not tokenizer_to_hf(saved, folder):  # a tokenizer built in tp
+                write_s2t_tokenizer(tokenizer, folder)
+            # AutoProcessor then gives Speech2TextProcessor (features + tokenizer)
             config["processor_class"] = "Speech2TextProcessor"
         (folder / PROCESSOR_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
                                              encoding="utf-8")
+
+
+def special_ids(ids: dict[str, int], config_json: Path) -> None:
+    """The tokenizer's special ids into the exported config.json: HF numbers the decoder's
+    positions by the pad id, which S2T's offset of 2 fixes at 1 (another pad id is refused), and
+    decoding starts from the end-of-sequence token (fairseq's S2T, tp's speech processor)."""
+    pad = ids.get("pad")
+    if pad != 1:
+        raise TpError(f"the checkpoint's tokenizer has pad id {pad}; Speech2Text numbers "
+                      "positions from pad id 1 (its offset of 2)",
+                      hint="use a vocabulary in S2T's layout (<s>=0, <pad>=1, </s>=2, <unk>=3), "
+                      "e.g. scripts/train_speech_vocab.py's")
+    data = json.loads(config_json.read_text(encoding="utf-8")) if config_json.is_file() else {}
+    if "eos" in ids:
+        data["eos_token_id"] = data["decoder_start_token_id"] = ids["eos"]
+    if "bos" in ids:
+        data["bos_token_id"] = ids["bos"]
+    if config_json.is_file():
+        config_json.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
