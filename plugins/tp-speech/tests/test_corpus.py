@@ -135,6 +135,21 @@ def test_pocketsphinx_librivox_and_cards() -> None:
     assert read_corpus(SPHINX / "cards").utterances == cards.utterances
 
 
+@needs_sphinx
+def test_sphinx_without_transcripts(tmp_path: Path) -> None:
+    shutil.copy(SPHINX / "cards" / "cards.fileids", tmp_path / "cards.fileids")
+    with pytest.raises(DataError, match=r"has no transcription file .*cards.transcription"):
+        read_corpus(tmp_path / "cards.fileids")
+    for name in ("001.wav", "002.wav"):
+        shutil.copy(SPHINX / "cards" / name, tmp_path / name)
+    (tmp_path / "cards.fileids").write_text("001\n002\n")
+    (tmp_path / "cards.transcription").write_text("<s> ten of clubs </s> (001)\n")
+    with pytest.raises(DataError, match=r"cards.fileids:2: utterance 002 has no transcript"):
+        read_corpus(tmp_path)
+    corpus = read_corpus(tmp_path, on_error="skip")
+    assert [u.uttid for u in corpus.utterances] == ["001"] and len(corpus.skipped) == 1
+
+
 # ------------------------------------------------------------------------- bad input
 
 

@@ -234,10 +234,17 @@ def test_bad_audio_is_refused_whole_or_skipped_and_counted(setup: Setup) -> None
     assert "2-1-000003.flac" in r.stderr and "on_error=skip" in r.stderr
     assert len(r.stderr.strip().splitlines()) <= 2  # the message and its hint
     assert not out.exists() and not any(p.name.startswith(".") for p in setup.base.iterdir())
+    # an empty recording and one shorter than a 25 ms frame: refused too, or skipped
+    soundfile.write(str(corpus / "1" / "1" / "1-1-000000.flac"), np.zeros(0, np.int16), 16000)
+    soundfile.write(str(corpus / "1" / "1" / "1-1-000002.flac"), np.ones(300, np.int16), 16000)
+    with pytest.raises(DataError, match=r"1-1.trans.txt:1: audio .*1-1-000000.flac is empty"):
+        setup.preprocess("broken-in-process", corpus)
     store = setup.preprocess("broken-skip", corpus, "data.processor.on_error=skip")
     contents = store.meta["contents"]
-    assert len(store) == 7 and contents["skipped"] == 1 and contents["utterances"] == 7
-    assert "2-1-000003.flac" in contents["skipped_files"][0]
+    assert len(store) == 5 and contents["skipped"] == 3 and contents["utterances"] == 5
+    skipped = "\n".join(contents["skipped_files"])
+    assert "1-1-000000.flac is empty" in skipped and "2-1-000003.flac" in skipped
+    assert "1-1-000002.flac holds 300 samples, less than one 25 ms frame" in skipped
 
 
 def test_too_long_and_unencodable_utterances(setup: Setup) -> None:

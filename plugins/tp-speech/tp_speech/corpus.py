@@ -78,16 +78,22 @@ def read_corpus(corpus: str | Path, on_error: OnError = "raise") -> Corpus:
         raise DataError(f"speech corpus {corpus} does not exist", hint=LAYOUT_HINT)
     problems = _Problems(on_error)
     if path.is_dir():
+        sphinx = _sphinx_files(path)
         if next(path.rglob("*.trans.txt"), None) is not None:
             out = _librispeech(path, problems)
-        elif _sphinx_files(path) is not None:
-            out = _sphinx(path, problems)
+        elif sphinx is not None:
+            out = _sphinx(*sphinx, problems)
         else:
             raise DataError(f"speech corpus folder {path} holds no *.trans.txt files (LibriSpeech "
                             "layout) and no fileids + transcription files (Sphinx layout)",
                             hint=LAYOUT_HINT)
     elif path.name.endswith("fileids"):
-        out = _sphinx(path.parent, problems, path)
+        transcription = (path.parent / "transcription" if path.name == "fileids"
+                         else path.with_suffix(".transcription"))
+        if not transcription.is_file():
+            raise DataError(f"Sphinx corpus {path} has no transcription file {transcription}",
+                            hint="put the `<s> text </s> (uttid)` lines beside the fileids")
+        out = _sphinx(path, transcription, problems)
     elif path.suffix.lower() in (".tsv", ".txt"):
         out = _tsv(path, problems)
     elif path.suffix.lower() in (".jsonl", ".json"):
@@ -242,17 +248,9 @@ SPHINX_LINE = re.compile(r"^(?P<text>.*?)\s*\((?P<uttid>[^()\s]+)(?:\s+[-\d.]+)?
 SPHINX_MARKS = ("<s>", "</s>", "<sil>")
 
 
-def _sphinx(folder: Path, problems: _Problems, fileids: Path | None = None) -> Corpus:
-    if fileids is None:
-        found = _sphinx_files(folder)
-        assert found is not None  # read_corpus checked
-        fileids, transcription = found
-    else:
-        transcription = (folder / "transcription" if fileids.name == "fileids"
-                         else fileids.with_suffix(".transcription"))
-        if not transcription.is_file():
-            raise DataError(f"Sphinx corpus {fileids} has no transcription file {transcription}",
-                            hint="put the `<s> text </s> (uttid)` lines beside the fileids")
+def _sphinx(fileids: Path, transcription: Path, problems: _Problems) -> Corpus:
+    """Fileids are paths without extension, relative to the fileids' folder; transcripts are
+    matched by utterance id (the fileid's last part), Sphinx's <s> </s> <sil> marks dropped."""
     texts: dict[str, tuple[str, str]] = {}  # uttid -> (text, source)
     with open(transcription, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -279,7 +277,7 @@ def _sphinx(folder: Path, problems: _Problems, fileids: Path | None = None) -> C
                          hint=f"add a line `<s> TEXT </s> ({uttid})` to {transcription}")
                 continue
             text, _ = texts[uttid]
-            audio = _find_audio((folder / fileid).parent, uttid)
+            audio = _find_audio((fileids.parent / fileid).parent, uttid)
             if _text(text, texts[uttid][1], problems) and _audio_file(audio, source, problems):
                 out.utterances.append(Utterance(audio, text, uttid, source))
     return out
