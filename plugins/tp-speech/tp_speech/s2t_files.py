@@ -84,14 +84,11 @@ def feature_extractor_config(options: Any) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------ tokenizer
 
-def s2t_tokenizer(spm_bytes: bytes, vocab: dict[str, int], where: str,
-                  lowercase: bool = False) -> Any:
+def s2t_tokenizer(spm_bytes: bytes, vocab: dict[str, int], where: str) -> Any:
     """The `tokenizers` pipeline of a Speech2TextTokenizer: the SentencePiece model's
     normaliser, pre-tokeniser, decoder and piece scores, with the pieces numbered as vocab.json
     numbers them. A piece of vocab.json the model lacks keeps score 0 (kept whole when it
     occurs); a piece of the model vocab.json lacks is dropped (HF maps it to <unk>)."""
-    from tokenizers import normalizers
-
     from tp_text.unigram import SPM_CONTROL, SPM_NORMAL, SPM_UNKNOWN, parse_spm_model, \
         tokenizer_from_spm
 
@@ -108,11 +105,7 @@ def s2t_tokenizer(spm_bytes: bytes, vocab: dict[str, int], where: str,
     pieces = [(p, scores.get(p, 0.0) if p not in specials else 0.0,
                SPM_UNKNOWN if p == ROLES["unk"] else SPM_CONTROL if p in specials
                else SPM_NORMAL) for p, _ in order]
-    tok = tokenizer_from_spm({**spm, "pieces": pieces, "unk_id": unk})
-    if lowercase:  # Speech2TextTokenizer(do_lower_case=True) lowercases the text first
-        steps = [normalizers.Lowercase()] + ([tok.normalizer] if tok.normalizer else [])
-        tok.normalizer = normalizers.Sequence(steps)
-    return tok
+    return tokenizer_from_spm({**spm, "pieces": pieces, "unk_id": unk})
 
 
 def tokenizer_from_hf(folder: Path, directory: Path) -> tuple[Any, dict[str, Any]] | None:
@@ -130,11 +123,13 @@ def tokenizer_from_hf(folder: Path, directory: Path) -> tuple[Any, dict[str, Any
                       f"{config['lang_codes']!r}) prefixes a language token; tp carries "
                       "single-language tokenizers only", hint="convert an ASR checkpoint")
     vocab = {str(k): int(v) for k, v in read_json(folder / VOCAB_FILE, "tokenizer").items()}
-    tok = s2t_tokenizer((folder / SPM_FILE).read_bytes(), vocab, str(folder / SPM_FILE),
-                        lowercase=bool(config.get("do_lower_case", False)))
+    # do_lower_case is stored but not applied by Speech2TextTokenizer (transformers 5): the
+    # text is cut as given, here too
+    tok = s2t_tokenizer((folder / SPM_FILE).read_bytes(), vocab, str(folder / SPM_FILE))
     if config.get("do_upper_case"):
         log.warning("%s: Speech2TextTokenizer upper-cases decoded text (do_upper_case); tp's "
-                    "decoded text keeps the pieces' case", folder)
+                    "decoded text keeps the pieces' case (the recipe's speech processor "
+                    "lower-cases transcripts: case=lower)", folder)
     directory.mkdir(parents=True, exist_ok=True)
     tok.save(str(directory / "tokenizer.json"))
     roles = {f"{r}_token": str(config.get(f"{r}_token") or t) for r, t in ROLES.items()}
