@@ -280,6 +280,11 @@ def test_to_hf_writes_the_processor(s2t, tmp_path: Path) -> None:
     assert fe.feature_size == 40 and not fe.do_ceptral_normalize and not fe.normalize_vars
     with pytest.raises(TpError, match="makes 40 features per frame, the model reads 80"):
         CONVERTER.preprocessing.to_hf(recipe, out, {"input_feat_per_channel": 80})
+    with pytest.raises(TpError, match="makes 40 features per frame, but the model reads 24"):
+        CONVERTER.preprocessing.from_hf(out, {"input_feat_per_channel": 24})
+    section = CONVERTER.preprocessing.from_hf(out, {"input_feat_per_channel": 40})
+    assert section == {"processor": {"name": "speech", "sample_rate": 16000, "cmvn": False,
+                                     "features": {"num_mel_bins": 40, "dither": 0.0}}}
 
 
 @pytest.mark.parametrize("source", ["shipped", "hf"])

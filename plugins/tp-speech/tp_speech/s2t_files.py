@@ -285,7 +285,14 @@ class S2tPreprocessing:
             fe = {}
         config = Path(folder) / TOKENIZER_CONFIG
         upper = config.is_file() and bool(read_json(config, "tokenizer").get("do_upper_case"))
-        return {"processor": processor_section(fe, upper)}
+        section = processor_section(fe, upper)
+        bins = section["features"]["num_mel_bins"]
+        reads = hf_config.get("input_feat_per_channel", 80) * hf_config.get("input_channels", 1)
+        if bins != reads:
+            raise DataError(f"{path} makes {bins} features per frame, but the model reads "
+                            f"{reads} (input_feat_per_channel)",
+                            hint="save the feature extractor that belongs to the model")
+        return {"processor": section}
 
     def tokenizer_from_hf(self, folder: Path, hf_config: dict[str, Any], directory: Path
                           ) -> tuple[Any, dict[str, Any]] | None:
