@@ -20,10 +20,11 @@ float64; knf in float32).
   loops over utterances the same way).
 - "+ CMVN" rows: the whole S2T input pipeline, fbank then utterance mean/variance normalisation.
 
-knf and HF use one core; tp runs with `--threads` intra-op threads (default 1, the same).
+knf and HF use one core (numpy's BLAS is held to one thread); tp runs with `--threads` intra-op
+threads (default 1, the same).
 Run::
 
-    python benchmarks/fbank_rate.py              # 300 utterances, 3 passes: ~1-2 min on 1 core
+    python benchmarks/fbank_rate.py              # 300 utterances, 5 passes: ~2-3 min on 1 core
     python benchmarks/fbank_rate.py --quick      # 40 utterances, 1 pass: seconds
     python benchmarks/fbank_rate.py --device cuda  # tp's rows on the GPU
 """
@@ -39,6 +40,8 @@ from pathlib import Path
 from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # numpy's BLAS (HF's mel matmul) in one thread, as knf
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -187,13 +190,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="40 utterances, 1 pass")
     p.add_argument("--utterances", type=int, default=None, help="corpus size (default 300)")
-    p.add_argument("--repeats", type=int, default=None, help="timed passes (default 3)")
+    p.add_argument("--repeats", type=int, default=None, help="timed passes (default 5)")
     p.add_argument("--batch", type=int, default=16, help="utterances per tp batch")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads for tp")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where tp runs")
     args = p.parse_args(argv)
     args.utterances = args.utterances or (40 if args.quick else 300)
-    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.repeats = args.repeats or (1 if args.quick else 5)
     return args
 
 
