@@ -5,8 +5,10 @@ features; one conv layer of kernel 7 over 24 features, no embedding scale, gelu,
 bit-exact round trip, the headless Speech2TextModel, greedy and beam generate() token for token,
 `tp convert` both ways (the export loads with plain AutoModel, AutoModelForSpeechSeq2Seq and
 AutoFeatureExtractor, its weights are the source's bit for bit), the tokenizer (SentencePiece +
-vocab.json) encoding and decoding as HF's, AutoProcessor on the written files, and the
-refusals (one through the real `tp` command)."""
+vocab.json) encoding and decoding as HF's, a tokenizer built in tp written as SentencePiece,
+AutoProcessor on the written files, real LibriVox speech transcribed as HF's pipeline does,
+and the refusals (one through the real `tp` command). The tokenizer's trip through
+`tp convert` itself waits for tpcli.convert.from_hf to call `tokenizer_from_hf` (xfail)."""
 
 from __future__ import annotations
 
