@@ -281,3 +281,8 @@ def test_meta_records_the_processor_options(setup: Setup) -> None:
     assert options["features"]["num_mel_bins"] == 80 and options["cmvn"] is True
     with pytest.raises(DataError, match="holds fbank arrays.*store: waveform"):
         setup.dataset(store, store="waveform")
+    with pytest.raises(DataError, match="made with data.processor.cmvn=True, but the recipe "
+                       "has False"):
+        setup.dataset(store, cmvn=False)
+    with pytest.raises(DataError, match="features.num_mel_bins=80, but the recipe has 40"):
+        setup.dataset(store, features={"num_mel_bins": 40})

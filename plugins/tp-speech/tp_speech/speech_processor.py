@@ -58,7 +58,7 @@ from tp_speech.fbank import FbankConfig
 from tp_speech.specaugment import SpecAugmentConfig, spec_augment
 
 SKIPPED_SHOWN = 20  # skipped utterances named in meta.json; the counts are always exact
-CHUNK = 32  # utterances decoded and featurised together: one fbank call
+CHUNK = 32  # utterances a thread decodes (and featurises) in a row: one task of the pool
 END_TOKENS = ("eos", "sep")  # the decoder start and the transcript's end: the first it has
 
 
@@ -143,7 +143,32 @@ class SpeechDataset(ExampleDataset):
             raise DataError(f"dataset {store.folder} holds {stored} arrays, but the recipe's "
                             f"speech processor has store: {config.store}",
                             hint=f"set data.processor.store={stored}, or re-run `tp preprocess`")
+        self._check_made_alike(store)
         self.frames = store.column("frames").astype(np.int64)  # (n,)
+
+    def _check_made_alike(self, store: Any) -> None:
+        """DataError when the stored audio was made with other options than the recipe's: the
+        features (fbank store) or the sample rate (waveform store) would silently differ from
+        what inference computes."""
+        made = ((store.meta.get("processor") or {}).get("options")) or {}
+        mine = self.config.model_dump(mode="json")
+        names = ("sample_rate",) if self.config.store == "waveform" else \
+            ("sample_rate", "features", "cmvn")
+        differ = []  # (option, made with, the recipe's), sub-options of `features` one by one
+        for name in (n for n in names if n in made):
+            if isinstance(made[name], dict):
+                differ += [(f"{name}.{k}", made[name].get(k), mine[name].get(k))
+                           for k in sorted(set(made[name]) | set(mine[name]))]
+            else:
+                differ.append((name, made[name], mine[name]))
+        for name, was, now in differ:
+            if was != now:
+                raise DataError(
+                    f"dataset {store.folder} was made with data.processor.{name}={was}, but the "
+                    f"recipe has {now}: its stored audio differs from what the recipe's model "
+                    "is fed at inference",
+                    hint=f"set data.processor.{name}={was} as the dataset was made, or re-run "
+                    "`tp preprocess` with this recipe")
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -154,17 +179,21 @@ class SpeechDataset(ExampleDataset):
 
     def features(self, index: int, g: torch.Generator | None = None) -> torch.Tensor:
         """Example `index`'s (T, F) float32 features, before SpecAugment."""
-        stored = self.store.example(index)
-        if "features" in stored:
+        return self._features(self.store.example(index), g)
+
+    def _features(self, stored: dict[str, np.ndarray], g: torch.Generator | None
+                  ) -> torch.Tensor:
+        if "features" in stored:  # a copy out of the read-only map
             return torch.from_numpy(np.asarray(stored["features"], dtype=np.float32))
         samples = np.asarray(stored["waveform"], dtype=np.float32) / 32768.0
-        return featurise([samples], self.config, g)[0]
+        return featurise([samples], self.config, g)[0]  # dither, if any, from g
 
     def example(self, index: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        feats = self.features(index, g)  # (T, F)
+        stored = self.store.example(index)
+        feats = self._features(stored, g)  # (T, F)
         if self.config.spec_augment is not None:
             feats = spec_augment(feats, g, self.config.spec_augment)
-        ids = torch.from_numpy(np.asarray(self.store.example(index)["ids"], dtype=np.int64))
+        ids = torch.from_numpy(np.asarray(stored["ids"], dtype=np.int64))
         end = torch.tensor([self.end])
         return {"input_features": feats, "tgt_input_ids": torch.cat([end, ids]),
                 "lm_labels": torch.cat([ids, end])}
