@@ -4,15 +4,17 @@ Four layouts, as the speech tools people use write them:
 
 - LibriSpeech's folder: ``speaker/chapter/speaker-chapter-NNNN.flac`` beside
   ``speaker-chapter.trans.txt``, whose lines are ``UTTID TRANSCRIPT``;
-- a TSV of ``text<TAB>path`` lines (TencentPretrain's speech format); a first line naming the
-  columns (``text<TAB>wav_path``, TencentPretrain's fine-tuning files, in any order) is a header;
+- a TSV of ``text<TAB>path`` lines (TencentPretrain's S2T pre-training corpus); a first line
+  naming the columns (``text<TAB>path``, or ``text<TAB>wav_path`` in TencentPretrain's
+  fine-tuning files, in any order) is a header;
 - a JSONL manifest, one ``{"audio_filepath": ..., "duration": ..., "text": ...}`` a line
-  (NeMo's and ESPnet's convention);
+  (NeMo's manifests);
 - CMU Sphinx's test layout (``/usr/share/pocketsphinx/test/data/librivox``): a ``fileids`` file
   of paths without extension and a ``transcription`` file of ``<s> text </s> (uttid)`` lines,
   given as the folder or as the fileids file.
 
-Relative audio paths are relative to the list's folder. Every problem (an audio file that does
+Relative audio paths are relative to the list's folder (TencentPretrain reads them from the
+working directory: absolute paths serve both). Every problem (an audio file that does
 not exist, an audio file with no transcript, an empty transcript, a malformed line) is a
 DataError naming the file or line and the fix, or, with ``on_error="skip"``, a line in
 `Corpus.skipped` that the processor counts and reports: never dropped silently.
