@@ -234,33 +234,36 @@ class SpeechProcessor:
         read = read_corpus(corpus, c.on_error)
         texts = [self._case(u.text) for u in read.utterances]
         ids = tokenizer.encode_batch(texts)
-        unknown = self._unknown(tokenizer, read.utterances, texts, ids)
+        unk = self._check_unknown(tokenizer, read.utterances, texts, ids)
         skipped, too_long = list(read.skipped), []
-        seconds, kept = 0.0, 0
-        for index, waveform, error in self._decoded(read.utterances, workers):
+        seconds, kept, unk_tokens, unk_utterances = 0.0, 0, 0, 0
+        for index, prepared, error in self._decoded(read.utterances, workers):
             utt = read.utterances[index]
-            if waveform is None:
+            if prepared is None:
                 skipped.append(error or str(utt.path))
                 continue
-            frames = int(waveform[1])
+            audio, frames, duration = prepared
             if c.max_frames is not None and frames > c.max_frames:
                 message = (f"{utt.source}: utterance {utt.uttid} ({utt.path}) has {frames:,} "
-                           f"frames ({waveform[2]:.1f} s), more than max_frames="
-                           f"{c.max_frames:,}")
+                           f"frames ({duration:.1f} s), more than max_frames={c.max_frames:,}")
                 if c.too_long == "raise":
                     raise DataError(message, hint="raise data.processor.max_frames, or set "
                                     "data.processor.too_long=skip to skip such utterances "
                                     "(counted in the dataset's meta.json)")
                 too_long.append(message)
                 continue
-            seconds += waveform[2]
+            seconds += duration
             kept += 1
-            yield {self.fields_audio: waveform[0], "ids": np.asarray(ids[index], np.int32),
+            if unk is not None and unk in ids[index]:
+                unk_tokens += ids[index].count(unk)
+                unk_utterances += 1
+            yield {self.fields_audio: audio, "ids": np.asarray(ids[index], np.int32),
                    "frames": np.int32(frames)}
         self._contents = {
             "layout": read.layout, "utterances": kept, "hours": round(seconds / 3600, 4),
             "skipped": len(skipped), "skipped_files": skipped[:SKIPPED_SHOWN],
-            "too_long": len(too_long), "too_long_files": too_long[:SKIPPED_SHOWN], **unknown}
+            "too_long": len(too_long), "too_long_files": too_long[:SKIPPED_SHOWN],
+            "unk_tokens": unk_tokens, "utterances_with_unk": unk_utterances}
 
     @property
     def fields_audio(self) -> str:
@@ -269,15 +272,15 @@ class SpeechProcessor:
     def _case(self, text: str) -> str:
         return {"keep": text, "upper": text.upper(), "lower": text.lower()}[self.config.case]
 
-    def _unknown(self, tokenizer: Any, utterances: list[Any], texts: list[str],
-                 ids: list[list[int]]) -> dict[str, int]:
-        """Counts of unk ids (unknown: count), or a DataError naming the first utterance whose
-        transcript has characters the vocabulary cannot encode (unknown: raise)."""
+    def _check_unknown(self, tokenizer: Any, utterances: list[Any], texts: list[str],
+                       ids: list[list[int]]) -> int | None:
+        """The unk id (None: the vocabulary has none). With unknown=raise, a DataError naming
+        the first utterance whose transcript has characters the vocabulary cannot encode."""
         unk = tokenizer.special_ids.get("unk")
-        if unk is None:
-            return {}
+        if unk is None or self.config.unknown == "count":
+            return unk
         hits = [i for i, row in enumerate(ids) if unk in row]
-        if hits and self.config.unknown == "raise":
+        if hits:
             i = hits[0]
             chars = sorted({ch for ch in set(texts[i]) if not ch.isspace()
                             and unk in tokenizer.encode_batch([ch])[0]})
@@ -288,8 +291,7 @@ class SpeechProcessor:
                 hint="normalise the transcripts (e.g. data.processor.case=upper or lower), use "
                 "a vocabulary trained on them, or set data.processor.unknown=count to keep "
                 "unk ids (counted in meta.json)")
-        return {"unk_tokens": sum(row.count(unk) for row in ids),
-                "utterances_with_unk": len(hits)}
+        return unk
 
     def _decoded(self, utterances: list[Any], workers: int
                  ) -> Iterator[tuple[int, tuple[np.ndarray, int, float] | None, str | None]]:
