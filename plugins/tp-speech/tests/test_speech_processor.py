@@ -286,3 +286,21 @@ def test_meta_records_the_processor_options(setup: Setup) -> None:
         setup.dataset(store, cmvn=False)
     with pytest.raises(DataError, match="features.num_mel_bins=80, but the recipe has 40"):
         setup.dataset(store, features={"num_mel_bins": 40})
+
+
+def test_pretrain_reads_the_dataset_batched_by_frames(setup: Setup) -> None:
+    """Two steps of the tiny S2T on the dataset, SpecAugment on, batches of at most 1,500
+    padded frames (pretrain.batch_units reads `sizes()`): the declared keys feed the speech
+    embedding and the decoder, and the first loss is that of a uniform guess, ln(vocab)."""
+    from tpcli.verbs import PretrainRequest, pretrain
+
+    store = ArrayReader(setup.base / "cli") if (setup.base / "cli").exists() else \
+        setup.preprocess("train")
+    summary = pretrain(PretrainRequest(
+        str(setup.recipe), Path(store.folder), setup.base / "run",
+        ["data.processor.spec_augment={}", "pretrain.batch_units=1500"], progress=False))
+    assert summary["steps"] == 2
+    log = [json.loads(line) for line in (setup.base / "run" / "metrics.jsonl").read_text()
+           .splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert losses and abs(losses[0] - np.log(setup.tokenizer().vocab_size)) < 0.5
