@@ -14,7 +14,7 @@ float64) on two corpora, real recordings (the pocketsphinx LibriVox utterances, 
 
 Preprocess speed is one run: on a busy machine, run it twice.
 
-    python benchmarks/speech_store.py [--repeat 40] [--synth 240] [--workers 2] [--threads 2]
+    python benchmarks/speech_store.py [--repeat 40] [--synth 240] [--workers 2] [--threads 1]
 """
 
 from __future__ import annotations
@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeat", type=int, default=40, help="LibriVox list repeats")
     p.add_argument("--synth", type=int, default=240, help="espeak-ng utterances")
     p.add_argument("--workers", type=int, default=2, help="decoding threads")
-    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--threads", type=int, default=1, help="torch threads while loading (1: "
+                   "as in a DataLoader worker)")
     p.add_argument("--no-augment", action="store_true", help="load without SpecAugment")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)

@@ -19,19 +19,22 @@ waveform), then SpecAugment drawn from the generator of (seed, epoch, index) whe
 S2T (decoder_start_token_id = eos), `sep` for a vocabulary without `eos`.
 
 Why fbank is stored by default. Measured with `python benchmarks/speech_store.py` (2 runs) on
-a 2-core machine shared with other jobs (load average 5-7, so the ranges are wide), over 200
-real recordings (the pocketsphinx LibriVox utterances of 3-7 s, listed 40 times: 16.5 min) and
-240 espeak-ng utterances (10.4 min); fbank in float64 (HF's features to 1e-6), SpecAugment on:
+a 2-core machine shared with other jobs (load average 4-5), over 200 real recordings (the
+pocketsphinx LibriVox utterances of 3-7 s, listed 40 times: 16.5 min) and 240 espeak-ng
+utterances (14.5 min); fbank in float64 (HF's features to 1e-6), loads on one torch thread as
+in a DataLoader worker, SpecAugment on:
 
     stored           MB per hour of audio   preprocess (x real time)   load / example (median)
-    fbank float16    57.3 - 57.5            500 - 1,800                0.12 - 0.18 ms
-    waveform int16   115.3                  1,200 - 8,600              1.4 - 12 ms
+    fbank float16    57.4 - 57.5            570 - 1,000                0.22 - 0.32 ms
+    waveform int16   115.3                  1,500 - 7,500              1.9 - 3.4 ms
 
 - disk and page cache: half (100 frames/s x 80 x 2 bytes against 16,000 x 2 bytes);
-- load: 10-70x cheaper: a waveform pays fbank at every load, in every epoch, in the DataLoader
-  workers that must keep the accelerator fed (fbank in float32 instead: 1.2 - 5.4 ms);
-- preprocess: the features are computed once, 2-5x slower than storing samples, still hundreds
-  of times faster than real time (960 h of LibriSpeech in 0.5 - 2 h on two cores).
+- load: 8-12x cheaper, 0.07 against 0.6-0.7 ms per second of audio: a waveform pays fbank at
+  every load, in every epoch, in the DataLoader workers that must keep the accelerator fed
+  (fairseq's S2T batch of 40,000 frames, 400 s of audio: ~28 ms of CPU against ~270 ms;
+  fbank in float32 instead: 1.3 - 2.0 ms an example);
+- preprocess: the features are computed once, 2-7x slower than storing samples but still
+  hundreds of times faster than real time (960 h of LibriSpeech in 1-2 h on two busy cores).
 
 float16 costs nothing a model can see: CMVN'd features lie in about [-5, 5] (the LibriVox
 recordings: -3.5 to 4.8), where float16 rounds by at most 2^-9 (0.002; mean 0.00014), and the
@@ -237,33 +240,48 @@ class SpeechProcessor:
         unk = self._check_unknown(tokenizer, read.utterances, texts, ids)
         skipped, too_long = list(read.skipped), []
         seconds, kept, unk_tokens, unk_utterances = 0.0, 0, 0, 0
-        for index, prepared, error in self._decoded(read.utterances, workers):
-            utt = read.utterances[index]
-            if prepared is None:
-                skipped.append(error or str(utt.path))
-                continue
-            audio, frames, duration = prepared
-            if c.max_frames is not None and frames > c.max_frames:
-                message = (f"{utt.source}: utterance {utt.uttid} ({utt.path}) has {frames:,} "
-                           f"frames ({duration:.1f} s), more than max_frames={c.max_frames:,}")
-                if c.too_long == "raise":
-                    raise DataError(message, hint="raise data.processor.max_frames, or set "
-                                    "data.processor.too_long=skip to skip such utterances "
-                                    "(counted in the dataset's meta.json)")
-                too_long.append(message)
-                continue
-            seconds += duration
-            kept += 1
-            if unk is not None and unk in ids[index]:
-                unk_tokens += ids[index].count(unk)
-                unk_utterances += 1
-            yield {self.fields_audio: audio, "ids": np.asarray(ids[index], np.int32),
-                   "frames": np.int32(frames)}
+        threads = torch.get_num_threads()
+        # The decoding threads are the parallelism: torch's own threads on top of them fight
+        # for the cores (2 cores with another job running: 20x real time instead of 900x).
+        torch.set_num_threads(1)
+        try:
+            for index, prepared, error in self._decoded(read.utterances, workers):
+                utt = read.utterances[index]
+                if prepared is None:
+                    skipped.append(error or str(utt.path))
+                    continue
+                audio, frames, duration = prepared
+                if (message := self._too_long(utt, frames, duration)) is not None:
+                    too_long.append(message)
+                    continue
+                seconds += duration
+                kept += 1
+                if unk is not None and unk in ids[index]:
+                    unk_tokens += ids[index].count(unk)
+                    unk_utterances += 1
+                yield {self.fields_audio: audio, "ids": np.asarray(ids[index], np.int32),
+                       "frames": np.int32(frames)}
+        finally:
+            torch.set_num_threads(threads)
         self._contents = {
             "layout": read.layout, "utterances": kept, "hours": round(seconds / 3600, 4),
             "skipped": len(skipped), "skipped_files": skipped[:SKIPPED_SHOWN],
             "too_long": len(too_long), "too_long_files": too_long[:SKIPPED_SHOWN],
             "unk_tokens": unk_tokens, "utterances_with_unk": unk_utterances}
+
+    def _too_long(self, utt: Any, frames: int, duration: float) -> str | None:
+        """None for an utterance within max_frames; else a DataError (too_long=raise) or the
+        line that counts it (skip)."""
+        limit = self.config.max_frames
+        if limit is None or frames <= limit:
+            return None
+        message = (f"{utt.source}: utterance {utt.uttid} ({utt.path}) has {frames:,} frames "
+                   f"({duration:.1f} s), more than max_frames={limit:,}")
+        if self.config.too_long == "raise":
+            raise DataError(message, hint="raise data.processor.max_frames, or set "
+                            "data.processor.too_long=skip to skip such utterances (counted in "
+                            "the dataset's meta.json)")
+        return message
 
     @property
     def fields_audio(self) -> str:
@@ -322,9 +340,9 @@ class SpeechProcessor:
         """One utterance's stored audio: float16 features or int16 samples, frames, seconds.
 
         One utterance at a time, not a padded batch: utterances of a chunk differ in length
-        (1-35 s in LibriSpeech), and a padded batch cost 2-4x the time of the utterances alone
-        (a chunk of 32 espeak-ng utterances of 1-7 s: 87-160 ms batched, 37-50 ms one by one)
-        and memory that grows with the longest of the chunk."""
+        (1-35 s in LibriSpeech), and a padded batch computes the padding too (32 espeak-ng
+        utterances of 1-7 s, one torch thread: 68 ms batched, 52 ms one by one) in memory
+        that grows with the longest of the chunk."""
         from tp_speech.audio import read_audio
         from tp_speech.fbank import num_frames
 
