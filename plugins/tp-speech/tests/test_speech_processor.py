@@ -105,9 +105,10 @@ class Setup:
         return UnigramTokenizer(UnigramConfig(tokenizer_json="tok.json", mask_token=None),
                                 self.recipe)
 
-    def preprocess(self, out: str, corpus: Path | None = None, *overrides: str) -> ArrayReader:
+    def preprocess(self, out: str, corpus: Path | None = None, *overrides: str,
+                   workers: int = 2) -> ArrayReader:
         run_preprocess(PreprocessRequest(str(self.recipe), str(corpus or self.corpus),
-                                         self.base / out, list(overrides), workers=2))
+                                         self.base / out, list(overrides), workers=workers))
         return ArrayReader(self.base / out)
 
     def dataset(self, reader: ArrayReader, seed: int = 0, **options: Any) -> Any:
@@ -192,6 +193,16 @@ def test_real_recordings_stored_as_fbank_or_waveform(setup: Setup, hf_features: 
         assert np.abs(a - ref).max() <= F16_STEP / 2 + 1e-5
         assert np.abs(b - ref).max() < 1e-4  # computed at load, in float32
         assert tok.decode(by_wave[i]["lm_labels"][:-1].tolist()).strip() == utt.text.upper()
+
+
+def test_the_dataset_does_not_depend_on_the_thread_count(setup: Setup) -> None:
+    one = setup.preprocess("threads-1", None, workers=1)
+    three = setup.preprocess("threads-3", None, workers=3)
+    names = sorted(p.name for p in Path(one.folder).glob("*.bin"))
+    assert len(names) == 3  # features, ids, frames
+    for name in names:
+        assert (Path(one.folder) / name).read_bytes() == (Path(three.folder) / name).read_bytes()
+    assert one.meta["contents"] == three.meta["contents"]
 
 
 def test_spec_augment_is_a_function_of_seed_epoch_and_index(setup: Setup) -> None:
