@@ -50,7 +50,9 @@ class Converter:
     preprocessing: for a model that reads no text (images, audio features), what stands in for
     the tokenizer files: `from_hf(folder, hf_config) -> dict`, the recipe's data section read
     from the folder's preprocessor_config.json, and `to_hf(recipe, folder, hf_config)`, which
-    writes it. None: the model reads text and its tokenizer files are converted.
+    writes it. None: the model reads text and its tokenizer files are converted. A model that
+    reads features and writes text (S2T) also has `tokenizer_from_hf(folder, hf_config, dest)
+    -> (tokenizer, tokenizer section) | None`, which writes the checkpoint's tokenizer.
     check_batch: `(ModelSpec, hf_config) -> (tp batch, HF keyword arguments)`, the fixed batch
     `--check` runs through both models; None: padded token ids (text models).
     task: HF config dict -> the `finetune.task` section of a converted fine-tuned model (an image

@@ -253,6 +253,11 @@ def from_hf(source: str, out: Path, plugins: Plugins, *, check: bool = False,
                 data["processor"] = conv.processor(hf_config)
         else:
             data = conv.preprocessing.from_hf(folder, hf_config)
+            # a model that reads audio and writes text (S2T) also carries its tokenizer
+            carry = getattr(conv.preprocessing, "tokenizer_from_hf", None)
+            carried = carry(folder, hf_config, tmp / "tokenizer") if carry else None
+            if carried is not None:
+                tokenizer, data["tokenizer"] = carried
         raw: dict[str, Any] = {"model": model_section, "data": data, "pretrain": {}}
         task = conv.task(hf_config) if conv.task is not None else None
         if task is not None:  # a fine-tuned classifier: `tp infer` runs on it as converted

@@ -7,8 +7,8 @@ bit-exact round trip, the headless Speech2TextModel, greedy and beam generate() 
 AutoFeatureExtractor, its weights are the source's bit for bit), the tokenizer (SentencePiece +
 vocab.json) encoding and decoding as HF's, a tokenizer built in tp written as SentencePiece,
 AutoProcessor on the written files, real LibriVox speech transcribed as HF's pipeline does,
-and the refusals (one through the real `tp` command). The tokenizer's trip through
-`tp convert` itself waits for tpcli.convert.from_hf to call `tokenizer_from_hf` (xfail)."""
+the tokenizer's trip through `tp convert` both ways, and the refusals (one through the real
+`tp` command)."""
 
 from __future__ import annotations
 
@@ -158,9 +158,6 @@ def test_convert_both_ways(s2t, tmp_path: Path) -> None:
     assert type(fe).__name__ == "Speech2TextFeatureExtractor" and fe.feature_size == 40
 
 
-@pytest.mark.xfail(strict=True, reason="tpcli.convert.from_hf does not yet call the "
-                   "preprocessing's tokenizer_from_hf (a model with both features and a "
-                   "tokenizer); remove this mark when it does")
 def test_convert_carries_the_tokenizer_both_ways(s2t, tmp_path: Path) -> None:
     """--from hf keeps the Speech2TextTokenizer as the checkpoint's tokenizer (HF's ids, pad id 1
     in the model), --to hf writes its files back bit for bit and AutoProcessor loads them."""

@@ -293,6 +293,19 @@ def check_batch(spec: Any, hf_config: HfConfig) -> tuple[dict[str, torch.Tensor]
     return batch, kwargs
 
 
+def asr_task(hf: HfConfig) -> dict[str, Any] | None:
+    """A converted speech-to-text model transcribes: task `asr` with the decoding its config
+    asks for (num_beams, max_length: 5 and 200 in facebook/s2t-*-librispeech-asr), so `tp infer`
+    runs on the checkpoint as converted. None for the headless Speech2TextModel."""
+    archs = hf.get("architectures") or ["Speech2TextForConditionalGeneration"]
+    if "Speech2TextForConditionalGeneration" not in archs:
+        return None
+    task: dict[str, Any] = {"name": "asr", "num_beams": int(hf.get("num_beams") or 1)}
+    if hf.get("max_length"):
+        task["max_new_tokens"] = int(hf["max_length"])
+    return task
+
+
 CONVERTER = Converter(
     name="speech_to_text",  # the registry name is HF's model_type, which --from hf looks up
     hf_architecture="Speech2TextForConditionalGeneration",
@@ -304,4 +317,5 @@ CONVERTER = Converter(
     max_length=lambda hf: hf.get("max_target_positions"),
     preprocessing=S2tPreprocessing(),
     check_batch=check_batch,
+    task=asr_task,
 )
