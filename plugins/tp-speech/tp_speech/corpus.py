@@ -132,10 +132,20 @@ def _text(text: str, source: str, problems: _Problems) -> bool:
 # ------------------------------------------------------------------------- LibriSpeech
 
 
+SPLITS = ("train-", "dev-", "test-")  # LibriSpeech's split folders: train-clean-100, dev-other
+
+
 def _librispeech(root: Path, problems: _Problems) -> Corpus:
     out = Corpus(layout="librispeech")
     listed: set[Path] = set()
-    for trans in sorted(root.rglob("*.trans.txt")):
+    transcripts = sorted(root.rglob("*.trans.txt"))
+    splits = sorted({t.relative_to(root).parts[0] for t in transcripts
+                     if t.relative_to(root).parts[0].startswith(SPLITS)})
+    if len(splits) > 1:  # the LibriSpeech/ folder itself: evaluation speech would be trained on
+        raise DataError(f"speech corpus {root} holds {len(splits)} LibriSpeech splits "
+                        f"({', '.join(splits)})",
+                        hint=f"give one split's folder, e.g. {root / splits[-1]}")
+    for trans in transcripts:
         with open(trans, encoding="utf-8") as f:
             for number, line in enumerate(f, start=1):
                 line = line.strip()
