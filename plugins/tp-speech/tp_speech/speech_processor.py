@@ -6,7 +6,8 @@ folder, `text<TAB>path` TSV, JSONL manifest, Sphinx folder); the transcripts are
 the recipe's tokenizer in one batch; threads (`--workers`, 0: one a core) decode the audio
 (`read_audio`) and, with `store: fbank`, compute its Kaldi log-mel features, one utterance at a
 time: libsndfile and torch release the GIL, so the threads run in parallel without forking a
-process that holds torch. Per utterance the dataset holds
+process that holds torch (torch's own thread pool is held to one thread meanwhile, so the two
+do not fight for the cores). Per utterance the dataset holds
 
     features (T, F) float16   Kaldi fbank, per-utterance CMVN applied (store: fbank), or
     waveform (N,) int16       the samples at the 16-bit scale they were recorded at (waveform)
