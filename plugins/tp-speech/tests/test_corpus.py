@@ -94,15 +94,18 @@ def test_librispeech_layout(libri: tuple[Path, list[str]]) -> None:
     assert first.source == f"{root}/1/1/1-1.trans.txt:1"
 
 
-def test_several_librispeech_splits_are_refused(libri: tuple[Path, list[str]],
-                                                tmp_path: Path) -> None:
+def test_training_and_evaluation_splits_together_are_refused(libri: tuple[Path, list[str]],
+                                                             tmp_path: Path) -> None:
     shutil.copytree(libri[0], tmp_path / "LibriSpeech" / "train-clean-100")
     assert len(read_corpus(tmp_path / "LibriSpeech").utterances) == 6
+    # the 960 h: several training splits in one folder are one training corpus
+    shutil.copytree(libri[0], tmp_path / "LibriSpeech" / "train-clean-360")
+    assert len(read_corpus(tmp_path / "LibriSpeech").utterances) == 12
     shutil.copytree(libri[0], tmp_path / "LibriSpeech" / "test-clean")
-    with pytest.raises(DataError, match=r"holds 2 LibriSpeech splits \(test-clean, "
-                       r"train-clean-100\)") as e:
+    with pytest.raises(DataError, match=r"holds LibriSpeech splits of training and evaluation "
+                       r"\(test-clean, train-clean-100, train-clean-360\)") as e:
         read_corpus(tmp_path / "LibriSpeech")
-    assert "train-clean-100" in (e.value.hint or "")
+    assert "train-clean-360" in (e.value.hint or "")
     assert len(read_corpus(tmp_path / "LibriSpeech" / "test-clean").utterances) == 6
 
 

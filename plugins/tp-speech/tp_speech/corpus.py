@@ -141,10 +141,12 @@ def _librispeech(root: Path, problems: _Problems) -> Corpus:
     transcripts = sorted(root.rglob("*.trans.txt"))
     splits = sorted({t.relative_to(root).parts[0] for t in transcripts
                      if t.relative_to(root).parts[0].startswith(SPLITS)})
-    if len(splits) > 1:  # the LibriSpeech/ folder itself: evaluation speech would be trained on
-        raise DataError(f"speech corpus {root} holds {len(splits)} LibriSpeech splits "
-                        f"({', '.join(splits)})",
-                        hint=f"give one split's folder, e.g. {root / splits[-1]}")
+    kinds = {s.split("-")[0] for s in splits}
+    if len(kinds) > 1:  # the LibriSpeech/ folder itself: evaluation speech would be trained on
+        raise DataError(f"speech corpus {root} holds LibriSpeech splits of training and "
+                        f"evaluation ({', '.join(splits)})",
+                        hint=f"give one split's folder, e.g. {root / splits[-1]}, or a folder "
+                        "of the training splits alone (train-960/ with links to the three)")
     for trans in transcripts:
         with open(trans, encoding="utf-8") as f:
             for number, line in enumerate(f, start=1):
