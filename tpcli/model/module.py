@@ -126,7 +126,8 @@ def options_of(cls: Any) -> list[dict[str, Any]]:
             type_name = " | ".join(repr(a) for a in get_args(ann))
         else:
             type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
-        default = "(required)" if f.is_required() else f.default
+        default = ("(required)" if f.is_required()
+                   else f.get_default(call_default_factory=True))  # a nested Config's defaults
         out.append(
             {"name": name, "type": type_name, "default": default, "description": f.description or ""}
         )

@@ -33,6 +33,17 @@ class Option:
 
 
 @dataclass(frozen=True)
+class Nested:
+    """The default of an option that is a Config of its own (`default_factory=FbankConfig`):
+    that class's defaults, named by the class."""
+
+    name: str
+
+    def __repr__(self) -> str:
+        return f"{self.name}()"
+
+
+@dataclass(frozen=True)
 class ClassFacts:
     summary: str  # the first line of the class docstring
     options: list[Option] | None  # None: the class has no Config
@@ -104,9 +115,11 @@ def _option(module: _Module, name: str, value: ast.expr | None) -> Option:
         if None in kwargs or len(value.args) > 1:
             raise _Unsupported(f"field {name}: an unusual Field()")
         factory = kwargs.get("default_factory")
-        if factory is not None:  # only the empty containers: their value is known
+        if factory is not None:  # the empty containers, or a nested Config's class
+            if (isinstance(factory, ast.Name) and factory.id not in module.constants
+                    and (factory.id in module.classes or factory.id in module.imports)):
+                return Option(name, False, Nested(factory.id))
             if not (isinstance(factory, ast.Name) and factory.id in FACTORIES
-                    and factory.id not in module.classes and factory.id not in module.imports
                     and factory.id not in module.constants):
                 raise _Unsupported(f"field {name}: default_factory={ast.unparse(factory)}")
             return Option(name, False, FACTORIES[factory.id]())
@@ -225,6 +238,13 @@ def _source_of(name: str) -> tuple[Path, bool]:
     raise ImportError(name)
 
 
+def _plain(default: Any) -> Any:
+    """A nested Config's default instance as `Nested` (what the source reading gives)."""
+    from pydantic import BaseModel
+
+    return Nested(type(default).__name__) if isinstance(default, BaseModel) else default
+
+
 def facts_of(obj: Any) -> ClassFacts:
     """The same facts from an imported class (the reference `read_class` must agree with)."""
     lines = (getattr(obj, "__doc__", None) or "").strip().splitlines()
@@ -232,6 +252,6 @@ def facts_of(obj: Any) -> ClassFacts:
     options = None
     if cfg is not None:
         options = [Option(n, True) if f.is_required()
-                   else Option(n, False, f.get_default(call_default_factory=True))
+                   else Option(n, False, _plain(f.get_default(call_default_factory=True)))
                    for n, f in cfg.model_fields.items()]
     return ClassFacts(lines[0] if lines else "", options)
