@@ -1,0 +1,136 @@
+"""The speech recipes train reproducibly: golden losses of s2t-tiny (joint CTC/attention) on a
+fixed set of synthesised utterances, and an exact resume with SpecAugment on and batches by
+frames (length-bucketed), as tests/train does for text.
+
+The utterances: 24 sentences of Debian's fortunes spoken by espeak-ng (`scripts/synth_speech.py`:
+deterministic bytes), preprocessed by the recipe's `speech` processor. Runs are in-process
+(`tpcli.verbs`), single-threaded, fp32 on the CPU. Regenerate a golden list only when a change is
+meant to alter training, and say why.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+
+from tpcli import hookimpl
+from tpcli.plugins import make_plugins
+from tpcli.verbs import PreprocessRequest, PretrainRequest, preprocess, pretrain
+
+ROOT = Path(__file__).resolve().parents[3]
+SHORT = ["pretrain.batch_units=2400", "pretrain.log_every=1", "pretrain.device=cpu",
+         "pretrain.precision=fp32", "pretrain.seed=3", "pretrain.warmup_steps=4"]
+
+# First 10 losses (0.7 lm + 0.3 ctc), 20 steps of up to 2,400 frames, seed 3, torch 2.13 CPU
+# fp32, one thread. From 8.38 (lm near ln(256) = 5.5, ctc far above: an untrained alignment) to
+# 4.84 by step 20.
+S2T_GOLDEN = [8.3796, 7.83009, 7.37852, 6.92793, 6.43887, 6.41336, 5.65237, 5.44587, 5.47016,
+              5.14137]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quiet_machine() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TP_PEAK_FLOPS", "1e12")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
+        pytest.skip("espeak-ng and sox synthesise the corpus (apt-get install espeak-ng sox)")
+    root = tmp_path_factory.mktemp("speech")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "synth_speech.py"), str(root / "c"),
+                    "--utterances", "24", "--speakers", "2"], check=True, capture_output=True)
+    out = root / "data"
+    preprocess(PreprocessRequest("s2t-tiny", str(root / "c"), out, []))
+    return out
+
+
+def losses(run: Path) -> dict[int, float]:
+    """step -> loss; after a resume the later line for a step wins (it is the one that counts)."""
+    out: dict[int, float] = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            out[rec["step"]] = rec["loss"]
+    return out
+
+
+def run(data: Path, out: Path, *overrides: str, plugins: object = None) -> dict[int, float]:
+    pretrain(PretrainRequest("s2t-tiny", data, out, [*SHORT, *overrides], progress=False,
+                             plugins=plugins or make_plugins()))
+    return losses(out)
+
+
+def test_golden_losses_and_learning(data: Path, tmp_path: Path) -> None:
+    got = run(data, tmp_path / "run", "pretrain.steps=20", "pretrain.save_every=20")
+    assert sorted(got) == list(range(1, 21))
+    first = [round(got[s], 5) for s in range(1, 11)]
+    assert first == pytest.approx(S2T_GOLDEN, abs=2e-4), first
+    early = sum(got[s] for s in range(1, 6)) / 5
+    late = sum(got[s] for s in range(16, 21)) / 5
+    assert late < early - 0.5, got
+    assert got[1] > 0.7 * math.log(256)  # no better than uniform over the vocabulary at first
+
+
+class StopAt:
+    """Stops the run like Ctrl-C right after optimizer step `step` (not at a checkpoint)."""
+
+    __name__ = "stop-at"
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    @hookimpl
+    def tp_on_step(self, step: int, seconds: float) -> None:
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+RESUME = ["pretrain.steps=12", "pretrain.save_every=4", "pretrain.keep_last=5"]
+
+
+def test_s2t_tiny_with_spec_augment_resumes_exactly(data: Path, tmp_path: Path) -> None:
+    from tpcli.errors import TpError
+
+    expected = run(data, tmp_path / "ref", *RESUME)
+    assert sorted(expected) == list(range(1, 13))
+    stopped = tmp_path / "stopped"
+    with pytest.raises(TpError, match="stopped by Ctrl-C"):
+        run(data, stopped, *RESUME, plugins=make_plugins([StopAt(10)]))
+    assert max(losses(stopped)) == 9  # steps 9 and 10 ran after the last checkpoint (step 8)
+    pretrain(PretrainRequest(None, None, None, resume=stopped, progress=False,
+                             plugins=make_plugins()))
+    got = losses(stopped)
+    assert sorted(got) == list(range(1, 13))
+    for step in range(1, 13):
+        assert abs(got[step] - expected[step]) <= 1e-6 * max(1.0, abs(expected[step])), step
+
+    # SpecAugment was on, and the batches were made by frames: the dataset masks, and an epoch's
+    # batches hold different numbers of utterances
+    from tpcli.data.arrays import open_store
+    from tpcli.data import build_tokenizer
+    from tpcli.recipes import load_recipe
+    from tpcli.train.batches import BucketSampler, DataPosition
+    from tp_speech.speech_processor import SpeechProcessor
+
+    recipe = load_recipe("s2t-tiny", SHORT)
+    dataset = SpeechProcessor(recipe.processor.options).dataset(
+        open_store(data), build_tokenizer(recipe, make_plugins()), 3)
+    feats = dataset[0]["input_features"]  # (T, 80)
+    assert ((feats == 0).all(dim=0).sum() >= 1) or ((feats == 0).all(dim=1).sum() >= 1)
+    plan = BucketSampler(dataset, 3, DataPosition(), units=2400, cap=64).plan(0)
+    assert len({len(b) for b in plan}) > 1
