@@ -75,7 +75,8 @@ def run(data: Path, out: Path, *overrides: str, plugins: object = None) -> dict[
     return losses(out)
 
 
-def test_golden_losses_and_learning(data: Path, tmp_path: Path) -> None:
+def test_golden_losses_learning_and_transcripts(data: Path, tmp_path: Path) -> None:
+    """Files -> features -> training -> decoding -> WER: the whole path, with a 20-step model."""
     got = run(data, tmp_path / "run", "pretrain.steps=20", "pretrain.save_every=20")
     assert sorted(got) == list(range(1, 21))
     first = [round(got[s], 5) for s in range(1, 11)]
@@ -84,6 +85,23 @@ def test_golden_losses_and_learning(data: Path, tmp_path: Path) -> None:
     late = sum(got[s] for s in range(16, 21)) / 5
     assert late < early - 0.5, got
     assert got[1] > 0.7 * math.log(256)  # no better than uniform over the vocabulary at first
+
+    # `tp infer` on the transcribed corpus: a transcript per file, and WER / CER as jiwer's
+    import jiwer
+
+    from tp_speech.corpus import read_corpus
+    from tpcli.verbs import InferRequest, infer
+
+    corpus = data.parent / "c"
+    result = infer(InferRequest(str(tmp_path / "run" / "last"), str(corpus),
+                                tmp_path / "out.jsonl", plugins=make_plugins()))
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    truth = {str(u.path): u.text.lower() for u in read_corpus(corpus).utterances}
+    assert len(rows) == 24 and {r["path"] for r in rows} == set(truth)
+    refs, hyps = [truth[r["path"]] for r in rows], [r["text"] for r in rows]
+    metrics = result["metrics"]
+    assert metrics["wer"] == pytest.approx(jiwer.wer(refs, hyps), abs=1e-9)
+    assert metrics["cer"] == pytest.approx(jiwer.cer(refs, hyps), abs=1e-9)
 
 
 class StopAt:
