@@ -283,6 +283,21 @@ def test_too_long_and_unencodable_utterances(setup: Setup) -> None:
     assert 3 in store.example(1)["ids"].tolist()  # <unk>
 
 
+def test_another_sample_rate_is_resampled_or_refused(setup: Setup) -> None:
+    corpus = setup.base / "rates"
+    shutil.copytree(setup.corpus, corpus)
+    audio = corpus / "1" / "1" / "1-1-000000.flac"
+    samples, rate = soundfile.read(str(audio), dtype="int16")
+    soundfile.write(str(audio), samples[::2], rate // 2)  # the same speech at 8 kHz
+    with pytest.raises(DataError, match=r"1-1-000000.flac.* 8000 Hz.*16000") as e:
+        setup.preprocess("rates-refused", corpus, "data.processor.resample=false")
+    assert "resample" in (e.value.hint or "")
+    assert not (setup.base / "rates-refused").exists()
+    store = setup.preprocess("rates-resampled", corpus)
+    frames = int(store.example(0)["frames"])
+    assert abs(frames - (1 + (len(samples) - 400) // 160)) <= 1  # back at 16 kHz: 10 ms frames
+
+
 def test_meta_records_the_processor_options(setup: Setup) -> None:
     store = ArrayReader(setup.base / "cli") if (setup.base / "cli").exists() else \
         setup.preprocess("meta")

@@ -70,6 +70,8 @@ class SpeechProcessorConfig(ModuleConfig):
     """Options of the `speech` processor (transcribed audio)."""
 
     sample_rate: int = Field(16000, ge=1000, description="audio is resampled to this rate")
+    resample: bool = Field(True, description="audio at another rate is resampled (scipy's "
+                           "resample_poly); false: refused, naming the file and its rate")
     store: Literal["fbank", "waveform"] = Field(
         "fbank", description="what the dataset holds per utterance: float16 fbank features "
         "(half the bytes, no feature pass at load) or the int16 waveform (features computed "
@@ -349,7 +351,7 @@ class SpeechProcessor:
 
         c = self.config
         try:
-            waveform = read_audio(utt.path, c.sample_rate)  # (N,) float32
+            waveform = read_audio(utt.path, c.sample_rate, c.resample)  # (N,) float32
             frames = num_frames(len(waveform), c.features)
             if frames == 0:
                 raise DataError(f"audio file {utt.path} holds {len(waveform)} samples, less "
