@@ -8,13 +8,14 @@ import io
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import torch
+
+from tpcli.testing.runs import run_tp
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -91,13 +92,6 @@ def save_hf_folder(model: Any, folder: Path, tokenizer: bool = True) -> Path:
     if tokenizer:
         write_s2t_tokenizer(folder)
     return folder
-
-
-def run_tp(*args: str) -> subprocess.CompletedProcess:
-    """`tp ARGS` in a fresh process, offline, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "tpcli.cli.main", *args], capture_output=True,
-                          text=True, env={"HF_HUB_OFFLINE": "1", "TP_PEAK_FLOPS": "1e12",
-                                          "PATH": "/usr/bin:/bin"})
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,9 @@ from typing import Iterator
 import pytest
 import torch
 
-from tpcli import hookimpl
 from tpcli.plugins import make_plugins
+from tpcli.testing.runs import StopAt
+from tpcli.testing.runs import logged_losses as losses
 from tpcli.verbs import PreprocessRequest, PretrainRequest, preprocess, pretrain
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -59,16 +60,6 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def losses(run: Path) -> dict[int, float]:
-    """step -> loss; after a resume the later line for a step wins (it is the one that counts)."""
-    out: dict[int, float] = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            out[rec["step"]] = rec["loss"]
-    return out
-
-
 def run(data: Path, out: Path, *overrides: str, plugins: object = None) -> dict[int, float]:
     pretrain(PretrainRequest("s2t-tiny", data, out, [*SHORT, *overrides], progress=False,
                              plugins=plugins or make_plugins()))
@@ -102,20 +93,6 @@ def test_golden_losses_learning_and_transcripts(data: Path, tmp_path: Path) -> N
     metrics = result["metrics"]
     assert metrics["wer"] == pytest.approx(jiwer.wer(refs, hyps), abs=1e-9)
     assert metrics["cer"] == pytest.approx(jiwer.cer(refs, hyps), abs=1e-9)
-
-
-class StopAt:
-    """Stops the run like Ctrl-C right after optimizer step `step` (not at a checkpoint)."""
-
-    __name__ = "stop-at"
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    @hookimpl
-    def tp_on_step(self, step: int, seconds: float) -> None:
-        if step == self.step:
-            raise KeyboardInterrupt
 
 
 RESUME = ["pretrain.steps=12", "pretrain.save_every=4", "pretrain.keep_last=5"]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
 import pytest
+
+from tpcli.testing.runs import run_tp
 
 TINY_VIT = """
 model:
@@ -32,13 +33,6 @@ def write_tiny_vit(folder: Path, labels: int = 3, processor: str = "", extra: st
     (folder / "recipe.yaml").write_text(TINY_VIT.format(labels=labels, processor=processor,
                                                         extra=extra))
     return folder
-
-
-def run_tp(*args: str) -> subprocess.CompletedProcess:
-    """`tp ARGS` in a fresh process, offline, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "tpcli.cli.main", *args], capture_output=True,
-                          text=True, env={"HF_HUB_OFFLINE": "1", "TP_PEAK_FLOPS": "1e12",
-                                          "PATH": "/usr/bin:/bin"})
 
 
 @pytest.fixture(scope="session")

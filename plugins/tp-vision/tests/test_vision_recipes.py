@@ -9,7 +9,6 @@ CPU. Regenerate a golden list only when a change is meant to alter training, and
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Iterator
@@ -18,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from tpcli import hookimpl
 from tpcli.plugins import make_plugins
+from tpcli.testing.runs import StopAt
+from tpcli.testing.runs import logged_losses as losses
 from tpcli.verbs import PreprocessRequest, PretrainRequest, preprocess, pretrain
 
 SHORT = ["pretrain.batch_size=16", "pretrain.log_every=1", "pretrain.device=cpu",
@@ -73,16 +73,6 @@ def data(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
     return out
 
 
-def losses(run: Path) -> dict[int, float]:
-    """step -> loss; after a resume the later line for a step wins (it is the one that counts)."""
-    out: dict[int, float] = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            out[rec["step"]] = rec["loss"]
-    return out
-
-
 def run(recipe: str, data: Path, out: Path, *overrides: str, plugins: object = None
         ) -> dict[int, float]:
     pretrain(PretrainRequest(recipe, data, out, [*SHORT, *overrides], progress=False,
@@ -103,20 +93,6 @@ def test_golden_losses_and_learning(recipe: str, golden: list[float], uniform: f
     early = sum(got[s] for s in range(1, 6)) / 5
     late = sum(got[s] for s in range(16, 21)) / 5
     assert late < early - drop, got
-
-
-class StopAt:
-    """Stops the run like Ctrl-C right after optimizer step `step` (not at a checkpoint)."""
-
-    __name__ = "stop-at"
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    @hookimpl
-    def tp_on_step(self, step: int, seconds: float) -> None:
-        if step == self.step:
-            raise KeyboardInterrupt
 
 
 AUGMENTED = ["data.processor.randaugment=[2,9]", "data.processor.mixup=0.8",
