@@ -11,8 +11,8 @@ task `asr` with the card's beams) whose logits on real LibriVox speech, featuris
 checkpoint's own processor, equal transformers' (to 3e-14 in float64, to float32 rounding in
 float32); `tp infer` on a list of the recordings (the real command, in a subprocess) writes one
 {path, text} row per file, each text the one transformers' beam search and the HF tokenizer's
-decode give. A second test records a bug found on the way: the converted task's length limit is
-one token longer than transformers' (strict xfail until convert_s2t.asr_task is fixed)."""
+decode give; and the converted task's length limit is transformers' (max_length counts the
+decoder start token)."""
 
 from __future__ import annotations
 
@@ -239,9 +239,6 @@ def test_s2t_card_pulls_as_tp_and_transcribes_as_hf(hub: HubServer, tp: Any,
     assert error <= 0.05, (error, expected)  # measured 0.014: one word of 71
 
 
-@pytest.mark.xfail(strict=True, reason="convert_s2t.asr_task turns config.json's max_length "
-                   "(200: HF counts the decoder start token) into max_new_tokens=200, one "
-                   "token more than transformers generates")
 def test_card_length_limit_is_hfs() -> None:
     """transformers' max_length counts the decoder start token: max_length 200 generates at
     most 199 tokens, which the converted task should generate too (it shows only for a

@@ -295,14 +295,15 @@ def check_batch(spec: Any, hf_config: HfConfig) -> tuple[dict[str, torch.Tensor]
 
 def asr_task(hf: HfConfig) -> dict[str, Any] | None:
     """A converted speech-to-text model transcribes: task `asr` with the decoding its config
-    asks for (num_beams, max_length: 5 and 200 in facebook/s2t-*-librispeech-asr), so `tp infer`
+    asks for (num_beams, max_length: 5 and 200 in facebook/s2t-*-librispeech-asr; max_length
+    counts the decoder's start token, so 199 new tokens at most), so `tp infer`
     runs on the checkpoint as converted. None for the headless Speech2TextModel."""
     archs = hf.get("architectures") or ["Speech2TextForConditionalGeneration"]
     if "Speech2TextForConditionalGeneration" not in archs:
         return None
     task: dict[str, Any] = {"name": "asr", "num_beams": int(hf.get("num_beams") or 1)}
-    if hf.get("max_length"):
-        task["max_new_tokens"] = int(hf["max_length"])
+    if hf.get("max_length"):  # transformers counts the decoder start token in max_length
+        task["max_new_tokens"] = max(1, int(hf["max_length"]) - 1)
     return task
 
 
