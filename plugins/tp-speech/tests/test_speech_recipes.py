@@ -30,11 +30,11 @@ ROOT = Path(__file__).resolve().parents[3]
 SHORT = ["pretrain.batch_units=2400", "pretrain.log_every=1", "pretrain.device=cpu",
          "pretrain.precision=fp32", "pretrain.seed=3", "pretrain.warmup_steps=4"]
 
-# First 10 losses (0.7 lm + 0.3 ctc), 20 steps of up to 2,400 frames, seed 3, torch 2.13 CPU
-# fp32, one thread. From 8.38 (lm near ln(256) = 5.5, ctc far above: an untrained alignment) to
+# First 10 losses (0.5 lm + 0.5 ctc), 20 steps of up to 2,400 frames, seed 3, torch 2.13 CPU
+# fp32, one thread. From 10.28 (lm near ln(256) = 5.5, ctc far above: an untrained alignment) to
 # 4.84 by step 20.
-S2T_GOLDEN = [8.3796, 7.83009, 7.37852, 6.92793, 6.43887, 6.41336, 5.65237, 5.44587, 5.47016,
-              5.14137]
+S2T_GOLDEN = [10.27752, 9.33834, 8.65742, 7.98564, 7.22345, 7.24845, 6.09353, 5.78576, 5.88045,
+              5.3344]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -75,7 +75,7 @@ def test_golden_losses_learning_and_transcripts(data: Path, tmp_path: Path) -> N
     early = sum(got[s] for s in range(1, 6)) / 5
     late = sum(got[s] for s in range(16, 21)) / 5
     assert late < early - 0.5, got
-    assert got[1] > 0.7 * math.log(256)  # no better than uniform over the vocabulary at first
+    assert got[1] > 0.5 * math.log(256)  # no better than uniform over the vocabulary at first
 
     # `tp infer` on the transcribed corpus: a transcript per file, and WER / CER as jiwer's
     import jiwer
