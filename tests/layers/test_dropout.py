@@ -126,9 +126,9 @@ def test_without_dropout_it_is_sdpa_and_bf16_stays_close() -> None:
 
 
 def test_bf16_without_dropout_over_few_keys_takes_two_matmuls_and_matches_sdpa() -> None:
-    """bf16 on CPU over at most SHORT_KEYS keys: the matmul path (faster there than SDPA's
+    """bf16 on CPU with small score matrices (SCORES_BUDGET): the matmul path (faster there than SDPA's
     flash backward), with SDPA's outputs and gradients to bf16 precision, a boolean padding mask
-    included; no random numbers drawn. Longer key sets stay with SDPA."""
+    included; no random numbers drawn. Larger score matrices stay with SDPA."""
     from tpcli.layers import dropout as module
 
     g = torch.Generator().manual_seed(5)
@@ -154,8 +154,11 @@ def test_bf16_without_dropout_over_few_keys_takes_two_matmuls_and_matches_sdpa()
     module._AttentionDropout.apply = lambda *a: calls.append(1) or real(*a)  # type: ignore
     try:
         attention(q, k, v, mask=None, dropout_p=0.0, is_causal=False)
-        long = torch.randn(1, 2, module.SHORT_KEYS + 1, 8).bfloat16()
-        attention(long, long, long, mask=None, dropout_p=0.0, is_causal=False)
+        module.SCORES_BUDGET, budget = 2 * 4 * 20 * 20 - 1, module.SCORES_BUDGET
+        try:
+            attention(q, k, v, mask=None, dropout_p=0.0, is_causal=False)  # one over: SDPA
+        finally:
+            module.SCORES_BUDGET = budget
     finally:
         module._AttentionDropout.apply = real  # type: ignore
     assert calls == [1]  # the short one only

@@ -126,18 +126,24 @@ class _AttentionDropout(torch.autograd.Function):
         return dq, dk, dv, dmask, None, None
 
 
-SHORT_KEYS = 256  # bf16 attention over at most this many keys runs as two matmuls on CPU
+# bf16 attention on CPU whose score matrices (batch x heads x queries x keys) hold at most this
+# many elements runs as two matmuls: SDPA's flash backward is the slower there (ViT-B/16, 197
+# keys: 862 against 345 ms; S2T-small with padding masks, 300 keys: 281 against ~160 ms), and
+# scores this small (64 MiB in bf16) are cheap to keep for the backward. Larger ones (long
+# sequences) stay with the flash kernel, which never materialises them.
+SCORES_BUDGET = 2 ** 25
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None,
               dropout_p: float, is_causal: bool, scale: float | None = None,
               enable_gqa: bool = False) -> torch.Tensor:
     """`F.scaled_dot_product_attention` (same arguments and conventions); on CPU with dropout,
-    or in bf16 over at most SHORT_KEYS keys, `_AttentionDropout`: there SDPA's CPU flash kernel's
-    backward is the slower (a ViT-B/16 step, 197 keys: 862 ms of attention against 345 ms for
-    the two matmuls, benchmarks/vit_step.py --whatif)."""
+    or in bf16 with scores of at most SCORES_BUDGET elements, `_AttentionDropout`: there SDPA's
+    CPU flash kernel's backward is the slower (a ViT-B/16 step, 197 keys: 862 ms of attention
+    against 345 ms for the two matmuls, benchmarks/vit_step.py --whatif)."""
     cpu = q.device.type == "cpu"
-    if cpu and (dropout_p > 0.0 or (q.dtype == torch.bfloat16 and k.shape[-2] <= SHORT_KEYS)):
+    scores = q.shape[0] * q.shape[1] * q.shape[-2] * k.shape[-2]
+    if cpu and (dropout_p > 0.0 or (q.dtype == torch.bfloat16 and scores <= SCORES_BUDGET)):
         if enable_gqa:  # one k/v head per query head
             rep = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
