@@ -143,9 +143,17 @@ def write_corpus(path: Path, corpus_format: str, labels: list[str], pairs: bool 
             raise AssertionError(f"no test corpus for corpus_format {corpus_format!r}")
 
 
-def write_records_corpus(folder: Path, processor: str) -> None:
-    """A small real corpus for a processor that reads its own: images of scikit-learn's
-    digits in class folders (the layout tp-vision's processors read)."""
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")  # apt: pocketsphinx-testdata
+
+
+def write_records_corpus(folder: Path, processor: str) -> Path:
+    """A small real corpus for a processor that reads its own: for `speech`, the pocketsphinx
+    LibriVox recordings (Sphinx's layout, read in place); else images of scikit-learn's digits
+    in class folders (the layout tp-vision's processors read). Returns the corpus path."""
+    if processor == "speech":
+        if not LIBRIVOX.is_dir():
+            pytest.skip(f"{LIBRIVOX} is absent (apt-get install pocketsphinx-testdata)")
+        return LIBRIVOX
     import numpy as np
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -156,6 +164,7 @@ def write_records_corpus(folder: Path, processor: str) -> None:
         path = folder / f"digit{label}" / f"{i}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8), mode="L").save(path)
+    return folder
 
 
 class Datasets:
@@ -180,8 +189,8 @@ class Datasets:
             labels = list(getattr(recipe.processor.options, "labels", None) or ["0", "1"])
             corpus = self.root / f"corpus{len(self.made)}.{fmt}.txt"
             if fmt == "records":  # a processor that reads its own corpus: images, audio
-                corpus = self.root / f"corpus{len(self.made)}"
-                write_records_corpus(corpus, recipe.processor.name)
+                corpus = write_records_corpus(self.root / f"corpus{len(self.made)}",
+                                              recipe.processor.name)
             else:
                 write_corpus(corpus, fmt, labels, pairs=recipe.processor.name == "seq2seq")
             out = self.root / f"data{len(self.made)}"

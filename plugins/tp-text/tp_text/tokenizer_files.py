@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import re
+import struct
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
@@ -203,7 +204,11 @@ def fingerprint_of(tok: Tokenizer) -> str:
     spec = json.loads(tok.to_str())
     model = {k: v for k, v in (spec.get("model") or {}).items() if k != "vocab"}
     if isinstance((spec.get("model") or {}).get("vocab"), list):  # Unigram: [piece, score] pairs
-        model["scores"] = [s for _, s in spec["model"]["vocab"]]
+        # at float32 precision, SentencePiece's own: a saved and reloaded tokenizer.json can
+        # spell a score's last float64 digits differently (-3.7497644424438477 comes back as
+        # -3.749764442443848), and the token ids cannot depend on them
+        model["scores"] = [struct.unpack("f", struct.pack("f", s))[0]
+                           for _, s in spec["model"]["vocab"]]
     added = sorted((a["id"], a["content"], a.get("special", False), a.get("normalized", False),
                     a.get("single_word", False), a.get("lstrip", False), a.get("rstrip", False))
                    for a in spec.get("added_tokens") or [])
