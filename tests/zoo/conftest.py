@@ -35,18 +35,9 @@ class ZooEnv:
 
 @pytest.fixture
 def zoo_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ZooEnv:
-    from huggingface_hub import constants
+    from tpcli.testing.hub_server import private_zoo
 
-    env = ZooEnv(tmp_path / "tp-home", tmp_path / "hf-cache", tmp_path / "cards")
-    env.cards.mkdir()
-    monkeypatch.setenv("TP_HOME", str(env.home))
-    monkeypatch.setenv("HF_HUB_CACHE", str(env.hf_cache))
-    monkeypatch.setenv("TP_ZOO_CARDS", str(env.cards))
-    monkeypatch.delenv("TP_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(env.hf_cache))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    return env
+    return ZooEnv(*private_zoo(tmp_path, monkeypatch))
 
 
 def file_entries(folder: Path, names: tuple[str, ...], hashes: bool = True) -> list[dict[str, Any]]:

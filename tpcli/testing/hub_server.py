@@ -311,3 +311,20 @@ class _Handler(QuietHandler):
 
 
 HubServer.handler = _Handler  # set here: the handler class is defined below the server
+
+
+def private_zoo(folder: Path, monkeypatch: Any) -> tuple[Path, Path, Path]:
+    """A test's own TP_HOME, Hugging Face cache and card folder under `folder` (created), with no
+    token and tp's offline switch off: (home, hf_cache, cards). `monkeypatch` is pytest's; the
+    cache constant `huggingface_hub` read at import is patched too."""
+    from huggingface_hub import constants
+
+    home, hf_cache, cards = folder / "tp-home", folder / "hf-cache", folder / "cards"
+    cards.mkdir(parents=True, exist_ok=True)
+    for name, path in (("TP_HOME", home), ("HF_HUB_CACHE", hf_cache), ("TP_ZOO_CARDS", cards)):
+        monkeypatch.setenv(name, str(path))
+    monkeypatch.delenv("TP_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_cache))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(folder / "no-token"))
+    return home, hf_cache, cards

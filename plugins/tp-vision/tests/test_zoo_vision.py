@@ -21,7 +21,7 @@ import torch
 
 from tpcli.plugins import get_plugins
 from tpcli.testing.convert import perturbed
-from tpcli.testing.hub_server import HubServer
+from tpcli.testing.hub_server import HubServer, private_zoo
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
@@ -35,16 +35,7 @@ FEATURE_EXTRACTOR = {"do_normalize": True, "do_resize": True, "image_mean": [0.5
 @pytest.fixture
 def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
     """A private TP_HOME, Hugging Face cache and card folder, and the local Hub activated."""
-    from huggingface_hub import constants
-
-    for name, sub in (("TP_HOME", "tp-home"), ("HF_HUB_CACHE", "hf-cache"),
-                      ("TP_ZOO_CARDS", "cards")):
-        (tmp_path / sub).mkdir()
-        monkeypatch.setenv(name, str(tmp_path / sub))
-    monkeypatch.delenv("TP_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    private_zoo(tmp_path, monkeypatch)
     with HubServer() as server, server.activate():
         yield server
 
