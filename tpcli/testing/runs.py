@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from tpcli import hookimpl
 
@@ -43,3 +44,31 @@ class StopAt:
     def tp_on_step(self, step: int, seconds: float) -> None:
         if step == self.step:
             raise KeyboardInterrupt
+
+
+def stop_and_resume(train: Callable[[Path, Any], object], folder: Path,
+                    stop_at: int) -> dict[int, float]:
+    """`train(folder, plugins)` stopped like Ctrl-C right after step `stop_at` (and saying so),
+    then resumed from its last checkpoint to the end, in process: the losses that count."""
+    from tpcli.errors import TpError
+    from tpcli.plugins import make_plugins
+    from tpcli.verbs import PretrainRequest, pretrain
+
+    try:
+        train(folder, make_plugins([StopAt(stop_at)]))
+    except TpError as e:
+        assert "stopped by Ctrl-C" in str(e), e
+    else:
+        raise AssertionError(f"the run was not stopped after step {stop_at}")
+    assert max(logged_losses(folder)) == stop_at - 1  # the stopping step logs nothing
+    pretrain(PretrainRequest(None, None, None, resume=folder, progress=False,
+                             plugins=make_plugins()))
+    return logged_losses(folder)
+
+
+def assert_same_losses(got: dict[int, float], expected: dict[int, float],
+                       rel: float = 1e-6) -> None:
+    """Every step's loss, as `expected`'s to `rel` (exact resume: float rounding only)."""
+    assert sorted(got) == sorted(expected)
+    for step, want in expected.items():
+        assert abs(got[step] - want) <= rel * max(1.0, abs(want)), (step, got[step], want)
