@@ -135,7 +135,7 @@ class SpeechEmbedding(nn.Module):
     def _positions(self, mask: torch.Tensor) -> torch.Tensor:
         """mask (B, T') -> (B, T', E): row offset + rank for real positions, zeros for padding."""
         rows = self.config.offset + (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, T')
-        needed = int(rows.max()) + 1 if rows.numel() else 1
+        needed = self.config.offset + mask.shape[1]  # rows' bound from the shape: no host sync
         if needed > self.table.shape[0]:  # nothing is learned: a longer input grows the table
             self.table = sinusoid_table(needed, self.dim).to(self.table.device)
         return self.table[rows] * mask.unsqueeze(-1).to(self.table.dtype)  # (B, T', E)
