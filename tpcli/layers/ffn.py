@@ -7,16 +7,27 @@ from typing import Literal
 import torch
 from torch import nn
 
-Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
-ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh", "relu", "silu")
+Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "relu", "silu"]
+ACTIVATIONS: tuple[str, ...] = ("gelu", "gelu_tanh", "quick_gelu", "relu", "silu")
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): OpenAI CLIP's cheaper approximation of GELU (its weights were
+    trained with it, so a converted CLIP needs exactly this one)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
 
 
 def make_activation(name: str) -> nn.Module:
-    """`gelu` (exact, erf: BERT), `gelu_tanh` (tanh approximation: GPT-2), `relu`, `silu`."""
+    """`gelu` (exact, erf: BERT), `gelu_tanh` (tanh approximation: GPT-2), `quick_gelu`
+    (sigmoid approximation: CLIP), `relu`, `silu`."""
     if name == "gelu":
         return nn.GELU()
     if name == "gelu_tanh":
         return nn.GELU(approximate="tanh")
+    if name == "quick_gelu":
+        return QuickGELU()
     if name == "relu":
         return nn.ReLU()
     if name == "silu":
