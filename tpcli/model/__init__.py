@@ -150,20 +150,25 @@ class TpModel(nn.Module):
         self.ctx = ctx
         opts = spec.options
 
-        def embedding_sum(mods: list[ModuleSpec], c: BuildContext) -> EmbeddingSum:
+        def embedding_sum(mods: list[ModuleSpec], c: BuildContext,
+                          own: dict[str, Any] | None = None) -> EmbeddingSum:
             built = {m.name: _build(registry, m, c) for m in mods}
             e = c.embed_dim
             project = nn.Linear(e, c.hidden_size) if e != c.hidden_size else None
-            return EmbeddingSum(built, make_norm(opts.embedding_norm, e, c.norm_eps),
-                                opts.dropout, project)
+            norm = (own or {}).get("embedding_norm", opts.embedding_norm)
+            return EmbeddingSum(built, make_norm(norm, e, c.norm_eps), c.dropout, project)
 
         def stack(s: StackSpec, stream: str) -> Stack:
-            c = BuildContext(**{**ctx.__dict__, "stream": stream})
+            # a stream's own hidden_size / norm_eps / dropout replace the model-wide ones
+            own = {k: v for k, v in s.options.items() if k != "embedding_norm"}
+            c = BuildContext(**{**ctx.__dict__, "stream": stream, **own})
             enc = _build(registry, s.encoder, c) if s.encoder else None
             pool = _build(registry, s.pooling, c) if s.pooling else None
-            return Stack(embedding_sum(s.embedding, c), enc, pool)
+            return Stack(embedding_sum(s.embedding, c, s.options), enc, pool)
 
         if spec.dual:
+            ctx.stream_sizes = {name: int(s.options.get("hidden_size", ctx.hidden_size))
+                                for name, s in spec.stacks.items()}
             self.stream_0 = stack(spec.stacks["stream_0"], "stream_0")
             # tied streams (SBERT) run stream_0 twice; registering it twice would duplicate keys
             self.stream_1 = None if opts.tie_streams else stack(spec.stacks["stream_1"], "stream_1")

@@ -40,6 +40,9 @@ class BuildContext:
     special_ids: dict[str, int] = field(default_factory=dict)
     stream: str = ""  # "", "stream_0", "stream_1", or "tgt" for the target-embedding side
     embedding_size: int | None = None  # ALBERT's factorized embedding width (None: hidden_size)
+    # a dual-stream model's width of each stream ({"stream_0": 512, "stream_1": 768}: CLIP's
+    # text and image towers), what a target projecting both streams is sized by; {} otherwise
+    stream_sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def pad_id(self) -> int | None:

@@ -30,6 +30,9 @@ from tpcli.recipes.options import FinetuneOptions, ModelOptions, PretrainOptions
 from tpcli.plugins.registry import LIST_COMMAND, Registry, closest, unknown_name_message
 
 STACK_KEYS = ("embedding", "encoder", "pooling")
+# model-wide options a stream of a dual-stream model may set for itself (CLIP: a 512-wide text
+# stream beside a 768-wide image stream, the image stream's embeddings normalised, the text's not)
+STREAM_OPTION_KEYS = ("hidden_size", "norm_eps", "embedding_norm", "dropout")
 MODULE_LIST_KEYS = ("embedding", "tgt_embedding", "target")  # several modules, in order
 MODULE_ONE_KEYS = ("encoder", "decoder", "pooling")  # one module
 KIND_OF = {
@@ -55,6 +58,7 @@ class StackSpec:
     embedding: list[ModuleSpec]
     encoder: ModuleSpec | None
     pooling: ModuleSpec | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # this stream's STREAM_OPTION_KEYS
 
 
 @dataclass
@@ -342,18 +346,30 @@ def _module_one(
 
 
 def _stack(
-    registry: Registry, section: dict[str, Any], path: str, problems: list[Problem]
+    registry: Registry, section: dict[str, Any], path: str, problems: list[Problem],
+    model_values: dict[str, Any] | None = None,
 ) -> StackSpec:
+    """One stack; `model_values` (the model-wide options, for a stream of a dual-stream model)
+    allows the STREAM_OPTION_KEYS, which override them for this stream."""
+    allowed = STACK_KEYS + (STREAM_OPTION_KEYS if model_values is not None else ())
     for key in section:
-        if key not in STACK_KEYS:
-            keys = ", ".join(STACK_KEYS)
+        if key not in allowed:
+            keys = ", ".join(allowed)
             problems.append(Problem(f"{path}.{key}", f"unknown key; a stream has {keys}"))
     if not section.get("embedding"):
         problems.append(Problem(f"{path}.embedding", "missing: name at least one embedding"))
+    own = {k: section[k] for k in STREAM_OPTION_KEYS if k in section}
+    if own and model_values is not None:  # checked as the model-wide values are
+        before = len(problems)
+        validate_options(ModelOptions, {**model_values, **own}, path, "tp modules model",
+                         problems)
+        problems[before:] = [p for p in problems[before:]
+                             if p.path.split(".")[-1] in own]  # the model's own are reported once
     return StackSpec(
         _modules_list(registry, section, "embedding", path, problems),
         _module_one(registry, section, "encoder", path, problems),
         _module_one(registry, section, "pooling", path, problems),
+        own,
     )
 
 
@@ -372,7 +388,12 @@ def _model(registry: Registry, model: dict[str, Any], problems: list[Problem]) -
             if not isinstance(sec, dict):
                 problems.append(Problem(f"model.{stream}", "missing: a dual-stream model has both"))
                 continue
-            stacks[stream] = _stack(registry, sec, f"model.{stream}", problems)
+            stacks[stream] = _stack(registry, sec, f"model.{stream}", problems, option_values)
+        if (model.get("tie_streams") is True and len(stacks) == 2
+                and stacks["stream_0"].options != stacks["stream_1"].options):
+            problems.append(Problem("model.tie_streams", "tied streams are one stack, so they "
+                                    "cannot set different hidden_size / norm_eps / "
+                                    "embedding_norm / dropout; set them on the model instead"))
     else:
         stack_sec = {k: model[k] for k in STACK_KEYS if k in model}
         stacks[""] = _stack(registry, stack_sec, "model", problems)
