@@ -37,7 +37,8 @@ class Converter:
     processor: HF config dict -> the recipe's `data.processor` section (name and options) of a
     checkpoint converted from HF (what pre-training it further would use).
     outputs: tp target name -> the HF output field holding the same logits (`tp convert
-    --check`); a target not named here is compared with `logits`.
+    --check`); a target not named here is compared with `logits`, one mapped to "" (a head the
+    HF architecture lacks, e.g. ViLT's ITM classifier beside ViltForMaskedLM) is not compared.
     also_reads: other HF architectures whose published checkpoints hold this key map's weights
     (bert-base-uncased's config.json says BertForMaskedLM, its weights are BertForPreTraining's):
     read with `rules`, else with `base_rules`.
