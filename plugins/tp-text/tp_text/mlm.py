@@ -3,6 +3,10 @@
     hidden -> dense (H, E) -> activation -> LayerNorm -> decoder (V, E) (tied to the word
     embedding) + bias (V) -> cross-entropy against `mlm_labels` (-100 = not masked)
 
+A joined sequence longer than the text (ViLT's `word_patch`: the text, then the image's patches)
+is read over its first T positions, T the width of `mlm_labels` (of `input_ids` in `predict`):
+the text comes first, and only text is predicted.
+
 Only ~15% of the positions are masked, and the vocabulary projection is the largest matmul of
 the model, so training gathers the masked rows first and projects only those.
 """
@@ -54,7 +58,7 @@ class MlmTarget(TiedOutput, nn.Module):
                 "target mlm needs `mlm_labels` in the batch and hidden states from the encoder",
                 hint="use a data processor that masks tokens (e.g. `bert` or `mlm`)",
             )
-        hidden = features.hidden  # (B, T, H)
+        hidden = text_part(features.hidden, labels.shape[1])  # (B, T, H)
         flat_labels = labels.reshape(-1)  # (B*T,)
         rows = (flat_labels != IGNORE).nonzero().squeeze(1)  # (N,) masked positions
         targets = flat_labels.index_select(0, rows)  # (N,)
@@ -66,4 +70,13 @@ class MlmTarget(TiedOutput, nn.Module):
     def predict(self, features: Features, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if features.hidden is None:
             raise TpError("target mlm needs hidden states from the encoder")
-        return self.logits(features.hidden)  # (B, T, V)
+        ids = batch.get("input_ids")  # the text of this stack (a decoder's hidden is not)
+        hidden = features.hidden if ids is None or features.memory is not None \
+            else text_part(features.hidden, ids.shape[1])
+        return self.logits(hidden)  # (B, T, V)
+
+
+def text_part(hidden: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, T', H) -> (B, T, H): the first `length` positions of a sequence longer than the
+    text (text first, then e.g. image patches); the sequence itself otherwise."""
+    return hidden[:, :length] if hidden.shape[1] > length else hidden
