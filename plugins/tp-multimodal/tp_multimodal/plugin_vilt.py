@@ -6,3 +6,15 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from tpcli import hookimpl
+
+
+@hookimpl
+def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
+    register("embedding", "word_patch", "tp_multimodal.word_patch:WordPatchEmbedding")
+    register("target", "itm", "tp_multimodal.itm:ItmTarget")
+    register("target", "vqa", "tp_multimodal.vqa:VqaTarget")
+
+
+@hookimpl
+def tp_register_converters(register: Callable[[str, Any], None]) -> None:
+    register("vilt", "tp_multimodal.convert_vilt:CONVERTER")  # HF's model_type
