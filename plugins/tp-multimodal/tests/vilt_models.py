@@ -62,7 +62,7 @@ def batch(rows: int = 3, tokens: int = 9, seed: int = 1, padded: bool = True
     pixels = torch.randn(rows, 3, 40, 48, generator=g)
     pixel_mask = torch.ones(rows, 40, 48, dtype=torch.long)
     if padded:
-        pixel_mask[1, :, 33:] = 0  # 4 of 6 patch columns real (the 5th starts at 32: real)
+        pixel_mask[1, :, 33:] = 0  # 5 of 6 patch columns real (the 5th starts at pixel 32: real)
         pixel_mask[2, 17:, :] = 0  # 3 of 5 rows
         pixel_mask[2, :, 25:] = 0  # 4 of 6 columns (the patch at 24 is real)
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types,
