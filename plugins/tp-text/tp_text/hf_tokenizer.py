@@ -146,7 +146,8 @@ class HfTokenizer(TokenizersBase):
         if config.tokenizer_config is not None:
             ref, must = config.tokenizer_config, True
         else:
-            where = resolve_ref(config.tokenizer_json, base)  # a path or URL, always with "/"
+            # a path or URL, always with "/"; absolute, as it is read again against `base`
+            where = resolve_ref(config.tokenizer_json, base.absolute())
             ref, must = where.rsplit("/", 1)[0] + "/" + CONFIG_FILE, False
         try:
             text = read_text(ref, base, "tokenizer_config")
