@@ -348,3 +348,30 @@ def test_single_layout_batch_is_what_vilt_reads(world: dict[str, Any]) -> None:
     # mlm predicts exactly the masked tokens; itm sees every pair
     assert int(out.metrics["mlm.count"]) == int((batch["mlm_labels"] != IGNORE).sum())
     assert int(out.metrics["itm.count"]) == 6
+
+
+def test_a_cut_caption_keeps_the_end_of_text_token(world: dict[str, Any]) -> None:
+    """CLIP's tokenizer (byte-level BPE between <|startoftext|> and <|endoftext|>, no [CLS]):
+    a caption longer than max_length loses its last words, never <|endoftext|>, where CLIP's
+    text tower pools."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    folder = world["root"] / "clip"
+    folder.mkdir()
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CAPTIONS, trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<|startoftext|>", "<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(folder / "tokenizer.json"))
+    recipe = DUAL.replace(f'{{name: wordpiece, vocab: "{VOCAB}"}}',
+                          "{name: hf, tokenizer_json: tokenizer.json}")
+    (folder / "recipe.yaml").write_text(recipe.replace("max_length: 12", "max_length: 6"))
+    summary = preprocess(world, "jsonl", "clip_data", recipe="clip")
+    bodies = [e.ids for e in tok.encode_batch(CAPTIONS, add_special_tokens=False)]
+    assert summary["truncated_captions"] == sum(len(b) > 4 for b in bodies) == 5
+    store = ArrayReader(world["root"] / "clip_data")
+    start, end = tok.token_to_id("<|startoftext|>"), tok.token_to_id("<|endoftext|>")
+    for i, body in enumerate(bodies):
+        np.testing.assert_array_equal(store.example(i)["ids"], [start, *body[:4], end])
