@@ -25,13 +25,18 @@ class WordEmbedding(nn.Module):
         scale: float = Field(
             1.0, gt=0.0, description="multiplier of the embedded vectors, e.g. sqrt(hidden_size) "
             "for S2T / fairseq models with scale_embedding (1: the table's rows as they are)")
+        padding_row: bool = Field(
+            True, description="the tokenizer's pad id is a padding row: zero at initialisation "
+            "and never trained (BERT); false: an ordinary row (CLIP pads with its end-of-text "
+            "token, whose vector the text pooling reads)")
 
     def __init__(self, config: Config, ctx: BuildContext) -> None:
         super().__init__()
         self.config = config
         pad = ctx.pad_id
         # the padding row gets no gradient (as in BERT), so it stays at its initial zeros
-        padding_idx = pad if pad is not None and 0 <= pad < ctx.vocab_size else None
+        padding_idx = pad if (config.padding_row and pad is not None
+                              and 0 <= pad < ctx.vocab_size) else None
         self.embedding: nn.Embedding | None = nn.Embedding(
             ctx.vocab_size, ctx.embed_dim, padding_idx=padding_idx)
         self._shared: list[WordEmbedding] = []  # a plain list: the source is not a submodule
