@@ -64,7 +64,8 @@ def max_abs_diff(conv: Converter, hf_model: Any, tp_model: Any, hf_config: dict[
     """Max abs difference of the two models' logits (hidden states for a headless model) on the
     fixed padded batch of `check_batch`, over real positions. Ids are drawn below `vocab`.
     `fields`: compare only these targets, with these HF output fields (default: every target,
-    through `conv.outputs`)."""
+    through `conv.outputs`). A target whose `predict` gives a dict of outputs has each compared
+    with the HF output field of the same name."""
     if conv.check_batch is not None:  # a model that reads no token ids (images)
         batch, kwargs = conv.check_batch(tp_model.spec, hf_config)
     else:
@@ -81,7 +82,12 @@ def max_abs_diff(conv: Converter, hf_model: Any, tp_model: Any, hf_config: dict[
             # a target mapped to "" has no head in the HF architecture: nothing to compare
             wanted = fields or {name: field for name in ours
                                 if (field := conv.outputs.get(name, "logits"))}
-            pairs = [(name, ours[name], getattr(ref, field)) for name, field in wanted.items()]
+            pairs = []
+            for name, field in wanted.items():
+                if isinstance(ours[name], dict):  # several outputs (clr): each HF's namesake
+                    pairs += [(f"{name}.{k}", v, getattr(ref, k)) for k, v in ours[name].items()]
+                else:
+                    pairs.append((name, ours[name], getattr(ref, field)))
     worst = 0.0
     for name, mine, theirs in pairs:
         if tuple(mine.shape) != tuple(theirs.shape):

@@ -98,8 +98,9 @@ def run_target(m: nn.Module, base: dict[str, torch.Tensor], seed: int = 0
     assert isinstance(out, TargetOutput) and out.loss.dim() == 0
     for key, value in out.metrics.items():
         assert value.dim() == 0, f"metric {key} is not a scalar"
-    pred = m.predict(feats, batch)
-    return out.loss, [out.loss, pred, *out.metrics.values()]
+    pred = m.predict(feats, batch)  # a tensor, or a dict of named outputs (clr's embeddings)
+    preds = list(pred.values()) if isinstance(pred, dict) else [pred]
+    return out.loss, [out.loss, *preds, *out.metrics.values()]
 
 
 def run(kind: str, m: nn.Module, base: dict[str, torch.Tensor] | None = None, seed: int = 0
