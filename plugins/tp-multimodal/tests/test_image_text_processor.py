@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tp_multimodal.image_text_processor import ImageTextConfig, ImageTextDataset
-from tp_multimodal.testing import CAPTIONS, write_corpus
+from tp_multimodal.testing import CAPTIONS, write_corpus, write_tar
 from tp_vision.images import decode, fit
 from tp_vision.transforms import to_tensor
 from tpcli.cli.main import main
@@ -290,6 +290,8 @@ def bad_corpora(root: Path) -> dict[str, tuple[Path, str]]:
     for case, (name, text, message) in cases.items():
         (root / name).write_text(text)
         out[case] = (root / name, message)
+    write_tar(root / "bad.tar", [("0.jpg", b"\xff\xd8\xff\xe0 junk"), ("0.txt", b"a cat")])
+    out["undecodable member"] = (root / "bad.tar", f"image {root / 'bad.tar'}:0.jpg is ")
     return out
 
 
