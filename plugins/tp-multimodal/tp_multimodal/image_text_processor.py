@@ -241,6 +241,8 @@ class ImageTextProcessor:
         from tp_vision.images import ImageError, decode_many
 
         start, end = text_specials(tokenizer)
+        if self.config.mlm:  # a tokenizer without [MASK] or word pieces: now, not after decoding
+            Masker(tokenizer, self.config)
         room = self.config.max_length - len(start) - len(end)
         pending: deque[tuple[str, str, list[int]]] = deque()  # source, caption, ids
 
