@@ -41,6 +41,10 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
+from tp_multimodal.pairs import read_pairs
+from tp_vision.images import ImageError, decode_many
+from tp_vision.masking import blockwise_mask
+from tp_vision.transforms import TrainTransform, randint, uniform
 from tpcli.data.batch import IGNORE, BatchKey
 from tpcli.data.dataset import ExampleDataset, Masker
 from tpcli.data.masking import MaskingConfig
@@ -137,8 +141,6 @@ class ImageTextDataset(ExampleDataset):
     """Stored pairs, augmented and masked at load as the config says."""
 
     def __init__(self, store: Any, tokenizer: Any, seed: int, config: ImageTextConfig) -> None:
-        from tp_vision.transforms import TrainTransform
-
         text_specials(tokenizer)
         super().__init__(store, tokenizer, seed)
         self.config = config
@@ -155,8 +157,6 @@ class ImageTextDataset(ExampleDataset):
         return len(self.store)
 
     def example(self, index: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        from tp_vision.masking import blockwise_mask
-
         c = self.config
         stored = self.store.example(index)
         pixels = np.asarray(stored["pixels"])  # (size, size, 3) uint8
@@ -164,8 +164,6 @@ class ImageTextDataset(ExampleDataset):
         out: dict[str, torch.Tensor] = {}
         match = 1
         if c.itm:
-            from tp_vision.transforms import uniform
-
             if uniform(g) < c.itm_negatives:
                 other = self.negative(index, pixels, g)
                 if other is not None:
@@ -187,8 +185,6 @@ class ImageTextDataset(ExampleDataset):
         """Another example's stored image, drawn from `g`; never the example itself nor an
         image with the same pixels (a corpus with five captions a picture, as COCO, repeats
         it). None when NEGATIVE_TRIES draws found only the same picture."""
-        from tp_vision.transforms import randint
-
         n = len(self)
         for _ in range(NEGATIVE_TRIES if n > 1 else 0):
             j = randint(g, n - 1)
@@ -237,9 +233,6 @@ class ImageTextProcessor:
         """The stored examples in corpus order: captions tokenized a batch at a time ahead of
         the images, which are decoded in parallel (`decode_many`: at most a few chunks in
         flight, so memory stays flat)."""
-        from tp_multimodal.pairs import read_pairs
-        from tp_vision.images import ImageError, decode_many
-
         start, end = text_specials(tokenizer)
         if self.config.mlm:  # a tokenizer without [MASK] or word pieces: now, not after decoding
             Masker(tokenizer, self.config)
