@@ -36,6 +36,7 @@ HfConfig = dict[str, Any]
 FAMILY = "ViLT"
 WP = "stack.embedding.parts.word_patch."
 MLM, QA, BASE = "ViltForMaskedLM", "ViltForQuestionAnswering", "ViltModel"
+WORD = "embeddings.text_embeddings.word_embeddings.weight"
 
 
 @dataclass(frozen=True)
@@ -81,15 +82,13 @@ def rules(hf: HfConfig, base: bool) -> list[Rule]:
                 *pair("classifier.0", "targets.vqa.hidden"),
                 *pair("classifier.1", "targets.vqa.norm"),
                 *pair("classifier.3", "targets.vqa.classifier")]
-    return [*body, *pair("vilt.pooler.dense", "targets.itm.pooler"), LeftOut("targets.itm."),
+    return [*body, *pair("vilt.pooler.dense", "targets.itm.pooler"),
+            LeftOut("targets.itm.classifier."),
             *pair("mlm_score.transform.dense", "targets.mlm.dense"),
             *pair("mlm_score.transform.LayerNorm", "targets.mlm.norm"),
             Rename("mlm_score.decoder.bias", "targets.mlm.bias"),
             # after the renames: tp -> HF copies the word table they produced
             Tied("mlm_score.decoder.weight", f"vilt.{WORD}")]
-
-
-WORD = "embeddings.text_embeddings.word_embeddings.weight"
 
 
 # ------------------------------------------------------------------------ configs
@@ -153,8 +152,8 @@ def recipe_to_config(spec: Any, vocab_size: int) -> HfConfig:
         raise TpError(f"the vilt converter needs square images and patches, not {h}x{w} in "
                       f"{ph}x{pw}", hint="HF's ViltEmbeddings assumes image_size // patch_size "
                       "patches a side")
-    return {"architectures": [arch], "model_type": "vilt", "vocab_size": vocab_size,
-            "hidden_size": o.hidden_size, "num_hidden_layers": enc.layers,
+    return {"architectures": [arch], "model_type": "vilt",
+            "vocab_size": o.vocab_size or vocab_size, "hidden_size": o.hidden_size, "num_hidden_layers": enc.layers,
             "num_attention_heads": enc.heads, "intermediate_size": enc.ffn_size,
             "hidden_act": ACT_TO_HF[enc.activation], "hidden_dropout_prob": o.dropout,
             "attention_probs_dropout_prob": o.dropout if enc.attention_dropout is None

@@ -2,7 +2,8 @@
 image processor (HF's ViltImageProcessor <-> the recipe's `image_text` processor).
 
 HF -> tp: the tokenizer files become the recipe's `wordpiece` tokenizer (as for BERT), and
-preprocessor_config.json the `image_text` processor section (layout single, mlm and itm on, as
+preprocessor_config.json (or the `image_processor` of transformers 5's processor_config.json)
+the `image_text` processor section (layout single, mlm and itm on, as
 ViLT pre-trains): `size` = its `shortest_edge`, the model's image size, its mean and std, the
 text length of the position table. ViltImageProcessor keeps the aspect ratio (shorter side to
 384, longer up to 640, both cut to a multiple of 32) and pads a batch with a `pixel_mask`, which
@@ -43,6 +44,9 @@ def processor_section(folder: Path, hf: dict[str, Any]) -> dict[str, Any]:
     """The recipe's `image_text` processor section for the folder's ViltImageProcessor config
     (its defaults, with a warning, when the folder has none)."""
     config = read_processor_config(folder)
+    combined = folder / "processor_config.json"  # transformers 5's ViltProcessor file
+    if config is None and combined.is_file():
+        config = json.loads(combined.read_text(encoding="utf-8")).get("image_processor")
     if config is None:
         log.warning("%s has no %s: assuming %s's defaults (shorter side 384, mean and std 0.5)",
                     folder, PROCESSOR_FILE, IMAGE_PROCESSOR)
