@@ -153,7 +153,8 @@ def recipe_to_config(spec: Any, vocab_size: int) -> HfConfig:
                       f"{ph}x{pw}", hint="HF's ViltEmbeddings assumes image_size // patch_size "
                       "patches a side")
     return {"architectures": [arch], "model_type": "vilt",
-            "vocab_size": o.vocab_size or vocab_size, "hidden_size": o.hidden_size, "num_hidden_layers": enc.layers,
+            "vocab_size": o.vocab_size or vocab_size, "hidden_size": o.hidden_size,
+            "num_hidden_layers": enc.layers,
             "num_attention_heads": enc.heads, "intermediate_size": enc.ffn_size,
             "hidden_act": ACT_TO_HF[enc.activation], "hidden_dropout_prob": o.dropout,
             "attention_probs_dropout_prob": o.dropout if enc.attention_dropout is None
