@@ -11,14 +11,14 @@ import torch
 # text and vision widths differ from each other and from projection_dim; odd head counts,
 # different depths, a 40-pixel image in 8-pixel patches, a non-default layer_norm_eps
 TEXT = dict(hidden_size=30, intermediate_size=37, num_hidden_layers=2, num_attention_heads=3,
-            max_position_embeddings=16, layer_norm_eps=1e-6, hidden_act="quick_gelu")
+            max_position_embeddings=24, layer_norm_eps=1e-6, hidden_act="quick_gelu")
 VISION = dict(hidden_size=35, intermediate_size=29, num_hidden_layers=3, num_attention_heads=5,
               image_size=40, patch_size=8, layer_norm_eps=1e-6, hidden_act="gelu")
 PROJECTION = 22
 LOGIT_SCALE = 3.1  # not HF's default init value 2.6592
 MERGES = [("a", "t</w>"), ("c", "at</w>"), ("d", "o"), ("do", "g</w>"), ("p", "h"),
           ("ph", "o"), ("t", "o</w>"), ("pho", "to</w>"), ("o", "f</w>"), ("a", "n</w>")]
-CAPTIONS = ["a photo of a cat", "A DOG!", "an  photo of a dog on a mat, 2 cats", "cat"]
+CAPTIONS = ["a photo of a cat", "A DOG!", "an  Photo of a dog,2\tcats", "cat"]
 
 
 def clip_vocab() -> dict[str, int]:
@@ -48,16 +48,17 @@ def image_processor(size: int = 40) -> Any:
                               crop_size={"height": size, "width": size})
 
 
-def hf_clip(legacy_eos: bool = False, seed: int = 0, **overrides: Any) -> Any:
+def hf_clip(legacy_eos: bool = False, pad: str = "<|endoftext|>", seed: int = 0,
+            **overrides: Any) -> Any:
     """A random CLIPModel (eval mode) over `clip_vocab()`; `legacy_eos`: eos_token_id 2 (HF then
-    pools at each row's highest id), else the <|endoftext|> id. `overrides`: `text_*` /
-    `vision_*` keys for the towers, others for the CLIPConfig."""
+    pools at each row's highest id), else the <|endoftext|> id; `pad`: the tokenizer's padding
+    token. `overrides`: `text_*` / `vision_*` keys for the towers, others for the CLIPConfig."""
     from transformers import CLIPConfig, CLIPModel
 
     vocab = clip_vocab()
     text = {**TEXT, "vocab_size": len(vocab), "bos_token_id": vocab["<|startoftext|>"],
             "eos_token_id": 2 if legacy_eos else vocab["<|endoftext|>"],
-            "pad_token_id": vocab["<|endoftext|>"]}
+            "pad_token_id": vocab[pad]}
     vision = dict(VISION)
     top: dict[str, Any] = {"projection_dim": PROJECTION, "logit_scale_init_value": LOGIT_SCALE}
     for key, value in overrides.items():
@@ -76,11 +77,13 @@ def hf_clip(legacy_eos: bool = False, seed: int = 0, **overrides: Any) -> Any:
     return model
 
 
-def save_hf_clip(folder: Path, model: Any, pad: str = "<|endoftext|>") -> Path:
-    """model.safetensors + config.json, the tokenizer and the image processor, as
-    save_pretrained writes them."""
+def save_hf_clip(folder: Path, model: Any) -> Path:
+    """model.safetensors + config.json, the tokenizer (padding with the config's pad token)
+    and the image processor, as save_pretrained writes them."""
     from transformers import CLIPProcessor
 
+    ids = {i: t for t, i in clip_vocab().items()}
+    pad = ids[model.config.text_config.pad_token_id]
     model.save_pretrained(str(folder))
     size = model.config.vision_config.image_size
     CLIPProcessor(image_processor=image_processor(size),
