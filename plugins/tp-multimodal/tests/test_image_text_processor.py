@@ -117,14 +117,25 @@ def test_three_layouts_store_the_same_arrays(world: dict[str, Any], stored: dict
     cut = sum(len(b) > 10 for b in bodies)
     assert cut == 2 and stored["summary"]["truncated_captions"] == cut
     assert stored["summary"]["pairs"] == 6 and stored["summary"]["skipped"] == 0
-    # the JSONL and the shards, decoded by two worker processes: the same arrays, in order
-    for layout in ("jsonl", "shards"):
-        preprocess(world, layout, layout, workers=2)
-        other = ArrayReader(world["root"] / layout)
-        assert len(other) == len(tsv)
-        for i in range(len(tsv)):
-            for field in ("ids", "pixels"):
-                np.testing.assert_array_equal(other.example(i)[field], tsv.example(i)[field])
+    # the JSONL, the shards and the shards on another filesystem (memory:// for s3:// ...),
+    # decoded by two worker processes: the same arrays, in order
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    for shard in world["corpus"]["shards"].glob("*.tar"):
+        memory.pipe(f"/image_text/{shard.name}", shard.read_bytes())
+    world["corpus"]["memory"] = "memory://image_text/{00000..00001}.tar"
+    try:
+        for layout in ("jsonl", "shards", "memory"):
+            preprocess(world, layout, layout, workers=2)
+            other = ArrayReader(world["root"] / layout)
+            assert len(other) == len(tsv)
+            for i in range(len(tsv)):
+                for field in ("ids", "pixels"):
+                    np.testing.assert_array_equal(other.example(i)[field],
+                                                  tsv.example(i)[field])
+    finally:
+        memory.rm("/image_text", recursive=True)
 
 
 def test_masking_is_a_function_of_seed_epoch_and_index(world: dict[str, Any],

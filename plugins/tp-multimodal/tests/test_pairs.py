@@ -49,6 +49,35 @@ def test_shard_patterns(corpus: dict[str, Path]) -> None:
         list(read_pairs(f"{shards}/*.tgz"))
 
 
+def test_a_corpus_on_another_filesystem(corpus: dict[str, Path]) -> None:
+    """fsspec URLs (memory:// standing in for s3:// or https://): shards by pattern and a
+    JSONL whose images are fetched as bytes; the same pairs as on disk."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = corpus["tsv"].parent
+    for file in [*root.glob("img/*"), *root.glob("shards/*.tar"), root / "pairs.jsonl"]:
+        fs.pipe(f"/captions/{file.relative_to(root)}", file.read_bytes())
+    try:
+        files = [image_bytes(p) for p in read_pairs(corpus["tsv"])]
+        for url in ("memory://captions/shards/{00000..00001}.tar", "memory://captions/shards",
+                    "memory://captions/pairs.jsonl"):
+            pairs = list(read_pairs(url))
+            assert [p.text for p in pairs] == CAPTIONS, url
+            assert [p.image for p in pairs] == files, url
+        assert pairs[1].source == "memory:///captions/pairs.jsonl:2"  # fsspec's spelling
+        fs.rm("/captions/img/4.jpg")
+        with pytest.raises(DataError, match=r"pairs.jsonl:5: image img/4.jpg does not exist "
+                           r"\(looked at memory:///captions/img/4.jpg\)"):
+            list(read_pairs("memory://captions/pairs.jsonl"))
+        shard = fs.cat_file("/captions/shards/00001.tar")
+        fs.pipe("/captions/shards/00001.tar", shard[:1500])
+        with pytest.raises(DataError, match=r"shard memory:///captions/shards/00001.tar is cut"):
+            list(read_pairs("memory://captions/shards/*.tar"))
+    finally:
+        fs.rm("/captions", recursive=True)
+
+
 def test_folder_of_shards_skips_metadata_only_samples(tmp_path: Path) -> None:
     """WebDataset's keys: a sample of only a .json is skipped; `b.seg.png` is field `seg.png`
     of sample `b` (the extension starts at the first dot), not its image."""
