@@ -87,6 +87,35 @@ def test_round_trip_is_bit_identical(arch):
         assert torch.equal(tp.state_dict()[key], value), key
 
 
+def test_mlm_training_loss_matches_hf():
+    """tp's mlm loss (labels over the text only, the hidden sequence longer) = HF's."""
+    hf = hf_model()
+    tp = tp_from_hf(CONVERTER, hf)
+    b = batch()
+    labels = torch.full(b["input_ids"].shape, -100)
+    labels[0, 1], labels[0, 4], labels[1, 2], labels[2, 0] = 5, 17, 60, 96
+    with torch.no_grad():
+        ref = hf(**hf_inputs(b), labels=labels).loss
+        ours = tp({**b, "mlm_labels": labels, "itm_labels": torch.tensor([1, 0, 1])})
+    assert abs(float(ours.losses["mlm"]) - float(ref)) <= 1e-5
+
+
+def test_headless_vilt_model_hidden_states():
+    """ViltModel (no heads): the body and itm's pooler convert; `--check`'s comparison of the
+    hidden states (text positions: HF shuffles the patches) is within 1e-5."""
+    from tpcli.convert.hf import max_abs_diff
+
+    hf = hf_model("ViltModel")
+    config = hf_config_dict(hf)
+    tp = tp_model(config_to_recipe(config))
+    own = tp.state_dict()
+    sd = CONVERTER.hf_to_tp(hf.state_dict(), base=True, hf_config=config)
+    assert set(own) - set(sd) == {k for k in own if k.startswith("targets.mlm.")
+                                  or k.startswith("targets.itm.classifier.")}
+    tp.load_state_dict({**own, **sd}, strict=True)
+    assert max_abs_diff(CONVERTER, hf, tp, config, 97, base=True) <= TOL
+
+
 def test_recipe_section_reads_the_config():
     section = config_to_recipe(hf_config_dict(hf_model()))
     assert section["embedding"]["word_patch"] == {
