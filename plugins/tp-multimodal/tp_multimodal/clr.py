@@ -14,9 +14,10 @@ it after each step: the logits never exceed 100 x cosine.
 The batch of a contrastive loss is its set of negatives, so under several processes it is the
 GLOBAL batch: each process gathers every process's embeddings (`gather_rows`, the gradient of a
 gathered row flowing back to the process that made it) and takes the loss of its own rows against
-all columns, averaged over its rows. Data-parallel training averages the processes' gradients
-(and the logged loss averages their losses), which gives exactly the loss and the gradients of
-one process holding the whole batch.
+all columns, summed over its rows, as its share of the global mean times the number of
+processes (its rows' mean when all hold as many). Data-parallel training averages the
+processes' gradients (and the logged loss averages their losses), which gives exactly the loss
+and the gradients of one process holding the whole batch.
 """
 
 from __future__ import annotations
@@ -183,7 +184,12 @@ class ClrTarget(nn.Module):
         per_text = text @ all_image.t() * s  # (B, N): this process's texts against all images
         per_image = image @ all_text.t() * s  # (B, N)
         own = torch.arange(start, start + text.shape[0], device=text.device)  # (B,)
-        loss = (F.cross_entropy(per_text, own) + F.cross_entropy(per_image, own)) / 2
+        # this process's share of the global mean, times the processes: averaging the
+        # processes' losses and gradients (data parallelism) then gives the global batch's,
+        # even when they hold different numbers of pairs
+        share = (world()[0] if self.config.gather else 1) / all_text.shape[0]
+        loss = (F.cross_entropy(per_text, own, reduction="sum")
+                + F.cross_entropy(per_image, own, reduction="sum")) * (share / 2)
         with torch.no_grad():
             count = torch.tensor(float(own.numel()), device=text.device)
             i2t = (per_image.argmax(dim=-1) == own).float().mean()
