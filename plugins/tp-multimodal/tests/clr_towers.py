@@ -42,7 +42,7 @@ def loss_and_grads(rows: slice) -> tuple[float, dict[str, torch.Tensor]]:
                                                                            generator=g)
     loss = model(x_text[rows], x_image[rows])
     loss.backward()
-    return float(loss), {n: p.grad.clone() for n, p in model.named_parameters()}
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
 def worker(rank: int, port: int, out: Path) -> None:

@@ -63,7 +63,7 @@ def test_loss_and_metrics_are_clips() -> None:
 
 def test_scale_starts_at_clips_and_is_clamped_at_100() -> None:
     m = target()
-    assert abs(float(m.logit_scale) - math.log(1 / 0.07)) < 1e-6
+    assert abs(m.logit_scale.item() - math.log(1 / 0.07)) < 1e-6
     with torch.no_grad():
         m.logit_scale.fill_(5.0)  # e^5 = 148 > 100
     f = random_features(4, 3)
