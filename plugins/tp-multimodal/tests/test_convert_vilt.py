@@ -51,7 +51,7 @@ def test_hf_to_tp_mlm_logits(padded):
     assert mlm_diff(hf, tp_from_hf(CONVERTER, hf), batch(padded=padded)) <= TOL
 
 
-def test_tp_to_hf_mlm_and_vqa():
+def test_tp_to_hf_mlm_vqa_and_retrieval():
     """A tp model (random, its own init) -> HF: the same MLM / VQA logits; HF's pooler is tp's
     itm pooler."""
     section = config_to_recipe(hf_config_dict(hf_model()))
@@ -69,9 +69,15 @@ def test_tp_to_hf_mlm_and_vqa():
     with torch.no_grad():
         diff = (hf_vqa(**hf_inputs(b)).logits - vqa.predict(b)["vqa"]).abs().max()
     assert diff <= TOL
+    rank = tp_model({**section, "target": {"rank": {}}})
+    hf_rank = hf_from_tp(rank, transformers.ViltForImageAndTextRetrieval)
+    with torch.no_grad():
+        diff = (hf_rank(**hf_inputs(b)).logits - rank.predict(b)["rank"]).abs().max()
+    assert diff <= TOL
 
 
-@pytest.mark.parametrize("arch", ["ViltForMaskedLM", "ViltForQuestionAnswering"])
+@pytest.mark.parametrize("arch", ["ViltForMaskedLM", "ViltForQuestionAnswering",
+                                  "ViltForImageAndTextRetrieval"])
 def test_round_trip_is_bit_identical(arch):
     """HF -> tp -> HF gives every HF tensor back (the file's keys, strictly), and again."""
     hf = hf_model(arch)

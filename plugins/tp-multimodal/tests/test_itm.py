@@ -1,4 +1,4 @@
-"""The itm (image-text matching) and vqa targets: numbers against torch / HF references, HF
+"""The itm (image-text matching), rank (retrieval score) and vqa targets: numbers against torch / HF references, HF
 parity of ViLT's pooler and of ViltForQuestionAnswering's logits and loss, the contract."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from tp_multimodal.convert_vilt import CONVERTER
 from tp_multimodal.itm import ItmTarget
+from tp_multimodal.rank import RankTarget
 from tp_multimodal.vqa import VqaTarget
 from tpcli.errors import DataError, TpError
 from tpcli.model.module import Features
@@ -40,6 +41,32 @@ def test_itm_loss_and_accuracy_by_hand():
     assert torch.allclose(out.loss, F.cross_entropy(logits, labels), atol=1e-7)
     hits = (logits.argmax(-1) == labels).float().mean()
     assert out.metrics["acc"] == hits and out.metrics["count"] == 4
+
+
+def test_rank_loss_and_accuracy_by_hand():
+    """One score per pair: binary cross-entropy; matched when the score is positive."""
+    torch.manual_seed(0)
+    rank = RankTarget(RankTarget.Config(), contract.make_ctx()).eval()
+    f = features()
+    labels = torch.tensor([1, 0, 0, 1])
+    score = rank.predict(f, {})
+    assert score.shape == (4, 1)
+    out = rank(f, {"itm_labels": labels})
+    assert torch.allclose(out.loss, F.binary_cross_entropy_with_logits(score[:, 0],
+                                                                       labels.float()))
+    assert out.metrics["acc"] == ((score[:, 0] > 0).long() == labels).float().mean()
+
+
+def test_retrieval_score_matches_hf():
+    """ViltForImageAndTextRetrieval converted: tp's rank score = HF's logits (B, 1)."""
+    hf = hf_model("ViltForImageAndTextRetrieval")
+    tp = tp_from_hf(CONVERTER, hf)
+    b = batch()
+    with torch.no_grad():
+        ref = hf(**hf_inputs(b)).logits
+        ours = tp.predict(b)["rank"]
+    assert ours.shape == ref.shape == (3, 1)
+    assert (ours - ref).abs().max() <= 1e-5
 
 
 def test_itm_errors():
@@ -91,7 +118,7 @@ def test_vqa_accuracy_and_errors():
         vqa(f, {})
 
 
-@pytest.mark.parametrize("name", ["itm", "vqa"])
+@pytest.mark.parametrize("name", ["itm", "rank", "vqa"])
 def test_contract(name):
     """The module contract on the targets (labels drawn from their declared inputs)."""
     cls = get_plugins().registry.get("target", name)

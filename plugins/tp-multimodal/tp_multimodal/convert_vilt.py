@@ -9,6 +9,8 @@ sequence:
                                                  `vilt.pooler` (HF keeps no ITM classifier:
                                                  from HF it starts fresh, to HF it is left out)
     ViltForQuestionAnswering (VQAv2)        <->  target [vqa] (pooler + HF's 2-layer classifier)
+    ViltForImageAndTextRetrieval            <->  target [rank] (pooler + rank_output, one
+                                                 matching score)
     ViltModel (headless)                    <->  the body and itm's pooler; heads start fresh
 
 Key names are the ones save_pretrained writes; transformers 5 keeps them in memory too (only the
@@ -36,6 +38,7 @@ HfConfig = dict[str, Any]
 FAMILY = "ViLT"
 WP = "stack.embedding.parts.word_patch."
 MLM, QA, BASE = "ViltForMaskedLM", "ViltForQuestionAnswering", "ViltModel"
+RETRIEVAL = "ViltForImageAndTextRetrieval"
 WORD = "embeddings.text_embeddings.word_embeddings.weight"
 
 
@@ -82,6 +85,9 @@ def rules(hf: HfConfig, base: bool) -> list[Rule]:
                 *pair("classifier.0", "targets.vqa.hidden"),
                 *pair("classifier.1", "targets.vqa.norm"),
                 *pair("classifier.3", "targets.vqa.classifier")]
+    if architecture(hf, MLM) == RETRIEVAL:
+        return [*body, *pair("vilt.pooler.dense", "targets.rank.pooler"),
+                *pair("rank_output", "targets.rank.classifier")]
     return [*body, *pair("vilt.pooler.dense", "targets.itm.pooler"),
             LeftOut("targets.itm.classifier."),
             *pair("mlm_score.transform.dense", "targets.mlm.dense"),
@@ -103,6 +109,8 @@ def config_to_recipe(hf: HfConfig) -> dict[str, Any]:
     if arch == QA:
         answers = hf.get("num_labels") or len(hf.get("id2label") or {}) or 2
         target: dict[str, Any] = {"vqa": {"answers": int(answers)}}
+    elif arch == RETRIEVAL:
+        target = {"rank": {}}
     else:
         target = {"mlm": {"activation": hf_activation(hf, FAMILY)}, "itm": {}}
     return {**model_options(hf), "vocab_size": hf["vocab_size"], "tie_weights": True,
@@ -119,7 +127,7 @@ def config_to_recipe(hf: HfConfig) -> dict[str, Any]:
 
 def recipe_to_config(spec: Any, vocab_size: int) -> HfConfig:
     """A validated ModelSpec of a ViLT recipe -> HF ViltConfig dict (ViltForMaskedLM for targets
-    [mlm, itm], ViltForQuestionAnswering for [vqa])."""
+    [mlm, itm], ViltForQuestionAnswering for [vqa], ViltForImageAndTextRetrieval for [rank])."""
     emb, enc, problems = vision_body(spec, "vilt")
     if list(emb) != ["word_patch"]:
         raise TpError(f"the vilt converter needs embedding [word_patch], not {list(emb)}")
@@ -134,7 +142,9 @@ def recipe_to_config(spec: Any, vocab_size: int) -> HfConfig:
     if qkv == "qv":
         problems.append("model.encoder.qkv_bias=qv (ViLT has all or none)")
     names = sorted(t.name for t in spec.targets)
-    if names == ["itm", "mlm"]:
+    if names == ["rank"]:
+        arch, extra = RETRIEVAL, {}
+    elif names == ["itm", "mlm"]:
         arch, extra = MLM, {}
         mlm = next(t for t in spec.targets if t.name == "mlm").options
         if mlm.activation != enc.activation:
@@ -144,8 +154,8 @@ def recipe_to_config(spec: Any, vocab_size: int) -> HfConfig:
         arch, extra = QA, {"num_labels": spec.targets[0].options.answers}
     else:
         arch, extra = MLM, {}
-        problems.append(f"target {names} (needs [mlm, itm]: ViltForMaskedLM, or [vqa]: "
-                        "ViltForQuestionAnswering)")
+        problems.append(f"target {names} (needs [mlm, itm]: ViltForMaskedLM, [vqa]: "
+                        "ViltForQuestionAnswering, or [rank]: ViltForImageAndTextRetrieval)")
     refuse("vilt", arch, problems)
     (h, w), (ph, pw) = sides(wp.image_size), sides(wp.patch_size)
     if h != w or ph != pw:  # HF resizes its position table on a square grid
@@ -207,7 +217,7 @@ CONVERTER = Converter(
     base_architecture=BASE,
     config_rules=rules,
     also_reads=(MLM,),  # its ITM classifier is not in HF's file: read with optional heads
-    full_architectures=(QA,),
+    full_architectures=(QA, RETRIEVAL),
     outputs={"itm": ""},  # ViltForMaskedLM has no ITM head: --check compares mlm only
     preprocessing=ViltPreprocessing(),
     check_batch=check_batch,

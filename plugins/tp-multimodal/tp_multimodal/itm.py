@@ -5,8 +5,9 @@
 
 The first position is the joined sequence's first token, the text's [CLS] (`word_patch` puts the
 text first), as in ViLT and HF `ViltPooler`. The pooler is HF's `vilt.pooler`; the classifier is
-the original ViLT's `itm_score.fc` (HF's ViltForImageAndTextRetrieval keeps one Linear(H, 1) of
-it, `rank_output`, a matching score).
+the original ViLT's `itm_score.fc`.
+
+The `rank` target (tp_multimodal.rank) is the same head with one output, a matching score.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class ItmTarget(nn.Module):
     """Matched or not, from the first token; metrics `acc` and `count` over the pairs."""
 
     Config = TargetConfig
+    outputs = 2  # [not matched, matched]; `rank`: one score
+    name = "itm"
     reads_first_token = True  # the model may skip the other positions of the last layer
 
     def __init__(self, config: TargetConfig, ctx: BuildContext) -> None:
@@ -31,7 +34,7 @@ class ItmTarget(nn.Module):
         self.config = config
         h = ctx.hidden_size
         self.pooler = nn.Linear(h, h)
-        self.classifier = nn.Linear(h, 2)
+        self.classifier = nn.Linear(h, self.outputs)
         self.inputs: tuple[BatchKey, ...] = (BatchKey(
             "itm_labels", "int64", (), low=0, high=2,
             description="1 = the text belongs to the image, 0 = a mismatched pair"),)
@@ -39,30 +42,36 @@ class ItmTarget(nn.Module):
     def pooled(self, features: Features) -> torch.Tensor:
         """Features -> (B, H): tanh(dense(first token))."""
         if features.hidden is None:
-            raise TpError("target itm needs hidden states from the encoder",
+            raise TpError(f"target {self.name} needs hidden states from the encoder",
                           hint="give the model an encoder (ViLT: transformer)")
         return torch.tanh(self.pooler(features.hidden[:, 0]))  # (B, H)
 
     def logits(self, features: Features) -> torch.Tensor:
-        return self.classifier(self.pooled(features))  # (B, 2)
+        return self.classifier(self.pooled(features))  # (B, outputs)
 
     def forward(self, features: Features, batch: dict[str, torch.Tensor]) -> TargetOutput:
         labels = batch.get("itm_labels")
         if labels is None:
-            raise TpError("target itm needs `itm_labels` (1 = matched, 0 = not) in the batch",
+            raise TpError(f"target {self.name} needs `itm_labels` (1 = matched, 0 = not) in "
+                          "the batch",
                           hint="use an image-text data processor that makes mismatched pairs")
         labels = labels.reshape(-1).long()  # (B,)
         if labels.device.type == "cpu" and labels.numel() and \
                 (int(labels.min()) < 0 or int(labels.max()) > 1):
-            raise DataError(f"target itm: itm_labels hold {int(labels.min())}..."
+            raise DataError(f"target {self.name}: itm_labels hold {int(labels.min())}..."
                             f"{int(labels.max())}; they must be 0 or 1",
                             hint="label a matched pair 1 and a mismatched one 0")
-        logits = self.logits(features)  # (B, 2)
-        loss = F.cross_entropy(logits.float(), labels)
+        logits = self.logits(features)  # (B, 2) or (B, 1)
+        if self.outputs == 1:  # a score: matched when positive
+            loss = F.binary_cross_entropy_with_logits(logits[:, 0].float(), labels.float())
+            guess = (logits[:, 0] > 0).long()  # (B,)
+        else:
+            loss = F.cross_entropy(logits.float(), labels)
+            guess = logits.argmax(dim=-1)
         with torch.no_grad():
             count = torch.tensor(float(labels.numel()), device=logits.device)
-            acc = (logits.argmax(dim=-1) == labels).sum().float() / count.clamp(min=1.0)
+            acc = (guess == labels).sum().float() / count.clamp(min=1.0)
         return TargetOutput(loss, {"acc": acc, "count": count})
 
     def predict(self, features: Features, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.logits(features)  # (B, 2): [not matched, matched]
+        return self.logits(features)  # (B, 2): [not matched, matched]; rank: (B, 1)

@@ -12,6 +12,7 @@ from tpcli import hookimpl
 def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
     register("embedding", "word_patch", "tp_multimodal.word_patch:WordPatchEmbedding")
     register("target", "itm", "tp_multimodal.itm:ItmTarget")
+    register("target", "rank", "tp_multimodal.rank:RankTarget")
     register("target", "vqa", "tp_multimodal.vqa:VqaTarget")
 
 
