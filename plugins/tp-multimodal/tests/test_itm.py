@@ -1,5 +1,6 @@
-"""The itm (image-text matching), rank (retrieval score) and vqa targets: numbers against torch / HF references, HF
-parity of ViLT's pooler and of ViltForQuestionAnswering's logits and loss, the contract."""
+"""The itm (image-text matching), rank (retrieval score) and vqa targets: numbers against
+torch / HF references, HF parity of ViLT's pooler, of ViltForImageAndTextRetrieval's score and
+of ViltForQuestionAnswering's logits and loss, the contract."""
 
 from __future__ import annotations
 
