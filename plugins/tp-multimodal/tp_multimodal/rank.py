@@ -11,10 +11,12 @@ ViLT's ITM head for retrieval (the candidates of a text or an image ranked by th
 from __future__ import annotations
 
 from tp_multimodal.itm import ItmTarget
+from tpcli.model.module import TargetConfig
 
 
 class RankTarget(ItmTarget):
     """A matching score from the first token; metrics `acc` (score > 0 = matched), `count`."""
 
+    Config = TargetConfig  # spelled out: `tp modules` reads it from this file, not importing
     outputs = 1
     name = "rank"
