@@ -62,6 +62,18 @@ def test_all_patches_match_hf_up_to_order(models):
     assert (dist.argmin(dim=2).sort(dim=1).values == torch.arange(30)).all()  # a permutation
 
 
+def test_no_pixel_mask_is_all_real(models):
+    """Without pixel_mask the images are real all over: the same sequence and mask as an
+    all-ones pixel_mask (one shared position table, no per-image resizing)."""
+    _, tp = models
+    b = batch(padded=False)
+    emb = tp.stack.embedding.parts["word_patch"]
+    bare = {k: v for k, v in b.items() if k != "pixel_mask"}
+    with torch.no_grad():
+        assert torch.equal(emb(bare), emb(b))
+    assert torch.equal(emb.output_mask(bare), emb.output_mask(b))
+
+
 def test_output_mask(models):
     """text mask, then the class token, then the real patches (5x5, 3x4 of 5x6)."""
     _, tp = models

@@ -190,20 +190,30 @@ class WordPatchEmbedding(nn.Module):
         x = self.word(ids) + self.segment(types) + self.text_pos.weight[:t]  # (B, T, E)
         return self.text_norm(x)
 
-    def positions(self, mask: torch.Tensor) -> torch.Tensor:
-        """mask (B, gh, gw) -> (B, gh * gw, E): the patch position table resized to each
-        image's real rows x columns of patches (counted, as HF does, down the first column
-        and along the first row), zeros over padding patches."""
-        b, gh, gw = mask.shape
+    def table(self, size: tuple[int, int]) -> torch.Tensor:
+        """(1, E, h, w): the patch position table resized to h x w patches (bilinear, corners
+        aligned, as HF), or as learned at its own size."""
         table = self.image_pos[1:].t().reshape(1, -1, *self.grid)  # (1, E, rows, columns)
+        if size == self.grid:
+            return table
+        return F.interpolate(table, size=size, mode="bilinear", align_corners=True)
+
+    def positions(self, mask: torch.Tensor | None, grid: tuple[int, int]) -> torch.Tensor:
+        """-> (B | 1, gh * gw, E) for a (gh, gw) grid of patches: the table resized to each
+        image's real rows x columns of patches (counted, as HF does, down the first column
+        and along the first row of `mask` (B, gh, gw)), zeros over padding patches; without a
+        mask, every image is real all over and shares one table (no host sync)."""
+        if mask is None:
+            return self.table(grid).flatten(2).transpose(1, 2)  # (1, N, E)
+        b, (gh, gw) = mask.shape[0], grid
         rows = mask[:, :, 0].sum(dim=1).clamp(min=1).tolist()  # real patch rows per image
         cols = mask[:, 0, :].sum(dim=1).clamp(min=1).tolist()
-        out = table.new_zeros(b, table.shape[1], gh, gw)  # (B, E, gh, gw)
-        for size in set(zip(rows, cols)):
-            grown = table if size == self.grid else F.interpolate(
-                table, size=size, mode="bilinear", align_corners=True)  # (1, E, h, w)
-            for i in (i for i, s in enumerate(zip(rows, cols)) if s == size):
-                out[i, :, :size[0], :size[1]] = grown[0, :, :gh, :gw]
+        out = self.image_pos.new_zeros(b, self.image_pos.shape[1], gh, gw)  # (B, E, gh, gw)
+        sizes = list(zip(rows, cols))
+        for size in set(sizes):
+            grown = self.table(size)  # (1, E, h, w)
+            for i in (i for i, s in enumerate(sizes) if s == size):
+                out[i, :, :size[0], :size[1]] = grown[0]
         return out.flatten(2).transpose(1, 2)  # (B, N, E)
 
     def image(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -216,7 +226,8 @@ class WordPatchEmbedding(nn.Module):
         x = pixels[:, :, :gh * ph, :gw * pw].to(weight.dtype).reshape(b, c, gh, ph, gw, pw)
         x = x.permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * ph * pw)  # (B, N, C*ph*pw)
         x = F.linear(x, weight.reshape(weight.shape[0], -1), self.projection.bias)  # (B, N, E)
-        x = x + self.positions(self._patch_mask(inputs)).to(x.dtype)
+        mask = self._patch_mask(inputs) if inputs.get("pixel_mask") is not None else None
+        x = x + self.positions(mask, (gh, gw)).to(x.dtype)
         cls = (self.cls_token + self.image_pos[0]).to(x.dtype).expand(b, 1, -1)  # (B, 1, E)
         return torch.cat((cls, x), dim=1)  # (B, 1 + N, E)
 
