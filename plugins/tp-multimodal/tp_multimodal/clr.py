@@ -121,7 +121,8 @@ class ClrTarget(nn.Module):
                        ctx.stream_sizes.get("stream_1", ctx.hidden_size))
         self.text_projection = nn.Linear(self.widths[0], config.projection_dim, bias=False)
         self.visual_projection = nn.Linear(self.widths[1], config.projection_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale)))
+        # (1,), not a scalar: FSDP2 shards no 0-d parameter (HF's is 0-d: the converter reshapes)
+        self.logit_scale = nn.Parameter(torch.full((1,), float(config.logit_scale)))
 
     def reset_parameters_tp(self) -> None:
         """CLIP's initialisation: each projection normal with std width^-0.5, the scale at its
@@ -154,7 +155,7 @@ class ClrTarget(nn.Module):
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), the scale clamped as the config says. # ()"""
-        s = self.logit_scale.float()
+        s = self.logit_scale.float()[0]
         if self.config.max_logit_scale is not None:
             s = s.clamp(max=self.config.max_logit_scale)
         return s.exp()

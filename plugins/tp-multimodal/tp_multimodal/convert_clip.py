@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from tpcli.convert import Concat, Converter, Drop, Rename, Rule
+from tpcli.convert import Concat, Converter, Drop, Rename, Reshape, Rule
 from tpcli.errors import TpError
 from tp_multimodal.clip_files import ClipPreprocessing
 
@@ -93,7 +93,7 @@ def clip_rules() -> list[Rule]:
         *pair(f"{vision}post_layernorm", f"{S1}encoder.final_norm"),
         Rename("text_projection.weight", "targets.clr.text_projection.weight"),
         Rename("visual_projection.weight", "targets.clr.visual_projection.weight"),
-        Rename("logit_scale", "targets.clr.logit_scale"),
+        Reshape("logit_scale", "targets.clr.logit_scale", (), (1,)),  # tp's is (1,): FSDP2
         # buffers early transformers versions saved; tp numbers positions itself
         Drop(f"{text}embeddings.position_ids"), Drop(f"{vision}embeddings.position_ids"),
     ]
