@@ -10,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from tp_multimodal.convert_vilt import CONVERTER, config_to_recipe
@@ -172,7 +174,9 @@ def hf_folder(folder: Path) -> None:
 def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """HF folder -> `tp convert --from hf --check` (a subprocess) -> `tp convert --to hf
     --check` -> plain ViltForMaskedLM / AutoModel / AutoProcessor, no key missing or unexpected, the
-    same tokens, every tensor of the original file back bit for bit."""
+    same tokens, every tensor of the original file back bit for bit; the exported processor's
+    batch (images of two shapes, padded) gives tp the logits it gives HF."""
+    from tpcli.api import load_checkpoint
     from tpcli.cli.main import main
 
     src, tp_dir, out = tmp_path / "hf", tmp_path / "tp", tmp_path / "back"
@@ -209,6 +213,19 @@ def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     text = "a cat on the mat"
     want = transformers.AutoTokenizer.from_pretrained(str(src))(text)["input_ids"]
     assert processor.tokenizer(text)["input_ids"] == want
+    # the processor's batch is tp's batch: same keys; images of two shapes, padded (pixel_mask)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+              for h, w in ((40, 60), (50, 40))]
+    enc = dict(processor(images=images, text=[text, "two red dogs"], padding=True,
+                         return_tensors="pt"))
+    assert set(enc) == {"input_ids", "attention_mask", "token_type_ids", "pixel_values",
+                        "pixel_mask"} and enc["pixel_mask"].min() == 0
+    tp = load_checkpoint(tp_dir).model.eval()
+    with torch.no_grad():
+        ref = model.eval()(**enc).logits
+        ours = tp.predict({**enc, "attention_mask": enc["attention_mask"].bool()})["mlm"]
+    assert (ours - ref)[enc["attention_mask"].bool()].abs().max() <= TOL
     config = json.loads((out / "preprocessor_config.json").read_text())
     assert config["size"] == {"shortest_edge": 40} and config["size_divisor"] == 8
     assert config["image_mean"] == [0.5, 0.5, 0.5]
