@@ -102,9 +102,11 @@ def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 class ClrTarget(nn.Module):
-    """CLIP's symmetric InfoNCE over the two streams' pooled vectors; metrics `i2t_acc` and
-    `t2i_acc` (the share of this process's images whose best text is their own, and of texts
-    whose best image is theirs, among the whole batch) and `count` (this process's pairs).
+    """CLIP's symmetric InfoNCE between stream_0's (text) and stream_1's (image) vectors.
+
+    Metrics `i2t_acc` and `t2i_acc` (the share of this process's images whose best text is
+    their own, and of texts whose best image is theirs, among the whole batch) and `count`
+    (this process's pairs).
 
     `predict` gives what zero-shot classification and retrieval read: `text_embeds` (B_t, P) and
     `image_embeds` (B_i, P), L2-normalised, and `logits_per_text` (B_t, B_i) with its transpose
@@ -176,9 +178,9 @@ class ClrTarget(nn.Module):
             raise DataError(f"target clr pairs texts with images, and the batch holds "
                             f"{text.shape[0]} texts and {image.shape[0]} images",
                             hint="use an image-text pair processor: one caption per image")
-        if self.config.gather:
-            all_text, start = gather_rows(text)  # (N, P)
-            all_image, _ = gather_rows(image)
+        if self.config.gather:  # both streams in one exchange: (N, 2P)
+            both, start = gather_rows(torch.cat((text, image), dim=-1))
+            all_text, all_image = both.split(text.shape[-1], dim=-1)  # (N, P) each
         else:
             all_text, all_image, start = text, image, 0
         s = self.scale()
