@@ -280,3 +280,40 @@ def test_clip_image_processor_defaults_when_absent(tmp_path: Path,
     section = processor_section(empty, 40, 16)
     assert section["size"] == 224 and section["image_size"] == 40
     assert np.allclose(section["mean"], OPENAI_MEAN)
+
+
+def test_check_batch_ends_each_caption_where_hf_pools() -> None:
+    """--check's captions: the end-of-text token after the last real token and nowhere before
+    (legacy configs: the highest id), padded with it or with 0; an eos_token_id outside the
+    vocabulary (HF would pool position 0) is refused by name."""
+    from tp_multimodal.convert_clip import check_batch
+
+    for eos, end in ((7, 7), (2, 99)):
+        config = {"text_config": {"vocab_size": 100, "eos_token_id": eos},
+                  "vision_config": {"image_size": 16, "patch_size": 8}}
+        batch, kwargs = check_batch(None, config)
+        ids, mask = batch["stream_0.input_ids"], batch["stream_0.attention_mask"]
+        assert torch.equal(kwargs["input_ids"], ids) and kwargs["pixel_values"].shape[1:] == \
+            (3, 16, 16)
+        for row in range(ids.shape[0]):
+            n = int(mask[row].sum())
+            assert ids[row, n - 1] == end and (ids[row, : n - 1] != end).all()
+            assert (ids[row, : n - 1] < end).all() or eos != 2
+        assert {int(ids[1, -1]), int(ids[2, -1])} == {end, 0}
+    with pytest.raises(TpError, match="eos_token_id 49407 is not an id of its 100-token"):
+        check_batch(None, {"text_config": {"vocab_size": 100}, "vision_config": {}})
+
+
+def test_image_processor_tp_cannot_follow_is_said(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Resize 256 then crop 224, bilinear: the closest section (the 224 centre square) and a
+    warning naming both differences."""
+    from tp_multimodal.clip_files import processor_section
+
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 256},
+        "crop_size": {"height": 224, "width": 224}, "resample": 2}))
+    with caplog.at_level("WARNING"):
+        section = processor_section(tmp_path, 224, 77)
+    assert section["size"] == 224 and "image_size" not in section
+    assert "resample 2" in caplog.text and "shorter side to 256 and crops 224" in caplog.text
