@@ -80,18 +80,27 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 
 
 def infer(
-    checkpoint: str = typer.Argument(..., help="fine-tuned run folder or checkpoint"),
+    checkpoint: str = typer.Argument(..., help="fine-tuned run folder or checkpoint (or a "
+                                     "pre-trained one with --task)"),
+    overrides: Optional[list[str]] = typer.Argument(
+        None, help="the task's options as finetune.task.OPTION=VALUE"),
+    task: Optional[str] = typer.Option(
+        None, "--task", help="run this task instead of the checkpoint's finetune.task (one that "
+        "needs no fine-tuning: zero_shot, retrieval, embed on a CLIP)"),
     input: str = typer.Option(..., "--input", help="examples in the task's file format"),
-    out: Path = typer.Option(..., "--out", help="predictions (JSONL) to write"),
+    out: Path = typer.Option(..., "--out", help="predictions (JSONL) to write (embed: .npy "
+                             "too)"),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="examples per batch"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
 ) -> None:
-    """Predict with a fine-tuned checkpoint: one JSON line per input example."""
+    """Predict with a fine-tuned checkpoint (or run a task that needs no fine-tuning, --task):
+    one JSON line per input example."""
     from tpcli.cli.render import print_summary
     from tpcli.downstream.finetune import InferRequest
     from tpcli.verbs import infer as run
 
-    result = run(InferRequest(checkpoint, input, out, batch_size))
+    result = run(InferRequest(checkpoint, input, out, batch_size, task=task,
+                              overrides=list(overrides or [])))
     metrics = result.pop("metrics", None)
     print_summary("infer", result | ({f"{k}": v for k, v in metrics.items()} if metrics else {}),
                   as_json)
@@ -99,4 +108,4 @@ def infer(
 
 def register(app: typer.Typer) -> None:
     app.command(context_settings={"allow_interspersed_args": True})(finetune)
-    app.command()(infer)
+    app.command(context_settings={"allow_interspersed_args": True})(infer)

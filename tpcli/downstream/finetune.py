@@ -375,6 +375,36 @@ def _one_run(request: FinetuneRequest, recipe: Any, task: Any, splits: Splits, t
             "checkpoint": str(best)}
 
 
+def infer_section(request: InferRequest, saved: Any, where: Path) -> dict[str, Any]:
+    """The task `tp infer` runs: `--task NAME` (a task needing no fine-tuning, such as zero-shot
+    classification with a pre-trained CLIP; the saved options and fitted state when it names the
+    checkpoint's own task), else the checkpoint's `finetune.task`; then each
+    `finetune.task.OPTION=VALUE` override, as `tp finetune` takes task options."""
+    from tpcli.recipes.config import parse_override
+
+    options: dict[str, Any] = {}
+    for text in request.overrides:
+        path, value = parse_override(text)
+        if len(path) != 3 or path[:2] != ["finetune", "task"] or path[2] == "name":
+            raise TpError(f"override {text}: tp infer takes the task's options only, as "
+                          "finetune.task.OPTION=VALUE",
+                          hint="name the task with --task NAME; `tp modules task NAME` lists "
+                          "its options")
+        options[path[2]] = value
+    if request.task is None and saved is None:
+        raise CheckpointError(f"{where} is not a fine-tuned checkpoint (its recipe has no "
+                              "finetune.task)",
+                              hint="run `tp finetune` first, and pass its run folder or its "
+                              "best/ checkpoint; or name a task that needs no fine-tuning with "
+                              "--task NAME (`tp modules task` lists them)")
+    section = task_section(saved if request.task is None else request.task)
+    if saved is not None and request.task is not None:
+        own = task_section(saved)
+        if own["name"] == section["name"]:  # the checkpoint's own task: its fitted state too
+            section = own
+    return {**section, **options}
+
+
 def run_infer(request: InferRequest) -> dict[str, Any]:
     """Predictions of a fine-tuned checkpoint for every example of `request.input`, written to
     `request.out` as JSONL; the task's metrics too when the input has gold answers."""
@@ -383,13 +413,7 @@ def run_infer(request: InferRequest) -> dict[str, Any]:
     plugins = request.plugins
     assert plugins is not None  # set by tpcli.verbs.infer
     loaded = load_checkpoint(Path(request.checkpoint), plugins)
-    section = loaded.recipe.finetune.task
-    if section is None:
-        raise CheckpointError(f"{loaded.path} is not a fine-tuned checkpoint (its recipe has no "
-                              "finetune.task)",
-                              hint="run `tp finetune` first, and pass its run folder or "
-                              "its best/ checkpoint")
-    task = make_task(task_section(section), plugins)
+    task = make_task(infer_section(request, loaded.recipe.finetune.task, loaded.path), plugins)
     if hasattr(task, "bind"):
         task.bind(loaded.recipe, plugins.registry)
     examples = task.load(TaskData(test=request.input)).test
@@ -403,8 +427,13 @@ def run_infer(request: InferRequest) -> dict[str, Any]:
     model = loaded.model.to(device)
     target = loaded.recipe.model.targets[0].name
     preds = predict(model, task, target, exs, rows, loaded.tokenizer, device, request.batch_size)
-    write_jsonl(Path(request.out), preds)
-    result: dict[str, Any] = {"examples": len(preds), "out": str(request.out)}
+    write = getattr(task, "write", None)  # a task with its own output format (embeddings: .npy)
+    extra: dict[str, Any] = {}
+    if write is not None:
+        extra = write(preds, Path(request.out)) or {}
+    else:
+        write_jsonl(Path(request.out), preds)
+    result: dict[str, Any] = {"examples": len(preds), "out": str(request.out), **extra}
     if labelled:
         result["metrics"] = task.evaluate(preds, exs)
     return result

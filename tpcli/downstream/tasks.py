@@ -149,6 +149,11 @@ class Task(Protocol):
     # optional: `train_dataset(examples, seed) -> ExampleDataset`, the training set as a dataset
     # whose examples are a function of (seed, epoch, index), for a task that augments them
     # (images: crops, flips, mixup); without it the training rows are `encode`d once
+    # optional: `predict(model, examples, rows, tokenizer, device, batch_size, precision)`, for a
+    # task that runs the model itself (generation; CLIP's towers one at a time)
+    # optional: `write(predictions, out) -> dict`, for a task whose `tp infer` output is not
+    # one JSONL file (embeddings as .npy): it writes `out` atomically and returns what the
+    # summary adds
 
     def batch_keys(self, rows: list[dict[str, torch.Tensor]], tokenizer: Any
                    ) -> tuple[Any, ...]:

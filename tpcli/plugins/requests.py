@@ -83,6 +83,8 @@ class InferRequest:
     out: Path
     batch_size: int = 64
     plugins: Plugins | None = None
+    task: str | None = None  # another registered task than the checkpoint's finetune.task
+    overrides: list[str] = field(default_factory=list)  # finetune.task.OPTION=VALUE
 
 
 ZooAction = Literal["list", "info", "pull", "verify", "rm", "path", "lock"]
