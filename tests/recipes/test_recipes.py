@@ -71,6 +71,8 @@ def shrink(raw: dict[str, Any], registry: Registry) -> list[str]:
     raw = normalise(raw)
     model = raw.get("model") or {}
     overrides = [f"model.hidden_size={HIDDEN}"]
+    overrides += [f"model.{s}.hidden_size={HIDDEN}" for s in STACK_SECTIONS[1:]
+                  if isinstance(model.get(s), dict) and "hidden_size" in model[s]]
     if model.get("embedding_size") is not None:
         overrides.append(f"model.embedding_size={EMBED}")
     small = {"layers": LAYERS, "heads": HEADS, "ffn_size": FFN}
@@ -149,7 +151,8 @@ LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")  # apt: pocketsphi
 def write_records_corpus(folder: Path, processor: str) -> Path:
     """A small real corpus for a processor that reads its own: for `speech`, the pocketsphinx
     LibriVox recordings (Sphinx's layout, read in place); else images of scikit-learn's digits
-    in class folders (the layout tp-vision's processors read). Returns the corpus path."""
+    in class folders (the layout tp-vision's processors read) and, for `image_text`, a
+    `text<TAB>path` list pairing each with a caption. Returns the corpus path."""
     if processor == "speech":
         if not LIBRIVOX.is_dir():
             pytest.skip(f"{LIBRIVOX} is absent (apt-get install pocketsphinx-testdata)")
@@ -164,6 +167,12 @@ def write_records_corpus(folder: Path, processor: str) -> Path:
         path = folder / f"digit{label}" / f"{i}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8), mode="L").save(path)
+    if processor == "image_text":  # image-caption pairs (ViLT, CLIP)
+        names = "zero one two three four five six seven eight nine".split()
+        pairs = folder / "pairs.tsv"
+        pairs.write_text("".join(f"a handwritten {names[digits.target[i]]}\t"
+                                 f"digit{digits.target[i]}/{i}.png\n" for i in range(40)))
+        return pairs
     return folder
 
 
