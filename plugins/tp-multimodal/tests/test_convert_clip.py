@@ -317,3 +317,42 @@ def test_image_processor_tp_cannot_follow_is_said(tmp_path: Path,
         section = processor_section(tmp_path, 224, 77)
     assert section["size"] == 224 and "image_size" not in section
     assert "resample 2" in caplog.text and "shorter side to 256 and crops 224" in caplog.text
+
+
+def test_an_older_hub_layout_reads(tmp_path: Path, converted: dict[str, Any]) -> None:
+    """As openai/clip-vit-base-patch32 is on the Hub: pytorch_model.bin with the position_ids
+    buffers, a CLIPFeatureExtractor preprocessor_config.json with int sizes, token entries as
+    {"content": ...}, text_config_dict / vision_config_dict beside the full configs."""
+    from safetensors.torch import load_file
+
+    from tpcli.convert.hf import from_hf
+    from tpcli.train.checkpoint import load_checkpoint
+
+    if converted["name"] != "legacy":
+        pytest.skip("one folder is enough")
+    src = tmp_path / "hf"
+    shutil.copytree(converted["src"], src)
+    weights = load_file(str(src / "model.safetensors"))
+    weights["text_model.embeddings.position_ids"] = torch.arange(TEXT["max_position_embeddings"])
+    weights["vision_model.embeddings.position_ids"] = torch.arange(26)[None]
+    torch.save(weights, src / "pytorch_model.bin")
+    (src / "model.safetensors").unlink()
+    (src / "processor_config.json").unlink()
+    (src / "preprocessor_config.json").write_text(json.dumps({
+        "feature_extractor_type": "CLIPFeatureExtractor", "size": 40, "crop_size": 40,
+        "do_center_crop": True, "do_resize": True, "do_normalize": True, "resample": 3,
+        "image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.3, 0.25]}))
+    tokens = {f"{r}_token": {"content": t, "__type": "AddedToken"} for r, t in
+              (("unk", "<|endoftext|>"), ("bos", "<|startoftext|>"), ("eos", "<|endoftext|>"))}
+    (src / "tokenizer_config.json").write_text(json.dumps(
+        {**tokens, "pad_token": "!", "do_lower_case": True, "model_max_length": 24,
+         "tokenizer_class": "CLIPTokenizer"}))
+    config = json.loads((src / "config.json").read_text())
+    config.update(text_config_dict=None, vision_config_dict=None)
+    (src / "config.json").write_text(json.dumps(config))
+    result = from_hf(str(src), tmp_path / "tp", get_plugins(), check=True, tolerance=TOL)
+    assert result.max_abs_diff <= TOL
+    loaded = load_checkpoint(tmp_path / "tp", get_plugins())
+    assert list(loaded.recipe.processor.options.mean) == [0.5, 0.4, 0.3]
+    ids = loaded.tokenizer.special_ids
+    assert (ids["pad"], ids["eos"]) == (0, len(loaded.tokenizer.backend.get_vocab()) - 1)
