@@ -61,7 +61,7 @@ def test_loss_and_metrics_are_clips() -> None:
     assert m.text_projection.bias is None and m.visual_projection.weight.shape == (PROJECTION, 9)
 
 
-def test_scale_starts_at_clips_and_is_clamped_at_100() -> None:
+def test_scale_starts_at_clips_and_is_clamped_at_openais_4_6052() -> None:
     m = target()
     assert abs(m.logit_scale.item() - math.log(1 / 0.07)) < 1e-6
     with torch.no_grad():
@@ -69,7 +69,7 @@ def test_scale_starts_at_clips_and_is_clamped_at_100() -> None:
     f = random_features(4, 3)
     pred = m.predict(f, {})
     cosine = pred["text_embeds"] @ pred["image_embeds"].t()
-    torch.testing.assert_close(pred["logits_per_text"], 100 * cosine)
+    torch.testing.assert_close(pred["logits_per_text"], math.exp(4.6052) * cosine)
     m(random_features(4, 4), {}).loss.backward()
     assert m.logit_scale.grad.item() == 0.0  # clamped: no push past ln(100)
     free = target(max_logit_scale=None)

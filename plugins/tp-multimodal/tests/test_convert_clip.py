@@ -4,8 +4,9 @@ wide with 5 heads and 3 layers, projection 22, 40-pixel images in 8-pixel patche
 image processor, converted HF -> tp -> HF through `tp convert` with --check at 1e-5.
 
 Two checkpoints: the current config (eos_token_id = <|endoftext|>, captions padded with it) and
-a legacy one (eos_token_id 2: HF pools at the highest id; captions padded with id 0, `!`); the
-text pooling `last` reads the end-of-text token in both. Parity is measured on real captions
+a legacy one (eos_token_id 2: HF pools at the highest id; captions padded with id 0, `!`; the
+logit scale at OpenAI's 4.6052, where clr's clamp is); the text pooling `last` reads the
+end-of-text token in both. Parity is measured on real captions
 and images through CLIPProcessor: embeddings, both logits and the `return_loss` loss within
 1e-5 (fp32); tp's own tokenizer and image pipeline give HF's ids and pixels; the export loads
 with AutoModel / AutoProcessor; HF -> tp -> HF is bit-identical.
@@ -33,7 +34,7 @@ TOL = 1e-5
 VARIANTS = {
     "current": dict(legacy_eos=False, pad="<|endoftext|>"),
     "legacy": dict(legacy_eos=True, pad="!", text_hidden_act="gelu",
-                   vision_hidden_act="quick_gelu"),
+                   vision_hidden_act="quick_gelu", logit_scale_init_value=4.6052),  # OpenAI's
 }
 OUTPUTS = ("text_embeds", "image_embeds", "logits_per_text", "logits_per_image")
 
@@ -356,3 +357,26 @@ def test_an_older_hub_layout_reads(tmp_path: Path, converted: dict[str, Any]) ->
     assert list(loaded.recipe.processor.options.mean) == [0.5, 0.4, 0.3]
     ids = loaded.tokenizer.special_ids
     assert (ids["pad"], ids["eos"]) == (0, len(loaded.tokenizer.backend.get_vocab()) - 1)
+
+
+def test_a_scale_past_the_clamp_is_exported_as_used(tmp_path: Path, converted: dict[str, Any],
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Training can leave logit_scale above 4.6052, where clr clamps it; HF does not clamp, so
+    the export holds the clamped value and --check passes."""
+    from safetensors.torch import load_file
+
+    from tpcli.convert.hf import to_hf
+    from tpcli.files import save_weights
+
+    if converted["name"] != "current":
+        pytest.skip("one checkpoint is enough")
+    ckpt = tmp_path / "tp"
+    shutil.copytree(converted["tp"], ckpt)
+    state = load_file(str(ckpt / "model.safetensors"))
+    state["targets.clr.logit_scale"] = torch.tensor([4.9])
+    save_weights(state, ckpt / "model.safetensors", {"format": "pt", "step": "0"})
+    with caplog.at_level("WARNING"):
+        result = to_hf(ckpt, tmp_path / "hf", get_plugins(), check=True, tolerance=TOL)
+    assert result.max_abs_diff <= TOL and "above the clr target's clamp" in caplog.text
+    exported = load_file(str(tmp_path / "hf" / "model.safetensors"))["logit_scale"]
+    assert float(exported) == pytest.approx(4.6052)

@@ -256,3 +256,28 @@ class ClipPreprocessing:
                                      recipe.processor.options)
         (folder / PROCESSOR_FILE).write_text(json.dumps(image, indent=2, sort_keys=True) + "\n",
                                              encoding="utf-8")
+        clamp_logit_scale(folder / "model.safetensors", recipe)
+
+
+def clamp_logit_scale(weights: Path, recipe: Any) -> None:
+    """The exported logit_scale is the one tp uses: `clr` clamps it when it reads it (its
+    gradient is 0 above the clamp, yet an optimizer step can carry the stored value past it);
+    HF reads it as stored. Rewrites the weights only when the value is above the clamp."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from tpcli.files import save_weights
+
+    top = next((t.options.max_logit_scale for t in recipe.model.targets if t.name == "clr"),
+               None)
+    if top is None:
+        return
+    with safe_open(str(weights), "pt") as f:
+        value, metadata = f.get_tensor("logit_scale"), f.metadata()
+    if float(value) <= top:
+        return
+    log.warning("logit_scale %.4f is above the clr target's clamp %.4f, which tp applies: "
+                "exported as %.4f, the scale the model uses", float(value), top, top)
+    state = load_file(str(weights))
+    state["logit_scale"] = state["logit_scale"].clamp(max=top)
+    save_weights(state, weights, metadata)

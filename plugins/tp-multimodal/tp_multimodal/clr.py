@@ -8,8 +8,8 @@ other pairing of the batch apart.
 
 Each stream's width comes from the model's `stream_sizes` (CLIP's text tower is narrower than
 its image tower); the projections meet at `projection_dim`. `logit_scale` is learned, starting at
-ln(1 / 0.07) (CLIP's temperature 0.07), and clamped to at most ln(100) when used, as CLIP clamps
-it after each step: the logits never exceed 100 x cosine.
+ln(1 / 0.07) (CLIP's temperature 0.07), and clamped to at most 4.6052 (ln(100) rounded up, as
+OpenAI's training clamps it after each step) when used: the logits never exceed 100 x cosine.
 
 The batch of a contrastive loss is its set of negatives, so under several processes it is the
 GLOBAL batch: each process gathers every process's embeddings (`gather_rows`, the gradient of a
@@ -33,7 +33,8 @@ from tpcli.errors import DataError, TpError
 from tpcli.model.module import BuildContext, Features, TargetConfig, TargetOutput
 
 CLIP_LOGIT_SCALE = math.log(1 / 0.07)  # 2.6593: CLIP's initial temperature 0.07
-CLIP_MAX_LOGIT_SCALE = math.log(100.0)  # 4.6052: CLIP clamps the scale at 100
+# OpenAI's clamp: ln(100) rounded up, so their released logit_scale (4.6052) is used as stored
+CLIP_MAX_LOGIT_SCALE = 4.6052
 
 
 class ClrConfig(TargetConfig):
@@ -46,7 +47,8 @@ class ClrConfig(TargetConfig):
                                "2.6593)")
     max_logit_scale: float | None = Field(
         CLIP_MAX_LOGIT_SCALE, description="the learned logit_scale is clamped to at most this "
-        "when used (CLIP: ln(100) = 4.6052, logits at most 100 x cosine); None: no clamp")
+        "when used (CLIP: 4.6052, ln(100) rounded up as OpenAI's training clamps it: logits at "
+        "most 100 x cosine); None: no clamp")
     gather: bool = Field(True, description="under several processes, contrast each example with "
                          "the whole global batch (every process's examples, gathered with their "
                          "gradients); false: with its own process's examples only")

@@ -19,8 +19,9 @@ tp's CLIP is a dual-stream recipe with the `clr` target:
   hidden states differ from HF's last_hidden_state, which is not normalised).
 - q, k, v are fused into tp's `attn.qkv`. The `position_ids` buffers old checkpoints saved are
   dropped (tp numbers positions itself).
-- The logit scale: HF uses exp(logit_scale) as stored; `clr` clamps logit_scale at ln(100) as
-  CLIP's training does. Every released CLIP sits at or below ln(100), where the two agree.
+- The logit scale: HF uses exp(logit_scale) as stored; `clr` clamps logit_scale at 4.6052 as
+  OpenAI's training does. Every released CLIP sits at or below it (OpenAI's at 4.6052 exactly),
+  where the two agree; an export holds the clamped value (`clip_files.clamp_logit_scale`).
 
 The tokenizer and the image processor are `clip_files.ClipPreprocessing`'s business.
 """
