@@ -2,7 +2,8 @@
 
     tp infer CLIP_CHECKPOINT --task zero_shot --input images.tsv --out predictions.jsonl
     tp infer CLIP_CHECKPOINT --task zero_shot 'finetune.task.classes=[cat, dog]' \\
-        'finetune.task.templates=[a photo of a {}., a drawing of a {}.]' --input photos/ --out p.jsonl
+        'finetune.task.templates=["a photo of a {}.", "a drawing of a {}."]' \\
+        --input photos/ --out predictions.jsonl
 
 Each class name is written into the prompt templates ("a photo of a {}." by default, CLIP's),
 the prompts go through the text tower and the clr projection once, and a class's embedding is

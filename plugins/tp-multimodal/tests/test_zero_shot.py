@@ -1,0 +1,153 @@
+"""Task `zero_shot` on a tiny random CLIP converted from HF (`tp convert --from hf`): twelve
+Fashion-MNIST test images against the ten Fashion-MNIST class names, through `tp infer --task
+zero_shot`. The reference is the HF CLIPModel itself: its normalised text features of every
+prompt (averaged per class over the templates, renormalised, as CLIP's prompt ensembling), its
+normalised image features and its logit scale; top-1 and top-5 accuracy are scikit-learn's
+top_k_accuracy_score of those logits, and each prediction's probabilities are their softmax."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import top_k_accuracy_score
+
+sys.path.insert(0, str(Path(__file__).parent))
+from clip_tasks import (FASHION_CLASSES, clip_checkpoint, fashion, hf_image_embeds,  # noqa: E402
+                        hf_scale, hf_text_embeds, infer, read_jsonl, save_png)
+
+TEMPLATES = ["a photo of a {}.", "a blurry photo of a {}.", "a drawing of the {}."]
+N = 12
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The checkpoint, a `label<TAB>path` TSV of the images and a classes file."""
+    ckpt = clip_checkpoint(tmp_path_factory)
+    d = tmp_path_factory.mktemp("zero-shot")
+    pixels, labels = fashion(N)
+    paths = [save_png(d / "images" / label / f"{i}.png", p)
+             for i, (p, label) in enumerate(zip(pixels, labels))]
+    (d / "images.tsv").write_text("label\tpath\n" + "".join(
+        f"{label}\t{p.relative_to(d)}\n" for label, p in zip(labels, paths)))
+    (d / "classes.txt").write_text("\n".join(FASHION_CLASSES) + "\n")
+    return {**ckpt, "dir": d, "paths": paths, "labels": labels}
+
+
+def hf_logits(folder: Path, paths: list[Path], classes: list[str], templates: list[str]
+              ) -> torch.Tensor:
+    """(N, C) scale x cosine with the HF model's ensembled class embeddings."""
+    prompts = [t.format(c) for c in classes for t in templates]
+    text = hf_text_embeds(folder, prompts).view(len(classes), len(templates), -1).mean(dim=1)
+    text = torch.nn.functional.normalize(text, dim=-1)
+    return hf_scale(folder) * hf_image_embeds(folder, paths) @ text.t()
+
+
+def test_metrics_and_probabilities_match_hf_and_sklearn(data: dict[str, Any]) -> None:
+    """`tp infer` as a user runs it (a subprocess), with a classes file and three templates."""
+    from tpcli.testing.runs import run_tp
+
+    out = data["dir"] / "predictions.jsonl"
+    done = run_tp("infer", str(data["tp"]), "--task", "zero_shot",
+                  f"finetune.task.classes={data['dir'] / 'classes.txt'}",
+                  f"finetune.task.templates={json.dumps(TEMPLATES)}",
+                  "--input", str(data["dir"] / "images.tsv"), "--out", str(out), "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    logits = hf_logits(data["hf"], data["paths"], list(FASHION_CLASSES), TEMPLATES)  # (N, 10)
+    y = [FASHION_CLASSES.index(label) for label in data["labels"]]
+    for k, name in ((1, "accuracy"), (5, "top5")):
+        want = top_k_accuracy_score(y, logits.numpy(), k=k, labels=list(range(10)))
+        assert summary[name] == pytest.approx(want, abs=1e-12), (name, summary[name], want)
+    assert 0 < summary["top5"] < 1  # the check has teeth: neither trivially 0 nor 1
+    probs = torch.softmax(logits, dim=-1)
+    preds = read_jsonl(out)
+    assert [p["path"] for p in preds] == [str(p) for p in data["paths"]]
+    for row, pred in zip(probs, preds):
+        top = row.topk(5)
+        assert [t["label"] for t in pred["top"]] == [FASHION_CLASSES[i] for i in top.indices]
+        assert np.allclose([t["probability"] for t in pred["top"]], top.values, atol=1e-5)
+        assert pred["label"] == pred["top"][0]["label"]
+
+
+def test_default_classes_and_template(data: dict[str, Any]) -> None:
+    """No classes option: the labels the input holds (sorted); CLIP's one template. A folder
+    per class reads the same as the TSV."""
+    classes = sorted(set(data["labels"]))
+    logits = hf_logits(data["hf"], data["paths"], classes, ["a photo of a {}."])
+    y = [classes.index(label) for label in data["labels"]]
+    for source in (data["dir"] / "images.tsv", data["dir"] / "images"):
+        out = data["dir"] / f"default-{source.name}.jsonl"
+        code, printed = infer(str(data["tp"]), "--task", "zero_shot", "--input", str(source),
+                              "--out", str(out), "--json")
+        assert code == 0, printed
+        summary = json.loads(printed)
+        assert summary["accuracy"] == pytest.approx(
+            top_k_accuracy_score(y, logits.numpy(), k=1, labels=list(range(len(classes)))))
+        preds = {p["path"]: p for p in read_jsonl(out)}
+        for path, row in zip(data["paths"], torch.softmax(logits, dim=-1)):
+            assert preds[str(path)]["top"][0]["label"] == classes[int(row.argmax())]
+            assert preds[str(path)]["top"][0]["probability"] == pytest.approx(
+                float(row.max()), abs=1e-5)
+
+
+def test_unlabelled_images_are_classified_without_metrics(data: dict[str, Any]) -> None:
+    listing = data["dir"] / "list.txt"
+    listing.write_text("".join(f"{p.relative_to(data['dir'])}\n" for p in data["paths"][:3]))
+    out = data["dir"] / "unlabelled.jsonl"
+    code, printed = infer(str(data["tp"]), "--task", "zero_shot", "finetune.task.classes=[bag, "
+                          "coat, dress]", "--input", str(listing), "--out", str(out), "--json")
+    assert code == 0, printed
+    assert "accuracy" not in json.loads(printed)
+    preds = read_jsonl(out)
+    assert len(preds) == 3 and all(len(p["top"]) == 3 for p in preds)
+    assert all(abs(sum(t["probability"] for t in p["top"]) - 1) < 1e-5 for p in preds)
+
+
+def test_bad_inputs_exit_1_naming_the_problem(data: dict[str, Any], tmp_path: Path) -> None:
+    tp, tsv = str(data["tp"]), str(data["dir"] / "images.tsv")
+    out = str(tmp_path / "p.jsonl")
+    missing = tmp_path / "missing.tsv"
+    missing.write_text("bag\tnowhere.png\n")
+    code, printed = infer(tp, "--task", "zero_shot", "--input", str(missing), "--out", out)
+    assert code == 1 and "nowhere.png does not exist" in printed and f"{missing}:1" in printed
+    broken = tmp_path / "bag" / "broken.png"
+    broken.parent.mkdir()
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "broken.tsv").write_text(f"bag\t{broken}\n")
+    code, printed = infer(tp, "--task", "zero_shot", "--input", str(tmp_path / "broken.tsv"),
+                          "--out", out)
+    assert code == 1 and str(broken) in printed
+    code, printed = infer(tp, "--task", "zero_shot", "finetune.task.classes=[]", "--input",
+                          tsv, "--out", out)
+    assert code == 1 and "holds no class names" in printed
+    (tmp_path / "empty.txt").write_text("\n")
+    code, printed = infer(tp, "--task", "zero_shot", f"finetune.task.classes={tmp_path}/empty"
+                          ".txt", "--input", tsv, "--out", out)
+    assert code == 1 and "holds no class names" in printed
+    code, printed = infer(tp, "--task", "zero_shot", "finetune.task.classes=[bag, coat]",
+                          "--input", tsv, "--out", out)
+    assert code == 1 and "is not one of the classes" in printed
+    code, printed = infer(tp, "--task", "zero_shot", "finetune.task.templates=[a photo]",
+                          "--input", tsv, "--out", out)
+    assert code == 1 and "needs exactly one {}" in printed
+    assert not Path(out).exists()
+
+
+def test_a_model_that_is_not_clip_is_refused_by_what_it_lacks() -> None:
+    from tp_multimodal.clip_inputs import check_clip
+
+    from tpcli.errors import TpError
+    from tpcli.plugins import get_plugins
+    from tpcli.recipes import load_recipe
+
+    for name, lacks in (("vit-tiny", "not the two streams"), ("bert-tiny", "not clr"),
+                        ("vilt-b32", "image_text with layout dual")):
+        with pytest.raises(TpError) as e:
+            check_clip(load_recipe(name, [], get_plugins()), "zero_shot")
+        assert "task zero_shot needs a CLIP model" in e.value.message and lacks in e.value.message
