@@ -159,6 +159,19 @@ def test_export_loads_with_auto_classes_and_matches(converted: dict[str, Any]) -
     assert_same_outputs(model.eval(), loaded.model.eval(), inputs)
 
 
+def test_export_carries_vocab_and_merges(tmp_path: Path, converted: dict[str, Any]) -> None:
+    """vocab.json + merges.txt beside tokenizer.json, as on the Hub: a CLIPTokenizer built from
+    them alone gives the same ids."""
+    from transformers import CLIPTokenizer
+
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json",
+                 "special_tokens_map.json"):
+        shutil.copy(converted["back"] / name, tmp_path / name)
+    alone = CLIPTokenizer.from_pretrained(str(tmp_path))
+    full = CLIPTokenizer.from_pretrained(str(converted["back"]))
+    assert alone(CAPTIONS)["input_ids"] == full(CAPTIONS)["input_ids"]
+
+
 def test_round_trip_is_bit_identical(converted: dict[str, Any]) -> None:
     from safetensors.torch import load_file
 

@@ -163,6 +163,21 @@ def write_tokenizer_json(folder: Path, directory: Path) -> None:
     (directory / TOKENIZER_CONFIG).write_text(json.dumps(roles, indent=2) + "\n")
 
 
+def write_vocab_and_merges(folder: Path) -> None:
+    """vocab.json + merges.txt beside CLIP's tokenizer.json, as the Hub's CLIP folders hold
+    them: what a tokenizer built from them rather than from tokenizer.json (a slow
+    CLIPTokenizer) reads."""
+    spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = dict(spec["model"]["vocab"])
+    for added in spec.get("added_tokens") or []:
+        vocab.setdefault(added["content"], added["id"])
+    merges = [" ".join(m) if isinstance(m, list) else str(m) for m in spec["model"]["merges"]]
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n",
+                                       encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges),
+                                       encoding="utf-8")
+
+
 def tokenizer_from_hf(folder: Path, hf_config: dict[str, Any], directory: Path
                       ) -> tuple[Any, dict[str, Any]]:
     """(tp tokenizer saved in `directory`, the recipe's data.tokenizer section) of the folder's
@@ -242,6 +257,7 @@ class ClipPreprocessing:
         config["processor_class"] = PROCESSOR
         if is_clip_bpe(folder / "tokenizer.json"):
             config["tokenizer_class"] = "CLIPTokenizer"
+            write_vocab_and_merges(folder)
         path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         ids = token_ids(tokenizer.special_ids)
         if "eos_token_id" not in ids:
