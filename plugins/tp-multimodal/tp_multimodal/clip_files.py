@@ -7,9 +7,10 @@ written (lower-casing, CLIP's word split, `</w>` word ends), its roles from the 
 around every caption and keeps the end token when it cuts one, so the text pooling, `last`,
 reads the end-of-text token as HF's does). A folder with only vocab.json + merges.txt gets its
 tokenizer.json from transformers' CLIPTokenizer first. tp -> HF writes the tokenizer's files
-(tokenizer_class CLIPTokenizer for CLIP's BPE) with the text tower's length as
-model_max_length, and the tokenizer's pad / start / end ids into config.json's text_config,
-where HF's text pooling looks for the end-of-text token.
+(for CLIP's BPE: tokenizer_class CLIPTokenizer, and vocab.json + merges.txt beside
+tokenizer.json as on the Hub) with the text tower's length as model_max_length, and the
+tokenizer's pad / start / end ids into config.json's text_config, where HF's text pooling
+looks for the end-of-text token.
 
 Image processor. CLIPImageProcessor resizes the shorter side to `shortest_edge` (bicubic),
 centre-crops `crop_size`, rescales by 1/255 and normalises with OpenAI's mean and std. tp's
