@@ -123,6 +123,10 @@ def test_bad_inputs_exit_1_naming_the_problem(data: dict[str, Any], tmp_path: Pa
     code, printed = infer(tp, "--task", "zero_shot", "--input", str(tmp_path / "broken.tsv"),
                           "--out", out)
     assert code == 1 and str(broken) in printed
+    (tmp_path / "header.tsv").write_text("label\tpath\n")
+    code, printed = infer(tp, "--task", "zero_shot", "--input", str(tmp_path / "header.tsv"),
+                          "--out", out)
+    assert code == 1 and "holds no examples" in printed
     code, printed = infer(tp, "--task", "zero_shot", "finetune.task.classes=[]", "--input",
                           tsv, "--out", out)
     assert code == 1 and "holds no class names" in printed

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from tpcli.downstream.tasks import Example, Splits, TaskConfig
+from tpcli.downstream.tasks import Example, Splits, TaskConfig, no_examples
 from tpcli.errors import DataError, TpError
 from tpcli.plugins.requests import TaskData
 
@@ -124,6 +124,8 @@ class ZeroShotTask:
         if data.test:
             examples = read_images(data.test, labelled=False) if labelled_layout(data.test) \
                 else read_inputs(data.test, "images")
+            if not examples:
+                raise no_examples(data.test, "input")
             if not self.classes:
                 found = {str(e.label) for e in examples if e.label is not None}
                 if not found:
