@@ -96,6 +96,37 @@ def test_default_classes_and_template(data: dict[str, Any]) -> None:
                 float(row.max()), abs=1e-5)
 
 
+def test_labels_mapped_to_the_names_the_prompts_say(data: dict[str, Any]) -> None:
+    """Folders named by id (as ImageNet's WordNet ids) and a `label<TAB>name` classes file: the
+    prompts say the names, the predictions and metrics use the labels."""
+    ids = {name: f"n{i:08d}" for i, name in enumerate(FASHION_CLASSES)}
+    root = data["dir"] / "by-id"
+    for path, label in zip(data["paths"], data["labels"]):
+        target = root / ids[label] / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    mapping = data["dir"] / "names.tsv"
+    mapping.write_text("".join(f"{ids[c]}\t{c}\n" for c in FASHION_CLASSES))
+    out = data["dir"] / "by-id.jsonl"
+    code, printed = infer(str(data["tp"]), "--task", "zero_shot",
+                          f"finetune.task.classes={mapping}", "--input", str(root), "--out",
+                          str(out), "--json")
+    assert code == 0, printed
+    files = sorted(root.rglob("*.png"))  # class folders in order, files in order
+    original = {p.name: p for p in data["paths"]}
+    logits = hf_logits(data["hf"], [original[f.name] for f in files], list(FASHION_CLASSES),
+                       ["a photo of a {}."])
+    y = [FASHION_CLASSES.index(next(c for c, i in ids.items() if i == f.parent.name))
+         for f in files]
+    for k, name in ((1, "accuracy"), (5, "top5")):
+        want = top_k_accuracy_score(y, logits.numpy(), k=k, labels=list(range(10)))
+        assert json.loads(printed)[name] == pytest.approx(want, abs=1e-12)
+    for pred, row in zip(read_jsonl(out), logits):
+        best = int(row.argmax())
+        assert pred["label"] == ids[FASHION_CLASSES[best]]
+        assert pred["top"][0]["name"] == FASHION_CLASSES[best]
+
+
 def test_unlabelled_images_are_classified_without_metrics(data: dict[str, Any]) -> None:
     listing = data["dir"] / "list.txt"
     listing.write_text("".join(f"{p.relative_to(data['dir'])}\n" for p in data["paths"][:3]))

@@ -13,10 +13,12 @@ class, its probabilities their softmax.
 
 Input: any image corpus tp-vision reads (a `label<TAB>path` TSV, a class-per-folder tree, a
 CSV / JSONL manifest, a Hub dataset), or unlabelled images: a list of paths (one a line), a
-folder of images without class folders, one image file. The class names
-are the `classes` option (a list, or a file with one name a line), or by default the labels the
-input holds (sorted). With labels, the metrics are top-1 `accuracy` and `top5`; each prediction
-lists its five likeliest classes with their probabilities (as `image_classification`'s do).
+folder of images without class folders, one image file. The class names are the `classes`
+option, or by default the labels the input holds (sorted). When the labels are not words
+(ImageNet's folders are WordNet ids, n01440764), `classes` maps each label to the name its
+prompts say: {n01440764: tench, ...}, or a file of `label<TAB>name` lines. With labels, the
+metrics are top-1 `accuracy` and `top5`; each prediction lists its five likeliest classes with
+their probabilities (as `image_classification`'s do; with a mapping, each also its name).
 
 There is nothing to fine-tune: `tp finetune --task zero_shot` is refused with the command to run.
 """
@@ -41,9 +43,10 @@ TOP = 5  # classes listed per prediction (what top-5 accuracy reads)
 class ZeroShotConfig(TaskConfig):
     """Options of the `zero_shot` task."""
 
-    classes: list[str] | str | None = Field(
-        None, description="the class names in order, or a text file with one name a line; "
-        "None: the labels the input holds, sorted")
+    classes: list[str] | dict[str, str] | str | None = Field(
+        None, description="the class names in order, or {label: name} (the name the prompts "
+        "say for each label of the input), or a text file of names or `label<TAB>name` lines, "
+        "one a line; None: the labels the input holds, sorted")
     templates: list[str] | str = Field(
         [CLIP_TEMPLATE], description="prompt templates, each with one {} where the class name "
         "goes (or a text file, one a line); several are averaged per class, as CLIP's prompt "
@@ -80,6 +83,28 @@ def labelled_layout(path: str) -> bool:
     return p.suffix.lower() not in IMAGE_SUFFIXES
 
 
+def read_classes(value: list[str] | dict[str, str] | str) -> tuple[list[str], list[str]]:
+    """(labels, names) of the classes option: a list (each label its own name), a mapping
+    label -> name, or a file of names or of `label<TAB>name` lines."""
+    if isinstance(value, dict):
+        pairs = [(str(k).strip(), str(v).strip()) for k, v in value.items()]
+        if not pairs:
+            raise DataError("finetune.task.classes holds no class names",
+                            hint="give at least one of the class names")
+    else:
+        items = read_list(value, "class names", "classes")
+        if isinstance(value, str) and all("\t" in i for i in items):  # label<TAB>name lines
+            pairs = [(a.strip(), b.strip()) for a, _, b in (i.partition("\t") for i in items)]
+        else:
+            pairs = [(i, i) for i in items]
+    labels = [label for label, _ in pairs]
+    repeated = sorted({c for c in labels if labels.count(c) > 1})
+    if repeated:
+        raise TpError(f"finetune.task.classes names {', '.join(repeated[:5])} twice",
+                      hint="give each class once")
+    return labels, [name for _, name in pairs]
+
+
 class ZeroShotTask:
     """Classify images against class-name prompts; score top-1 and top-5 accuracy."""
 
@@ -96,12 +121,10 @@ class ZeroShotTask:
             if t.count("{}") != 1:
                 raise TpError(f"finetune.task.templates: {t!r} needs exactly one {{}} where the "
                               "class name goes", hint=f"e.g. {CLIP_TEMPLATE!r}")
-        self.classes: list[str] = ([] if config.classes is None
-                                   else read_list(config.classes, "class names", "classes"))
-        repeated = sorted({c for c in self.classes if self.classes.count(c) > 1})
-        if repeated:
-            raise TpError(f"finetune.task.classes names {', '.join(repeated[:5])} twice",
-                          hint="give each class once")
+        self.classes: list[str] = []  # the labels, in order
+        self.names: list[str] = []  # what the prompts call each
+        if config.classes is not None:
+            self.classes, self.names = read_classes(config.classes)
         self.towers: Any = None  # ClipTowers (bind)
 
     def bind(self, recipe: Any, registry: Any) -> None:
@@ -132,7 +155,7 @@ class ZeroShotTask:
                     raise DataError(f"{data.test} has no labels to take the class names from",
                                     hint="name the classes: finetune.task.classes=[cat, dog] "
                                     "(or a file with one a line)")
-                self.classes = sorted(found)
+                self.classes = self.names = sorted(found)
             splits.test[Path(data.test).stem] = examples
         return splits
 
@@ -147,10 +170,11 @@ class ZeroShotTask:
                                 "to finetune.task.classes")
 
     def state(self) -> dict[str, Any]:
-        return {"classes": list(self.classes)}
+        return {"classes": dict(zip(self.classes, self.names))}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.classes = list(state.get("classes") or self.classes)
+        if state.get("classes"):
+            self.classes, self.names = read_classes(state["classes"])
 
     def target(self) -> None:
         return None  # the model's own clr target
@@ -172,7 +196,7 @@ class ZeroShotTask:
     def class_embeddings(self, model: Any, tokenizer: Any, device: torch.device,
                          batch_size: int) -> torch.Tensor:
         """(C, P): each class's prompts embedded, averaged and renormalised."""
-        prompts = [t.format(c) for c in self.classes for t in self.templates]
+        prompts = [t.format(c) for c in self.names for t in self.templates]
         emb = self.towers.embed_texts(model, prompts, tokenizer, device, batch_size)  # (C*K, P)
         emb = emb.view(len(self.classes), len(self.templates), -1).mean(dim=1)  # (C, P)
         return F.normalize(emb, dim=-1)
@@ -201,8 +225,9 @@ class ZeroShotTask:
         for e, p, i in zip(examples, top_p.tolist(), top_i.tolist()):
             out.append({"id": e.guid, "path": e.fields.get("path", e.source),
                         "label": self.classes[i[0]],
-                        "top": [{"label": self.classes[c], "probability": round(q, 6)}
-                                for c, q in zip(i, p)]})
+                        "top": [{"label": self.classes[c], "probability": round(q, 6),
+                                 **({"name": self.names[c]} if self.names[c] != self.classes[c]
+                                    else {})} for c, q in zip(i, p)]})
         return out
 
     def evaluate(self, predictions: list[dict[str, Any]], examples: list[Example]
