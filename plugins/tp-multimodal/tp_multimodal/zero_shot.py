@@ -167,7 +167,8 @@ class ZeroShotTask:
             if e.label is not None and str(e.label) not in self.classes:
                 raise DataError(f"{e.source}: label {e.label!r} is not one of the classes",
                                 hint=f"the classes are {', '.join(self.classes[:10])}; add it "
-                                "to finetune.task.classes")
+                                "to finetune.task.classes, or map the input's labels to the "
+                                "names the prompts say (a file of label<TAB>name lines)")
 
     def state(self) -> dict[str, Any]:
         return {"classes": dict(zip(self.classes, self.names))}
