@@ -90,6 +90,19 @@ def test_predict_gives_unit_embeddings_and_both_logits() -> None:
     assert torch.equal(pred["logits_per_image"], pred["logits_per_text"].t())
 
 
+def test_logits_stay_float32_under_autocast() -> None:
+    m = target()
+    f = random_features(4, 4)
+    want = m.predict(f, {})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = m.predict(f, {})
+        loss = m(f, {}).loss
+    assert got["logits_per_text"].dtype == torch.float32 and loss.dtype == torch.float32
+    # the projections run in bf16 under autocast; the similarities do not round them further
+    diff = (got["logits_per_text"] - want["logits_per_text"]).abs().max()
+    assert diff.item() < 0.2
+
+
 def test_bad_inputs_are_named() -> None:
     m = target()
     with pytest.raises(DataError, match="4 texts and 3 images"):
