@@ -76,3 +76,16 @@ def test_table_lists_every_paper_row(table2: ModuleType) -> None:
     assert "| +696 | +0 | +0 |" in by_name["roberta-base"]
     assert "| +688 | +0 | +0 |" in by_name["gpt2"]
     assert "| +1008 | +0 |" in by_name["t5-small"]
+
+
+def test_vilt_and_clip_rows_count_their_own_modules(table2: ModuleType) -> None:
+    """ViLT's row counts word_patch (the paper's +15) and its itm target, CLIP's the clr target,
+    each from the registered module's real file; both reuse patch / transformer / mlm."""
+    rows = {r.recipe: r for r in table2.measure()}
+    vilt, clip = rows["vilt-b32"], rows["clip-vit-b16"]
+    assert {Path(p).name for p in vilt.specific} == {"word_patch.py", "itm.py"}
+    assert {Path(p).name for p in clip.specific} == {"clr.py"}
+    for row in (vilt, clip):
+        for path, n in row.specific.items():
+            assert n == table2.file_code_lines(path) > 0
+    assert "| +618 | +15 |" in table2.render([vilt])
