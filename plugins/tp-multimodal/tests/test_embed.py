@@ -133,6 +133,25 @@ def test_bad_inputs_exit_1_naming_the_problem(data: dict[str, Any], tmp_path: Pa
     assert not out.parent.exists()  # nothing written, not even a temp file
 
 
+def test_a_checkpoint_that_is_not_a_dual_stream_clip_is_named(data: dict[str, Any],
+                                                              tmp_path: Path) -> None:
+    """The same weights with a single-stream processor (what ViLT reads): refused before any
+    input is read, naming what the task needs."""
+    import shutil
+
+    import yaml
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(data["tp"], ckpt)
+    recipe = yaml.safe_load((ckpt / "recipe.yaml").read_text())
+    recipe["data"]["processor"]["layout"] = "single"
+    (ckpt / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    code, printed = infer(str(ckpt), "--task", "embed", "--input", str(tmp_path / "nothing"),
+                          "--out", str(tmp_path / "e.npy"))
+    assert code == 1 and "task embed needs a CLIP model" in printed
+    assert "with layout 'single', not image_text with layout dual" in printed
+
+
 def test_fine_tuning_is_refused_with_the_command_to_run(data: dict[str, Any],
                                                          tmp_path: Path) -> None:
     from tpcli.errors import TpError
