@@ -137,4 +137,4 @@ class ClipTowers:
     @staticmethod
     def scale(model: Any) -> float:
         """The clr target's logit scale exp(logit_scale), clamped as in training."""
-        return float(model.targets["clr"].scale())
+        return float(model.targets["clr"].scale().detach())
