@@ -133,7 +133,11 @@ def tp_register_tasks(register: Callable[[str, Any], None]) -> None:
     target section replacing the pre-training targets), ``head_sources``, ``encode``,
     ``batch_keys(rows, tokenizer)`` (the encoded rows' BatchKeys), ``decode`` and ``evaluate``;
     optionally ``train_dataset(examples, seed)`` for a training set augmented per (seed, epoch,
-    index) (images). A task's head is an ordinary registered target with a ``predict`` method.
+    index) (images), ``predict(model, examples, rows, tokenizer, device, batch_size, precision)``
+    for a task that runs the model itself (generation, CLIP's towers), and ``write(predictions,
+    out)`` for a task whose ``tp infer`` output is not one JSONL file (embeddings as .npy). A
+    task's head is an ordinary registered target with a ``predict`` method. ``tp infer CHECKPOINT
+    --task NAME`` runs a task on a checkpoint that was not fine-tuned for it (zero-shot use).
     """
 
 
