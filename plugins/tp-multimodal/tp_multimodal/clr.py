@@ -105,9 +105,11 @@ def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 def similarities(rows: torch.Tensor, columns: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """scale * rows @ columns^T in float32 even under autocast: at scale 100 a bf16 logit is
-    off by up to 0.4, enough to reorder close captions. # (R, P), (C, P) -> (R, C)"""
+    off by up to 0.4, enough to reorder close captions. The (R, P) rows are scaled, not the
+    (R, C) product: at a global batch of thousands that is one N x N matrix less in the forward
+    and the backward. # (R, P), (C, P) -> (R, C)"""
     with torch.autocast(rows.device.type, enabled=False):
-        return rows.float() @ columns.float().t() * scale
+        return (rows.float() * scale) @ columns.float().t()
 
 
 class ClrTarget(nn.Module):
