@@ -108,6 +108,19 @@ def test_golden_losses_learning_and_exact_resume(recipe: str, corpus: Path,
                               tmp_path / "stopped", 10)
     assert_same_losses(resumed, got)
 
+    if recipe == "clip-vit-b16":  # the recipe's finetune.task: `tp infer RUN` classifies zero-shot
+        from tpcli.verbs import InferRequest, infer
+
+        photos = tmp_path / "photos.tsv"
+        rows = [line.split("\t") for line in corpus.read_text().splitlines()[1:]]
+        photos.write_text("".join(f"{text.split()[-1]}\t{corpus.parent / path}\n"
+                                  for text, path in rows))
+        result = infer(InferRequest(str(tmp_path / "ref"), str(photos), tmp_path / "zs.jsonl",
+                                    overrides=["finetune.task.workers=1"],
+                                    plugins=make_plugins()))
+        predictions = (tmp_path / "zs.jsonl").read_text().splitlines()
+        assert len(predictions) == 6 and 0.0 <= result["metrics"]["accuracy"] <= 1.0
+
 
 def test_vilt_run_masks_whole_words_and_draws_negatives(corpus: Path, tmp_path: Path) -> None:
     """What the ViLT run above trained on: the recipe's own processor options (no override
