@@ -9,8 +9,9 @@ preprocessed by the recipes' `image_text` processor at 32 px. The shipped tokeni
 tower 48), two layers, 8-pixel patches. Runs are in-process (`tpcli.verbs`), single-threaded, fp32
 on the CPU, data loaded in the training process. Each recipe runs twice: once straight through
 (its losses are the golden ones) and once stopped like Ctrl-C after step 10 and resumed from its
-step-8 checkpoint. Regenerate a golden list only when a change is meant to alter training, and
-say why.
+step-8 checkpoint. The CLIP run's checkpoint then classifies photographs through `tp infer`
+with no --task (the recipe's finetune.task is zero_shot). Regenerate a golden list only when a
+change is meant to alter training, and say why.
 """
 
 from __future__ import annotations
