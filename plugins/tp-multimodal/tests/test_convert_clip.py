@@ -96,6 +96,7 @@ def test_hf_to_tp_matches_on_real_captions_and_images(converted: dict[str, Any])
     else:
         assert inputs["input_ids"][3, -1] == 0
     loaded = load_checkpoint(converted["tp"], get_plugins())
+    assert loaded.recipe.finetune.task == {"name": "zero_shot"}  # `tp infer` classifies as is
     hf_model = CLIPModel.from_pretrained(str(converted["src"])).eval()
     assert_same_outputs(hf_model, loaded.model.eval(), inputs)
 

@@ -341,5 +341,8 @@ CONVERTER = Converter(
     max_length=lambda hf: towers(hf)[0]["max_position_embeddings"],
     preprocessing=ClipPreprocessing(),
     check_batch=check_batch,
+    # a converted CLIP classifies images zero-shot as it comes (`tp infer CLIP --input IMAGES`);
+    # `tp infer --task retrieval` / `--task embed` run the other uses
+    task=lambda hf: {"name": "zero_shot"},
 )
 
