@@ -1,6 +1,6 @@
 """The multimodal demo's corpora: real images with captions, all installed offline.
 
-    python scripts/clip_demo.py OUT [--train 6000] [--heldout 1000] [--crops 24] [--seed 0]
+    python scripts/clip_demo.py OUT [--train 6000] [--heldout 1000] [--crops 64] [--seed 0]
     python scripts/clip_demo.py --vocab recipes/_tokenizers/clip-tiny-wordpiece.txt
 
 Fashion-MNIST (Debian's `dataset-fashion-mnist`: 28x28 greyscale clothes in 10 classes) and
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out", type=Path, nargs="?")
     p.add_argument("--train", type=int, default=6000, help="Fashion-MNIST training images")
     p.add_argument("--heldout", type=int, default=1000, help="Fashion-MNIST test images")
-    p.add_argument("--crops", type=int, default=24, help="training crops of each photograph")
+    p.add_argument("--crops", type=int, default=64, help="training crops of each photograph")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vocab", type=Path, help="write the captions' WordPiece vocabulary here")
     args = p.parse_args(argv)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from tp_vision.images import decode, fit
 from tpcli.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -109,16 +110,11 @@ def towers(run: Path) -> tuple[Any, Any, Any]:
             return clr.embed_text(model.stream_0({"input_ids": x, "attention_mask": x > 0}))
 
     def images(paths: list[Path]) -> torch.Tensor:
-        side = loaded.recipe.processor.options.size
-        pixels = []
-        for p in paths:
-            im = Image.open(p).convert("RGB")
-            w, h = im.size
-            s = min(w, h)  # centre square, then the model's size
-            im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-            im = im.resize((side, side), Image.Resampling.BICUBIC)
-            pixels.append(torch.from_numpy(np.asarray(im, np.float32) / 255).permute(2, 0, 1))
-        x = (torch.stack(pixels) - 0.5) / 0.5  # (N, 3, S, S): the recipe's mean and std
+        side = loaded.recipe.processor.options.size  # the model's image_size too
+        # stored as tp preprocess stores an image (shorter side to `side`, centre square)
+        pixels = [torch.from_numpy(fit(decode(p), side).astype(np.float32) / 255)
+                  for p in paths]  # (S, S, 3) each
+        x = (torch.stack(pixels).permute(0, 3, 1, 2) - 0.5) / 0.5  # (N, 3, S, S): mean, std
         with torch.no_grad():
             return clr.embed_image(model.stream_1({"pixel_values": x}))
 
