@@ -22,8 +22,6 @@ and the gradients of one process holding the whole batch.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -32,7 +30,9 @@ from torch import nn
 from tpcli.errors import DataError, TpError
 from tpcli.model.module import BuildContext, Features, TargetConfig, TargetOutput
 
-CLIP_LOGIT_SCALE = math.log(1 / 0.07)  # 2.6593: CLIP's initial temperature 0.07
+# ln(1 / 0.07): CLIP's initial temperature 0.07. A literal, so `tp modules` reads the default
+# from the source without importing torch
+CLIP_LOGIT_SCALE = 2.659260036932778
 # OpenAI's clamp: ln(100) rounded up, so their released logit_scale (4.6052) is used as stored
 CLIP_MAX_LOGIT_SCALE = 4.6052
 

@@ -36,7 +36,7 @@ from tpcli.downstream.tasks import Example, Splits, TaskConfig, no_examples
 from tpcli.errors import DataError, TpError
 from tpcli.plugins.requests import TaskData
 
-CLIP_TEMPLATE = "a photo of a {}."
+CLIP_TEMPLATE = "a photo of a {}."  # the Config default spells it out: `tp modules` reads it
 TOP = 5  # classes listed per prediction (what top-5 accuracy reads)
 
 
@@ -48,7 +48,7 @@ class ZeroShotConfig(TaskConfig):
         "say for each label of the input), or a text file of names or `label<TAB>name` lines, "
         "one a line; None: the labels the input holds, sorted")
     templates: list[str] | str = Field(
-        [CLIP_TEMPLATE], description="prompt templates, each with one {} where the class name "
+        ["a photo of a {}."], description="prompt templates, each with one {} where the class name "
         "goes (or a text file, one a line); several are averaged per class, as CLIP's prompt "
         "ensembling")
     workers: int = Field(2, ge=1, description="processes that decode images")
