@@ -15,7 +15,8 @@ from setuptools import find_namespace_packages, find_packages, setup
 DATA_PACKAGES = {
     "tpcli.builtin_recipes": ("recipes", ["**/*.yaml", "**/*.md", "**/*.json",
                                           "**/*.safetensors",  # image tokenizers' codebooks
-                                          "**/*.model"]),  # SentencePiece vocabularies
+                                          "**/*.model",  # SentencePiece vocabularies
+                                          "**/*.txt"]),  # WordPiece vocabularies (clip-tiny)
     "tpcli.builtin_zoo": ("zoo", ["*.yaml", "*.md"]),
 }
 
