@@ -138,3 +138,34 @@ class ClipTowers:
     def scale(model: Any) -> float:
         """The clr target's logit scale exp(logit_scale), clamped as in training."""
         return float(model.targets["clr"].scale().detach())
+
+
+class PretrainedClipTask:
+    """What `zero_shot`, `retrieval` and `embed` do alike: they run a pre-trained CLIP as it is,
+    so there is no head to add, nothing to learn, and nothing to encode per example (`predict`
+    embeds texts and images a batch at a time: memory holds one batch of pixels)."""
+
+    def fit(self, train: list[Any]) -> None:
+        """Nothing to learn."""
+
+    def check(self, name: str, examples: list[Any]) -> None:
+        """No gold answer to refuse."""
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """No state."""
+
+    def target(self) -> None:
+        return None  # the model's own clr target
+
+    def head_sources(self) -> dict[str, str]:
+        return {}
+
+    def encode(self, examples: list[Any], tokenizer: Any, max_length: int,
+               with_labels: bool = True) -> list[dict[str, torch.Tensor]]:
+        return [{} for _ in examples]
+
+    def batch_keys(self, rows: list[dict[str, torch.Tensor]], tokenizer: Any) -> tuple:
+        return ()

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from tp_multimodal.clip_inputs import PretrainedClipTask
 from tpcli.downstream.tasks import Example, Splits, TaskConfig, data_file
 from tpcli.errors import DataError, TpError
 from tpcli.plugins.requests import TaskData
@@ -103,7 +104,7 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         tmp.unlink(missing_ok=True)
 
 
-class EmbedTask:
+class EmbedTask(PretrainedClipTask):
     """Embed images or texts with a CLIP model's towers; nothing to score."""
 
     Config: ClassVar[type[TaskConfig]] = EmbedConfig
@@ -131,32 +132,6 @@ class EmbedTask:
         if data.test:
             splits.test[Path(data.test).stem] = read_inputs(data.test, self.config.inputs)
         return splits
-
-    def fit(self, train: list[Example]) -> None:
-        """Nothing to learn."""
-
-    def check(self, name: str, examples: list[Example]) -> None:
-        """No gold answers."""
-
-    def state(self) -> dict[str, Any]:
-        return {}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """No state."""
-
-    def target(self) -> None:
-        return None  # the model's own clr target
-
-    def head_sources(self) -> dict[str, str]:
-        return {}
-
-    def encode(self, examples: list[Example], tokenizer: Any, max_length: int,
-               with_labels: bool = True) -> list[dict[str, torch.Tensor]]:
-        """Nothing per example: `predict` embeds a batch at a time."""
-        return [{} for _ in examples]
-
-    def batch_keys(self, rows: list[dict[str, torch.Tensor]], tokenizer: Any) -> tuple:
-        return ()
 
     def predict(self, model: torch.nn.Module, examples: list[Example],
                 rows: list[dict[str, torch.Tensor]], tokenizer: Any, device: torch.device,

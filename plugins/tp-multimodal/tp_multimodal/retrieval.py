@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field
 
+from tp_multimodal.clip_inputs import PretrainedClipTask
 from tpcli.downstream.tasks import Example, Splits, TaskConfig, no_examples
 from tpcli.errors import TpError
 from tpcli.plugins.requests import TaskData
@@ -72,7 +73,7 @@ def ranks(similarity: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
     return 1 + ((similarity > best) & ~match).sum(dim=1)
 
 
-class RetrievalTask:
+class RetrievalTask(PretrainedClipTask):
     """Rank images for captions and captions for images; score recall@1/5/10 both ways."""
 
     Config: ClassVar[type[TaskConfig]] = RetrievalConfig
@@ -101,32 +102,6 @@ class RetrievalTask:
         if data.test:
             splits.test[Path(data.test).stem] = read_pair_examples(data.test)
         return splits
-
-    def fit(self, train: list[Example]) -> None:
-        """Nothing to learn."""
-
-    def check(self, name: str, examples: list[Example]) -> None:
-        """Every pair is its own gold answer."""
-
-    def state(self) -> dict[str, Any]:
-        return {}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """No state."""
-
-    def target(self) -> None:
-        return None  # the model's own clr target
-
-    def head_sources(self) -> dict[str, str]:
-        return {}
-
-    def encode(self, examples: list[Example], tokenizer: Any, max_length: int,
-               with_labels: bool = True) -> list[dict[str, torch.Tensor]]:
-        """Nothing per example: `predict` embeds captions and images a batch at a time."""
-        return [{} for _ in examples]
-
-    def batch_keys(self, rows: list[dict[str, torch.Tensor]], tokenizer: Any) -> tuple:
-        return ()
 
     # -- prediction
 

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from tp_multimodal.clip_inputs import PretrainedClipTask
 from tpcli.downstream.tasks import Example, Splits, TaskConfig, no_examples
 from tpcli.errors import DataError, TpError
 from tpcli.plugins.requests import TaskData
@@ -105,7 +106,7 @@ def read_classes(value: list[str] | dict[str, str] | str) -> tuple[list[str], li
     return labels, [name for _, name in pairs]
 
 
-class ZeroShotTask:
+class ZeroShotTask(PretrainedClipTask):
     """Classify images against class-name prompts; score top-1 and top-5 accuracy."""
 
     Config: ClassVar[type[TaskConfig]] = ZeroShotConfig
@@ -159,9 +160,6 @@ class ZeroShotTask:
             splits.test[Path(data.test).stem] = examples
         return splits
 
-    def fit(self, train: list[Example]) -> None:
-        """Nothing to learn: the classes are named, not trained."""
-
     def check(self, name: str, examples: list[Example]) -> None:
         for e in examples:
             if e.label is not None and str(e.label) not in self.classes:
@@ -176,21 +174,6 @@ class ZeroShotTask:
     def restore(self, state: dict[str, Any]) -> None:
         if state.get("classes"):
             self.classes, self.names = read_classes(state["classes"])
-
-    def target(self) -> None:
-        return None  # the model's own clr target
-
-    def head_sources(self) -> dict[str, str]:
-        return {}
-
-    def encode(self, examples: list[Example], tokenizer: Any, max_length: int,
-               with_labels: bool = True) -> list[dict[str, torch.Tensor]]:
-        """Nothing per example: `predict` decodes the images a batch at a time (memory holds
-        one batch of pixels, however many images)."""
-        return [{} for _ in examples]
-
-    def batch_keys(self, rows: list[dict[str, torch.Tensor]], tokenizer: Any) -> tuple:
-        return ()
 
     # -- prediction
 
