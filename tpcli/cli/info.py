@@ -1,4 +1,5 @@
-"""`tp plugins`, `tp modules`, `tp recipes`: what is installed, read from the registry.
+"""`tp plugins`, `tp modules` (and `tp recipes`' listing): what is installed, read from the
+registry.
 
 Each prints a rich table on a terminal, plain aligned lines when piped, and JSON with `--json`
 (`tpcli.cli.render`). `tp modules` reads each module's summary and options from its source
@@ -164,9 +165,8 @@ def _options_text(options: list[dict[str, Any]]) -> str:
                      for o in options)
 
 
-def recipes(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """List the built-in recipes (usable by name: `tp pretrain NAME`)."""
-    from tpcli.cli.render import print_json, print_table
+def recipe_rows() -> list[dict[str, str]]:
+    """One row per built-in recipe: its modules by component (what `tp recipes` lists)."""
     from tpcli.recipes.config import read_recipe_file
     from tpcli.recipes import RECIPE_FILE, builtin_recipes
 
@@ -177,11 +177,7 @@ def recipes(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> No
                      "encoder": _names(model.get("encoder")),
                      "decoder": _names(model.get("decoder")),
                      "target": _names(model.get("target")), "folder": str(folder)})
-    if as_json:
-        print_json([{k: (None if v == "-" else v) for k, v in r.items()} for r in rows])
-        return
-    cols = ("name", "embedding", "encoder", "decoder", "target", "folder")
-    print_table("tp recipes", cols, [tuple(r[c] for c in cols) for r in rows])
+    return rows
 
 
 def _streams(model: dict[str, Any]) -> str:
@@ -206,4 +202,3 @@ def _names(value: Any) -> str:
 def register(app: typer.Typer) -> None:
     app.command()(plugins)
     app.command()(modules)
-    app.command()(recipes)

@@ -12,7 +12,7 @@ import traceback
 
 import typer
 
-from tpcli.cli import convert, finetune, generate, info, train, zoo
+from tpcli.cli import convert, finetune, generate, info, recipes, train, zoo
 
 app = typer.Typer(
     name="tp",
@@ -37,6 +37,7 @@ train.register(app)
 finetune.register(app)
 convert.register(app)
 info.register(app)
+recipes.register(app)
 generate.register(app)
 zoo.register(app)
 

@@ -7,7 +7,7 @@ Each is a strict pydantic model, like a module's Config: it feeds validation and
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -39,6 +39,10 @@ class ModelOptions(_Strict):
 
 class PretrainOptions(_Strict):
     """The `pretrain` section: optimisation, precision, checkpoints, logging."""
+
+    # options that mean something only where written (DeepSpeed's under another strategy are
+    # refused): `tp recipes show` leaves them out of a resolved recipe unless they were set
+    written_only: ClassVar[tuple[str, ...]] = ("zero_stage", "offload", "deepspeed_config")
 
     steps: int = Field(1000, gt=0, description="optimizer steps to train for")
     batch_size: int = Field(32, gt=0, description="examples per optimizer step (all micro-batches)")
@@ -98,6 +102,9 @@ class PretrainOptions(_Strict):
 class FinetuneOptions(PretrainOptions):
     """The `finetune` section: the `pretrain` options with fine-tuning defaults, plus epochs,
     evaluation, best-checkpoint selection, early stopping and layer-wise lr decay."""
+
+    # fine-tuning saves at each evaluation, and refuses a save_every that was written
+    written_only: ClassVar[tuple[str, ...]] = PretrainOptions.written_only + ("save_every",)
 
     steps: int | None = Field(  # type: ignore[assignment]
         None, gt=0, description="optimizer steps (default: epochs over the training set)")
