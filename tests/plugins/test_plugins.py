@@ -102,8 +102,8 @@ def test_installed_plugin_lists_its_module(example_site: Path) -> None:
     rows = {r["plugin"]: r for r in json.loads(proc.stdout)}
     assert (rows["example"]["distribution"], rows["example"]["version"]) == (
         "tp-example-plugin", "0.1.0")
-    assert rows["example"]["hooks"] == ["register_modules"]
-    assert rows["example"]["registered"] == ["embedding:scaled_word"]
+    assert rows["example"]["hooks"] == ["register_commands", "register_modules"]
+    assert rows["example"]["registered"] == ["embedding:scaled_word", "command:count-tokens"]
 
 
 BUILD_SCRIPT = """

@@ -116,7 +116,7 @@ def _check_kind(kind: str | None) -> None:
     from tpcli.errors import TpError
     from tpcli.plugins.registry import KINDS, closest
 
-    valid = [k for k in KINDS if k != "converter"]
+    valid = [k for k in KINDS if k not in ("converter", "command")]
     if kind is not None and kind not in valid:
         guess = closest(kind, valid + list(SECTION_KINDS))
         raise TpError(f"unknown kind {kind!r}" + (f"; did you mean {guess!r}?" if guess else ""),

@@ -10,6 +10,8 @@ import signal
 import sys
 import traceback
 
+from typing import Any
+
 import typer
 
 from tpcli.cli import convert, finetune, generate, info, recipes, train, zoo
@@ -90,6 +92,65 @@ def _interrupted(argv: list[str]) -> str:
             "committed\n  hint: run the same command again")
 
 
+def add_plugin_commands(group: Any) -> None:
+    """The verbs plugins register (`tp_register_commands`) added to tp's click group. One of
+    tp's own names is refused with a warning (tp's verb stays); a name two plugins register
+    becomes a verb that raises the clash, naming both; a plugin's verb that fails to load is
+    reported and left out. Nothing here stops tp from running."""
+    from tpcli.errors import TpError
+    from tpcli.plugins import get_plugins
+
+    registry = get_plugins().registry
+    clashed = {name for kind, name in registry.clashed() if kind == "command"}
+    for name in registry.names("command"):
+        if name in group.commands:
+            who = registry.clashed().get(("command", name)) or [registry.entry("command", name)]
+            plugins = ", ".join(f"'{e.plugin}' ({e.distribution})" for e in who)
+            print(f"warning: plugin {plugins} registers the verb {name!r}, which is tp's own; "
+                  "it is left out (rename it in that plugin)", file=sys.stderr)
+            continue
+        try:
+            if name in clashed:
+                group.add_command(_clash_command(name), name)
+                continue
+            group.add_command(_as_click(name, registry.get("command", name)), name)
+        except TpError as e:
+            print(f"warning: {e}", file=sys.stderr)
+        except Exception as e:  # a plugin's broken CLI module must not brick tp
+            entry = registry.entry("command", name)
+            print(f"warning: plugin '{entry.plugin}' ({entry.distribution}): its verb {name!r} "
+                  f"failed to load ({type(e).__name__}: {e}); it is left out", file=sys.stderr)
+
+
+def _as_click(name: str, target: Any) -> Any:
+    """A registered verb as a click command: a Typer app as it is (a group of verbs), a
+    function as a one-verb app's command."""
+    from tpcli.errors import TpError
+
+    if isinstance(target, typer.Typer):
+        return typer.main.get_command(target)
+    if callable(target):
+        one = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        one.command(name=name)(target)
+        return typer.main.get_command(one)
+    raise TpError(f"the verb {name!r} is registered as {type(target).__name__}, not a function "
+                  "or a typer.Typer", hint="register a function written for Typer, or a Typer app")
+
+
+def _clash_command(name: str) -> Any:
+    """A verb two plugins registered: running it raises the registry's clash error."""
+    import click
+
+    def run(args: tuple[str, ...]) -> None:
+        from tpcli.plugins import get_plugins
+
+        get_plugins().registry.entry("command", name)  # raises, naming both plugins
+
+    return click.Command(name, callback=run, help="(registered by two plugins: run it to see "
+                         "which)", params=[click.Argument(["args"], nargs=-1)],
+                         context_settings={"ignore_unknown_options": True})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tp` console script; returns the exit code.
 
@@ -100,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = typer.main.get_command(app)
+    add_plugin_commands(command)
     # resolved before the verb runs: an except clause that imports could itself be interrupted
     click_exit, click_error, click_abort = (_click_classes(n)
                                             for n in ("Exit", "ClickException", "Abort"))

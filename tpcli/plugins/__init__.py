@@ -30,6 +30,7 @@ REGISTER_HOOKS = {
     "tp_register_tasks": "task",
     "tp_register_converters": "converter",
     "tp_register_zoo_sources": "zoo_source",
+    "tp_register_commands": "command",
 }
 
 

@@ -157,6 +157,20 @@ def tp_register_converters(register: Callable[[str, Any], None]) -> None:
 
 
 @hookspec
+def tp_register_commands(register: Callable[[str, Any], None]) -> None:
+    """Register verbs of the `tp` command: ``register(name, command)``.
+
+    ``command`` is a function written for Typer (its parameters are the verb's arguments and
+    options, its docstring the help; it becomes ``tp NAME``) or a ``typer.Typer`` app (its
+    commands become ``tp NAME SUB``), or a lazy "pkg.mod:attr" string of one. ``tp --help`` and
+    ``tp plugins`` list it; it runs under tp's own handling: a ``TpError`` it raises is one
+    paragraph and exit code 1, ``--debug`` shows the traceback, Ctrl-C exits 130. A name that is
+    one of tp's own verbs is refused (tp's verb stays, a one-line warning names the plugin);
+    two plugins registering one name are a clash, and running it names both.
+    """
+
+
+@hookspec
 def tp_register_recipe_dirs(register: Callable[[str], None]) -> None:
     """Register folders that hold built-in recipes: ``register(path)``.
 

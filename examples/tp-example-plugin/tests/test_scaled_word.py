@@ -81,7 +81,8 @@ def test_registered_by_the_plugin(plugins: Plugins) -> None:
     assert entry.plugin == plugin.__name__
     assert entry.load() is ScaledWordEmbedding
     assert [o["name"] for o in options_of(entry.load())] == ["scale"]
-    assert plugins.infos[plugin.__name__].registered == ["embedding:scaled_word"]
+    assert plugins.infos[plugin.__name__].registered == ["embedding:scaled_word",
+                                                      "command:count-tokens"]
 
 
 def test_recipe_option_errors_name_the_path(plugins: Plugins) -> None:

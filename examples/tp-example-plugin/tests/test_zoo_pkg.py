@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,21 +98,6 @@ def run(args: list[str], site: Path, home: Path) -> subprocess.CompletedProcess[
 def tp_command() -> list[str]:
     script = Path(sys.executable).with_name("tp")
     return [str(script)] if script.exists() else [sys.executable, "-m", "tpcli.cli.main"]
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """pip-install the example plugin (from a copy, so no build/ lands in the repository)."""
-    tmp = tmp_path_factory.mktemp("example-zoo")
-    src, target = tmp / "src", tmp / "site"
-    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info",
-                                                                "__pycache__"))
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps",
-                           "--no-build-isolation", "--no-index", "--quiet", "--target",
-                           str(target), str(src)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert (target / "tp_example" / "cards" / "minilm-pkg.yaml").is_file()  # package data
-    return target
 
 
 def test_installed_plugin_lists_and_pulls_minilm(site: Path, package: Path,
