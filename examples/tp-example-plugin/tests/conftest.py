@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# tp's module contract over this distribution's modules (build, forward, backward, state dict,
+# Config): the checks tp's built-ins pass, collected here as contract[CHECK-KIND-NAME]
+from tpcli.testing.contract_plugin import pytest_collect_file  # noqa: F401,E402
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

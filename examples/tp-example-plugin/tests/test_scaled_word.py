@@ -122,18 +122,3 @@ def test_factorized_embedding_size(monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch.isfinite(out.loss) and out.loss.item() > 0
     out.loss.backward()
     assert emb.word_weight.grad is not None and emb.word_weight.grad.abs().sum() > 0
-
-
-def test_module_contract() -> None:
-    """tp's module contract (tpcli.testing.contract), as tp runs it on its own modules: inputs
-    built from what the module declares, forward, backward, finite, state-dict round trip."""
-    from tpcli.testing import contract
-
-    m = contract.build(ScaledWordEmbedding).train()
-    loss, (y,) = contract.run("embedding", m)
-    assert y.shape == (contract.B, contract.T, contract.H) and torch.isfinite(y).all()
-    loss.backward()
-    assert m.embedding.weight.grad is not None and m.embedding.weight.grad.abs().sum() > 0
-    other = contract.build(ScaledWordEmbedding, seed=1)
-    other.load_state_dict(m.state_dict(), strict=True)
-    torch.testing.assert_close(contract.run("embedding", other.train())[1][0], y)
