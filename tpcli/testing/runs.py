@@ -1,13 +1,16 @@
-"""What tests of training runs share: `tp` in a fresh process, the losses a run logged, and a
-hook that stops a run like Ctrl-C (for exact-resume tests). Plugins' tests use them too."""
+"""What tests of training runs share: `tp` in a fresh process, the losses a run logged, a
+hook that stops a run like Ctrl-C (for exact-resume tests), and a quiet machine for in-process
+runs. Plugins' tests use them too."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from tpcli import hookimpl
 
@@ -18,6 +21,28 @@ def run_tp(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     return subprocess.run([sys.executable, "-m", "tpcli.cli.main", *args], capture_output=True,
                           text=True, env={"HF_HUB_OFFLINE": "1", "TP_PEAK_FLOPS": "1e12",
                                           "PATH": "/usr/bin:/bin", **(env or {})})
+
+
+@contextlib.contextmanager
+def quiet_machine() -> Iterator[None]:
+    """For in-process training of tiny models: one torch thread (the pool only adds contention
+    on a shared machine, and golden losses stay bit-stable), a fixed FLOP peak for MFU instead
+    of a second of measuring it, and the Hub offline; all restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    saved = {k: os.environ.get(k) for k in ("TP_PEAK_FLOPS", "HF_HUB_OFFLINE")}
+    torch.set_num_threads(1)
+    os.environ.update(TP_PEAK_FLOPS="1e12", HF_HUB_OFFLINE="1")
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def logged_losses(run: Path) -> dict[int, float]:

@@ -25,7 +25,7 @@ import torch
 
 from tp_multimodal.testing import write_corpus
 from tpcli.plugins import make_plugins
-from tpcli.testing.runs import assert_same_losses, stop_and_resume
+from tpcli.testing.runs import assert_same_losses, quiet_machine, stop_and_resume
 from tpcli.testing.runs import logged_losses as losses
 from tpcli.verbs import PreprocessRequest, PretrainRequest, preprocess, pretrain
 
@@ -64,16 +64,9 @@ GOLDEN = {"vilt-b32": (VILT_GOLDEN, math.log(30522) + math.log(2), 0.5),
 
 
 @pytest.fixture(scope="module", autouse=True)
-def quiet_machine() -> Iterator[None]:
-    """One thread (tiny models: torch's pool only adds contention on a shared machine), and a
-    fixed FLOP peak for MFU instead of a second of measuring it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TP_PEAK_FLOPS", "1e12")
-        mp.setenv("HF_HUB_OFFLINE", "1")
+def quiet() -> Iterator[None]:
+    with quiet_machine():
         yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-import torch
 
 from tpcli.plugins import make_plugins
-from tpcli.testing.runs import assert_same_losses, stop_and_resume
+from tpcli.testing.runs import assert_same_losses, quiet_machine, stop_and_resume
 from tpcli.testing.runs import logged_losses as losses
 from tpcli.verbs import PreprocessRequest, PretrainRequest, preprocess, pretrain
 
@@ -38,14 +37,9 @@ S2T_GOLDEN = [10.27752, 9.33834, 8.65742, 7.98564, 7.22345, 7.24845, 6.09353, 5.
 
 
 @pytest.fixture(scope="module", autouse=True)
-def quiet_machine() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TP_PEAK_FLOPS", "1e12")
-        mp.setenv("HF_HUB_OFFLINE", "1")
+def quiet() -> Iterator[None]:
+    with quiet_machine():
         yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
