@@ -133,7 +133,7 @@ def test_two_processes_contrast_the_global_batch(tmp_path: Path) -> None:
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     loss, grads = loss_and_grads(slice(0, 8))
     weights = (0.5, 0.5)
     for name in ("even", "uneven"):
