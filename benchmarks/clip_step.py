@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from throughput import PRECISIONS, Case, fmt_time, measure, start_report  # noqa: E402
+from throughput import (Case, ratio_table, start_report, step_options,  # noqa: E402
+                        time_case)
 
 CONTEXT = 77  # CLIP's text length
 IMAGE = 224
@@ -116,20 +117,6 @@ def clip_case(batch: int, quick: bool) -> Case:
     return case
 
 
-def step_table(case: Case, rows: list[tuple[str, dict[str, Any]]]) -> Iterator[str]:
-    yield ("| model | batch | precision | tp s/step (median, min-max) | HF s/step (median, "
-           "min-max) | HF/tp (goal >= 1.2): medians (bests) | tp pairs/s | GFLOP/step | "
-           "loss tp / HF |")
-    yield "|---|---|---|---:|---:|---:|---:|---:|---:|"
-    for precision, res in rows:
-        tp, hf = res["tp"], res["HF"]
-        yield (f"| {case.name} | {case.shape} | {precision} | {tp.median:.3f} "
-               f"({min(tp.times):.3f}-{max(tp.times):.3f}) | {hf.median:.3f} "
-               f"({min(hf.times):.3f}-{max(hf.times):.3f}) | {hf.median / tp.median:.2f}x "
-               f"({min(hf.times) / min(tp.times):.2f}x) | {case.tokens / tp.median:,.1f} | "
-               f"{tp.flops / 1e9:,.0f} | {tp.loss:.4f} / {hf.loss:.4f} |")
-
-
 # ----------------------------------------------------------------------------- loss memory
 
 LOSS_CHILD = r"""
@@ -197,16 +184,7 @@ def memory_table(sizes: list[int]) -> Iterator[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", choices=("cpu", "cuda"),
-                   default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--steps", type=int, default=None,
-                   help="timed steps per implementation (default 3; 1 with --quick)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds (the first counts FLOPs)")
-    p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma list of fp32, bf16")
-    p.add_argument("--batch", type=int, default=8, help="image-text pairs per step")
-    p.add_argument("--quick", action="store_true", help="smoke run: 2-layer towers")
-    p.add_argument("--compile", action="store_true", help="torch.compile both models")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    step_options(p, "image-text pairs", "2-layer towers")
     p.add_argument("--memory", default="1024,4096,16384",
                    help="comma list of global batch sizes for the loss-memory table ('' skips)")
     args = p.parse_args(argv)
@@ -219,21 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     device = start_report(args, "CLIP ViT-B/16 training step: tp vs Hugging Face")
     case = clip_case(args.batch, args.quick)
-    case.tp.to(device).train()
-    case.hf.to(device).train()
-    case.tp_batch = {k: v.to(device) for k, v in case.tp_batch.items()}
-    case.hf_batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
-                     for k, v in case.hf_batch.items()}
-    rows = []
-    for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
-        if precision not in PRECISIONS:
-            raise SystemExit(f"unknown precision {precision!r}; choose among "
-                             f"{', '.join(PRECISIONS)}")
-        res = measure(case, precision, device, args.steps, args.warmup, args.compile)
-        rows.append((precision, res))
-        print(f"{precision}: tp {fmt_time(res['tp'].median)}, HF {fmt_time(res['HF'].median)}, "
-              f"{res['HF'].median / res['tp'].median:.2f}x", file=sys.stderr, flush=True)
-    for line in step_table(case, rows):
+    for line in ratio_table(case, time_case(case, args, device), "pairs/s", digits=1):
         print(line, flush=True)
     print("\nNotes: " + "; ".join(case.notes) + ".\n")
     sizes = [int(s) for s in args.memory.split(",") if s.strip()]

@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from throughput import (PRECISIONS, Case, fmt_time, measure,  # noqa: E402
-                        start_report)
+from throughput import (Case, ratio_table, start_report, step_options,  # noqa: E402
+                        time_case)
 
 VOCAB = 10_000
 FEATURES = 80
@@ -125,20 +125,6 @@ def s2t_case(batch: int, quick: bool) -> Case:
     return case
 
 
-def step_table(case: Case, rows: list[tuple[str, dict[str, Any]]]) -> Iterator[str]:
-    yield ("| model | batch | precision | tp s/step (median, min-max) | HF s/step (median, "
-           "min-max) | HF/tp (goal >= 1.2): medians (bests) | tp frames/s | GFLOP/step | "
-           "loss tp / HF |")
-    yield "|---|---|---|---:|---:|---:|---:|---:|---:|"
-    for precision, res in rows:
-        tp, hf = res["tp"], res["HF"]
-        yield (f"| {case.name} | {case.shape} | {precision} | {tp.median:.3f} "
-               f"({min(tp.times):.3f}-{max(tp.times):.3f}) | {hf.median:.3f} "
-               f"({min(hf.times):.3f}-{max(hf.times):.3f}) | {hf.median / tp.median:.2f}x "
-               f"({min(hf.times) / min(tp.times):.2f}x) | {case.tokens / tp.median:,.0f} | "
-               f"{tp.flops / 1e9:,.0f} | {tp.loss:.4f} / {hf.loss:.4f} |")
-
-
 def utterance_frames(count: int) -> Iterator[tuple[np.ndarray, str]]:
     """Frames (10 ms) of `count` utterances: LibriSpeech train-clean's shape (1-35 s, mean ~12 s)
     drawn at random, and the pocketsphinx LibriVox recordings' lengths repeated with a +-20%
@@ -189,16 +175,7 @@ def padding_table(units: list[int], count: int) -> Iterator[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", choices=("cpu", "cuda"),
-                   default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--steps", type=int, default=None,
-                   help="timed steps per implementation (default 3; 1 with --quick)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds (the first counts FLOPs)")
-    p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma list of fp32, bf16")
-    p.add_argument("--batch", type=int, default=8, help="utterances per step")
-    p.add_argument("--quick", action="store_true", help="smoke run: 2+1 layers, short inputs")
-    p.add_argument("--compile", action="store_true", help="torch.compile both models")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    step_options(p, "utterances", "2 + 1 layers, short inputs")
     p.add_argument("--no-padding", action="store_true", help="skip the padding-waste table")
     args = p.parse_args(argv)
     args.steps = args.steps or (1 if args.quick else 3)
@@ -210,20 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     device = start_report(args, "S2T-small training step: tp vs Hugging Face")
     case = s2t_case(args.batch, args.quick)
-    case.tp.to(device).train()
-    case.hf.to(device).train()
-    case.tp_batch = {k: v.to(device) for k, v in case.tp_batch.items()}
-    case.hf_batch = {k: v.to(device) for k, v in case.hf_batch.items()}
-    rows = []
-    for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
-        if precision not in PRECISIONS:
-            raise SystemExit(f"unknown precision {precision!r}; choose among "
-                             f"{', '.join(PRECISIONS)}")
-        res = measure(case, precision, device, args.steps, args.warmup, args.compile)
-        rows.append((precision, res))
-        print(f"{precision}: tp {fmt_time(res['tp'].median)}, HF {fmt_time(res['HF'].median)}, "
-              f"{res['HF'].median / res['tp'].median:.2f}x", file=sys.stderr, flush=True)
-    for line in step_table(case, rows):
+    for line in ratio_table(case, time_case(case, args, device), "frames/s"):
         print(line, flush=True)
     print("\nNotes: " + "; ".join(case.notes) + ".\n")
     if not args.no_padding:

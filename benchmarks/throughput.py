@@ -461,6 +461,60 @@ def run_training(args: argparse.Namespace, device: torch.device) -> Iterator[str
     yield "; ".join(notes) + "."
 
 
+def step_options(p: argparse.ArgumentParser, unit: str, quick: str) -> None:
+    """The options of a one-model step benchmark (s2t_step.py, clip_step.py): device, timed
+    and warm-up steps, precisions, batch (`unit`s per step), --quick (`quick` says what it
+    shrinks), --compile, --threads."""
+    p.add_argument("--device", choices=("cpu", "cuda"),
+                   default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per implementation (default 3; 1 with --quick)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds (the first counts FLOPs)")
+    p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma list of fp32, bf16")
+    p.add_argument("--batch", type=int, default=8, help=f"{unit} per step")
+    p.add_argument("--quick", action="store_true", help=f"smoke run: {quick}")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+
+
+def time_case(case: Case, args: argparse.Namespace, device: torch.device
+              ) -> list[tuple[str, dict[str, Timing]]]:
+    """Both models and batches moved to `device`, then each of --precisions timed
+    (`measure`), a one-line result on stderr as each finishes."""
+    case.tp.to(device).train()
+    case.hf.to(device).train()
+    case.tp_batch = {k: v.to(device) for k, v in case.tp_batch.items()}
+    case.hf_batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                     for k, v in case.hf_batch.items()}
+    rows = []
+    for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
+        if precision not in PRECISIONS:
+            raise SystemExit(f"unknown precision {precision!r}; choose among "
+                             f"{', '.join(PRECISIONS)}")
+        res = measure(case, precision, device, args.steps, args.warmup, args.compile)
+        rows.append((precision, res))
+        print(f"{precision}: tp {fmt_time(res['tp'].median)}, HF {fmt_time(res['HF'].median)}, "
+              f"{res['HF'].median / res['tp'].median:.2f}x", file=sys.stderr, flush=True)
+    return rows
+
+
+def ratio_table(case: Case, rows: list[tuple[str, dict[str, Timing]]], rate: str,
+                digits: int = 0) -> Iterator[str]:
+    """One row per precision: both step times (median, min-max), HF / tp (the goal: >= 1.2),
+    tp's rate (`case.tokens` per second, named `rate`), FLOPs and both first-step losses."""
+    yield ("| model | batch | precision | tp s/step (median, min-max) | HF s/step (median, "
+           f"min-max) | HF/tp (goal >= 1.2): medians (bests) | tp {rate} | GFLOP/step | "
+           "loss tp / HF |")
+    yield "|---|---|---|---:|---:|---:|---:|---:|---:|"
+    for precision, res in rows:
+        tp, hf = res["tp"], res["HF"]
+        yield (f"| {case.name} | {case.shape} | {precision} | {tp.median:.3f} "
+               f"({min(tp.times):.3f}-{max(tp.times):.3f}) | {hf.median:.3f} "
+               f"({min(hf.times):.3f}-{max(hf.times):.3f}) | {hf.median / tp.median:.2f}x "
+               f"({min(hf.times) / min(tp.times):.2f}x) | {case.tokens / tp.median:,.{digits}f} | "
+               f"{tp.flops / 1e9:,.0f} | {tp.loss:.4f} / {hf.loss:.4f} |")
+
+
 def start_report(args: argparse.Namespace, title: str) -> torch.device:
     """Threads and device from `args`, then the report's heading: the machine and how steps
     are timed (shared by the step benchmarks)."""
