@@ -52,13 +52,16 @@ def modules_of(dist: str, entry_points: dict[str, str]) -> list[tuple[str, str, 
         installed = False
     if installed:
         registry = get_plugins().registry
-        owner = {e.distribution for e in registry.entries()}
-        keep = (lambda e: e.distribution == dist) if dist in owner else (lambda e: False)
+
+        def keep(e: Any) -> bool:
+            return e.distribution == dist
     else:  # from the source tree: its plugin modules registered in-process
         mods = [importlib.import_module(v.split(":")[0]) for v in entry_points.values()]
         registry = make_plugins(extra=mods).registry
         names = {m.__name__ for m in mods}
-        keep = (lambda e: e.plugin in names)
+
+        def keep(e: Any) -> bool:
+            return e.plugin in names
     return [(e.kind, e.name, registry.get(e.kind, e.name))
             for kind in KINDS for e in registry.entries(kind) if keep(e)]
 
