@@ -41,9 +41,20 @@ def test_show_counts_hf_parameters_and_applies_overrides() -> None:
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     assert text.startswith("# bert-base: ") and "# parameters: 39,227,708" in text
-    runnable = yaml.safe_load(text)  # the YAML is a recipe
-    assert runnable["model"]["encoder"]["layers"] == 2 and runnable["pretrain"]["lr"] == 3e-4
-    assert runnable["pretrain"]["warmup_ratio"] == 0.01  # a default filled in
+    shown = yaml.safe_load(text)  # YAML, comments aside
+    assert shown["model"]["encoder"]["layers"] == 2 and shown["pretrain"]["lr"] == 3e-4
+    assert shown["pretrain"]["warmup_ratio"] == 0.01  # a default filled in
+
+
+@pytest.mark.parametrize(("name", "key"), [("clip-tiny", "vocab"), ("s2t-tiny", "model")])
+def test_the_shown_recipe_names_its_files_absolutely(name: str, key: str) -> None:
+    """A tokenizer file the recipe names relative to its folder is shown as the absolute path
+    that will be read."""
+    got = json.loads(tp("recipes", "show", name, "--json").stdout)
+    path = Path(got["recipe"]["data"]["tokenizer"][key])
+    assert path.is_absolute() and path.is_file()
+    assert path == (builtin_recipes()[name] / (yaml.safe_load(
+        (builtin_recipes()[name] / "recipe.yaml").read_text())["data"]["tokenizer"][key])).resolve()
 
 
 def test_show_errors_are_one_clean_paragraph() -> None:
@@ -74,6 +85,9 @@ def test_cp_copies_a_recipe_that_runs_as_it_was(tmp_path: Path) -> None:
     proc = tp("recipes", "cp", "bert-base", str(dest))
     assert proc.returncode == 1 and "already exists" in proc.stderr
     assert sorted(p.name for p in dest.iterdir()) == ["README.md", "recipe.yaml"]
+    proc = tp("recipes", "cp", "bert-base", "/proc/tp-recipe")  # a place nobody can write
+    assert proc.returncode == 1 and proc.stderr.startswith("error: cannot create /proc/tp-recipe")
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
     proc = tp("recipes", "cp", "vit-bsae", str(tmp_path / "x"))
     assert proc.returncode == 1 and "did you mean 'vit-base'?" in proc.stderr
     assert not (tmp_path / "x").exists() and [p.name for p in tmp_path.iterdir()] == ["mine"]

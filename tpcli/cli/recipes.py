@@ -38,8 +38,9 @@ def show(
     overrides: Optional[list[str]] = typer.Argument(None, help="a.b.c=value recipe overrides"),
     as_json: bool = typer.Option(False, "--json", help="print JSON on one line instead of YAML"),
 ) -> None:
-    """Print RECIPE as it will run: validated, overrides applied, every default filled in, and
-    its model's parameter count. The YAML is a recipe itself (`> mine.yaml`)."""
+    """Print RECIPE as it will run: validated, overrides applied, every default filled in, the
+    files it reads by absolute path, and its model's parameter count. To edit and run a recipe,
+    copy it with `tp recipes cp`."""
     import yaml
 
     from tpcli.cli.render import print_json

@@ -2,8 +2,11 @@
 (`tp recipes cp`): torchtune's `tune validate` / `tune cp`, which users of recipes know.
 
 `resolved(recipe)` is the validated recipe with every default filled in: each module's options
-as its Config holds them, the model-wide, pretrain and finetune sections whole. It is a recipe
-itself: `build_recipe` reads it back to the same options (tested for every built-in recipe).
+as its Config holds them, the model-wide, pretrain and finetune sections whole; `build_recipe`
+reads it back to the same options (tested for every built-in recipe). It is a view, not a recipe
+to run: some modules treat an option the recipe writes differently from its default (a
+tokenizer checks a special token it is given against its vocabulary), so a recipe to edit and
+run is `tp recipes cp`'s copy.
 """
 
 from __future__ import annotations
@@ -80,11 +83,22 @@ def parameter_count(recipe: Recipe, plugins: Plugins) -> int:
 
 
 def show(ref: str, overrides: list[str], plugins: Plugins) -> dict[str, Any]:
-    """`tp recipes show`: {name, source, recipe (resolved), parameters}."""
+    """`tp recipes show`: {name, source, recipe (resolved, the files it reads named by the
+    absolute paths that are read), parameters}."""
     recipe = load_recipe(ref, overrides, plugins)
     source = recipe.path / RECIPE_FILE if recipe.path is not None else None
     return {"name": recipe.name, "source": str(source) if source else None,
-            "recipe": resolved(recipe), "parameters": parameter_count(recipe, plugins)}
+            "recipe": _absolute(resolved(recipe), recipe.base_dir),
+            "parameters": parameter_count(recipe, plugins)}
+
+
+def _absolute(value: Any, folder: Path) -> Any:
+    """`value` with every string that names a file relative to `folder` made absolute."""
+    if isinstance(value, dict):
+        return {k: _absolute(v, folder) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_absolute(v, folder) for v in value]
+    return str((folder / value).resolve()) if _relative_files(value, folder) else value
 
 
 def _relative_files(value: Any, folder: Path) -> set[str]:
@@ -120,8 +134,12 @@ def copy_recipe(name: str, dest: Path, plugins: Plugins) -> dict[str, Any]:
     rewritten = sorted(_relative_files(read_recipe_file(src / RECIPE_FILE), src))
     for rel in rewritten:  # in the text, so the recipe's comments stay
         text = text.replace(rel, str((src / rel).resolve()))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    except OSError as e:
+        raise TpError(f"cannot create {dest}: {e.strerror}",
+                      hint="name a folder in a place you can write to") from e
     try:
         files = []
         for f in sorted(src.iterdir()):
