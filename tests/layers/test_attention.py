@@ -84,3 +84,115 @@ def test_a_key_bias_changes_nothing_under_softmax() -> None:
                         "out.weight": full.out.weight, "out.bias": full.out.bias})
     x = torch.randn(2, 6, H)
     torch.testing.assert_close(qv(x), full(x), atol=1e-5, rtol=0)
+
+
+# head_dim: heads * head_dim channels of attention that need not be hidden_size (T5 v1.1-small:
+# 6 heads of 64 for 512). Here 3 heads of 8 = 24 channels for a hidden size of 16.
+HD_HEADS, HD = 3, 8
+
+
+def einsum_attention(x: torch.Tensor, memory: torch.Tensor, wq: torch.Tensor,
+                     wk: torch.Tensor, wv: torch.Tensor, b: list[torch.Tensor],
+                     out: torch.nn.Linear, heads: int, kv_heads: int, d: int,
+                     causal: bool = False,
+                     rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Attention written per head with einsum: q (B, T, heads, d) from x, k and v
+    (B, Tk, kv_heads, d) from memory, each k/v head serving heads / kv_heads query heads;
+    rotary: cos, sin (T, d) applied to q and k as rotate-half (LLaMA)."""
+    q = (x @ wq.T + b[0]).unflatten(-1, (heads, d))
+    k = (memory @ wk.T + b[1]).unflatten(-1, (kv_heads, d))
+    v = (memory @ wv.T + b[2]).unflatten(-1, (kv_heads, d))
+    if rotary is not None:
+        cos, sin = (c[:, None, :] for c in rotary)  # (T, 1, d)
+
+        def rot(z: torch.Tensor) -> torch.Tensor:
+            z1, z2 = z.chunk(2, dim=-1)
+            return z * cos + torch.cat((-z2, z1), dim=-1) * sin
+
+        q, k = rot(q), rot(k)
+    k, v = (z.repeat_interleave(heads // kv_heads, dim=2) for z in (k, v))
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d)
+    if causal:
+        t, tk = scores.shape[-2:]
+        scores = scores.masked_fill(torch.ones(t, tk, dtype=torch.bool).triu(1), -math.inf)
+    y = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v)  # (B, T, heads, d)
+    return out(y.flatten(2))
+
+
+@pytest.mark.parametrize("kv_heads", [HD_HEADS, 1])
+@pytest.mark.parametrize("qkv_bias", ["all", "qv"])
+def test_head_dim_self_attention_against_einsum(kv_heads: int, qkv_bias: str) -> None:
+    torch.manual_seed(0)
+    m = MultiHeadAttention(H, HD_HEADS, head_dim=HD, kv_heads=kv_heads,
+                           qkv_bias=qkv_bias).eval()  # type: ignore[arg-type]
+    kv = kv_heads * HD
+    assert m.qkv.weight.shape == (HD_HEADS * HD + 2 * kv, H)
+    assert m.out.weight.shape == (H, HD_HEADS * HD)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.3)
+    if qkv_bias == "qv":
+        assert m.q_bias.shape == (HD_HEADS * HD,) and m.v_bias.shape == (kv,)
+        b = [m.q_bias, torch.zeros(kv), m.v_bias]
+    else:
+        b = list(m.qkv.bias.split([HD_HEADS * HD, kv, kv]))
+    wq, wk, wv = m.qkv.weight.split([HD_HEADS * HD, kv, kv])
+    x = torch.randn(2, 5, H)
+    with torch.no_grad():
+        want = einsum_attention(x, x, wq, wk, wv, b, m.out, HD_HEADS, kv_heads, HD)
+        torch.testing.assert_close(m(x), want, atol=1e-5, rtol=0)
+        want = einsum_attention(x, x, wq, wk, wv, b, m.out, HD_HEADS, kv_heads, HD, causal=True)
+        torch.testing.assert_close(m(x, is_causal=True), want, atol=1e-5, rtol=0)
+
+
+def test_head_dim_cross_attention_against_einsum() -> None:
+    torch.manual_seed(0)
+    m = MultiHeadAttention(H, HD_HEADS, head_dim=HD, cross=True, kv_heads=1).eval()
+    assert m.q.weight.shape == (HD_HEADS * HD, H) and m.kv.weight.shape == (2 * HD, H)
+    x, memory = torch.randn(2, 4, H), torch.randn(2, 7, H)
+    wk, wv = m.kv.weight.split(HD)
+    bk, bv = m.kv.bias.split(HD)
+    with torch.no_grad():
+        want = einsum_attention(x, memory, m.q.weight, wk, wv, [m.q.bias, bk, bv], m.out,
+                                HD_HEADS, 1, HD)
+        torch.testing.assert_close(m(x, memory=memory), want, atol=1e-5, rtol=0)
+
+
+def test_head_dim_rotary_and_cache_against_einsum() -> None:
+    """Rotary tables are head_dim wide; decoding token by token through a cache gives the
+    full causal forward's outputs."""
+    from tpcli.layers.attention import AttentionCache
+    from tpcli.layers.positions import RotaryEmbedding
+
+    torch.manual_seed(0)
+    m = MultiHeadAttention(H, HD_HEADS, head_dim=HD).eval()
+    x, t = torch.randn(2, 6, H), 6
+    cos, sin = RotaryEmbedding(HD)(torch.arange(t)[None], x.dtype)  # (1, 1, T, HD)
+    wq, wk, wv = m.qkv.weight.split(HD_HEADS * HD)
+    with torch.no_grad():
+        want = einsum_attention(x, x, wq, wk, wv, list(m.qkv.bias.split(HD_HEADS * HD)), m.out,
+                                HD_HEADS, HD_HEADS, HD, causal=True, rotary=(cos[0, 0], sin[0, 0]))
+        torch.testing.assert_close(m(x, is_causal=True, rotary=(cos, sin)), want, atol=1e-5,
+                                   rtol=0)
+        cache = AttentionCache()
+        steps = [m(x[:, i:i + 1], rotary=(cos[..., i:i + 1, :], sin[..., i:i + 1, :]),
+                   cache=cache) for i in range(t)]
+        assert cache.k is not None and cache.k.shape == (2, HD_HEADS, t, HD)
+        torch.testing.assert_close(torch.cat(steps, dim=1), want, atol=1e-5, rtol=0)
+
+
+def test_default_head_dim_is_unchanged() -> None:
+    """head_dim None is hidden_size / heads: the same keys, shapes and numbers as before."""
+    default = MultiHeadAttention(H, HEADS)
+    assert default.head_dim == H // HEADS and default.inner == H
+    assert {k: tuple(v.shape) for k, v in default.state_dict().items()} == {
+        "qkv.weight": (3 * H, H), "qkv.bias": (3 * H,), "out.weight": (H, H), "out.bias": (H,)}
+    explicit = MultiHeadAttention(H, HEADS, head_dim=H // HEADS)
+    explicit.load_state_dict(default.state_dict(), strict=True)
+    x = torch.randn(2, 5, H)
+    with torch.no_grad():
+        assert torch.equal(default(x), explicit(x))
+    with pytest.raises(ValueError, match="not divisible by 3 heads"):
+        MultiHeadAttention(H, 3)  # without head_dim, heads must still divide hidden_size
+    with pytest.raises(ValueError, match="head_dim"):
+        MultiHeadAttention(H, HEADS, head_dim=0)

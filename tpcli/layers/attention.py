@@ -7,6 +7,11 @@ concatenating along dim 0. With grouped-query attention (`kv_heads` < `heads`, L
 three blocks have unequal sizes: heads * head_dim rows for q, kv_heads * head_dim each for k and
 v. Cross-attention projects q from the queries and a fused [W_k; W_v] kv from the memory.
 
+The heads' width `head_dim` is hidden_size / heads unless given: T5 v1.1-small (d_model 512, 6
+heads of 64) and T5-3B/11B (1024, 32 or 128 heads of 128) attend in heads * head_dim channels
+that differ from hidden_size, so q, k and v project hidden_size -> heads * head_dim (kv_heads *
+head_dim for k and v) and the output projection heads * head_dim -> hidden_size.
+
 Biases of q, k and v (`qkv_bias`): all (BERT), none (T5, ViT with qkv_bias=False) or q and v
 only (BEiT). A key bias adds the same q.b_k to every score of a query, which softmax ignores, so
 BEiT has none; with `qv` the fused Linear has no bias and two vectors `q_bias` and `v_bias` ride
@@ -89,24 +94,28 @@ class KVCache:
 class MultiHeadAttention(nn.Module):
     """softmax(q k^T * scale + bias) v over `heads` heads, then an output projection.
 
-    # (B, T, H) -> (B, T, H). scale is 1/sqrt(head_dim), or 1 when `scale` is False (T5 folds it
-    into the weights). `kv_heads` (default `heads`) k/v heads are each shared by
-    heads / kv_heads query heads. `bias` sets the output projection's bias, and those of q, k
-    and v unless `qkv_bias` (all | qv | none) says otherwise.
+    # (B, T, H) -> (B, T, H). head_dim (default H / heads) is each head's width; the heads
+    together are `inner` = heads * head_dim wide. scale is 1/sqrt(head_dim), or 1 when `scale`
+    is False (T5 folds it into the weights). `kv_heads` (default `heads`) k/v heads are each
+    shared by heads / kv_heads query heads. `bias` sets the output projection's bias, and those
+    of q, k and v unless `qkv_bias` (all | qv | none) says otherwise.
     """
 
     def __init__(self, hidden_size: int, heads: int, *, dropout: float = 0.0, bias: bool = True,
                  cross: bool = False, kv_heads: int | None = None, scale: bool = True,
-                 qkv_bias: QkvBias | None = None) -> None:
+                 qkv_bias: QkvBias | None = None, head_dim: int | None = None) -> None:
         super().__init__()
-        if hidden_size % heads != 0:
+        if head_dim is None and hidden_size % heads != 0:
             raise ValueError(f"hidden size {hidden_size} is not divisible by {heads} heads")
+        if head_dim is not None and head_dim < 1:
+            raise ValueError(f"head_dim must be at least 1, got {head_dim}")
         kv_heads = heads if kv_heads is None else kv_heads
         if kv_heads < 1 or heads % kv_heads != 0:
             raise ValueError(f"{heads} heads are not divisible by {kv_heads} kv heads")
         self.heads = heads
         self.kv_heads = kv_heads
-        self.head_dim = hidden_size // heads
+        self.head_dim = hidden_size // heads if head_dim is None else head_dim
+        self.inner = heads * self.head_dim  # rows of W_q, columns of W_out
         self.kv_size = kv_heads * self.head_dim  # rows of W_k (and of W_v)
         self.dropout = dropout
         self.cross = cross
@@ -117,22 +126,23 @@ class MultiHeadAttention(nn.Module):
                              "only) qv")
         fused_bias = qkv_bias == "all"
         if cross:
-            self.q = nn.Linear(hidden_size, hidden_size, bias=fused_bias)
+            self.q = nn.Linear(hidden_size, self.inner, bias=fused_bias)
             self.kv = nn.Linear(hidden_size, 2 * self.kv_size, bias=fused_bias)
         else:
-            self.qkv = nn.Linear(hidden_size, hidden_size + 2 * self.kv_size, bias=fused_bias)
-        self.q_bias = nn.Parameter(torch.zeros(hidden_size)) if qkv_bias == "qv" else None
+            self.qkv = nn.Linear(hidden_size, self.inner + 2 * self.kv_size, bias=fused_bias)
+        self.q_bias = nn.Parameter(torch.zeros(self.inner)) if qkv_bias == "qv" else None
         self.v_bias = nn.Parameter(torch.zeros(self.kv_size)) if qkv_bias == "qv" else None
-        self.out = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.out = nn.Linear(self.inner, hidden_size, bias=bias)
 
     def _split(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
-        """(B, T, n*H) -> n tensors (B, heads, T, head_dim), as views (no copy)."""
+        """(B, T, n*inner) -> n tensors (B, heads, T, head_dim), as views (no copy)."""
         b, t, _ = x.shape
         parts = x.view(b, t, n, self.heads, self.head_dim).unbind(dim=2)
         return tuple(p.transpose(1, 2) for p in parts)
 
     def _qkv(self, x: torch.Tensor) -> torch.Tensor:
-        """The fused projection (B, T, H + 2 * kv_size); with q and v biases only, k's are zeros."""
+        """The fused projection (B, T, inner + 2 * kv_size); with q and v biases only, k's are
+        zeros."""
         if self.q_bias is None or self.v_bias is None:
             return self.qkv(x)
         bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
@@ -155,7 +165,7 @@ class MultiHeadAttention(nn.Module):
         if self.kv_heads == self.heads:
             q, k, v = self._split(self._qkv(x), 3)
             return q, k, v
-        q, k, v = self._qkv(x).split([self.heads * self.head_dim, self.kv_size, self.kv_size], -1)
+        q, k, v = self._qkv(x).split([self.inner, self.kv_size, self.kv_size], -1)
         return (self._heads(q, self.heads), self._heads(k, self.kv_heads),
                 self._heads(v, self.kv_heads))
 
@@ -175,7 +185,7 @@ class MultiHeadAttention(nn.Module):
         cache: keys/values of earlier steps (incremental decoding), updated in place;
         queries (B, n): the positions whose outputs are wanted -> (B, n, H), the others' are not
         computed (a fully visible self-attention's last layer under first-token pooling)."""
-        b, t, h = x.shape
+        b = x.shape[0]
         if cache is not None and self.cross and cache.k is not None and cache.v is not None:
             q, k, v = self._heads(self.q(x), self.heads), cache.k, cache.v  # memory done once
         else:
@@ -199,7 +209,7 @@ class MultiHeadAttention(nn.Module):
         y = attention(q, k, v, mask=mask, dropout_p=self.dropout if self.training else 0.0,
                       is_causal=is_causal, scale=None if self.scale else 1.0,
                       enable_gqa=gqa)  # (B, heads, T, head_dim)
-        return self.out(y.transpose(1, 2).reshape(b, -1, h))  # (B, T or n, H)
+        return self.out(y.transpose(1, 2).reshape(b, -1, self.inner))  # (B, T or n, H)
 
 
 def select_queries(q: torch.Tensor, mask: torch.Tensor | None, queries: torch.Tensor

@@ -436,3 +436,41 @@ def test_prefix_mask_is_bidirectional_in_the_prefix_and_causal_after() -> None:
                                enc(x, pad, prefix_lengths=prefix)[1, :4], rtol=1e-5, atol=1e-6)
     with pytest.raises(TpError, match="prefix_lengths"):
         enc(x, None)
+
+
+@pytest.mark.parametrize("position", ["relative", "rotary"])
+def test_head_size_apart_from_hidden_size(position: str) -> None:
+    """heads * head_size != hidden_size (T5 v1.1-small, T5-3B): 3 heads of 16 over 32 channels;
+    the same q/k/v and output weights as the default layout otherwise, and rotary tables of
+    head_size. The causal stack keeps the past and decodes through its cache alike."""
+    from tpcli.layers.attention import KVCache
+
+    enc = perturbed(encoder(heads=3, head_size=16, mask="causal", pre_norm=True,
+                            norm="rmsnorm", position=position))
+    sd = enc.state_dict()
+    assert sd["layers.0.attn.qkv.weight"].shape == (3 * 48, H)
+    assert sd["layers.0.attn.out.weight"].shape == (H, 48)
+    assert set(sd) == set(encoder(heads=4, mask="causal", pre_norm=True, norm="rmsnorm",
+                                  position=position).state_dict())
+    if position == "rotary":
+        assert enc.rotary is not None and enc.rotary.head_dim == 16
+    x = torch.randn(2, 7, H)
+    with torch.no_grad():
+        full = enc(x)
+        cache = KVCache()
+        steps = [enc(x[:, :3], cache=cache)] + [enc(x[:, i:i + 1], cache=cache)
+                                                 for i in range(3, 7)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-5)
+
+
+def test_head_size_is_validated() -> None:
+    ctx = BuildContext(hidden_size=H, vocab_size=100)
+    with pytest.raises(ValueError, match="head_size"):
+        TransformerEncoder.Config(layers=1, heads=3, head_size=0)
+    with pytest.raises(TpError, match="even head size, got 9") as err:
+        TransformerEncoder(TransformerEncoder.Config(layers=1, heads=4, head_size=9,
+                                                     position="rotary"), ctx)
+    assert "model.encoder.head_size" in str(err.value.hint)
+    with pytest.raises(TpError, match="not divisible by heads 3") as err:
+        TransformerEncoder(TransformerEncoder.Config(layers=1, heads=3), ctx)
+    assert "model.encoder.head_size" in str(err.value.hint)

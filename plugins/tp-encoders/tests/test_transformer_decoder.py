@@ -165,3 +165,25 @@ def test_decoder_state_dict_keys() -> None:
     assert t5["layers.0.cross.kv.weight"].shape == (2 * H, H)  # [W_k; W_v]
     shared = decoder(share_layers=True).state_dict()
     assert {k.split(".")[1] for k in shared} == {"0"}
+
+
+@pytest.mark.parametrize("position", ["relative", "rotary"])
+def test_head_size_apart_from_hidden_size_decodes_through_the_cache(position: str) -> None:
+    """3 heads of 16 over 32 channels in self- and cross-attention: token by token through a
+    KVCache (cross-attention's memory projected once) gives the full forward's outputs."""
+    from tpcli.layers.attention import KVCache
+
+    dec = perturbed(decoder(heads=3, head_size=16, position=position, pre_norm=True,
+                            norm="rmsnorm", bias=False))
+    sd = dec.state_dict()
+    assert sd["layers.0.attn.qkv.weight"].shape == (3 * 48, H)
+    assert sd["layers.0.cross.q.weight"].shape == (48, H)
+    assert sd["layers.0.cross.kv.weight"].shape == (2 * 48, H)
+    assert sd["layers.0.cross.out.weight"].shape == (H, 48)
+    y, _, memory, mmask = inputs(padded=True)
+    with torch.no_grad():
+        full = dec(y, None, memory, mmask)
+        cache = KVCache()
+        steps = [dec(y[:, i:i + 1], None, memory, mmask, cache=cache) for i in range(T_TGT)]
+    assert cache.cross(0).k is not None and cache.cross(0).k.shape == (B, 3, T_SRC, 16)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-5)

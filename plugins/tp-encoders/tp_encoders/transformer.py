@@ -6,6 +6,7 @@ and the options that make it T5's, ALBERT's or LLaMA's.
 
 T5 = rmsnorm + relative position bias + unscaled attention, no biases; LLaMA = rmsnorm + rotary +
 gated silu FFN (+ grouped-query attention); ALBERT = BERT with one layer's weights shared by all.
+T5 v1.1-small and T5-3B/11B also set `head_size`: their heads * head size is not hidden_size.
 The position bias and the rotary tables are computed once per forward and shared by all layers.
 
 ViT = GPT-2's pre-norm stack, fully visible. BEiT = ViT + q and v biases only (qkv_bias: qv) +
@@ -44,7 +45,14 @@ class TransformerOptions(ModuleConfig):
     """Options shared by the transformer encoder and decoder."""
 
     layers: int = Field(12, ge=1, le=1024, description="number of transformer layers")
-    heads: int = Field(12, ge=1, description="attention heads (must divide hidden_size)")
+    heads: int = Field(
+        12, ge=1, description="attention heads (must divide hidden_size unless head_size is set)"
+    )
+    head_size: int | None = Field(
+        None, ge=1, description="channels per attention head (None: hidden_size / heads); "
+        "heads * head_size may differ from hidden_size (T5 v1.1-small: 6 x 64 for 512, "
+        "TencentPretrain's attention_head_size)"
+    )
     ffn_size: int = Field(3072, ge=1, description="inner size of the feed-forward block")
     activation: Activation = Field("gelu", description="feed-forward activation")
     pre_norm: bool = Field(
@@ -84,15 +92,20 @@ class TransformerOptions(ModuleConfig):
     )
 
 
+def head_size(config: TransformerOptions, ctx: BuildContext) -> int:
+    """Channels per attention head: `head_size`, or hidden_size / heads when it is None."""
+    return ctx.hidden_size // config.heads if config.head_size is None else config.head_size
+
+
 def check_options(config: TransformerOptions, ctx: BuildContext, kind: str) -> None:
     """User errors in the options, with the recipe path to fix. `kind`: encoder | decoder."""
     path = f"model.{kind}"
-    if ctx.hidden_size % config.heads != 0:
+    if config.head_size is None and ctx.hidden_size % config.heads != 0:
         raise TpError(
             f"{kind} transformer: hidden_size {ctx.hidden_size} is not divisible by "
             f"heads {config.heads}",
             hint=f"choose {path}.heads among the divisors of model.hidden_size "
-            "(e.g. 12 heads for 768)",
+            f"(e.g. 12 heads for 768), or set {path}.head_size",
         )
     if config.kv_heads is not None and config.heads % config.kv_heads != 0:
         raise TpError(
@@ -100,11 +113,12 @@ def check_options(config: TransformerOptions, ctx: BuildContext, kind: str) -> N
             f"{config.kv_heads}",
             hint=f"choose {path}.kv_heads among the divisors of {path}.heads",
         )
-    if config.position == "rotary" and (ctx.hidden_size // config.heads) % 2 != 0:
+    if config.position == "rotary" and head_size(config, ctx) % 2 != 0:
         raise TpError(
             f"{kind} transformer: rotary positions need an even head size, got "
-            f"{ctx.hidden_size // config.heads}",
-            hint=f"change {path}.heads or model.hidden_size so that hidden_size / heads is even",
+            f"{head_size(config, ctx)}",
+            hint=f"set an even {path}.head_size" if config.head_size is not None else
+            f"change {path}.heads or model.hidden_size so that hidden_size / heads is even",
         )
     exact = config.relative_buckets // 4  # one bucket per distance below this (bidirectional)
     if config.position == "relative" and config.relative_max_distance <= exact:
@@ -123,7 +137,7 @@ def layer_options(config: TransformerOptions, ctx: BuildContext) -> dict[str, An
         else config.attention_dropout,
         bias=config.bias, pre_norm=config.pre_norm, eps=ctx.norm_eps, norm=config.norm,
         kv_heads=config.kv_heads, scale_attention=config.scale_attention,
-        ffn_gate=config.ffn_gate,
+        ffn_gate=config.ffn_gate, head_dim=config.head_size,
     )
 
 
@@ -135,7 +149,7 @@ def position_modules(config: TransformerOptions, ctx: BuildContext, bidirectiona
         bias = RelativePositionBias(config.heads, config.relative_buckets,
                                     config.relative_max_distance, bidirectional)
     elif config.position == "rotary":
-        rotary = RotaryEmbedding(ctx.hidden_size // config.heads, config.rotary_base)
+        rotary = RotaryEmbedding(head_size(config, ctx), config.rotary_base)
     return bias, rotary
 
 
@@ -251,11 +265,11 @@ class LayerModules(nn.Module):
                  dropout: float, attention_dropout: float, bias: bool, pre_norm: bool,
                  eps: float, norm: str = "layernorm", kv_heads: int | None = None,
                  scale_attention: bool = True, ffn_gate: bool = False,
-                 qkv_bias: QkvBias | None = None) -> None:
+                 qkv_bias: QkvBias | None = None, head_dim: int | None = None) -> None:
         super().__init__()
         self.pre_norm = pre_norm
         attn: dict[str, Any] = dict(dropout=attention_dropout, bias=bias, kv_heads=kv_heads,
-                                    scale=scale_attention)
+                                    scale=scale_attention, head_dim=head_dim)
         self.attn = MultiHeadAttention(hidden_size, heads, qkv_bias=qkv_bias, **attn)
         self.attn_norm = make_norm(norm, hidden_size, eps)
         if self.cross_attention:

@@ -82,3 +82,31 @@ def test_keys_round_trip_bit_identical(hf_model: Any, tp_model: TpModel) -> None
     # the relative tables go back to block 0 only
     assert "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight" in back
     assert "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" not in back
+
+
+# T5 v1.1-small and T5-3B/11B: heads * d_kv != d_model (here 3 heads of 16 over 32 channels)
+D_KV_CONFIG = {**HF_CONFIG, "d_model": 32, "num_heads": 3, "d_kv": 16}
+
+
+@pytest.mark.parametrize("v1_1", [False, True])
+def test_d_kv_apart_from_d_model(v1_1: bool) -> None:
+    """d_kv becomes each stack's head_size; logits match HF, the key map round-trips bit for
+    bit, and `--to hf` writes d_kv back (and an HF model built from it matches too)."""
+    options = {"feed_forward_proj": "gated-gelu", "tie_word_embeddings": False} if v1_1 else {}
+    hf = random_hf(*HF_CLASSES, **{**D_KV_CONFIG, **options})
+    recipe = CONVERTER.config_to_recipe(hf_config_dict(hf))
+    assert recipe["encoder"]["head_size"] == recipe["decoder"]["head_size"] == 16
+    tp = tp_from_hf(CONVERTER, hf)
+    assert tp.state_dict()["stack.encoder.layers.0.attn.out.weight"].shape == (32, 48)
+    assert logits_diff(CONVERTER, hf, tp) <= 1e-5
+    assert_round_trip(CONVERTER, hf, tp)
+    config = CONVERTER.recipe_to_config(tp.spec, V)
+    assert (config["d_kv"], config["num_heads"], config["d_model"]) == (16, 3, 32)
+    back = hf_from_tp(CONVERTER, tp, transformers.T5ForConditionalGeneration)
+    assert logits_diff(CONVERTER, back, tp) <= 1e-5
+
+
+def test_d_kv_of_d_model_over_heads_writes_no_head_size() -> None:
+    """A plain T5 (d_kv = d_model / num_heads) keeps its recipe as before: no head_size."""
+    recipe = CONVERTER.config_to_recipe(transformers.T5Config(**HF_CONFIG).to_dict())
+    assert "head_size" not in recipe["encoder"] and "head_size" not in recipe["decoder"]

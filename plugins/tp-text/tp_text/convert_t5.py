@@ -9,6 +9,8 @@ named `encoder.embed_tokens`, `decoder.embed_tokens` and, tied, `lm_head`): `sha
 + `tie_weights`; the original T5 scales the decoder output by d_model ** -0.5 before its tied
 head (`rescale_hidden`). T5 v1.1's gated FFN (`wi_0` gate, `wi_1` up) is `ffn_gate` with fc1
 rows [wi_0; wi_1]. The key map depends on the config (gated or not, tied head or not).
+T5's `d_kv` (channels per head) is tp's `head_size` when it is not d_model / num_heads (T5 v1.1
+small: 6 heads of 64 for d_model 512; T5-3B/11B: 32 or 128 heads of 128 for 1024).
 """
 
 from __future__ import annotations
@@ -98,9 +100,9 @@ def _activation(hf: dict[str, Any]) -> str:
 def config_to_recipe(hf: dict[str, Any]) -> dict[str, Any]:
     """HF T5Config (config.json as a dict) -> the recipe's model section."""
     d_model, heads = hf["d_model"], hf["num_heads"]
-    if hf.get("d_kv", d_model // heads) * heads != d_model:
-        raise TpError(f"T5 d_kv {hf.get('d_kv')} x {heads} heads != d_model {d_model}",
-                      hint="tp's attention has d_model / heads channels per head")
+    d_kv = hf.get("d_kv") or d_model // heads
+    # only a head size that differs from tp's default is written: a plain T5 keeps its recipe
+    head_size = None if d_kv * heads == d_model else d_kv
     activation = _activation(hf)
     rescale = _tied(hf)
 
@@ -109,6 +111,7 @@ def config_to_recipe(hf: dict[str, Any]) -> dict[str, Any]:
             "name": "transformer",
             "layers": layers,
             "heads": heads,
+            **({"head_size": head_size} if head_size is not None else {}),
             "ffn_size": hf["d_ff"],
             "activation": activation,
             "ffn_gate": _gated(hf),
@@ -161,6 +164,11 @@ def recipe_to_config(spec: Any, vocab_size: int) -> dict[str, Any]:
                           "with relative positions and unscaled attention")
     if any(getattr(enc, k) != getattr(dec, k) for k in keys):
         raise TpError(f"the t5 converter needs the same {', '.join(keys)} on both sides")
+    d_kv = {side.head_size or o.hidden_size // side.heads for side in (enc, dec)}
+    if len(d_kv) != 1:
+        raise TpError(f"the t5 converter needs one head size on both sides, got "
+                      f"{sorted(d_kv)}", hint="set the same model.encoder.head_size and "
+                      "model.decoder.head_size (T5 has one d_kv)")
     targets = {t.name: t.options for t in spec.targets}
     lm = targets.get("lm")
     if set(targets) != {"lm"} or lm.bias or lm.prefix_lm:
@@ -178,7 +186,7 @@ def recipe_to_config(spec: Any, vocab_size: int) -> dict[str, Any]:
         "model_type": "t5",
         "vocab_size": o.vocab_size or vocab_size,
         "d_model": o.hidden_size,
-        "d_kv": o.hidden_size // enc.heads,
+        "d_kv": d_kv.pop(),
         "d_ff": enc.ffn_size,
         "num_layers": enc.layers,
         "num_decoder_layers": dec.layers,
