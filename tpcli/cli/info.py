@@ -1,5 +1,5 @@
-"""`tp plugins`, `tp modules` (and `tp recipes`' listing): what is installed, read from the
-registry.
+"""`tp plugins`' listing, `tp modules` (and `tp recipes`' listing): what is installed, read
+from the registry.
 
 Each prints a rich table on a terminal, plain aligned lines when piped, and JSON with `--json`
 (`tpcli.cli.render`). `tp modules` reads each module's summary and options from its source
@@ -200,5 +200,4 @@ def _names(value: Any) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(plugins)
-    app.command()(modules)
+    app.command()(modules)  # `tp plugins` is a group of its own: tpcli.cli.plugins

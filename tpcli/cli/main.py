@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from tpcli.cli import convert, finetune, generate, info, recipes, train, zoo
+from tpcli.cli import convert, finetune, generate, info, plugins, recipes, train, zoo
 
 app = typer.Typer(
     name="tp",
@@ -39,6 +39,7 @@ train.register(app)
 finetune.register(app)
 convert.register(app)
 info.register(app)
+plugins.register(app)
 recipes.register(app)
 generate.register(app)
 zoo.register(app)
