@@ -102,7 +102,9 @@ def plan(n: dict[str, str], kinds: list[str]) -> dict[str, str]:
         hooks.setdefault(hook, []).append(line)
         test = tests.HEAD + (tests.TRAIN + tests.MODEL_TESTS[k] if k in MODEL_KINDS
                              else tests.OTHER_TESTS[k])
-        files[f"tests/test_{mods[k]}.py"] = render(test, {**subs, "__SYMBOL__": symbol})
+        uses_torch = "import torch\n" if "torch." in test.replace("import torch\n", "") else ""
+        files[f"tests/test_{mods[k]}.py"] = render(test, {**subs, "__SYMBOL__": symbol,
+                                                          "__TORCH__": uses_torch})
     files[f"{pkg}/plugin.py"] = project.PLUGIN_HEAD + "".join(
         f"\n\n@hookimpl\ndef {hook}(register: Callable[..., None]) -> None:\n"
         + "".join(f"    {c}\n" for c in calls) for hook, calls in hooks.items())

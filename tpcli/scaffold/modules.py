@@ -52,7 +52,8 @@ class __CLASS__Embedding(nn.Module):
         return self.embedding(inputs["input_ids"]) * self.scale  # (B, T, E)
 '''
 
-ENCODER = '''"""`__NAME__` (encoder): a stack of residual blocks, each a causal depthwise convolution
+ENCODER = '''\
+"""`__NAME__` (encoder): a stack of residual blocks, each a causal depthwise convolution
 over time followed by a position-wise MLP (pre-norm, as in ConvNeXt / gMLP-style mixers).
 
     x (B, T, H) -> [x + conv(norm(x)); x + mlp(norm(x))] * layers -> norm -> (B, T, H)

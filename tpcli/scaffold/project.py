@@ -60,7 +60,8 @@ HOOKS = {
     "converter": ("tp_register_converters", "register(\"__NAME__\", \"__REF__\")"),
 }
 
-CONFTEST = '''"""tp's module contract over this distribution's modules (build, forward, backward, state
+CONFTEST = '''\
+"""tp's module contract over this distribution's modules (build, forward, backward, state
 dict and Config round trips): the checks tp's built-ins pass, collected as
 contract[CHECK-KIND-NAME]."""
 

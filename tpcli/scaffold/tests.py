@@ -3,14 +3,14 @@
 behaviour (numbers, round trips, a loss that falls), not just that something ran.
 '''
 
-HEAD = '''"""Tests of `__NAME__` (__KIND__). The module contract (build, forward, backward, state
-dict, Config) is run over every module of this distribution by tests/conftest.py."""
+HEAD = '''"""Tests of `__NAME__` (__KIND__). tests/conftest.py runs tp's module contract (build,
+forward, backward, state dict, Config) over this distribution's embeddings, encoders and
+targets."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-
+__TORCH__
 from __PKG__ import plugin
 from __PKG__.__NAME__ import __SYMBOL__
 from tpcli.plugins import Plugins, make_plugins
