@@ -144,6 +144,30 @@ def test_every_kind_in_one_distribution(tmp_path: Path) -> None:
     assert data["tokenizer"]["name"] == "all_tokenizer"  # the byte tokenizer: 261 ids
     assert data["processor"] == {"name": "all_processor", "seq_length": 32}
 
+    # the whole chain through tp: its tokenizer and processor preprocess, its embedding,
+    # encoder and target pretrain, its task fine-tunes the result
+    recipe = src / "recipes" / "all-tiny"
+    proc = tp("preprocess", str(recipe), "--corpus", str(recipe / "corpus.txt"), "--out",
+              str(tmp_path / "data"), "--json", site=site)
+    assert proc.returncode == 0, proc.stderr
+    corpus = (recipe / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    assert json.loads(proc.stdout)["tokens"] == sum(len(t.encode()) for t in corpus)  # bytes
+    proc = tp("pretrain", str(recipe), "--data", str(tmp_path / "data"), "--out",
+              str(tmp_path / "run"), "--no-progress", "--json", "pretrain.steps=2",
+              "pretrain.save_every=2", site=site)
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "train.tsv").write_text("pos\tgood film\nneg\tbad film\npos\tnice\n")
+    (tmp_path / "dev.tsv").write_text("pos\tfine film\nneg\tbad\n")
+    proc = tp("finetune", "--init", str(tmp_path / "run"), "--task", "all_task", "--train",
+              str(tmp_path / "train.tsv"), "--dev", str(tmp_path / "dev.tsv"), "--out",
+              str(tmp_path / "ft"), "--no-progress", "--json", "finetune.epochs=1", site=site)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["task"] == "all_task"
+    assert result["runs"][0]["dev"]["dev"]["examples"] == 2.0
+    assert result["runs"][0]["fresh"] == ["targets.cls.classifier.weight",
+                                          "targets.cls.classifier.bias"]
+
 
 @pytest.mark.parametrize("kind", ALL)
 def test_each_kind_alone(tmp_path: Path, kind: str) -> None:
