@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import pytest
 import torch
 from torch import nn
 
 from tpcli import hookimpl
+from tpcli.errors import ConfigError
 from tpcli.recipes.config import build_recipe
 from tpcli.model import build_model
 from tpcli.model.module import BuildContext, Features, ModuleConfig, TargetConfig, TargetOutput
@@ -132,6 +134,28 @@ def test_dual_stream_untied_and_tied() -> None:
     # tied streams on the same input are the same function: cosine 1
     assert torch.allclose(tied.predict(same)["pair"], torch.ones(2), atol=1e-6)
     assert not torch.allclose(untied.predict(same)["pair"], torch.ones(2), atol=1e-3)
+
+
+def test_tied_streams_keep_a_norm_each_with_stream_norms() -> None:
+    """TencentPretrain's dual embedding: one embedding table (tied), then a LayerNorm per
+    stream. Same input, different stream norms -> different vectors; the norms are the only
+    stream_1 weights."""
+    stream = {"embedding": ["word", "pos"], "encoder": ENC, "pooling": "mean"}
+    section = {"stream_0": stream, "stream_1": stream, "target": ["pair"], "hidden_size": 16,
+               "tie_streams": True, "stream_norms": True}
+    model = _model(section)
+    keys = set(model.state_dict())
+    assert {"stream_norms.stream_0.weight", "stream_norms.stream_1.bias"} <= keys
+    assert not any(k.startswith("stream_1.") for k in keys)
+    ids = _ids(2, 5, 1)
+    same = {"stream_0.input_ids": ids, "stream_1.input_ids": ids}
+    assert torch.allclose(model.predict(same)["pair"], torch.ones(2), atol=1e-6)  # equal norms
+    with torch.no_grad():
+        model.stream_norms["stream_1"].weight.mul_(torch.linspace(0.1, 3.0, 16))
+    assert not torch.allclose(model.predict(same)["pair"], torch.ones(2), atol=1e-3)
+    with pytest.raises(ConfigError, match="stream_norms"):
+        _model({"embedding": ["word"], "encoder": ENC, "target": ["pair"], "hidden_size": 16,
+                "stream_norms": True})
 
 
 def test_a_stream_sets_its_own_width_norm_and_dropout() -> None:

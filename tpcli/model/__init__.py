@@ -123,12 +123,16 @@ class Stack(nn.Module):
         # the encoder can compute chosen positions' outputs only (`queries`, (B, n))
         self.selects_queries = pool is None and bool(_accepted(encoder, ("queries",)))
 
-    def forward(self, inputs: Batch, first_only: bool = False) -> Features:
+    def forward(self, inputs: Batch, first_only: bool = False,
+                after_embedding: nn.Module | None = None) -> Features:
         """first_only (when `selects_queries`): hidden (B, 1, H) = each row's first real token
-        only, the rest of the last layer not computed; the mask is then None."""
+        only, the rest of the last layer not computed; the mask is then None.
+        after_embedding: a norm for this use of the stack (a tied stream's own), then dropout."""
         mask = self.embedding.mask(inputs)
         mask = mask.bool() if mask is not None else None
         h = self.embedding(inputs)  # (B, T, H)
+        if after_embedding is not None:
+            h = self.embedding.dropout(after_embedding(h))
         if self.encoder is not None:
             extra = {k: inputs[k] for k in self.encoder_keys if k in inputs}
             if first_only and self.selects_queries:
@@ -151,10 +155,13 @@ class TpModel(nn.Module):
         opts = spec.options
 
         def embedding_sum(mods: list[ModuleSpec], c: BuildContext,
-                          own: dict[str, Any] | None = None) -> EmbeddingSum:
+                          own: dict[str, Any] | None = None,
+                          reader: nn.Module | None = None) -> EmbeddingSum:
             built = {m.name: _build(registry, m, c) for m in mods}
             e = c.embed_dim
-            project = nn.Linear(e, c.hidden_size) if e != c.hidden_size else None
+            # an encoder that reads the embedding width itself (an RNN) needs no projection
+            wide = getattr(reader, "reads_embedding_width", False)
+            project = nn.Linear(e, c.hidden_size) if e != c.hidden_size and not wide else None
             norm = (own or {}).get("embedding_norm", opts.embedding_norm)
             return EmbeddingSum(built, make_norm(norm, e, c.norm_eps), c.dropout, project)
 
@@ -164,7 +171,7 @@ class TpModel(nn.Module):
             c = BuildContext(**{**ctx.__dict__, "stream": stream, **own})
             enc = _build(registry, s.encoder, c) if s.encoder else None
             pool = _build(registry, s.pooling, c) if s.pooling else None
-            return Stack(embedding_sum(s.embedding, c, s.options), enc, pool)
+            return Stack(embedding_sum(s.embedding, c, s.options, enc), enc, pool)
 
         if spec.dual:
             ctx.stream_sizes = {name: int(s.options.get("hidden_size", ctx.hidden_size))
@@ -172,6 +179,12 @@ class TpModel(nn.Module):
             self.stream_0 = stack(spec.stacks["stream_0"], "stream_0")
             # tied streams (SBERT) run stream_0 twice; registering it twice would duplicate keys
             self.stream_1 = None if opts.tie_streams else stack(spec.stacks["stream_1"], "stream_1")
+            if opts.stream_norms:  # apart even when the streams are tied
+                e = ctx.embed_dim
+                self.stream_norms = nn.ModuleDict(
+                    {n: make_norm("layernorm", int(s.options.get("hidden_size", e)),
+                                  float(s.options.get("norm_eps", ctx.norm_eps)))
+                     for n, s in spec.stacks.items()})
         else:
             self.stack = stack(spec.stacks[""], "")
         self.tgt_embedding: EmbeddingSum | None = None
@@ -264,8 +277,11 @@ class TpModel(nn.Module):
         """Hidden states for the targets: the encoder's, or the decoder's for seq2seq;
         `first_only`: only each sequence's first real token's (when `self.first_only` allows)."""
         if self.spec.dual:
-            f0 = self.stream_0(_view(batch, "stream_0."))
-            f1 = (self.stream_1 or self.stream_0)(_view(batch, "stream_1."))
+            norms = getattr(self, "stream_norms", None)
+            f0 = self.stream_0(_view(batch, "stream_0."),
+                               after_embedding=norms["stream_0"] if norms else None)
+            f1 = (self.stream_1 or self.stream_0)(
+                _view(batch, "stream_1."), after_embedding=norms["stream_1"] if norms else None)
             return Features(None, None, None, (f0, f1))
         enc = self.stack(batch, first_only and self.first_only)
         if self.decoder is None or self.tgt_embedding is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tpcli.recipes.config import Recipe, build_recipe, read_recipe_file
+from tpcli.recipes.tencentpretrain import from_tencentpretrain, is_tencentpretrain_config
 from tpcli.errors import TpError
 from tpcli.plugins import Plugins, get_plugins
 from tpcli.plugins.registry import closest
@@ -56,4 +57,14 @@ def load_recipe(ref: str, overrides: list[str] | None = None,
     plugins = plugins or get_plugins()
     name, folder, file = resolve_recipe(ref, plugins)
     raw = read_recipe_file(file)
+    if file.suffix == ".json" and is_tencentpretrain_config(raw):
+        raw = from_tencentpretrain(raw, str(file), shipped=lambda rel: _shipped(rel, plugins))
     return build_recipe(raw, plugins.registry, name=name, path=folder, overrides=overrides)
+
+
+def _shipped(relative: str, plugins: Plugins) -> str:
+    """The absolute path of a file beside the built-in recipes (`_tokenizers/unigram-8k.json`)."""
+    for root in plugins.recipe_dirs:
+        if (Path(root) / relative).is_file():
+            return str((Path(root) / relative).resolve())
+    return relative

@@ -397,6 +397,9 @@ def _model(registry: Registry, model: dict[str, Any], problems: list[Problem]) -
     else:
         stack_sec = {k: model[k] for k in STACK_KEYS if k in model}
         stacks[""] = _stack(registry, stack_sec, "model", problems)
+        if model.get("stream_norms") is True:
+            problems.append(Problem("model.stream_norms", "only a dual-stream model (stream_0 "
+                                    "and stream_1) has streams to normalise; remove it"))
     tgt_emb = _modules_list(registry, model, "tgt_embedding", "model", problems)
     decoder = _module_one(registry, model, "decoder", "model", problems)
     if ("decoder" in model) != ("tgt_embedding" in model):

@@ -29,6 +29,10 @@ class ModelOptions(_Strict):
     )
     tie_weights: bool = Field(True, description="share the word embedding with output layers")
     tie_streams: bool = Field(False, description="dual stream: stream_1 reuses stream_0's weights")
+    stream_norms: bool = Field(
+        False, description="dual stream: each stream's embeddings get a LayerNorm of its own "
+        "after the embedding norm, kept apart when the streams are tied (TencentPretrain's "
+        "dual embedding)")
     embedding_size: int | None = Field(
         None, gt=0, description="width of the embeddings when smaller than hidden_size (ALBERT's "
         "factorized embedding: summed at this width, then projected to hidden_size)")

@@ -80,15 +80,18 @@ def zero_padding(y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 class UniRnnEncoder(nn.Module):
-    """One left-to-right stack of `cell` with hidden size H. # (B, T, H) -> (B, T, H)"""
+    """One left-to-right stack of `cell` with hidden size H. # (B, T, E) -> (B, T, H)"""
 
     cell: str = "lstm"
     name: str = "lstm"
+    # reads the embeddings at their own width (a factorized embedding_size feeds the first
+    # layer directly, as TencentPretrain's RNNs read emb_size; the model adds no projection)
+    reads_embedding_width = True
 
     def __init__(self, config: RnnConfig, ctx: BuildContext) -> None:
         super().__init__()
         self.config = config
-        self.rnn = make_rnn(self.cell, ctx.hidden_size, ctx.hidden_size, config, ctx)
+        self.rnn = make_rnn(self.cell, ctx.embed_dim, ctx.hidden_size, config, ctx)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, H), mask (B, T) True = real token -> (B, T, H), zero at padding."""
@@ -97,9 +100,11 @@ class UniRnnEncoder(nn.Module):
 
 
 class BiRnnEncoder(nn.Module):
-    """Independent forward and backward stacks of H/2 each; output [fwd | bwd]. # (B, T, H)"""
+    """Independent forward and backward stacks of H/2 each; output [fwd | bwd].
+    # (B, T, E) -> (B, T, H)"""
 
     name: str = "birnn"
+    reads_embedding_width = True  # as UniRnnEncoder
 
     def __init__(self, config: RnnConfig, ctx: BuildContext, cell: str) -> None:
         super().__init__()
@@ -111,8 +116,8 @@ class BiRnnEncoder(nn.Module):
             )
         self.config = config
         half = ctx.hidden_size // 2
-        self.fwd = make_rnn(cell, ctx.hidden_size, half, config, ctx)
-        self.bwd = make_rnn(cell, ctx.hidden_size, half, config, ctx)
+        self.fwd = make_rnn(cell, ctx.embed_dim, half, config, ctx)
+        self.bwd = make_rnn(cell, ctx.embed_dim, half, config, ctx)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, H), mask (B, T) True = real token -> [fwd (B, T, H/2) | bwd (B, T, H/2)]."""

@@ -150,3 +150,24 @@ def test_first_pooling_with_pooler_equals_hf_bert_sequence_classification() -> N
     with torch.no_grad():
         ours = t.predict(Features(out.hidden_states[-1], mask), {})
     torch.testing.assert_close(ours, out.logits, rtol=1e-5, atol=1e-6)
+
+
+def test_two_streams_are_classified_from_u_v_their_difference_and_product() -> None:
+    """A siamese model (TencentPretrain's siamese LSTM, SBERT): the classifier reads
+    [u, v, |u - v|, u * v] of the two streams' pooled vectors."""
+    torch.manual_seed(0)
+    ctx = BuildContext(hidden_size=4, vocab_size=10, dropout=0.0,
+                       stream_sizes={"stream_0": 4, "stream_1": 4})
+    target = ClsTarget(ClsTarget.Config(labels=3), ctx)
+    assert target.classifier.weight.shape == (3, 16)
+    u, v = torch.randn(2, 4), torch.randn(2, 4)
+    features = Features(None, streams=(Features(None, pooled=u), Features(None, pooled=v)))
+    w, b = target.classifier.weight, target.classifier.bias
+    by_hand = torch.cat([u, v, (u - v).abs(), u * v], dim=-1) @ w.T + b
+    assert torch.allclose(target.predict(features, {}), by_hand, atol=1e-6)
+    out = target(features, {"labels": torch.tensor([0, 2])})
+    assert math.isclose(float(out.loss), float(torch.nn.functional.cross_entropy(
+        by_hand, torch.tensor([0, 2]))), rel_tol=1e-6)
+    with pytest.raises(TpError, match="equally wide"):
+        ClsTarget(ClsTarget.Config(), BuildContext(hidden_size=4, vocab_size=10,
+                                                   stream_sizes={"stream_0": 4, "stream_1": 6}))

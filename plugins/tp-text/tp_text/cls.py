@@ -4,6 +4,7 @@
         [or the stack's own pooling, features.pooled, when the recipe gives one]
     -> [pooler: dense (H, H) -> tanh]  (BERT's pooler, optional)
     -> dropout -> classifier (C, H) -> logits (B, C) -> cross-entropy against `labels` (B,)
+A two-stream (siamese) model's pooled u and v become [u, v, |u - v|, u * v] (B, 4H) first.
 
 A sentence pair is one packed row ([CLS] a [SEP] b [SEP]) whose attention mask covers both
 sentences, so the pooling spans the whole pair; padding never contributes (either side).
@@ -49,9 +50,18 @@ class ClsTarget(nn.Module):
         """[pooler (H, H)] -> dropout -> classifier (outputs, H): shared by the heads that
         reuse `logits` (regression, multilabel)."""
         h = ctx.hidden_size
+        # two streams (a siamese model: SBERT, TencentPretrain's siamese LSTM) are compared as
+        # [u, v, |u - v|, u * v] of their pooled vectors, so the classifier reads 4 widths
+        self.siamese = len(ctx.stream_sizes) == 2
+        if self.siamese:
+            h = ctx.stream_sizes["stream_0"]
+            if ctx.stream_sizes["stream_1"] != h:
+                raise TpError(f"a classifier over two streams needs them equally wide; they are "
+                              f"{ctx.stream_sizes['stream_0']} and {ctx.stream_sizes['stream_1']}",
+                              hint="give stream_0 and stream_1 the same hidden_size")
         self.pooler = nn.Linear(h, h) if pooler else None
         self.dropout = Dropout(ctx.dropout)
-        self.classifier = nn.Linear(h, outputs)
+        self.classifier = nn.Linear(4 * h if self.siamese else h, outputs)
 
     @property
     def reads_first_token(self) -> bool:
@@ -61,6 +71,13 @@ class ClsTarget(nn.Module):
 
     def logits(self, features: Features) -> torch.Tensor:
         """Features -> (B, C)."""
+        if self.siamese:
+            u, v = (self._vector(f) for f in features.streams)  # (B, H) each
+            return self.classifier(self.dropout(torch.cat([u, v, (u - v).abs(), u * v], -1)))
+        return self.classifier(self.dropout(self._vector(features)))  # (B, C)
+
+    def _vector(self, features: Features) -> torch.Tensor:
+        """One sequence's Features -> (B, H), through the pooler when there is one."""
         if features.pooled is not None:  # a recipe-level pooling takes precedence
             x = features.pooled  # (B, H)
         elif features.hidden is not None:
@@ -70,7 +87,7 @@ class ClsTarget(nn.Module):
                           hint="give the model an encoder, or a pooling after it")
         if self.pooler is not None:
             x = torch.tanh(self.pooler(x))
-        return self.classifier(self.dropout(x))  # (B, C)
+        return x
 
     def forward(self, features: Features, batch: dict[str, torch.Tensor]) -> TargetOutput:
         labels = batch.get("labels")
