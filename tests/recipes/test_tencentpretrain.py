@@ -106,8 +106,9 @@ def test_bert_tiny_config_preprocesses_and_pretrains_as_written(tmp_path: Path) 
     corpus.write_text("\n\n".join("\n".join(d.split(". ")) for d in docs) + "\n")
     shown = run_tp("recipes", "show", config, "--json")
     assert shown.returncode == 0, shown.stderr
-    assert json.loads(shown.stdout)["parameters"] == COUNTS["models/bert/tiny_config.json"][
-        "parameters"]
+    summary = json.loads(shown.stdout)
+    assert summary["parameters"] == COUNTS["models/bert/tiny_config.json"]["parameters"]
+    assert summary["source"] == config and summary["name"] == "tiny_config"
     over = ["data.processor.seq_length=32"]
     r = run_tp("preprocess", config, *over, "--corpus", str(corpus), "--out",
                str(tmp_path / "data"))

@@ -19,7 +19,7 @@ from typing import Any
 
 from tpcli.errors import TpError
 from tpcli.plugins import Plugins
-from tpcli.recipes import RECIPE_FILE, builtin_recipes, load_recipe
+from tpcli.recipes import RECIPE_FILE, builtin_recipes, load_recipe, resolve_recipe
 from tpcli.recipes.config import ModuleSpec, Recipe, StackSpec, read_recipe_file
 from tpcli.plugins.registry import closest
 
@@ -86,8 +86,8 @@ def show(ref: str, overrides: list[str], plugins: Plugins) -> dict[str, Any]:
     """`tp recipes show`: {name, source, recipe (resolved, the files it reads named by the
     absolute paths that are read), parameters}."""
     recipe = load_recipe(ref, overrides, plugins)
-    source = recipe.path / RECIPE_FILE if recipe.path is not None else None
-    return {"name": recipe.name, "source": str(source) if source else None,
+    source = resolve_recipe(ref, plugins)[2].resolve()  # the file read (a folder's recipe.yaml)
+    return {"name": recipe.name, "source": str(source),
             "recipe": _absolute(resolved(recipe), recipe.base_dir),
             "parameters": parameter_count(recipe, plugins)}
 
