@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import torch
+
 from .conftest import TP, losses, run_tp
 
 
@@ -59,3 +61,29 @@ def test_resume_of_finished_run_says_how_to_extend(tmp_path: Path, tiny_recipe: 
     r = run_tp("pretrain", "--resume", str(run), "pretrain.steps=8", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert max(losses(run)) == 8
+
+
+def test_pretrain_init_starts_a_new_run_from_another_runs_weights(
+        tmp_path: Path, tiny_recipe: Path, tiny_data: Path) -> None:
+    """pretrain.init (TencentPretrain's --pretrained_model_path): a new run, step 1, starting
+    from the weights of another run; with a learning rate too small to move them, the new run's
+    checkpoint holds the first run's weights. A model it does not fit is a clean error."""
+    from tpcli.train.checkpoint import find_checkpoint, read_weights
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run_tp("pretrain", str(tiny_recipe), "--data", str(tiny_data), "--out", str(first),
+                  "pretrain.steps=3", "--no-progress").returncode == 0
+    r = run_tp("pretrain", str(tiny_recipe), "--data", str(tiny_data), "--out", str(second),
+               f"pretrain.init={first}", "pretrain.steps=1", "pretrain.lr=1e-30",
+               "pretrain.warmup_steps=0", "pretrain.weight_decay=0", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert f"init: weights from {find_checkpoint(first)}" in r.stderr
+    assert max(losses(second)) == 1
+    a, b = read_weights(find_checkpoint(first)), read_weights(find_checkpoint(second))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    r = run_tp("pretrain", str(tiny_recipe), "--data", str(tiny_data), "--out",
+               str(tmp_path / "bad"), f"pretrain.init={first}", "model.hidden_size=48",
+               "--no-progress")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "does not fit this model" in r.stderr and "mis-shaped" in r.stderr
+    assert not (tmp_path / "bad").exists()

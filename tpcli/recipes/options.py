@@ -85,6 +85,11 @@ class PretrainOptions(_Strict):
         "at most this many padded units (frames, tokens) of examples of similar length, and at "
         "most batch_size / grad_accum / processes examples; the dataset must give its sizes "
         "(speech). None: batch_size examples per step")
+    init: str | None = Field(
+        None, description="start from these weights (further pre-training; TencentPretrain's "
+        "--pretrained_model_path): a tp run or checkpoint folder, or zoo:NAME; the model's "
+        "weights only (steps, optimizer and schedule start afresh); every weight outside the "
+        "targets must be there, a target it lacks starts fresh")
     data_workers: int | None = Field(
         None, ge=0, le=64, description="processes that load batches ahead of the step (0: "
         "load them in the training process; default: 1 where there is a second CPU core); any "

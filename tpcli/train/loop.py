@@ -14,6 +14,7 @@ tokens/s summed over ranks, in one all-reduce per log window.
 from __future__ import annotations
 
 import math
+import sys
 import os
 import time
 from contextlib import nullcontext
@@ -342,6 +343,18 @@ def _preflight(model: torch.nn.Module, dataset: Any) -> None:
         torch.set_rng_state(rng)
 
 
+def _load_init(model: torch.nn.Module, ref: str, plugins: Plugins, progress: bool,
+               dist: Dist) -> None:
+    """`pretrain.init`: the weights a new run starts from (a run, a checkpoint, zoo:NAME)."""
+    from tpcli.zoo import resolve_init
+
+    init = ckpt_io.find_checkpoint(Path(resolve_init(ref, plugins, progress)))
+    loaded = ckpt_io.load_init(model, ckpt_io.read_weights(init), str(init))
+    if dist.is_main:
+        fresh = f"; fresh: {', '.join(loaded['fresh'])}" if loaded["fresh"] else ""
+        print(f"init: weights from {init}{fresh}", file=sys.stderr)
+
+
 def _start(request: PretrainRequest, plugins: Plugins, recipe: Any, data: Path, out: Path,
            ckpt: Path | None, dist: Dist) -> dict[str, Any]:
     from tpcli.data import build_tokenizer as load_tokenizer
@@ -367,6 +380,8 @@ def _start(request: PretrainRequest, plugins: Plugins, recipe: Any, data: Path, 
     model = build_model(recipe.model, plugins.registry, *vocabulary(tokenizer))
     if ckpt is not None:
         ckpt_io.load_weights(model, ckpt_io.read_weights(ckpt), str(ckpt))
+    elif recipe.pretrain.init:
+        _load_init(model, recipe.pretrain.init, plugins, request.progress, dist)
     _preflight(model, dataset)
     if dist.rank > 0:  # dropout differs across ranks (rank 0 keeps the one-process stream)
         torch.manual_seed(recipe.pretrain.seed + 1_000_003 * dist.rank)
