@@ -112,6 +112,13 @@ class Setup:
 
 
 def train(s: Setup) -> dict[str, Any]:
+    """`_train`, with RUN/status.json saying running / finished / stopped / failed (`tp runs`)."""
+    opts = s.opts or s.recipe.pretrain
+    with run_folder.marked(s.out, s.start_step, opts.steps, s.dist.is_main):
+        return _train(s)
+
+
+def _train(s: Setup) -> dict[str, Any]:
     opts, dist = s.opts or s.recipe.pretrain, s.dist
     micro = _micro_batch(opts, dist.world_size)
     params = sum(p.numel() for p in s.model.parameters())

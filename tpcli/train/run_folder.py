@@ -7,6 +7,8 @@
                                checkpoint it resumes from and writes a {"event": "resume"} row
     RUN/checkpoints/step-N/    see tpcli.train.checkpoint
     RUN/last, RUN/best         links to checkpoints
+    RUN/status.json            while training: `running` with the pid and host; at the end
+                               `finished`, `stopped` (Ctrl-C, SIGTERM) or `failed` with the error
 
 A folder that holds no checkpoint (a run that failed or was interrupted before its first save) is
 no run to resume: a new run may take it over. Anything else that exists is refused.
@@ -14,16 +16,19 @@ no run to resume: a new run may take it over. Anything else that exists is refus
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tpcli.errors import CheckpointError, TpError
+from tpcli.errors import CheckpointError, Terminated, TpError
 from tpcli.files import write_text
 
 RECIPE = "recipe.yaml"
@@ -33,6 +38,7 @@ CHECKPOINTS = "checkpoints"
 LAST = "last"
 WEIGHTS = "model.safetensors"
 INFO = "checkpoint.json"
+STATUS = "status.json"
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -233,3 +239,52 @@ def earlier_hint(ckpt: Path) -> str:
         if older:
             return f"use an earlier checkpoint of the run: `--resume {older[-1]}`"
     return "use an earlier checkpoint of the run (RUN/checkpoints/step-N)"
+
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, from /proc), or None where it is gone
+    or there is no /proc: a pid reused by another process has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]  # field 22, counted after the command name
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _write_status(run: Path, status: dict[str, Any]) -> None:
+    try:
+        write_text(Path(run) / STATUS, json.dumps(status, indent=1))
+    except OSError:  # the status is for `tp runs`; the checkpoint writes report a bad disk
+        pass
+
+
+@contextlib.contextmanager
+def marked(run: Path, start: int, steps: int, active: bool = True) -> Iterator[None]:
+    """RUN/status.json around a training segment, so `tp runs` tells the states apart:
+    `running` with this process's pid, start time and host; then `finished`, `stopped` (Ctrl-C,
+    SIGTERM) or `failed` with the error's message and hint. A run killed outright (SIGKILL, a
+    lost machine) leaves `running` with a process that is gone. Each segment (a resume) writes
+    it anew, so a successful resume clears an earlier failure. `active`: only rank 0 writes."""
+    if not active:
+        yield
+        return
+    base = {"pid": os.getpid(), "host": socket.gethostname(),
+            "process_start": process_start(os.getpid()), "start_step": start, "steps": steps,
+            "started": _now()}
+    _write_status(run, {"state": "running", **base})
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        why = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
+        _write_status(run, {"state": "stopped", "reason": why, **base, "ended": _now()})
+        raise
+    except Exception as e:
+        error = e.message if isinstance(e, TpError) else f"{type(e).__name__}: {e}"
+        _write_status(run, {"state": "failed", "error": error,
+                            "hint": getattr(e, "hint", None), **base, "ended": _now()})
+        raise
+    _write_status(run, {"state": "finished", **base, "ended": _now()})
