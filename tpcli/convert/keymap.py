@@ -297,3 +297,140 @@ def convert(
             hint="is it the architecture the converter expects (e.g. a headless model: base=True)?",
         )
     return run.out
+
+
+# ------------------------------------------------------------------------------ row orders, copies
+# (TencentPretrain's layout: a segment table with its padding row first, rotary q/k rows in
+# interleaved pairs, one relative-position table saved under several names)
+
+
+def _inverse(order: tuple[int, ...]) -> list[int]:
+    back = [0] * len(order)
+    for j, i in enumerate(order):
+        back[i] = j
+    return back
+
+
+def _check_order(key: str, value: torch.Tensor, order: tuple[int, ...]) -> None:
+    if value.shape[0] != len(order):
+        raise CheckpointError(f"{key} has {value.shape[0]} rows; the key map reorders "
+                              f"{len(order)}", hint="is the key map for this model?")
+
+
+@dataclass(frozen=True)
+class PermuteRows:
+    """One tensor whose rows come in another order: tp row j is the other side's row
+    `order[j]`. TencentPretrain's segment table is (padding, A, B), tp's (A, B, padding):
+    `order=(1, 2, 0)`. A permutation, so both directions are exact."""
+
+    hf: str
+    tp: str
+    order: tuple[int, ...]
+    optional: bool = False
+
+    def apply(self, run: _Run) -> None:
+        forward = run.direction == "hf_to_tp"
+        index = list(self.order) if forward else _inverse(self.order)
+        for key, dst in run.pairs(self.hf, self.tp, self.optional):
+            value = run.take(key)
+            _check_order(key, value, self.order)
+            run.put(dst, value[index].clone())
+
+
+def interleaved_to_half(heads: int, head_size: int) -> tuple[int, ...]:
+    """The row order taking rotary q/k rows from interleaved pairs (x0, y0, x1, y1, ...: Meta's
+    LLaMA, TencentPretrain) to the rotate-half layout (x0, x1, ..., y0, y1, ...: HF, tp):
+    tp row (head n, half c, pair p) is row (n, p, c) of the interleaved weight."""
+    half = head_size // 2
+    return tuple(n * head_size + 2 * p + c
+                 for n in range(heads) for c in range(2) for p in range(half))
+
+
+@dataclass(frozen=True)
+class PermutedConcat:
+    """Concat whose parts are first reordered along dim 0 (`orders[k]` as in PermuteRows, None:
+    as is): TencentPretrain's separate q, k, v with interleaved rotary rows <-> tp's fused qkv.
+    `sizes`: the parts' rows in the fused tensor."""
+
+    hf: tuple[str, ...]
+    tp: str
+    orders: tuple[tuple[int, ...] | None, ...]
+    sizes: tuple[int, ...]
+    optional: bool = False
+
+    def apply(self, run: _Run) -> None:
+        if run.direction == "hf_to_tp":
+            found = _matches(self.hf[0], run.src)
+            for _, groups in found:
+                names = [p.format(**groups) for p in self.hf]
+                absent = [n for n in names if n not in run.src]
+                if absent:
+                    run.missing.extend(absent)
+                    continue
+                parts = []
+                for name, order in zip(names, self.orders):
+                    value = run.take(name)
+                    if order is not None:
+                        _check_order(name, value, order)
+                        value = value[list(order)]
+                    parts.append(value)
+                run.put(self.tp.format(**groups), torch.cat(parts, 0))
+        else:
+            found = _matches(self.tp, run.src)
+            for key, groups in found:
+                value = run.take(key)
+                if sum(self.sizes) != value.shape[0]:
+                    raise CheckpointError(
+                        f"{key} has {value.shape[0]} rows, but the config splits it into "
+                        f"{list(self.sizes)}", hint="the checkpoint does not match its config")
+                for pattern, part, order in zip(self.hf, value.split(list(self.sizes), 0),
+                                                self.orders):
+                    if order is not None:
+                        part = part[_inverse(order)]
+                    run.put(pattern.format(**groups), part.clone())
+        if not found and not self.optional:
+            run.missing.append(self.hf[0] if run.direction == "hf_to_tp" else self.tp)
+
+
+@dataclass(frozen=True)
+class Copies:
+    """One tp tensor the other side saves under several names, in `groups` of keys (literal, no
+    placeholders) that each hold one tensor: TencentPretrain's relative-position table, read by
+    every layer (`encoder.transformer.N.relative_pos_emb...`, one shared module) and saved again
+    as `encoder.relative_pos_emb...` by its conversion scripts.
+
+    -> tp: the first group present is read (its copies must be equal); the other groups' keys are
+    consumed unread. tp ->: the tensor is written under every name (one storage)."""
+
+    groups: tuple[tuple[str, ...], ...]
+    tp: str
+
+    def apply(self, run: _Run) -> None:
+        if run.direction == "hf_to_tp":
+            chosen = next((g for g in self.groups if any(k in run.src for k in g)), None)
+            if chosen is None:
+                run.missing.append(self.groups[0][0])
+                return
+            absent = [k for k in chosen if k not in run.src]
+            if absent:
+                run.missing.extend(absent)
+                return
+            first = run.take(chosen[0])
+            for key in chosen[1:]:
+                if not torch.equal(run.take(key), first):
+                    raise CheckpointError(f"{key} differs from {chosen[0]}: they are one shared "
+                                          "table in the model, and tp keeps one copy",
+                                          hint="is the checkpoint from this model?")
+            for group in self.groups:
+                for key in group:
+                    if key in run.src and key not in run.consumed:
+                        run.take(key)
+            run.put(self.tp, first)
+            return
+        if self.tp not in run.src:
+            run.missing.append(self.tp)
+            return
+        value = run.take(self.tp)
+        for group in self.groups:
+            for key in group:
+                run.put(key, value)

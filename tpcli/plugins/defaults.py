@@ -48,6 +48,14 @@ def tp_convert(request: ConvertRequest) -> Any:
     from tpcli.convert.hf import from_hf, to_hf
 
     assert request.plugins is not None  # set by tpcli.verbs.dispatch
+    if request.direction.endswith("tencentpretrain"):
+        from tpcli.convert import tencentpretrain as tpre
+
+        if request.direction == "to_tencentpretrain":
+            return tpre.to_tencentpretrain(Path(request.source), request.out,
+                                           request.plugins).as_dict()
+        return tpre.from_tencentpretrain(Path(request.source), request.config, request.out,
+                                         request.plugins, vocab=request.vocab).as_dict()
     if request.direction == "to_hf":
         result = to_hf(Path(request.source), request.out, request.plugins, arch=request.arch, check=request.check,
                        tolerance=request.tolerance)

@@ -38,17 +38,21 @@ class PretrainRequest:
     progress: bool = True
     plugins: Plugins | None = None
     nproc: int = 1  # > 1: re-launch under torchrun with this many local processes
+    loggers: list[str] = field(default_factory=list)  # --logger: added to pretrain.loggers
 
 
 @dataclass
 class ConvertRequest:
-    source: str  # to_hf: tp run or checkpoint folder; from_hf: HF folder or Hub id
+    source: str  # to_*: tp run or checkpoint folder; from_hf: HF folder or Hub id;
+    # from_tencentpretrain: a TencentPretrain checkpoint file (.bin / .safetensors)
     out: Path
-    direction: Literal["to_hf", "from_hf"]
+    direction: Literal["to_hf", "from_hf", "to_tencentpretrain", "from_tencentpretrain"]
     arch: str | None = None  # to_hf: the converter to use (default: the one accepting the model)
     check: bool = False  # run both models on one padded batch and compare logits
     tolerance: float = 1e-4  # --check fails above this max abs difference
     plugins: Plugins | None = None
+    config: Path | None = None  # from_tencentpretrain: the model config JSON (required)
+    vocab: Path | None = None  # from_tencentpretrain: TencentPretrain's --vocab_path file
 
 
 @dataclass
@@ -74,6 +78,7 @@ class FinetuneRequest:
     seeds: int = 1
     progress: bool = True
     plugins: Plugins | None = None
+    loggers: list[str] = field(default_factory=list)  # --logger: added to finetune.loggers
 
 
 @dataclass

@@ -329,3 +329,172 @@ def _dual(config: dict[str, Any], problems: list[Problem], where: str) -> dict[s
     # classifier over [u, v, |u - v|, u * v] on the pooled streams, as tp's cls does
     out["target"] = _targets(config.get("target", ["cls"]), config, problems, where)
     return out
+
+
+# ------------------------------------------------------------------------------ tp -> TencentPretrain
+# (the inverse of from_tencentpretrain, for `tp convert RUN --to tencentpretrain`)
+
+
+def _inverse_of(table: dict[str, str], value: str, what: str, unsupported: list[str]) -> str:
+    for key, tp_name in table.items():
+        if tp_name == value:
+            return key
+    unsupported.append(f"{what} {value!r}")
+    return value
+
+
+def _transformer_options(o: Any, where: str, unsupported: list[str]) -> dict[str, Any]:
+    """TencentPretrain's keys of a tp transformer encoder / decoder's options."""
+    out: dict[str, Any] = {
+        "heads_num": o.heads, "feedforward_size": o.ffn_size,
+        "hidden_act": _inverse_of(_ACTIVATIONS, o.activation, f"{where}.activation",
+                                  unsupported),
+        "layernorm_positioning": "pre" if o.pre_norm else "post",
+        "layernorm": "normal" if o.norm == "layernorm" else "rms",
+        "feed_forward": "gated" if o.ffn_gate else "dense",
+        "remove_transformer_bias": not o.bias,
+        "remove_attention_scale": not o.scale_attention,
+    }
+    if o.norm not in ("layernorm", "rmsnorm"):
+        unsupported.append(f"{where}.norm {o.norm!r}")
+    if o.head_size is not None:
+        out["attention_head_size"] = o.head_size
+    if o.kv_heads is not None and o.kv_heads != o.heads:
+        out["local_kv_heads_num"] = o.kv_heads
+    if o.position == "relative":
+        out["relative_position_embedding"] = True
+        out["relative_attention_buckets_num"] = o.relative_buckets
+        if o.relative_max_distance != 128:
+            unsupported.append(f"{where}.relative_max_distance {o.relative_max_distance} "
+                               "(TencentPretrain's is 128)")
+    elif o.position == "rotary":
+        out["rotary_position_embedding"] = True
+        if o.rotary_base != 10000.0:
+            unsupported.append(f"{where}.rotary_base {o.rotary_base} (TencentPretrain's is "
+                               "10000)")
+    elif o.position != "none":
+        unsupported.append(f"{where}.position {o.position!r}")
+    if o.attention_dropout is not None:
+        unsupported.append(f"{where}.attention_dropout (TencentPretrain uses dropout)")
+    for key in ("layer_scale", "final_norm", "grid"):
+        if getattr(o, key, None) is not None:
+            unsupported.append(f"{where}.{key}")
+    if getattr(o, "qkv_bias", None) not in (None, o.bias):
+        unsupported.append(f"{where}.qkv_bias")
+    if getattr(o, "share_position_bias", False):
+        unsupported.append(f"{where}.share_position_bias")
+    return out
+
+
+def _embedding_names(modules: list[Any], where: str, unsupported: list[str],
+                     lengths: set[int]) -> list[str]:
+    names = []
+    for m in modules:
+        if m.name not in _EMBEDDINGS - {"dual"}:
+            unsupported.append(f"{where} {m.name!r}")
+        elif m.name in ("pos", "sinusoidalpos"):
+            lengths.add(int(m.options.max_length))
+            if getattr(m.options, "offset", 0) or getattr(m.options, "padding_aware", False):
+                unsupported.append(f"{where} {m.name} offset / padding_aware")
+        elif m.name == "seg" and m.options.types != 3:
+            unsupported.append(f"{where} seg types={m.options.types} (TencentPretrain's has 3)")
+        names.append(m.name)
+    return names
+
+
+def to_tencentpretrain(recipe: Any) -> dict[str, Any]:
+    """The TencentPretrain config of a validated tp recipe's model: from_tencentpretrain maps it
+    back to the same model (with model.vocab_size set, as TencentPretrain's configs carry no
+    vocabulary). Raises ConfigError naming every part TencentPretrain cannot express."""
+    spec = recipe.model
+    o = spec.options
+    unsupported: list[str] = []
+    if spec.dual:
+        raise ConfigError("tp model", [Problem("model", "a dual-stream model: tp writes no "
+                                               "TencentPretrain config for one")])
+    stack = spec.stacks[""]
+    config: dict[str, Any] = {"emb_size": o.embedding_size or o.hidden_size,
+                              "hidden_size": o.hidden_size, "dropout": o.dropout,
+                              "layernorm_eps": o.norm_eps}
+    processor = recipe.raw.get("data", {}).get("processor", {}).get("name")
+    for key, (name, _) in _PROCESSORS.items():
+        if name == processor:
+            config["data_processor"] = key
+            break
+    lengths: set[int] = set()
+    config["embedding"] = _embedding_names(stack.embedding, "embedding", unsupported, lengths)
+    if o.embedding_norm not in ("layernorm", "none"):
+        unsupported.append(f"model.embedding_norm {o.embedding_norm!r}")
+    config["remove_embedding_layernorm"] = o.embedding_norm == "none"
+    enc = stack.encoder
+    if enc is None:
+        unsupported.append("a model without an encoder")
+    elif enc.name == "transformer":
+        config["encoder"] = "transformer"
+        config["layers_num"] = enc.options.layers
+        config.update(_transformer_options(enc.options, "encoder", unsupported))
+        config["mask"] = _inverse_of(_MASKS, enc.options.mask, "encoder.mask", unsupported)
+        config["parameter_sharing"] = bool(enc.options.share_layers)
+        if o.embedding_size and o.embedding_size != o.hidden_size:
+            config["factorized_embedding_parameterization"] = True
+    elif enc.name in ("lstm", "gru", "bilstm", "birnn"):
+        name = enc.name
+        if name == "birnn":
+            name = {"gru": "bigru", "rnn": "birnn"}.get(enc.options.cell, name)
+            if enc.options.cell not in ("gru", "rnn"):
+                unsupported.append(f"encoder birnn cell {enc.options.cell!r}")
+        config["encoder"] = name
+        config["layers_num"] = enc.options.layers
+        if getattr(enc.options, "dropout", None) is not None:
+            unsupported.append("encoder.dropout (TencentPretrain uses the model's dropout)")
+    else:
+        unsupported.append(f"encoder {enc.name!r}")
+    if stack.pooling is not None:
+        unsupported.append("model.pooling")
+    if spec.decoder is not None:
+        dec = spec.decoder
+        if dec.name != "transformer" or enc is None or enc.name != "transformer":
+            unsupported.append(f"decoder {dec.name!r} after encoder {enc.name if enc else None!r}")
+        else:
+            opts = _transformer_options(dec.options, "decoder", unsupported)
+            differ = sorted(k for k, v in opts.items() if config.get(k) != v)
+            if differ:
+                unsupported.append(f"decoder options that differ from the encoder's: "
+                                   f"{', '.join(differ)} (TencentPretrain shares them)")
+            if dec.options.share_layers:
+                unsupported.append("decoder.share_layers")
+            config["decoder"] = "transformer"
+            if config["layernorm"] == "rms":  # its decoder's final norm is RMS only as "t5"
+                config["layernorm"] = "t5"
+            config["decoder_layers_num"] = dec.options.layers
+            config["tgt_embedding"] = _embedding_names(spec.tgt_embedding, "tgt_embedding",
+                                                       unsupported, lengths)
+            config["share_embedding"] = bool(o.share_embeddings)
+    if len(lengths) > 1:
+        unsupported.append(f"position tables of different lengths {sorted(lengths)}")
+    if lengths:
+        config["max_seq_length"] = lengths.pop()
+    config["tie_weights"] = bool(o.tie_weights)
+    targets = []
+    for t in spec.targets:
+        if t.name not in _TARGETS - {"cls"}:
+            unsupported.append(f"target {t.name!r}")
+            continue
+        targets.append(t.name)
+        if t.name in ("lm", "bilm") and t.options.bias:
+            config["has_lmtarget_bias"] = True
+        if t.name == "lm" and t.options.label_smoothing:
+            config["label_smoothing"] = t.options.label_smoothing
+        if t.name == "lm" and (t.options.prefix_lm or t.options.rescale_hidden):
+            unsupported.append("target lm prefix_lm / rescale_hidden")
+        if t.name == "mlm" and t.options.activation != _ACTIVATIONS.get(
+                str(config.get("hidden_act", "gelu")), "gelu"):
+            unsupported.append(f"target mlm activation {t.options.activation!r} (TencentPretrain's "
+                               "mlm uses the encoder's hidden_act)")
+        if t.name == "sp" and t.options.classes != 2:
+            unsupported.append(f"target sp classes={t.options.classes}")
+    config["target"] = targets
+    if unsupported:
+        raise ConfigError("tp model", [Problem("model", f"TencentPretrain cannot express {u}")
+                                       for u in unsupported])
+    return config
