@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from tpcli.cli import convert, finetune, generate, info, plugins, recipes, train, zoo
+from tpcli.cli import convert, finetune, generate, info, plugins, recipes, runs, train, zoo
 
 app = typer.Typer(
     name="tp",
@@ -41,6 +41,7 @@ convert.register(app)
 info.register(app)
 plugins.register(app)
 recipes.register(app)
+runs.register(app)
 generate.register(app)
 zoo.register(app)
 
