@@ -42,7 +42,7 @@ def randomised(model: Any) -> Any:
     return model.eval()
 
 
-def padded_batch(seg: bool) -> dict[str, torch.Tensor]:
+def padded_batch(seg: bool, seq2seq: bool = False) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(5, VOCAB, (3, 10), generator=g)
     mask = torch.ones(3, 10, dtype=torch.bool)
@@ -51,6 +51,11 @@ def padded_batch(seg: bool) -> dict[str, torch.Tensor]:
     batch = {"input_ids": ids.masked_fill(~mask, 0), "attention_mask": mask}
     if seg:
         batch["segment_ids"] = (torch.arange(10) >= 5).long().expand_as(ids) * mask
+    if seq2seq:  # the decoder's rows: padded too
+        tmask = torch.ones(3, 6, dtype=torch.bool)
+        tmask[2, 3:] = False
+        batch["tgt_input_ids"] = torch.randint(5, VOCAB, (3, 6), generator=g).masked_fill(~tmask, 0)
+        batch["tgt_attention_mask"] = tmask
     return batch
 
 
@@ -142,6 +147,44 @@ def llama_to_tencentpretrain(hf: dict[str, torch.Tensor], layers: int, heads: in
     return out
 
 
+def t5_to_tencentpretrain(hf: dict[str, torch.Tensor], layers: int) -> dict:
+    """convert_t5_from_huggingface_to_tencentpretrain.py (--type t5-v1_1): one relative table
+    per stack, gated FFN (wi_0 the gate, wi_1 the linear)."""
+    out = {"embedding.word.embedding.weight": hf["encoder.embed_tokens.weight"],
+           "tgt_embedding.word.embedding.weight": hf["decoder.embed_tokens.weight"],
+           "target.lm.output_layer.weight": hf["lm_head.weight"],
+           "encoder.layer_norm.weight": hf["encoder.final_layer_norm.weight"],
+           "decoder.layer_norm.weight": hf["decoder.final_layer_norm.weight"]}
+    rel = "layer.0.SelfAttention.relative_attention_bias.weight"
+    out["encoder.relative_pos_emb.relative_attention_bias.weight"] = hf[f"encoder.block.0.{rel}"]
+    out["decoder.self_pos_emb.relative_attention_bias.weight"] = hf[f"decoder.block.0.{rel}"]
+
+    def ffn(t: str, h: str) -> None:
+        out[f"{t}.feed_forward.linear_gate.weight"] = hf[f"{h}.DenseReluDense.wi_0.weight"]
+        out[f"{t}.feed_forward.linear_1.weight"] = hf[f"{h}.DenseReluDense.wi_1.weight"]
+        out[f"{t}.feed_forward.linear_2.weight"] = hf[f"{h}.DenseReluDense.wo.weight"]
+
+    def attn(t: str, h: str) -> None:
+        for j, name in enumerate("qkv"):
+            out[f"{t}.linear_layers.{j}.weight"] = hf[f"{h}.{name}.weight"]
+        out[f"{t}.final_linear.weight"] = hf[f"{h}.o.weight"]
+
+    for i in range(layers):
+        t, h = f"encoder.transformer.{i}", f"encoder.block.{i}"
+        attn(f"{t}.self_attn", f"{h}.layer.0.SelfAttention")
+        out[f"{t}.layer_norm_1.weight"] = hf[f"{h}.layer.0.layer_norm.weight"]
+        ffn(t, f"{h}.layer.1")
+        out[f"{t}.layer_norm_2.weight"] = hf[f"{h}.layer.1.layer_norm.weight"]
+        t, h = f"decoder.transformer_decoder.{i}", f"decoder.block.{i}"
+        attn(f"{t}.self_attn", f"{h}.layer.0.SelfAttention")
+        out[f"{t}.layer_norm_1.weight"] = hf[f"{h}.layer.0.layer_norm.weight"]
+        attn(f"{t}.context_attn", f"{h}.layer.1.EncDecAttention")
+        out[f"{t}.layer_norm_2.weight"] = hf[f"{h}.layer.1.layer_norm.weight"]
+        ffn(t, f"{h}.layer.2")
+        out[f"{t}.layer_norm_3.weight"] = hf[f"{h}.layer.2.layer_norm.weight"]
+    return out
+
+
 # ---------------------------------------------------------- the families
 
 
@@ -200,7 +243,37 @@ def llama() -> tuple[Any, dict, dict, Callable]:
     return hf, config, state, logits
 
 
-FAMILIES = {"bert": bert, "gpt2": gpt2, "llama": llama}
+def t5() -> tuple[Any, dict, dict, Callable]:
+    """T5 v1.1: untied output (HF does not rescale it), head_size * heads != hidden."""
+    cfg = transformers.T5Config(
+        vocab_size=VOCAB, d_model=32, d_kv=6, d_ff=48, num_layers=2, num_decoder_layers=2,
+        num_heads=4, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+        layer_norm_epsilon=1e-6, dropout_rate=0.0, decoder_start_token_id=0)
+    cfg.tie_word_embeddings = False  # transformers 5 forces True for T5 v1.1 in __init__
+    hf = randomised(transformers.T5ForConditionalGeneration(cfg))
+    # T5's encoder and decoder read the one `shared` table (transformers 5 unties them with
+    # tie_word_embeddings=False; T5 v1.1 checkpoints hold one)
+    hf.encoder.embed_tokens.weight = hf.decoder.embed_tokens.weight = hf.shared.weight
+    config = {"emb_size": 32, "hidden_size": 32, "feedforward_size": 48,
+              "hidden_act": "gelu_fast", "attention_head_size": 6, "heads_num": 4,
+              "layers_num": 2, "decoder_layers_num": 2, "dropout": 0.0, "data_processor": "t5",
+              "embedding": ["word"], "relative_position_embedding": True,
+              "remove_embedding_layernorm": True, "tgt_embedding": ["word"],
+              "share_embedding": True, "encoder": "transformer", "mask": "fully_visible",
+              "layernorm_positioning": "pre", "feed_forward": "gated",
+              "remove_attention_scale": True, "layernorm": "t5",
+              "remove_transformer_bias": True, "decoder": "transformer", "target": ["lm"],
+              "layernorm_eps": 1e-6}
+    state = t5_to_tencentpretrain(hf.state_dict(), 2)
+
+    def logits(b: dict) -> tuple[torch.Tensor, str]:
+        return hf(input_ids=b["input_ids"], attention_mask=b["attention_mask"].long(),
+                  decoder_input_ids=b["tgt_input_ids"],
+                  decoder_attention_mask=b["tgt_attention_mask"].long()).logits, "lm"
+    return hf, config, state, logits
+
+
+FAMILIES = {"bert": bert, "gpt2": gpt2, "llama": llama, "t5": t5}
 
 
 def vocab_file(folder: Path) -> Path:
@@ -229,11 +302,12 @@ def converted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 def test_from_tencentpretrain_matches_hf_logits(converted: tuple) -> None:
     family, hf, _, _, work, logits = converted
     loaded = load_checkpoint(work / "tp")
-    b = padded_batch(seg=family == "bert")
+    b = padded_batch(seg=family == "bert", seq2seq=family == "t5")
     with torch.no_grad():
         ref, target = logits(b)
         ours = loaded.model.predict(b)[target]
-    diff = (ours - ref).abs()[b["attention_mask"]].max().item()
+    real = b["tgt_attention_mask"] if family == "t5" else b["attention_mask"]
+    diff = (ours - ref).abs()[real].max().item()
     assert diff <= TOL, f"{family}: max abs diff {diff:.3g}"
     files = sorted(p.name for p in (work / "tp").iterdir())
     assert {"checkpoint.json", "model.safetensors", "recipe.yaml"} <= set(files)
@@ -255,6 +329,12 @@ def test_round_trip_is_bit_exact(converted: tuple, capsys: pytest.CaptureFixture
     summary = json.loads(capsys.readouterr().out)
     assert summary["converter"] == "tencentpretrain"
     back = torch.load(work / "back" / "model.bin", weights_only=True)
+    if family == "t5":  # the layers' names of the one relative table, as TencentPretrain reads it
+        table = "relative_pos_emb.relative_attention_bias.weight"
+        layers = [f"encoder.transformer.{i}.{table}" for i in range(2)]
+        assert set(back) - set(state) == set(layers)
+        assert all(torch.equal(back[k], state[f"encoder.{table}"]) for k in layers)
+        back = {k: v for k, v in back.items() if k not in layers}
     assert sorted(back) == sorted(state)
     unequal = [k for k in state if not torch.equal(back[k], state[k])]
     assert not unequal, unequal

@@ -331,6 +331,20 @@ def _rows(sd: dict[str, torch.Tensor], config: Path) -> int:
                           hint=f"is it the model {config} describes (a text model)?")
 
 
+def _unshared(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous tensors, each with a storage of its own: a TencentPretrain file may hold one
+    tensor under two names that tp keeps apart (an untied output equal to the embedding), and
+    safetensors refuses shared storage."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in sd.items():
+        v = v.contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
+
+
 def _relative_note(sd: dict[str, torch.Tensor]) -> str | None:
     layer = any(".relative_pos_emb." in k and k.startswith("encoder.transformer.") for k in sd)
     top = "encoder.relative_pos_emb.relative_attention_bias.weight" in sd
@@ -390,8 +404,7 @@ def from_tencentpretrain(source: Path, config: Path | None, out: Path, plugins: 
         tp_sd = apply_rules(sd, rules, "hf_to_tp", expected=own.keys())
         raise_shapes(shape_problems(tp_sd, own, "checkpoint"), str(source))
         model.load_state_dict(tp_sd, strict=True)
-        save_weights({k: v.contiguous() for k, v in tp_sd.items()}, tmp / WEIGHTS,
-                     {"format": "pt", "step": "0"})
+        save_weights(_unshared(tp_sd), tmp / WEIGHTS, {"format": "pt", "step": "0"})
         write_recipe(tmp, recipe.raw)
         info = {"step": 0, "weights": WEIGHTS, "converted_from": {
             "source": str(source), "format": FORMAT, "config": str(config)}}
