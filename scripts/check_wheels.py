@@ -182,6 +182,9 @@ def commands(venv: Path, work: Path, log: Path) -> None:
     run([tp, "modules", "encoder", "transformer"], cwd=here, env=env, log=log)
     run([tp, "zoo", "list"], cwd=here, env=env, log=log)
     run([tp, "plugins"], cwd=here, env=env, log=log)
+    loggers = run([tp, "modules", "logger"], cwd=here, env=env, log=log)
+    if not all(re.search(rf"\b{name}\b", loggers) for name in ("tensorboard", "wandb")):
+        raise Failed("`tp modules logger` in the installed tp does not list tensorboard and wandb")
     write_corpus(here / "corpus.txt")
     tiny = ["data.processor.seq_length=32"]
     run([tp, "preprocess", "bert-tiny", "--corpus", "corpus.txt", "--out", "data", *tiny],

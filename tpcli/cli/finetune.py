@@ -27,6 +27,9 @@ def finetune(
     out: Path = typer.Option(..., "--out", help="run folder to create"),
     seeds: int = typer.Option(1, "--seeds", min=1, help="runs with seeds seed..seed+N-1"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="live progress bar"),
+    loggers: Optional[list[str]] = typer.Option(
+        None, "--logger", help="also log to this logger (repeatable; added to finetune.loggers): "
+        "tensorboard, wandb, ... (`tp modules logger`)"),
     as_json: bool = typer.Option(False, "--json", help="print the results as one JSON object"),
 ) -> None:
     """Fine-tune a pre-trained model on a downstream task; prints the dev metrics."""
@@ -39,7 +42,7 @@ def finetune(
         ovr.insert(0, recipe)
         recipe = None
     result = run(FinetuneRequest(recipe, task, out, TaskData(train, list(dev or []), test, data),
-                                 init, ovr, seeds, progress))
+                                 init, ovr, seeds, progress, loggers=list(loggers or [])))
     if as_json:
         from tpcli.cli.render import print_json
 

@@ -34,6 +34,9 @@ def pretrain(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="live progress bar"),
     nproc: int = typer.Option(1, "--nproc", min=1,
                               help="processes on this machine: re-launches under torchrun"),
+    loggers: Optional[list[str]] = typer.Option(
+        None, "--logger", help="also log to this logger (repeatable; added to pretrain.loggers): "
+        "tensorboard, wandb, ... (`tp modules logger`)"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object"),
 ) -> None:
     """Pre-train a recipe's model; --resume continues a stopped or killed run.
@@ -48,7 +51,8 @@ def pretrain(
     if recipe is not None and "=" in recipe:  # `tp pretrain --resume RUN a=b`
         ovr.insert(0, recipe)
         recipe = None
-    summary = run(PretrainRequest(recipe, data, out, ovr, resume, progress, nproc=nproc))
+    summary = run(PretrainRequest(recipe, data, out, ovr, resume, progress, nproc=nproc,
+                                  loggers=list(loggers or [])))
     from tpcli.train.launch import launched_rank
 
     # one summary: under plain torchrun rank 0's; with --nproc the launcher's, read back from

@@ -31,6 +31,7 @@ from tpcli.plugins import Plugins
 from tpcli.plugins.requests import FinetuneRequest, InferRequest, TaskData
 from tpcli.downstream.tasks import Splits, split_task_name
 from tpcli.train import run_folder
+from tpcli.train.loggers import with_loggers
 
 
 # ----------------------------------------------------------------------------- the task
@@ -245,6 +246,7 @@ def run_finetune(request: FinetuneRequest) -> dict[str, Any]:
     plugins = request.plugins
     assert plugins is not None  # set by tpcli.verbs.finetune
     recipe, ckpt = _recipe_and_init(request, plugins)
+    recipe = with_loggers(recipe, "finetune", request.loggers, plugins)  # before any writing
     section = chosen_task(request, recipe)
     if split_task_name(section["name"])[1] == "all":
         return _run_all(request, section, plugins)

@@ -31,6 +31,7 @@ REGISTER_HOOKS = {
     "tp_register_converters": "converter",
     "tp_register_zoo_sources": "zoo_source",
     "tp_register_commands": "command",
+    "tp_register_loggers": "logger",
 }
 
 

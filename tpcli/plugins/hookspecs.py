@@ -171,6 +171,25 @@ def tp_register_commands(register: Callable[[str, Any], None]) -> None:
 
 
 @hookspec
+def tp_register_loggers(register: Callable[[str, Any], None]) -> None:
+    """Register loggers a run can write to besides metrics.jsonl: ``register(name, cls)``.
+
+    A recipe chooses them by name in ``pretrain.loggers`` / ``finetune.loggers`` (or
+    ``--logger NAME`` on ``tp pretrain`` / ``tp finetune``); ``tp modules logger`` lists them.
+    ``cls`` (or a lazy "pkg.mod:Class" string: a logger's package, TensorBoard or W&B, must not
+    be imported when tp starts) may define the classmethod ``check()``, called before the run
+    folder is written, which raises a ``TpError`` naming the install command when the logger
+    cannot run (its package is missing). On rank 0 only, tp builds ``cls()`` for each training
+    segment (a run, a resume, a fine-tuning seed) and calls the methods it defines, named and
+    called as the observer hooks: ``tp_on_train_start(run)``, ``tp_on_log(step, metrics)``,
+    ``tp_on_step(step, seconds)``, ``tp_on_checkpoint(step, path)``,
+    ``tp_on_train_end(summary)``; then ``close()`` however the segment ended (finished,
+    failed, interrupted). The first exception a logger raises (a full disk, a service gone) is
+    reported in one line on stderr and the logger is disabled; training goes on.
+    """
+
+
+@hookspec
 def tp_register_recipe_dirs(register: Callable[[str], None]) -> None:
     """Register folders that hold built-in recipes: ``register(path)``.
 
@@ -251,6 +270,7 @@ def tp_on_train_start(run: dict[str, Any]) -> None:
     """Called once before the first step of a segment (a new run or a resume), on rank 0 only.
     ``run`` holds ``out`` (run folder), ``steps`` (the last step), ``start_step`` (non-zero on
     resume), ``params`` (parameter count), ``recipe`` (the validated recipe as a dict),
+    ``resolved`` (the recipe as it runs, every default filled in: ``tp recipes show``),
     ``progress`` (whether a live progress bar was asked for), ``strategy`` (single, ddp, fsdp or
     deepspeed) and ``world_size`` (processes)."""
 
@@ -261,7 +281,9 @@ def tp_on_log(step: int, metrics: dict[str, float]) -> None:
     and metrics, ``lr``, ``grad_norm``, ``<unit>_per_s`` (``tokens_per_s``, ``images_per_s``:
     the unit the data's batch keys declare), ``steps_per_s``, ``mfu`` (at most 1),
     ``peak_tflops`` (the peak MFU is measured against, raised when a window beats it),
-    ``elapsed_s``."""
+    ``elapsed_s``. Fine-tuning also calls it after each evaluation, with only
+    ``eval.<dev set>.<metric>`` keys (``eval.dev.accuracy``): a logger tells the two apart by
+    that prefix."""
 
 
 @hookspec

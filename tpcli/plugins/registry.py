@@ -14,7 +14,8 @@ from typing import Any
 from tpcli.errors import RegistryError, TpError
 
 MODULE_KINDS = ("embedding", "encoder", "decoder", "target", "pooling")
-KINDS = MODULE_KINDS + ("tokenizer", "processor", "converter", "task", "zoo_source", "command")
+KINDS = MODULE_KINDS + ("tokenizer", "processor", "converter", "task", "zoo_source", "command",
+                       "logger")
 
 # What a user runs to see the valid names of each kind.
 LIST_COMMAND = {k: f"tp modules {k}" for k in MODULE_KINDS} | {
@@ -24,6 +25,7 @@ LIST_COMMAND = {k: f"tp modules {k}" for k in MODULE_KINDS} | {
     "task": "tp modules task",
     "zoo_source": "tp plugins",
     "command": "tp --help",
+    "logger": "tp modules logger",
 }
 
 

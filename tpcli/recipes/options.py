@@ -94,6 +94,9 @@ class PretrainOptions(_Strict):
         None, ge=0, le=64, description="processes that load batches ahead of the step (0: "
         "load them in the training process; default: 1 where there is a second CPU core); any "
         "number trains the same model")
+    loggers: list[str] = Field(
+        default_factory=list, description="where the run's metrics go besides metrics.jsonl "
+        "(`tp modules logger`: tensorboard, wandb); --logger NAME adds one")
 
     @model_validator(mode="after")
     def _deepspeed_options_need_deepspeed(self) -> PretrainOptions:

@@ -44,6 +44,8 @@ def child_argv(request: PretrainRequest) -> list[str]:
                         ("--resume", request.resume)):
         if value is not None:
             args += [flag, str(value)]
+    for name in request.loggers:
+        args += ["--logger", name]
     if not request.progress:
         args.append("--no-progress")
     return args

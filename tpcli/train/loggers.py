@@ -1,14 +1,20 @@
 """The core's logger plugin: metrics.jsonl always, and a rich progress bar or plain lines.
 
 Loggers are plugins on the observer hooks; this one is registered by default (see
-`tpcli.plugins.CORE_PLUGINS`). Another logger (TensorBoard, W&B) implements the same hooks.
+`tpcli.plugins.CORE_PLUGINS`). The loggers a recipe chooses (`pretrain.loggers`, `--logger`:
+TensorBoard, W&B) are registered by name (`tp_register_loggers`) and attached to the same hooks
+for one training segment by `attached_loggers`, each behind a guard: the first error a logger
+raises is one warning line and the logger is off; training never stops for a logger.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +100,8 @@ def tp_on_log(step: int, metrics: dict[str, float]) -> None:
         _s.jsonl.flush()
     line = _fmt_metrics(metrics)
     if _s.progress is not None:
-        _s.progress.update(_s.task, completed=step, info=f"loss {metrics['loss']:.4f}")
+        if "loss" in metrics:  # fine-tuning's evaluations log eval.* metrics only
+            _s.progress.update(_s.task, completed=step, info=f"loss {metrics['loss']:.4f}")
         _s.progress.console.print(f"step {step:>6} | {line}", highlight=False)
     elif _s.console is not None:
         eta = _eta(step)
@@ -127,3 +134,101 @@ def tp_on_train_end(summary: dict[str, Any]) -> None:
         _s.jsonl.close()
     _s.jsonl = _s.progress = _s.task = None
     sys.stderr.flush()
+
+
+# ----------------------------------------------------------------- the loggers a recipe chooses
+
+
+def check_loggers(names: list[str], registry: Any) -> list[Any]:
+    """The logger classes `names` choose, each able to run: an unknown name is the registry's
+    "did you mean" error, a logger whose package is missing raises its own `check()` error
+    (naming the install command). Called before the run folder is written."""
+    classes = []
+    for name in names:
+        cls = registry.get("logger", name)
+        check = getattr(cls, "check", None)
+        if check is not None:
+            check()
+        classes.append(cls)
+    return classes
+
+
+def with_loggers(recipe: Any, section: str, given: list[str], plugins: Any) -> Any:
+    """The recipe with the command line's `--logger` names added to `<section>.loggers` (so the
+    run folder's recipe keeps them and `--resume` logs to them too), every chosen logger checked
+    by `check_loggers`."""
+    from tpcli.recipes.config import build_recipe
+
+    have = list(getattr(recipe, section).loggers)
+    merged = list(dict.fromkeys([*have, *given]))
+    if merged != have:
+        raw = copy.deepcopy(recipe.raw)
+        raw[section] = {**(raw.get(section) or {}), "loggers": merged}
+        recipe = build_recipe(raw, plugins.registry, name=recipe.name, path=recipe.path)
+    check_loggers(merged, plugins.registry)
+    return recipe
+
+
+class _Attached:
+    """One chosen logger on the observer hooks for one segment. Its first exception is reported
+    in one line and switches it off: a full disk or a service gone never stops training."""
+
+    def __init__(self, name: str, logger: Any) -> None:
+        self.name, self.logger, self.failed = name, logger, False
+
+    def call(self, method: str, **kwargs: Any) -> None:
+        fn = getattr(self.logger, method, None)
+        if fn is None or self.failed:
+            return
+        try:
+            fn(**kwargs)
+        except Exception as e:  # noqa: BLE001 - any failure of a logger is reported, not raised
+            self.failed = True
+            print(f"tp: warning: logger {self.name!r} failed ({type(e).__name__}: {e}) and is "
+                  "off for the rest of this run; training goes on", file=sys.stderr, flush=True)
+            with contextlib.suppress(Exception):
+                self.logger.close()
+
+    @hookimpl
+    def tp_on_train_start(self, run: dict[str, Any]) -> None:
+        self.call("tp_on_train_start", run=run)
+
+    @hookimpl
+    def tp_on_log(self, step: int, metrics: dict[str, float]) -> None:
+        self.call("tp_on_log", step=step, metrics=metrics)
+
+    @hookimpl
+    def tp_on_step(self, step: int, seconds: float) -> None:
+        self.call("tp_on_step", step=step, seconds=seconds)
+
+    @hookimpl
+    def tp_on_checkpoint(self, step: int, path: str) -> None:
+        self.call("tp_on_checkpoint", step=step, path=path)
+
+    @hookimpl
+    def tp_on_train_end(self, summary: dict[str, Any]) -> None:
+        self.call("tp_on_train_end", summary=summary)
+
+
+@contextlib.contextmanager
+def attached_loggers(names: list[str], plugins: Any, active: bool = True) -> Iterator[None]:
+    """The chosen loggers on `plugins`' observer hooks while the block runs, each closed at its
+    end however it ends. `active`: only rank 0 writes (the other ranks attach none)."""
+    attached: list[_Attached] = []
+    if active:
+        for name, cls in zip(names, check_loggers(names, plugins.registry)):
+            guard = _Attached(name, None)
+            try:
+                guard.logger = cls()
+            except Exception as e:  # noqa: BLE001 - as a failure mid-run: reported, not raised
+                print(f"tp: warning: logger {name!r} could not start ({type(e).__name__}: {e}); "
+                      "training goes on without it", file=sys.stderr, flush=True)
+                continue
+            plugins.pm.register(guard, name=f"tp-logger-{name}-{id(guard)}")
+            attached.append(guard)
+    try:
+        yield
+    finally:
+        for guard in attached:
+            plugins.pm.unregister(guard)
+            guard.call("close")

@@ -27,9 +27,11 @@ import torch
 from tpcli.data.batch import count_units
 from tpcli.errors import Interrupted, Terminated, TpError
 from tpcli.plugins import Plugins
+from tpcli.recipes.resolved import resolved
 from tpcli.train import checkpoint as ckpt_io
 from tpcli.train import run_folder
 from tpcli.train.batches import Batches, BucketSampler, DataPosition, Sampler
+from tpcli.train.loggers import attached_loggers, with_loggers
 from tpcli.train.perf import FlopMeter, peak_flops
 from tpcli.train.strategies import make_strategy, resolved_name
 from tpcli.train.strategy import Dist, Strategy
@@ -114,7 +116,8 @@ class Setup:
 def train(s: Setup) -> dict[str, Any]:
     """`_train`, with RUN/status.json saying running / finished / stopped / failed (`tp runs`)."""
     opts = s.opts or s.recipe.pretrain
-    with run_folder.marked(s.out, s.start_step, opts.steps, s.dist.is_main):
+    with run_folder.marked(s.out, s.start_step, opts.steps, s.dist.is_main), \
+            attached_loggers(opts.loggers, s.plugins, s.dist.is_main):
         return _train(s)
 
 
@@ -150,7 +153,7 @@ def _train(s: Setup) -> dict[str, Any]:
     hook.tp_on_train_start(run={
         "out": str(s.out), "steps": opts.steps, "start_step": s.start_step, "params": params,
         "recipe": s.recipe.raw, "progress": s.progress, "strategy": strategy.name,
-        "world_size": dist.world_size,
+        "world_size": dist.world_size, "resolved": resolved(s.recipe),
     })
     model.train()
     window_loss = torch.zeros((), device=dist.device)
@@ -278,11 +281,13 @@ def _open_run(request: PretrainRequest, plugins: Plugins) -> tuple[Any, Path, Pa
         recipe = build_recipe(raw, plugins.registry, name=info.get("recipe", "run"),
                               path=Path(info["recipe_dir"]) if info.get("recipe_dir") else None,
                               overrides=request.overrides)
+        recipe = with_loggers(recipe, "pretrain", request.loggers, plugins)
         return recipe, Path(request.data or info["data"]), run_dir, ckpt
     if request.recipe is None or request.data is None or request.out is None:
         raise TpError("tp pretrain needs a RECIPE, --data and --out (or --resume RUN)",
                       hint="tp pretrain recipes/bert-base --data data/bert --out runs/bert")
-    recipe = load_recipe(request.recipe, request.overrides, plugins)
+    recipe = with_loggers(load_recipe(request.recipe, request.overrides, plugins), "pretrain",
+                          request.loggers, plugins)
     run_folder.claim(Path(request.out))
     return recipe, Path(request.data), Path(request.out), None
 
