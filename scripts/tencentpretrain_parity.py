@@ -34,7 +34,7 @@ import torch
 FAMILIES = {
     "bert": "bert/base_config.json", "roberta": "xlm-roberta/base_config.json",
     "albert": "albert/base_config.json", "gpt2": "gpt2/config.json",
-    "llama": "llama/7b_config.json", "t5": "t5/small_config.json",
+    "llama": "llama/7b_config.json", "llama2-gqa": "llama2/70b_config.json", "t5": "t5/small_config.json",
     "t5-v1_1": "t5-v1_1/small_config.json", "bart": "bart/base_config.json",
     "lstm": "rnn/lstm_config.json", "gru": "rnn/gru_config.json",
     "bilstm": "rnn/bilstm_config.json",
@@ -52,6 +52,8 @@ def tiny(config: dict) -> dict:
         c["emb_size"] = 48
     if "decoder_layers_num" in c:
         c["decoder_layers_num"] = 2
+    if "local_kv_heads_num" in c:  # grouped-query attention
+        c["local_kv_heads_num"] = 2
     if "attention_head_size" in c:
         c["attention_head_size"] = 8
     if "max_seq_length" in c:
@@ -122,13 +124,15 @@ def _worst(theirs: dict, mine: dict, b: dict, seq2seq: bool, rows: int = ROWS) -
 
 
 @contextlib.contextmanager
-def torch_layer_norm():
-    """TencentPretrain's LayerNorm computed as torch's: (x - mean) / sqrt(var + eps)."""
+def torch_layer_norm(eps: float | None = None):
+    """TencentPretrain's LayerNorm computed as torch's: (x - mean) / sqrt(var + eps); with
+    `eps`, that eps everywhere (its embedding and mlm norms keep 1e-6 whatever the config's
+    layernorm_eps, tp's use the config's)."""
     from tencentpretrain.layers.layer_norm import LayerNorm
 
     saved = LayerNorm.forward
     LayerNorm.forward = lambda self, x: torch.nn.functional.layer_norm(
-        x, (x.shape[-1],), self.gamma, self.beta, self.eps)
+        x, (x.shape[-1],), self.gamma, self.beta, self.eps if eps is None else eps)
     try:
         yield
     finally:
@@ -184,10 +188,55 @@ def run_family(tpre: Path, family: str, work: Path, tolerance: float) -> bool:
     return (worst if cfg.get("encoder") not in ("bilstm",) else unpadded) <= tolerance and exact
 
 
+# tp's own recipes (tiny), written --to tencentpretrain and loaded by TencentPretrain's model
+NATIVE = {
+    "bert-tiny": [],
+    "gpt2": ["model.hidden_size=32", "model.encoder.layers=2", "model.encoder.heads=2",
+             "model.encoder.ffn_size=64"],
+    "llama-style": [], "elmo": [],
+}
+
+
+def run_native(tpre: Path, recipe: str, work: Path, tolerance: float) -> bool:
+    """A tp checkpoint of built-in `recipe` --to tencentpretrain, loaded strictly by
+    TencentPretrain's model built from the written config.json: the same logits."""
+    from tencentpretrain.model_builder import build_model as tpre_build
+
+    from tpcli.convert.tencentpretrain import to_tencentpretrain
+    from tpcli.plugins import get_plugins
+    from tpcli.testing.convert import make_run
+    from tpcli.train.checkpoint import load_checkpoint
+
+    global VOCAB
+    plugins = get_plugins()
+    run = make_run(recipe, work / recipe / "run", NATIVE[recipe])
+    result = to_tencentpretrain(run, work / recipe / "tpre", plugins)
+    cfg = json.loads((work / recipe / "tpre" / "config.json").read_text())
+    state = torch.load(work / recipe / "tpre" / "model.bin", weights_only=True)
+    ours = load_checkpoint(run, plugins).model
+    VOCAB = int(state["embedding.word.embedding.weight"].shape[0])
+    m = tpre_build(tpre_args(tpre, cfg)).eval()
+    m.load_state_dict(state, strict=True)
+    b = batch()
+    with torch.no_grad():
+        mine = ours.predict(b)
+        as_is = _worst(tpre_logits(m, cfg, b), mine, b, False)
+        with torch_layer_norm(cfg.get("layernorm_eps")):
+            same = tpre_logits(m, cfg, b)
+    worst = _worst(same, mine, b, False)
+    scale = max(float(v.abs().max()) for v in mine.values())
+    unpadded = _worst(same, mine, b, False, rows=1)
+    print(f"tp {recipe:12s} --to, strict load ok; max abs diff: as is {as_is:.2e}, same norm "
+          f"{worst:.2e} (unpadded row {unpadded:.2e}; logits up to {scale:.1f}); "
+          f"{len(result.notes)} notes")
+    return (unpadded if cfg.get("encoder") == "bilstm" else worst) <= tolerance
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkout", type=Path, help="a TencentPretrain checkout")
-    ap.add_argument("families", nargs="*", default=list(FAMILIES))
+    ap.add_argument("families", nargs="*", default=list(FAMILIES),
+                    help=f"of {', '.join(FAMILIES)} and tp's recipes {', '.join(NATIVE)}")
     ap.add_argument("--tolerance", type=float, default=1e-4)
     a = ap.parse_args()
     tpre = a.checkout.resolve()
@@ -196,7 +245,11 @@ def main() -> int:
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         for family in a.families:
-            ok &= run_family(tpre, family, Path(tmp), a.tolerance)
+            if family in FAMILIES:
+                ok &= run_family(tpre, family, Path(tmp), a.tolerance)
+        for recipe in NATIVE:
+            if recipe in a.families or a.families == list(FAMILIES):
+                ok &= run_native(tpre, recipe, Path(tmp), a.tolerance)
     return 0 if ok else 1
 
 

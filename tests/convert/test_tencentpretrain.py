@@ -445,3 +445,22 @@ def test_to_tencentpretrain_refuses_what_it_cannot_express(
     fails(["convert", run, "--to", "tencentpretrain", "--out", tmp_path / "o"], capsys,
           "TencentPretrain has no counterpart", "patch")
     assert not (tmp_path / "o").exists()
+
+
+def test_to_tencentpretrain_from_a_tp_bert_run(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    """tp's own BERT (2 segment types, HF's layout) goes out with TencentPretrain's 3 rows: a zero
+    padding row, then A and B; read back, the same weights in a types=3 table."""
+    run = make_run("bert-tiny", tmp_path / "run", [])
+    capsys.readouterr()
+    assert tp("convert", run, "--to", "tencentpretrain", "--out", tmp_path / "o", "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert "2 types" in summary["notes"]
+    state = torch.load(tmp_path / "o" / "model.bin", weights_only=True)
+    seg = load_checkpoint(run).model.state_dict()["stack.embedding.parts.seg.embedding.weight"]
+    assert torch.equal(state["embedding.seg.embedding.weight"],
+                       torch.cat([torch.zeros(1, seg.shape[1]), seg]))
+    assert tp("convert", tmp_path / "o" / "model.bin", "--from", "tencentpretrain", "--config",
+              tmp_path / "o" / "config.json", "--out", tmp_path / "back") == 0
+    back = load_checkpoint(tmp_path / "back").model.state_dict()
+    assert torch.equal(back["stack.embedding.parts.seg.embedding.weight"][:2], seg)

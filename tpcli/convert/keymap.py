@@ -434,3 +434,28 @@ class Copies:
         for group in self.groups:
             for key in group:
                 run.put(key, value)
+
+
+@dataclass(frozen=True)
+class ExtraRows:
+    """One tensor whose other-side copy has `before` extra leading rows tp has no use for: a
+    two-segment tp table written as TencentPretrain's three rows (padding first). tp -> other:
+    the rows are added, filled with `fill`; other -> tp: they are cut off."""
+
+    hf: str
+    tp: str
+    before: int = 1
+    fill: float = 0.0
+    optional: bool = False
+
+    def apply(self, run: _Run) -> None:
+        for key, dst in run.pairs(self.hf, self.tp, self.optional):
+            value = run.take(key)
+            if run.direction == "hf_to_tp":
+                if value.shape[0] <= self.before:
+                    raise CheckpointError(f"{key} has {value.shape[0]} rows; the key map cuts "
+                                          f"{self.before}", hint="is the key map for this model?")
+                run.put(dst, value[self.before:].clone())
+            else:
+                pad = value.new_full((self.before, *value.shape[1:]), self.fill)
+                run.put(dst, torch.cat([pad, value], dim=0))

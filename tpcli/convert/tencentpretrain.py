@@ -33,7 +33,7 @@ import torch
 
 from tpcli.convert.common import (WEIGHTS, ConvertResult, describe_model, raise_shapes,
                                   shape_problems, staged)
-from tpcli.convert.keymap import (Concat, Copies, PermuteRows, PermutedConcat, Rename,
+from tpcli.convert.keymap import (Concat, Copies, ExtraRows, PermuteRows, PermutedConcat, Rename,
                                   Rule, Tied, convert as apply_rules, interleaved_to_half)
 from tpcli.errors import CheckpointError, TpError
 from tpcli.plugins import Plugins
@@ -179,11 +179,14 @@ def _embedding(modules: list[Any], foreign: str, tp: str, norm: bool,
                 rules.append(Rename(f"{foreign}.{m.name}.embedding.weight",
                                     f"{tp}.parts.{m.name}.embedding.weight"))
         elif m.name == "seg":
-            if m.options.types != 3:
+            seg = (f"{foreign}.seg.embedding.weight", f"{tp}.parts.seg.embedding.weight")
+            if m.options.types == 3:
+                rules.append(PermuteRows(*seg, SEG_ORDER))
+            elif m.options.types == 2:  # tp's (A, B) as (a zero padding row, A, B)
+                rules.append(ExtraRows(*seg, before=1))
+            else:
                 raise Unsupported(f"{tp}: seg with types={m.options.types} (TencentPretrain's "
                                   "segment table has 3 rows: padding, A, B)")
-            rules.append(PermuteRows(f"{foreign}.seg.embedding.weight",
-                                     f"{tp}.parts.seg.embedding.weight", SEG_ORDER))
         elif m.name != "sinusoidalpos":  # sinusoidal positions have no weights
             raise Unsupported(f"embedding {m.name!r} has no TencentPretrain layout in a text "
                               "model (word, pos, seg, sinusoidalpos)")
@@ -303,6 +306,22 @@ def _read_config(path: Path) -> dict[str, Any]:
     return data
 
 
+_FROM_HINT = ("--from tencentpretrain converts transformer (encoder, decoder) and lstm / gru / "
+              "bilstm / bigru / birnn models with mlm, sp, lm and bilm targets")
+
+
+def _refuse(config: dict[str, Any], path: Path) -> None:
+    """Configs whose weights tp's model would read differently than TencentPretrain's."""
+    why = None
+    if config.get("encoder") in ("lstm", "gru", "rnn") and config.get("bidirectional"):
+        why = ("a bidirectional multi-layer torch RNN (its `_reverse` weights) is not tp's "
+               "bilstm / birnn of two separate stacks")
+    elif config.get("encoder") == "rnn":
+        why = "TencentPretrain's one-directional rnn encoder has no tp counterpart"
+    if why:
+        raise TpError(f"tp cannot convert checkpoints of {path}: {why}", hint=_FROM_HINT)
+
+
 def _vocab_tokenizer(vocab: Path, plugins: Plugins) -> dict[str, Any]:
     """data.tokenizer for TencentPretrain's --vocab_path / --spm_model_path file."""
     names = plugins.registry.names("tokenizer")
@@ -368,7 +387,7 @@ def from_tencentpretrain(source: Path, config: Path | None, out: Path, plugins: 
         raise TpError("--from tencentpretrain needs --config CONFIG, the model config JSON the "
                       "checkpoint was trained with (TencentPretrain's --config_path)",
                       hint="e.g. --config models/bert/base_config.json")
-    _read_config(Path(config))
+    _refuse(_read_config(Path(config)), Path(config))
     sd = read_checkpoint(Path(source))
     rows = _rows(sd, Path(config))
     overrides = [f"model.vocab_size={rows}"]
@@ -390,7 +409,11 @@ def from_tencentpretrain(source: Path, config: Path | None, out: Path, plugins: 
                      "(TencentPretrain's --vocab_path) to use it with tp finetune / tp infer")
         raw["data"].pop("tokenizer")
         tokenizer = None
-    rules = key_rules(recipe.model)
+    try:
+        rules = key_rules(recipe.model)
+    except Unsupported as e:
+        raise TpError(f"tp cannot convert checkpoints of {config}: {e.message}",
+                      hint=_FROM_HINT) from e
     note = _relative_note(sd)
     if note:
         notes.append(note)
@@ -428,8 +451,9 @@ def to_tencentpretrain(checkpoint: Path, out: Path, plugins: Plugins) -> Convert
     loaded = load_checkpoint(checkpoint, plugins)  # strict: corrupt files, shapes, keys
     spec = loaded.recipe.model
     what = describe_model(spec)
+    notes: list[str] = []
     try:
-        config = config_of(loaded.recipe)
+        config = config_of(loaded.recipe, notes)
         rules = key_rules(spec)
     except (ConfigError, Unsupported) as e:
         detail = e.message if isinstance(e, Unsupported) else "; ".join(
@@ -441,21 +465,24 @@ def to_tencentpretrain(checkpoint: Path, out: Path, plugins: Plugins) -> Convert
     tp_sd = ckpt_io.read_weights(loaded.path)
     foreign = apply_rules(tp_sd, rules, "tp_to_hf")
     rows = _rows(foreign, loaded.path)
-    notes: list[str] = []
+    # the keys the config's model reads back with another shape (or lacks): the two-segment
+    # table TencentPretrain holds with 3 rows, an output TencentPretrain keeps untied
+    allowed = {k for k in tp_sd if k.endswith("parts.seg.embedding.weight")
+               and tp_sd[k].shape[0] == 2}
     if spec.decoder is not None and spec.options.tie_weights and spec.options.share_embeddings:
         notes.append("tp ties the lm output to the shared word embedding; TencentPretrain keeps "
                      "a separate output matrix under share_embedding, written with the same "
                      "values (read back, it is untied)")
+        allowed.add("targets.lm.decoder.weight")
     with staged(out) as tmp:
-        text = json.dumps(config, indent=2) + "\n"
-        (tmp / CONFIG).write_text(text)
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         # the config must read back as this model: every tensor, same shape
         back = load_recipe(str(tmp / CONFIG), [f"model.vocab_size={rows}"], plugins)
         with torch.device("meta"):
             again = build_model(back.model, plugins.registry, rows, {})
-        want = {k: tuple(v.shape) for k, v in again.state_dict().items()}
-        have = {k: tuple(v.shape) for k, v in tp_sd.items()}
-        if want != have and not notes:
+        want = {k: tuple(v.shape) for k, v in again.state_dict().items() if k not in allowed}
+        have = {k: tuple(v.shape) for k, v in tp_sd.items() if k not in allowed}
+        if want != have:
             differ = sorted(set(want.items()) ^ set(have.items()))[:8]
             raise TpError(f"the TencentPretrain config written for {what} does not read back as "
                           f"the same model (first differences: {differ})",

@@ -343,7 +343,8 @@ def _inverse_of(table: dict[str, str], value: str, what: str, unsupported: list[
     return value
 
 
-def _transformer_options(o: Any, where: str, unsupported: list[str]) -> dict[str, Any]:
+def _transformer_options(o: Any, where: str, unsupported: list[str],
+                         notes: list[str]) -> dict[str, Any]:
     """TencentPretrain's keys of a tp transformer encoder / decoder's options."""
     out: dict[str, Any] = {
         "heads_num": o.heads, "feedforward_size": o.ffn_size,
@@ -374,8 +375,9 @@ def _transformer_options(o: Any, where: str, unsupported: list[str]) -> dict[str
                                "10000)")
     elif o.position != "none":
         unsupported.append(f"{where}.position {o.position!r}")
-    if o.attention_dropout is not None:
-        unsupported.append(f"{where}.attention_dropout (TencentPretrain uses dropout)")
+    if o.attention_dropout is not None:  # training only: the weights are the same model
+        notes.append(f"{where}.attention_dropout {o.attention_dropout} is not written: "
+                     "TencentPretrain drops attention with `dropout`")
     for key in ("layer_scale", "final_norm", "grid"):
         if getattr(o, key, None) is not None:
             unsupported.append(f"{where}.{key}")
@@ -387,7 +389,7 @@ def _transformer_options(o: Any, where: str, unsupported: list[str]) -> dict[str
 
 
 def _embedding_names(modules: list[Any], where: str, unsupported: list[str],
-                     lengths: set[int]) -> list[str]:
+                     lengths: set[int], notes: list[str]) -> list[str]:
     names = []
     for m in modules:
         if m.name not in _EMBEDDINGS - {"dual"}:
@@ -396,16 +398,21 @@ def _embedding_names(modules: list[Any], where: str, unsupported: list[str],
             lengths.add(int(m.options.max_length))
             if getattr(m.options, "offset", 0) or getattr(m.options, "padding_aware", False):
                 unsupported.append(f"{where} {m.name} offset / padding_aware")
+        elif m.name == "seg" and m.options.types == 2:
+            notes.append(f"{where} seg has 2 types (A, B): written as TencentPretrain's 3 rows "
+                         "with a zero padding row first (read back, types=3)")
         elif m.name == "seg" and m.options.types != 3:
             unsupported.append(f"{where} seg types={m.options.types} (TencentPretrain's has 3)")
         names.append(m.name)
     return names
 
 
-def to_tencentpretrain(recipe: Any) -> dict[str, Any]:
+def to_tencentpretrain(recipe: Any, notes: list[str] | None = None) -> dict[str, Any]:
     """The TencentPretrain config of a validated tp recipe's model: from_tencentpretrain maps it
     back to the same model (with model.vocab_size set, as TencentPretrain's configs carry no
-    vocabulary). Raises ConfigError naming every part TencentPretrain cannot express."""
+    vocabulary). Raises ConfigError naming every part TencentPretrain cannot express; what it
+    expresses only nearly (training-only options, a two-segment table) is added to `notes`."""
+    notes = notes if notes is not None else []
     spec = recipe.model
     o = spec.options
     unsupported: list[str] = []
@@ -422,7 +429,8 @@ def to_tencentpretrain(recipe: Any) -> dict[str, Any]:
             config["data_processor"] = key
             break
     lengths: set[int] = set()
-    config["embedding"] = _embedding_names(stack.embedding, "embedding", unsupported, lengths)
+    config["embedding"] = _embedding_names(stack.embedding, "embedding", unsupported, lengths,
+                                         notes)
     if o.embedding_norm not in ("layernorm", "none"):
         unsupported.append(f"model.embedding_norm {o.embedding_norm!r}")
     config["remove_embedding_layernorm"] = o.embedding_norm == "none"
@@ -432,7 +440,7 @@ def to_tencentpretrain(recipe: Any) -> dict[str, Any]:
     elif enc.name == "transformer":
         config["encoder"] = "transformer"
         config["layers_num"] = enc.options.layers
-        config.update(_transformer_options(enc.options, "encoder", unsupported))
+        config.update(_transformer_options(enc.options, "encoder", unsupported, notes))
         config["mask"] = _inverse_of(_MASKS, enc.options.mask, "encoder.mask", unsupported)
         config["parameter_sharing"] = bool(enc.options.share_layers)
         if o.embedding_size and o.embedding_size != o.hidden_size:
@@ -446,7 +454,8 @@ def to_tencentpretrain(recipe: Any) -> dict[str, Any]:
         config["encoder"] = name
         config["layers_num"] = enc.options.layers
         if getattr(enc.options, "dropout", None) is not None:
-            unsupported.append("encoder.dropout (TencentPretrain uses the model's dropout)")
+            notes.append(f"encoder.dropout {enc.options.dropout} is not written: TencentPretrain "
+                         "uses the model's dropout")
     else:
         unsupported.append(f"encoder {enc.name!r}")
     if stack.pooling is not None:
@@ -456,7 +465,7 @@ def to_tencentpretrain(recipe: Any) -> dict[str, Any]:
         if dec.name != "transformer" or enc is None or enc.name != "transformer":
             unsupported.append(f"decoder {dec.name!r} after encoder {enc.name if enc else None!r}")
         else:
-            opts = _transformer_options(dec.options, "decoder", unsupported)
+            opts = _transformer_options(dec.options, "decoder", unsupported, notes)
             differ = sorted(k for k, v in opts.items() if config.get(k) != v)
             if differ:
                 unsupported.append(f"decoder options that differ from the encoder's: "
@@ -468,7 +477,7 @@ def to_tencentpretrain(recipe: Any) -> dict[str, Any]:
                 config["layernorm"] = "t5"
             config["decoder_layers_num"] = dec.options.layers
             config["tgt_embedding"] = _embedding_names(spec.tgt_embedding, "tgt_embedding",
-                                                       unsupported, lengths)
+                                                       unsupported, lengths, notes)
             config["share_embedding"] = bool(o.share_embeddings)
     if len(lengths) > 1:
         unsupported.append(f"position tables of different lengths {sorted(lengths)}")
@@ -485,8 +494,11 @@ def to_tencentpretrain(recipe: Any) -> dict[str, Any]:
             config["has_lmtarget_bias"] = True
         if t.name == "lm" and t.options.label_smoothing:
             config["label_smoothing"] = t.options.label_smoothing
-        if t.name == "lm" and (t.options.prefix_lm or t.options.rescale_hidden):
-            unsupported.append("target lm prefix_lm / rescale_hidden")
+        if t.name == "lm" and t.options.rescale_hidden:
+            unsupported.append("target lm rescale_hidden (T5's hidden_size ** -0.5 before a tied "
+                               "output)")
+        if t.name == "lm" and t.options.prefix_lm:
+            notes.append("target lm prefix_lm (a training loss) is not written")
         if t.name == "mlm" and t.options.activation != _ACTIVATIONS.get(
                 str(config.get("hidden_act", "gelu")), "gelu"):
             unsupported.append(f"target mlm activation {t.options.activation!r} (TencentPretrain's "
