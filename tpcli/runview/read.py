@@ -209,11 +209,18 @@ def _alive(status: dict[str, Any]) -> bool | None:
     return status.get("process_start") in (None, started)  # another start: the pid was reused
 
 
-def _resume_command(run: Path, checkpoint: int | None, info: dict[str, Any]) -> str:
+def _resume_command(run: Path, checkpoint: int | None, total: int | None,
+                    info: dict[str, Any]) -> str:
     """The command that continues a pre-training run: --resume from its last checkpoint, or
-    (none yet) the command that started it, which takes a folder without checkpoints over."""
+    (none yet) the command that started it, which takes a folder without checkpoints over.
+    A resume trains the checkpoint's recipe: a segment that was extending the run (`--resume
+    RUN pretrain.steps=N`) and stopped before its first save needs its pretrain.steps again."""
     if checkpoint is not None:
-        return f"tp pretrain --resume {shlex.quote(str(run))}"
+        words = ["tp", "pretrain", "--resume", str(run)]
+        saved = _section(_recipe(run / rf.LAST), "pretrain").get("steps")
+        if total is not None and saved != total:
+            words.append(f"pretrain.steps={total}")
+        return " ".join(shlex.quote(w) for w in words)
     # no checkpoint yet: the same command again takes the folder over
     recipe = info.get("recipe_dir") or info.get("recipe") or "RECIPE"
     words = ["tp", "pretrain", str(recipe), "--data", str(info.get("data", "DATA")), "--out",
@@ -277,7 +284,7 @@ def _state(run: Path, kind: str, status: dict[str, Any], steps: int | None, tota
     if said == "failed":
         error, hint = status.get("error") or "?", status.get("hint")
         # after fixing the cause it continues from its last checkpoint (none: the hint says)
-        resume = (_resume_command(run, checkpoint, info)
+        resume = (_resume_command(run, checkpoint, total, info)
                   if kind == "pretrain" and checkpoint is not None else None)
         return "failed", f"failed: {error}", error, hint, resume
     done = steps or 0
@@ -289,7 +296,7 @@ def _state(run: Path, kind: str, status: dict[str, Any], steps: int | None, tota
     if kind == "finetune":
         return "stopped", (f"stopped at step {done} ({why}); fine-tuning does not resume: run "
                            "the same `tp finetune` again"), None, None, None
-    resume = _resume_command(run, checkpoint, info)
+    resume = _resume_command(run, checkpoint, total, info)
     where = (f"resume from step {checkpoint}" if checkpoint is not None
              else "no checkpoint yet: start it again")
     return "stopped", f"stopped at step {done} ({why}); {where}: {resume}", None, None, resume

@@ -243,12 +243,14 @@ def earlier_hint(ckpt: Path) -> str:
 
 def process_start(pid: int) -> str | None:
     """When process `pid` started (clock ticks since boot, from /proc), or None where it is gone
-    or there is no /proc: a pid reused by another process has another start time."""
+    (or a zombie: ended, not yet reaped) or there is no /proc: a pid reused by another process
+    has another start time."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[-1].split()[19]  # field 22, counted after the command name
+    fields = stat.rsplit(")", 1)[-1].split()  # from field 3 on: the name may hold spaces
+    return None if fields[0] in ("Z", "X") else fields[19]  # state, start time (field 22)
 
 
 def _now() -> str:
