@@ -414,7 +414,7 @@ def test_keys_that_do_not_fit_the_config_are_named(converted: tuple, tmp_path: P
     (tmp_path / "wrong.json").write_text(json.dumps(wrong))
     fails(["convert", work / "model.bin", "--from", "tencentpretrain", "--config",
            tmp_path / "wrong.json", "--out", tmp_path / "o"], capsys,
-          "target.lm.output_layer.weight", "target.mlm.linear_1.weight")
+          "do not fit", "target.lm.output_layer.weight", "target.mlm.linear_1.weight")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wrong.json"]
 
 
@@ -427,16 +427,22 @@ def test_corrupt_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert not (tmp_path / "o").exists()
 
 
-def test_ddp_prefix_is_removed(converted: tuple, tmp_path: Path) -> None:
+def test_ddp_prefix_and_safetensors_are_read(converted: tuple, tmp_path: Path) -> None:
     family, _, _, state, work, _ = converted
     if family != "llama":
         pytest.skip("one family shows it")
     torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "ddp.bin")
     assert tp("convert", tmp_path / "ddp.bin", "--from", "tencentpretrain", "--config",
               work / "config.json", "--out", tmp_path / "o") == 0
-    a = load_checkpoint(tmp_path / "o").model.state_dict()
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "m.safetensors"))
+    assert tp("convert", tmp_path / "m.safetensors", "--from", "tencentpretrain", "--config",
+              work / "config.json", "--out", tmp_path / "st") == 0
     b = load_checkpoint(work / "tp").model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in b)
+    for other in ("o", "st"):
+        a = load_checkpoint(tmp_path / other).model.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in b)
 
 
 def test_to_tencentpretrain_refuses_what_it_cannot_express(

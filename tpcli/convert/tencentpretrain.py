@@ -300,6 +300,9 @@ def _read_config(path: Path) -> dict[str, Any]:
                       ) from e
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TpError(f"cannot read --config {path}: {e}") from e
+    if path.suffix != ".json":
+        raise TpError(f"--config {path} is not a .json file",
+                      hint="give the JSON file TencentPretrain's pretrain.py read as --config_path")
     if not isinstance(data, dict) or not is_tencentpretrain_config(data):
         raise TpError(f"--config {path} is not a TencentPretrain model config",
                       hint="give the JSON file TencentPretrain's pretrain.py read as --config_path")
@@ -424,7 +427,15 @@ def from_tencentpretrain(source: Path, config: Path | None, out: Path, plugins: 
                               path=tmp)
         model = build_model(recipe.model, plugins.registry, *vocabulary(tokenizer))
         own = dict(model.state_dict())
-        tp_sd = apply_rules(sd, rules, "hf_to_tp", expected=own.keys())
+        try:
+            tp_sd = apply_rules(sd, rules, "hf_to_tp", expected=own.keys())
+        except CheckpointError as e:
+            detail = e.message.partition(":")[2]  # the keymap's lists of keys
+            raise CheckpointError(
+                f"the weights of {source} do not fit {config} (TencentPretrain keys on the "
+                f"source side, tp's on the result side):{detail}",
+                hint="is it the config the checkpoint was trained with (layers_num, target, "
+                "tie_weights, embedding, ...)?") from e
         raise_shapes(shape_problems(tp_sd, own, "checkpoint"), str(source))
         model.load_state_dict(tp_sd, strict=True)
         save_weights(_unshared(tp_sd), tmp / WEIGHTS, {"format": "pt", "step": "0"})
