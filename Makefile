@@ -6,7 +6,7 @@ TP := $(VENV)/bin/tp
 DEMO := build/demo
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo demo-images demo-speech demo-multimodal test check-wheels bench clean
+.PHONY: install demo curves demo-images demo-speech demo-multimodal test check-wheels bench clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,11 @@ demo: install
 	$(TP) preprocess bert-tiny --corpus $(DEMO)/corpus.txt --out $(DEMO)/data
 	$(TP) pretrain bert-tiny --data $(DEMO)/data --out $(DEMO)/run model.encoder.position=rotary
 	$(PY) scripts/demo_eval.py $(DEMO)/run $(DEMO)/heldout.txt $(DEMO)/corpus.txt
+	$(TP) runs $(DEMO)
+
+# The README's loss curve: `tp runs plot` of the demo's run (after `make demo`).
+curves:
+	$(TP) runs plot $(DEMO)/run --out docs/curves.png --size 900x420
 
 # The image demo: a 4-layer ViT learns Fashion-MNIST (Debian's dataset-fashion-mnist: 10,000
 # training images, 2,000 to choose the best epoch on) from scratch, and `tp infer` labels 1,000

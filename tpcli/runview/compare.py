@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tpcli.runview.read import Run, _recipe
+from tpcli.runview.read import Run, recipe_of
 
 ABSENT = "(absent)"
 
@@ -53,7 +53,7 @@ def results(run: Run) -> dict[str, Any]:
 
 def compare(runs: list[Run]) -> dict[str, Any]:
     """{"runs": [paths], "differ": {key: [values]}, "results": {name: [values]}}."""
-    diff = differing([_recipe(Path(r.path)) for r in runs])
+    diff = differing([recipe_of(Path(r.path)) for r in runs])
     per_run = [results(r) for r in runs]
     names: list[str] = []
     for res in per_run:

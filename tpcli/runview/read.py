@@ -142,7 +142,8 @@ def _json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _recipe(run: Path) -> dict[str, Any]:
+def recipe_of(run: Path) -> dict[str, Any]:
+    """The recipe.yaml of a run or checkpoint folder as written ({} when unreadable)."""
     try:
         raw = yaml.safe_load((run / rf.RECIPE).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
@@ -217,7 +218,7 @@ def _resume_command(run: Path, checkpoint: int | None, total: int | None,
     RUN pretrain.steps=N`) and stopped before its first save needs its pretrain.steps again."""
     if checkpoint is not None:
         words = ["tp", "pretrain", "--resume", str(run)]
-        saved = _section(_recipe(run / rf.LAST), "pretrain").get("steps")
+        saved = _section(recipe_of(run / rf.LAST), "pretrain").get("steps")
         if total is not None and saved != total:
             words.append(f"pretrain.steps={total}")
         return " ".join(shlex.quote(w) for w in words)
@@ -245,7 +246,7 @@ def read_run(run: Path) -> Run:
         raise TpError(f"{run} is not a tp run folder (no {rf.RECIPE} with {rf.RUN_INFO} or "
                       f"{FINETUNE_INFO})", hint=NOT_A_RUN_HINT)
     kind = "pretrain" if (run / rf.RUN_INFO).is_file() else "finetune"
-    raw, info, status = _recipe(run), _json(run / rf.RUN_INFO), _json(run / rf.STATUS)
+    raw, info, status = recipe_of(run), _json(run / rf.RUN_INFO), _json(run / rf.STATUS)
     series = curves(run)
     losses = series.get("loss", [])
     checkpoint = _checkpoint_step(run)
