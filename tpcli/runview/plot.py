@@ -185,6 +185,7 @@ def save_png(named: list[tuple[str, Curve]], metric: str, weight: float, out: Pa
         out = Path(out)
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         try:
+            out.parent.mkdir(parents=True, exist_ok=True)
             fig.savefig(tmp, dpi=100, format="png")
             os.replace(tmp, out)
         except OSError as e:
