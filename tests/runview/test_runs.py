@@ -9,6 +9,7 @@ import resource
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -178,3 +179,12 @@ def test_bad_runs_are_clean_errors(runs: Runs, capsys: pytest.CaptureFixture[str
     assert rc == 1 and "only one run" in err
     rc, _, err = tp(capsys, "runs", tmp_path / "nowhere")
     assert rc == 1 and "is not a folder" in err
+
+
+def test_listing_imports_neither_torch_nor_matplotlib(runs: Runs) -> None:
+    """`tp runs` reads files only: it answers in a fraction of a second."""
+    code = ("import sys; from tpcli.cli.main import main; rc = main(['runs', sys.argv[1], "
+            "'--json']); print(rc, 'torch' in sys.modules, 'matplotlib' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, str(runs.root)], capture_output=True,
+                       text=True, env=tp_env(), timeout=60)
+    assert r.stdout.splitlines()[-1] == "0 False False", r.stderr
