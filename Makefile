@@ -78,8 +78,10 @@ demo-multimodal: install
 
 # TP_PEAK_FLOPS: each of the suite's ~100 training processes would otherwise spend ~1 s measuring
 # the machine's matmul peak for MFU; tests/train/test_perf.py unsets it and measures for real.
+# -n 2: two pytest workers (pytest-xdist), one torch thread each (OMP_NUM_THREADS=1): the
+# suite's tiny models gain nothing from a second thread, and the serial run kept ~1.2 cores busy.
 test: install
-	TP_PEAK_FLOPS=1e12 $(VENV)/bin/pytest -q
+	TP_PEAK_FLOPS=1e12 OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -n 2
 
 # The wheels of tpcli and every plugin, installed non-editable in a fresh venv (a temp folder,
 # removed after) and run from outside the checkout: what `pip install` gives a user. CI runs it.
