@@ -142,17 +142,9 @@ def init_from(model: torch.nn.Module, ckpt: Path, head_sources: dict[str, str]
 
     state = ckpt_io.read_weights(ckpt)
     own = model.state_dict()
-    body = [k for k in own if not k.startswith("targets.")]
-    missing = [k for k in body if k not in state]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in body
-             if k in state and state[k].shape != own[k].shape]
-    if missing or wrong:
-        listed = "; ".join([f"missing {k}" for k in missing[:8]] + wrong[:8])
-        raise CheckpointError(
-            f"{ckpt} does not fit this model ({len(missing)} missing, {len(wrong)} mis-shaped "
-            f"weights: {listed})",
-            hint="fine-tune with the recipe the checkpoint was trained with (omit the RECIPE "
-            "argument to use the one saved in the checkpoint)")
+    body = ckpt_io.check_body(
+        own, state, str(ckpt), hint="fine-tune with the recipe the checkpoint was trained with "
+        "(omit the RECIPE argument to use the one saved in the checkpoint)")
     load = {k: state[k] for k in body}
     carried: dict[str, str] = {}
     for key in own:

@@ -225,22 +225,29 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     model.load_state_dict(state, strict=True)
 
 
+def check_body(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str,
+               hint: str) -> list[str]:
+    """Every weight of `own` outside the targets is in `state` with its shape, or one
+    CheckpointError names the missing and mis-shaped ones. Returns those keys (the body)."""
+    body = [k for k in own if not k.startswith("targets.")]
+    missing = [k for k in body if k not in state]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in body
+             if k in state and state[k].shape != own[k].shape]
+    if missing or wrong:
+        listed = "; ".join([f"missing {k}" for k in missing[:8]] + wrong[:8])
+        raise CheckpointError(
+            f"{source} does not fit this model ({len(missing)} missing, {len(wrong)} "
+            f"mis-shaped weights: {listed})", hint=hint)
+    return body
+
+
 def load_init(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, Any]:
     """Weights to start a run from (`pretrain.init`): every weight outside the targets must be in
     `state` with its shape; a target's weight is taken when `state` has it with the same shape,
     else it keeps its fresh initialisation. Returns {fresh: [...], unused: [...]} (keys)."""
     own = model.state_dict()
-    body = [k for k in own if not k.startswith("targets.")]
-    missing = [k for k in body if k not in state]
-    wrong = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own
-             if k in state and state[k].shape != own[k].shape and k in body]
-    if missing or wrong:
-        listed = "; ".join([f"missing {k}" for k in missing[:8]] + wrong[:8])
-        raise CheckpointError(
-            f"{source} does not fit this model ({len(missing)} missing, {len(wrong)} "
-            f"mis-shaped weights: {listed})",
-            hint="start from a checkpoint of the same architecture and vocabulary (its "
-            "recipe.yaml), or set the recipe's model section to match it")
+    check_body(own, state, source, hint="start from a checkpoint of the same architecture and "
+               "vocabulary (its recipe.yaml), or set the recipe's model section to match it")
     load = {k: state[k] for k in own if k in state and state[k].shape == own[k].shape}
     model.load_state_dict({**own, **load}, strict=True)
     return {"fresh": sorted(k for k in own if k not in load),
