@@ -21,6 +21,14 @@ each case, the best of the run kept, and raised to any step that ran faster. Run
     python benchmarks/throughput.py                          # everything (~8 min on 2 CPU cores)
     python benchmarks/throughput.py --models bert --precisions bf16 --steps 3
     python benchmarks/throughput.py --device cuda --steps 20 --compile
+    python benchmarks/throughput.py --models bert --precisions fp32 --no-preprocess \\
+        --tencentpretrain ~/TencentPretrain --profile   # + TencentPretrain's own BERT step
+
+With `--tencentpretrain PATH` (a checkout of https://github.com/Tencent/TencentPretrain) the
+BERT case gains a third implementation, TencentPretrain's own model and training step
+(`tencentpretrain_bert`), timed in the same alternation; without it that row is skipped and the
+output says how to get one. `--profile` adds a torch.profiler table per implementation and
+precision (the top ops by self time of one step) after the tables.
 """
 
 from __future__ import annotations
@@ -67,11 +75,21 @@ class Case:
     tp_batch: dict[str, torch.Tensor]
     hf_batch: dict[str, torch.Tensor]
     notes: list[str] = field(default_factory=list)
+    # more implementations timed beside tp and HF: name -> (precision, device) -> a step
+    # function, or None where that implementation has no such step (TencentPretrain in bf16)
+    others: dict[str, Callable[[str, torch.device], Callable[[], float] | None]] = field(
+        default_factory=dict)
+    spec: Any = None  # tp's model spec (tpcli.recipes.config.ModelSpec), for key maps
 
 
 def _tp_from_hf(converter: Any, hf: Any) -> torch.nn.Module:
     """The tp model of `hf`'s config (the converter's `config_to_recipe`), loaded strictly with
     its weights (`hf_to_tp`)."""
+    return _tp_and_spec(converter, hf)[0]
+
+
+def _tp_and_spec(converter: Any, hf: Any) -> tuple[torch.nn.Module, Any]:
+    """`_tp_from_hf`, and the model spec it was built from."""
     from tpcli.recipes.config import build_recipe
     from tpcli.model import build_model
     from tpcli.plugins import get_plugins
@@ -86,18 +104,20 @@ def _tp_from_hf(converter: Any, hf: Any) -> torch.nn.Module:
     state = converter.hf_to_tp(hf.state_dict(), expected=model.state_dict().keys(),
                                hf_config=config)
     model.load_state_dict(state, strict=True)
-    return model
+    return model, recipe.model
 
 
-def bert_case(batch: int, seq: int, layers: int | None = None) -> Case:
-    """BERT-base pre-training: MLM on ~15% of the positions + next-sentence prediction."""
+def bert_case(batch: int, seq: int, layers: int | None = None,
+              tencentpretrain: Path | None = None) -> Case:
+    """BERT-base pre-training: MLM on ~15% of the positions + next-sentence prediction; with a
+    TencentPretrain checkout, its own BERT beside tp and HF (`tencentpretrain_bert`)."""
     import transformers
     from tp_text.convert_bert import CONVERTER
 
     torch.manual_seed(0)
     extra = {} if layers is None else {"num_hidden_layers": layers}
     hf = transformers.BertForPreTraining(transformers.BertConfig(**extra))
-    tp = _tp_from_hf(CONVERTER, hf)
+    tp, spec = _tp_and_spec(CONVERTER, hf)
     g = torch.Generator().manual_seed(1)
     v = hf.config.vocab_size
     ids = torch.randint(1000, v, (batch, seq), generator=g)
@@ -109,12 +129,126 @@ def bert_case(batch: int, seq: int, layers: int | None = None) -> Case:
     mask = torch.ones(batch, seq, dtype=torch.long)
     seg = (torch.arange(seq) >= seq // 2).long().expand(batch, seq).contiguous()
     nsp = torch.randint(0, 2, (batch,), generator=g)
-    return Case(
+    case = Case(
         "BERT-base MLM+NSP", f"{batch}x{seq}, {n * batch} masked", batch * seq, tp, hf,
         {"input_ids": ids, "attention_mask": mask, "segment_ids": seg, "mlm_labels": labels,
          "sp_labels": nsp},
         {"input_ids": ids, "attention_mask": mask, "token_type_ids": seg, "labels": labels,
-         "next_sentence_label": nsp})
+         "next_sentence_label": nsp}, spec=spec)
+    if tencentpretrain is not None:
+        tencentpretrain_bert(case, tencentpretrain, layers)
+    return case
+
+
+# ----------------------------------------------------------------------------- TencentPretrain
+
+TPRE = "TencentPretrain"
+TPRE_GET = "git clone https://github.com/Tencent/TencentPretrain"
+
+
+@contextlib.contextmanager
+def _in_checkout(path: Path) -> Iterator[None]:
+    """Inside a TencentPretrain checkout: its package importable, and the working directory its
+    constants module reads `models/special_tokens_map.json` from (at import)."""
+    here = os.getcwd()
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
+def _tpre_args(path: Path, layers: int | None, vocab: int) -> argparse.Namespace:
+    """The options TencentPretrain's pretrain.py would hold for
+    `--config_path models/bert/base_config.json` (its defaults: AdamW at lr 2e-5 without bias
+    correction, linear schedule with 10% warm-up over 100,000 steps), the learning rate set to
+    the benchmark's 1e-5, and a vocabulary of `vocab` words."""
+    import json
+    import types
+
+    from tencentpretrain.opts import (model_opts, mp_opts, optimization_opts,  # type: ignore
+                                      tgt_tokenizer_opts, tokenizer_opts)
+
+    p = argparse.ArgumentParser()
+    for opts in (model_opts, tokenizer_opts, tgt_tokenizer_opts, mp_opts, optimization_opts):
+        opts(p)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--data_processor", default="bert")
+    p.add_argument("--labels_num", type=int, default=None)
+    a = vars(p.parse_args([]))
+    a.update(json.loads((path / "models" / "bert" / "base_config.json").read_text()))
+    if layers is not None:
+        a["layers_num"] = layers
+    a.update(total_steps=100000, learning_rate=1e-5, use_lora=False, deepspeed=False,
+             vocab_size=vocab)
+    ns = argparse.Namespace(**a)
+    ns.tokenizer = types.SimpleNamespace(vocab=list(range(vocab)))
+    ns.tgt_tokenizer = ns.tokenizer
+    return ns
+
+
+def tencentpretrain_bert(case: Case, path: Path, layers: int | None) -> None:
+    """TencentPretrain's own BERT (its `build_model` on models/bert/base_config.json) with the
+    case's weights (tp's state dict through `tp convert --to tencentpretrain`'s key map), added
+    to `case.others`. Its step is its trainer's: `model(src, tgt, seg)` -> the mlm and sp loss
+    infos, their sum, the `.item()`s its BertTrainer logs, backward, its own AdamW (Python, one
+    parameter at a time) + linear schedule step (`init_optimizer`), `model.zero_grad()`; fp32
+    only (its pretrain.py's half precision is apex fp16, not autocast bf16)."""
+    from tpcli.convert.keymap import convert as apply_rules
+    from tpcli.convert.tencentpretrain import key_rules
+
+    path = path.expanduser().resolve()
+    if not (path / "tencentpretrain" / "model_builder.py").is_file():
+        raise SystemExit(f"--tencentpretrain {path}: not a TencentPretrain checkout (no "
+                         f"tencentpretrain/model_builder.py); get one with `{TPRE_GET}`")
+    vocab = int(case.hf.config.vocab_size)
+    with _in_checkout(path):
+        from tencentpretrain.model_builder import build_model  # type: ignore
+        from tencentpretrain.trainer import init_optimizer  # type: ignore
+
+        args = _tpre_args(path, layers, vocab)
+        torch.manual_seed(0)
+        model = build_model(args)
+    state = apply_rules(case.tp.state_dict(), key_rules(case.spec), "tp_to_hf")
+    model.load_state_dict(state, strict=True)
+    b = case.tp_batch
+    labels = b["mlm_labels"]
+    # its batch: mlm targets are the word at a masked position, 0 elsewhere; segments are
+    # 1 (A), 2 (B), 0 (padding), and padding is where seg is 0
+    tpre_batch = {"src": b["input_ids"], "tgt_mlm": labels.masked_fill(labels == IGNORE, 0),
+                  "tgt_sp": b["sp_labels"], "seg": (b["segment_ids"] + 1) * b["attention_mask"]}
+
+    def make(precision: str, device: torch.device) -> Callable[[], float] | None:
+        if precision != "fp32":
+            return None
+        model.to(device).train()
+        batch = {k: v.to(device) for k, v in tpre_batch.items()}
+        optimizer, scheduler, _ = init_optimizer(args, model)
+
+        def step() -> float:
+            info = model(batch["src"], {"mlm": batch["tgt_mlm"], "sp": batch["tgt_sp"]},
+                         batch["seg"])
+            loss_mlm, correct_mlm, denominator = info["mlm"]
+            loss_sp, correct_sp = info["sp"]
+            loss = loss_mlm + loss_sp
+            # what BertTrainer.forward_propagation logs each step
+            for t in (loss, loss_mlm, loss_sp, correct_mlm, correct_sp, denominator):
+                t.item()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            model.zero_grad()
+            return float(loss.detach())
+
+        return step
+
+    case.others[TPRE] = make
+    case.notes.append(f"{TPRE} ({path}): its own BertTrainer step, AdamW and LayerNorm (which "
+                      "divides by the unbiased std + 1e-6: without dropout its loss is tp's "
+                      "within ~1e-4, and within 1e-6 with torch's LayerNorm in its place; with "
+                      "dropout each implementation draws its own masks)")
 
 
 def gpt2_case(batch: int, seq: int, layers: int | None = None) -> Case:
@@ -158,10 +292,12 @@ def t5_case(batch: int, seq: int, tgt: int, layers: int | None = None) -> Case:
                  "labels": labels})
 
 
-def build_case(name: str, scale: int, layers: int | None = None) -> Case:
-    """The issue's shapes (batch multiplied by `scale`); `layers` shrinks the stacks (smoke)."""
+def build_case(name: str, scale: int, layers: int | None = None,
+               tencentpretrain: Path | None = None) -> Case:
+    """The issue's shapes (batch multiplied by `scale`); `layers` shrinks the stacks (smoke);
+    `tencentpretrain` (a checkout) adds its BERT to the BERT case."""
     if name == "bert":
-        return bert_case(8 * scale, 128, layers)
+        return bert_case(8 * scale, 128, layers, tencentpretrain)
     if name == "gpt2":
         return gpt2_case(4 * scale, 512, layers)
     if name == "t5":
@@ -212,11 +348,18 @@ class Timing:
 
 
 def measure(case: Case, precision: str, device: torch.device, steps: int, warmup: int,
-            compile_: bool) -> dict[str, Timing]:
+            compile_: bool, profile: list[str] | None = None) -> dict[str, Timing]:
+    """Every implementation's step (tp, HF, then `case.others` that have one in `precision`),
+    alternating; with `profile` (a list), one more step of each under torch.profiler, its
+    table of the top ops by self CPU time appended to the list."""
     fns = {
         "tp": make_step(case.tp, case.tp_batch, False, precision, device, compile_),
         "HF": make_step(case.hf, case.hf_batch, True, precision, device, compile_),
     }
+    for name, make in case.others.items():
+        fn = make(precision, device)
+        if fn is not None:
+            fns[name] = fn
     flops: dict[str, float] = {}
     loss: dict[str, float] = {}
     for name, fn in fns.items():  # warm-up 1: FLOPs counted (and kernels chosen, caches filled)
@@ -236,7 +379,28 @@ def measure(case: Case, precision: str, device: torch.device, steps: int, warmup
             fns[name]()
             sync(device)
             times[name].append(time.perf_counter() - start)
+    if profile is not None:
+        for name, fn in fns.items():
+            profile.append(profile_table(fn, device, f"{case.name}, {precision}, {name}"))
     return {name: Timing(name, times[name], flops[name], loss[name]) for name in fns}
+
+
+def profile_table(fn: Callable[[], float], device: torch.device, title: str,
+                  rows: int = 25) -> str:
+    """One step of `fn` under torch.profiler: the top `rows` ops by self CPU time (and self
+    CUDA time on a GPU), as a markdown section with the table in a code block."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    sync(device)
+    with profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=48)
+    return f"### Profile: {title} (one step, top {rows} ops by self time)\n\n```\n{table}```"
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -399,6 +563,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="layers of every stack (default: each model's own; fewer for a smoke run)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--no-preprocess", action="store_true", help="skip the preprocessing section")
+    p.add_argument("--tencentpretrain", type=Path, default=None, metavar="PATH",
+                   help="a TencentPretrain checkout: its own BERT becomes a third row of the "
+                   f"BERT case (fp32); get one with `{TPRE_GET}`")
+    p.add_argument("--profile", action="store_true",
+                   help="after the timed steps, one step of each implementation under "
+                   "torch.profiler: the top ops by self time, printed after the tables")
     return p.parse_args(argv)
 
 
@@ -417,32 +587,40 @@ def run_training(args: argparse.Namespace, device: torch.device) -> Iterator[str
         return max(old, measure_peak(device, p, budget_s=3.0).flops)
 
     peaks = {p: best_peak(p) for p in precisions}
-    rows: list[tuple[str, str, int, str, str, Timing, float, float]] = []
+    rows: list[tuple[str, str, int, str, str, Timing, float, float | None]] = []
     header = ("| model | batch | precision | impl | step (median, min-max) | tokens/s | "
-              "GFLOP/step | MFU | tp/HF speed | loss |\n"
+              "GFLOP/step | MFU | tp speed-up over this row | loss |\n"
               "|---|---|---|---|---|---:|---:|---:|---:|---:|")
     notes: list[str] = []
+    profiles: list[str] | None = [] if args.profile else None
     for name in models:
-        case = build_case(name, args.batch_scale, args.layers)
+        tpre = args.tencentpretrain if name == "bert" else None
+        case = build_case(name, args.batch_scale, args.layers, tpre)
         case.tp.to(device).train()
         case.hf.to(device).train()
         # as the training loop hands it over: an all-real mask dropped on the host
         case.tp_batch = {k: v.to(device) for k, v in drop_full_masks(case.tp_batch)}
         case.hf_batch = {k: v.to(device) for k, v in case.hf_batch.items()}
         for precision in precisions:
-            res = measure(case, precision, device, args.steps, args.warmup, args.compile)
+            res = measure(case, precision, device, args.steps, args.warmup, args.compile,
+                          profiles)
             model_flops = min(r.flops for r in res.values())
             # as in training: a step faster than the peak shows the peak was measured too low
             fastest = max(model_flops / r.median for r in res.values())
             peaks[precision] = max(best_peak(precision, peaks[precision]), fastest)
-            ratio = res["HF"].median / res["tp"].median
-            for impl in ("tp", "HF"):
-                rows.append((case.name, case.shape, case.tokens, precision, impl, res[impl],
-                             model_flops, ratio))
-            print(f"{case.name} {precision}: tp {fmt_time(res['tp'].median)}, HF "
-                  f"{fmt_time(res['HF'].median)}, {ratio:.2f}x", file=sys.stderr, flush=True)
+            tp = res["tp"].median
+            for impl, r in res.items():
+                rows.append((case.name, case.shape, case.tokens, precision, impl, r,
+                             model_flops, None if impl == "tp" else r.median / tp))
+            print(f"{case.name} {precision}: tp {fmt_time(tp)}, " + ", ".join(
+                f"{impl} {fmt_time(r.median)} ({r.median / tp:.2f}x)" for impl, r in res.items()
+                if impl != "tp"), file=sys.stderr, flush=True)
         notes.append(f"{case.name}: HF attention implementation "
                      f"`{getattr(case.hf.config, '_attn_implementation', '?')}`")
+        notes += case.notes
+        if name == "bert" and tpre is None:
+            notes.append(f"no {TPRE} row: pass --tencentpretrain PATH, a checkout "
+                         f"(`{TPRE_GET}`), to time its own BERT step too")
         del case
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -456,9 +634,12 @@ def run_training(args: argparse.Namespace, device: torch.device) -> Iterator[str
         yield (f"| {name} | {shape} | {precision} | {impl} | {fmt_time(r.median)} "
                f"({fmt_time(min(r.times))}-{fmt_time(max(r.times))}) | "
                f"{tokens / r.median:,.0f} | {r.flops / 1e9:,.0f} | {100 * mfu:.1f}% | "
-               f"{f'{ratio:.2f}x' if impl == 'tp' else ''} | {r.loss:.3f} |")
+               f"{'' if ratio is None else f'{ratio:.2f}x'} | {r.loss:.3f} |")
     yield ""
     yield "; ".join(notes) + "."
+    for table in profiles or []:
+        yield ""
+        yield table
 
 
 def step_options(p: argparse.ArgumentParser, unit: str, quick: str) -> None:
@@ -525,7 +706,8 @@ def start_report(args: argparse.Namespace, title: str) -> torch.device:
         raise SystemExit("--device cuda: no CUDA device is visible")
     print(f"# {title}\n\nMachine: {machine(device)}\n", flush=True)
     print(f"Steps: {args.steps} timed per implementation after {args.warmup} warm-up round(s), "
-          f"tp and HF alternating; forward + backward + AdamW (fused); bf16 = autocast"
+          f"the implementations alternating; forward + backward + AdamW (fused; TencentPretrain: "
+          f"its own); bf16 = autocast"
           f"{'; torch.compile' if args.compile else ''}.\n", flush=True)
     return device
 
