@@ -125,8 +125,9 @@ def child(script: str, args: list[str], src: Path | None) -> dict[str, Any]:
     path (its `tpcli` and `tp_text` shadow the installed ones)."""
     paths = [str(src), str(src / "plugins" / "tp-text")] if src is not None else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths + sys.path)}
+    # cwd: `python -c` puts its working directory first on sys.path, before PYTHONPATH
     done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
-                          env=env, timeout=1800)
+                          env=env, timeout=1800, cwd=tempfile.gettempdir())
     if done.returncode != 0:
         raise SystemExit(f"measurement failed:\n{done.stderr[-3000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))

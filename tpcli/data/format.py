@@ -42,6 +42,13 @@ META = "meta.json"
 FLUSH_TOKENS = 1 << 20  # buffered tokens before a write: memory stays flat, writes stay large
 
 
+def check_token_ids(tokens: np.ndarray, vocab_size: int) -> None:
+    """PluginError unless every id is inside the vocabulary (one vectorised min and max)."""
+    if len(tokens) and (tokens.max() >= vocab_size or tokens.min() < 0):
+        raise PluginError(f"the tokenizer produced id {int(tokens.max())} (or a negative "
+                          f"one), outside its vocabulary of {vocab_size}")
+
+
 def shard_name(i: int) -> str:
     return f"shard-{i:05d}"
 
@@ -65,8 +72,8 @@ class _ShardWriter:
             raise
         self._pending: list[np.ndarray] = []  # compact arrays, not Python ints (28 bytes each)
         self._pending_tokens = 0
-        self._seq_ends: list[int] = []
-        self._doc_ends: list[int] = []
+        self._seq_ends: list[np.ndarray] = []  # int64 offsets, in parts
+        self._doc_ends: list[np.ndarray] = []
         self.tokens = self.sequences = self.documents = 0
         np.zeros(1, np.int64).tofile(self._seq)  # the leading 0 offset of both indexes
         np.zeros(1, np.int64).tofile(self._doc)
@@ -76,24 +83,24 @@ class _ShardWriter:
         self._files.append(f)
         return f
 
-    def add(self, lengths: list[int], tokens: np.ndarray) -> None:
-        """One document: its sequences' lengths and their (n,) tokens back to back."""
-        for n in lengths:
-            self.tokens += n
-            self._seq_ends.append(self.tokens)
+    def add(self, seq_lengths: np.ndarray, doc_seqs: np.ndarray, tokens: np.ndarray) -> None:
+        """Whole documents: (S,) their sequences' lengths, (D,) each one's count of sequences
+        and their (n,) tokens back to back."""
+        self._seq_ends.append(self.tokens + np.cumsum(seq_lengths, dtype=np.int64))
+        self._doc_ends.append(self.sequences + np.cumsum(doc_seqs, dtype=np.int64))
+        self.tokens += len(tokens)
+        self.sequences += len(seq_lengths)
+        self.documents += len(doc_seqs)
         self._pending.append(tokens)
         self._pending_tokens += len(tokens)
-        self.sequences += len(lengths)
-        self.documents += 1
-        self._doc_ends.append(self.sequences)
         if self._pending_tokens >= FLUSH_TOKENS:
             self.flush()
 
     def flush(self) -> None:
-        if self._pending:
-            np.concatenate(self._pending).tofile(self._tok)
-        np.asarray(self._seq_ends, dtype=np.int64).tofile(self._seq)
-        np.asarray(self._doc_ends, dtype=np.int64).tofile(self._doc)
+        for f, parts in ((self._tok, self._pending), (self._seq, self._seq_ends),
+                         (self._doc, self._doc_ends)):
+            if parts:
+                (np.concatenate(parts) if len(parts) > 1 else parts[0]).tofile(f)
         self._pending, self._pending_tokens, self._seq_ends, self._doc_ends = [], 0, [], []
 
     def close_files(self) -> None:
@@ -148,17 +155,45 @@ class Writer:
         if not doc:
             return False
         tokens = np.concatenate(doc) if len(doc) > 1 else doc[0]
-        if tokens.max() >= self.vocab_size or tokens.min() < 0:
-            raise PluginError(f"the tokenizer produced id {int(tokens.max())} (or a negative "
-                              f"one), outside its vocabulary of {self.vocab_size}")
+        lengths = np.array([len(s) for s in doc], dtype=np.int64)
+        return self.append_documents(tokens, lengths, np.array([len(doc)], dtype=np.int64)) > 0
+
+    def append_documents(self, tokens: np.ndarray, seq_lengths: np.ndarray,
+                         doc_seqs: np.ndarray) -> int:
+        """Add documents given as arrays: (n,) their tokens back to back, (S,) each sequence's
+        length, (D,) each document's count of sequences. The dataset is the one
+        `append_document` per document writes (empty sequences dropped, documents left with
+        none skipped, a shard started before the document that finds it full); returns the
+        documents added."""
+        seq_lengths = np.asarray(seq_lengths, dtype=np.int64)
+        doc_of_seq = np.repeat(np.arange(len(doc_seqs)), doc_seqs)  # (S,)
+        keep = seq_lengths > 0
+        seq_lengths, doc_of_seq = seq_lengths[keep], doc_of_seq[keep]
+        doc_seqs = np.bincount(doc_of_seq, minlength=len(doc_seqs))
+        doc_seqs = doc_seqs[doc_seqs > 0]  # (D',) documents with tokens
+        if not len(doc_seqs):
+            return 0
+        tokens = np.asarray(tokens)
+        check_token_ids(tokens, self.vocab_size)
+        tokens = tokens.astype(self.dtype, copy=False)
+        seq_start = np.concatenate([[0], np.cumsum(doc_seqs)])  # (D'+1,) first sequence
+        tok_start = np.concatenate([[0], np.cumsum(seq_lengths)])[seq_start]  # (D'+1,)
+        first, n = 0, len(doc_seqs)
         try:
-            if self._shard.tokens >= self.shard_tokens:
-                self._shards.append(self._shard.close())
-                self._shard = _ShardWriter(self.tmp, len(self._shards), self.dtype)
-            self._shard.add([len(s) for s in doc], tokens.astype(self.dtype, copy=False))
+            while first < n:
+                if self._shard.tokens >= self.shard_tokens:
+                    self._shards.append(self._shard.close())
+                    self._shard = _ShardWriter(self.tmp, len(self._shards), self.dtype)
+                # the documents that start while the shard holds fewer than shard_tokens
+                room = self.shard_tokens - self._shard.tokens + tok_start[first]
+                end = max(int(np.searchsorted(tok_start[:n], room, side="left")), first + 1)
+                s0, s1 = seq_start[first], seq_start[end]
+                self._shard.add(seq_lengths[s0:s1], doc_seqs[first:end],
+                                tokens[tok_start[first]:tok_start[end]])
+                first = end
         except OSError as e:
             raise write_error(self.out, e, "writing a shard") from None
-        return True
+        return n
 
     @property
     def counts(self) -> dict[str, int]:

@@ -13,13 +13,14 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
 from tpcli.data import build_processor, build_tokenizer
-from tpcli.data.format import Writer
+from tpcli.data.format import Writer, check_token_ids
 from tpcli.data.staging import remove_own
 from tpcli.errors import DataError, PluginError, TpError
 from tpcli.plugins.requests import PreprocessRequest
@@ -67,43 +68,83 @@ def open_corpus(corpus: str) -> Iterator[IO[bytes]]:
         opened.close()
 
 
-def _raw_lines(f: IO[bytes], corpus: str) -> Iterator[bytes]:
-    """The lines of `f`; a read failure (a corrupt or truncated .gz) is a DataError."""
-    it = iter(f)
+READ_BYTES = 1 << 16  # bytes read at a time, completed to the end of their last line
+
+
+def _read(f: IO[bytes], corpus: str, size: int) -> bytes:
+    """`size` bytes of `f` (0: up to and including the next line break); a read failure (a
+    corrupt or truncated .gz) is a DataError."""
+    try:
+        return f.read(size) if size else f.readline()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read corpus {corpus}: {e}",
+                        hint="check the file; a compressed corpus may be truncated") from e
+
+
+def _chunks(f: IO[bytes], corpus: str) -> Iterator[bytes]:
+    """The corpus in blocks of about READ_BYTES that end at a line break (or at the end): a line
+    longer than a block comes whole, in one block."""
     while True:
-        try:
-            yield next(it)
-        except StopIteration:
+        block = _read(f, corpus, READ_BYTES)
+        if not block:
             return
-        except (OSError, EOFError) as e:
-            raise DataError(f"cannot read corpus {corpus}: {e}",
-                            hint="check the file; a compressed corpus may be truncated") from e
+        if not block.endswith(b"\n"):
+            block += _read(f, corpus, 0)
+        yield block
+
+
+def _decode_line(raw: bytes, number: int, offset: int, corpus: str) -> str:
+    """One line's bytes (its break included) as text without the break; undecodable bytes are a
+    DataError naming the line `number` and the byte offset (`offset`: where the line starts)."""
+    end = len(raw)
+    while end and raw[end - 1] in b"\r\n":
+        end -= 1
+    try:
+        return str(memoryview(raw)[:end], "utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"corpus {corpus} is not valid UTF-8: line {number}, byte offset "
+            f"{offset + e.start}: {e.reason} (byte 0x{raw[e.start]:02x})",
+            hint="re-encode the corpus as UTF-8, e.g. `iconv -f LATIN1 -t UTF-8 in > out`",
+        ) from None
+
+
+def _split(text: str, first: bool) -> list[str]:
+    """A block of whole lines as its lines without their breaks (a BOM dropped from the first)."""
+    lines = text.split("\n")  # only \n breaks a line, as in a binary file's lines
+    if text.endswith("\n"):
+        lines.pop()  # the empty string after the last break
+    if "\r" in text:
+        lines = [line.rstrip("\r") for line in lines]
+    if first and lines and lines[0].startswith("\ufeff"):
+        lines[0] = lines[0][1:]  # a UTF-8 byte-order mark is not text
+    return lines
 
 
 def decoded_lines(f: IO[bytes], corpus: str) -> Iterator[str]:
-    """UTF-8 lines without their line break; undecodable bytes are reported by line and offset.
+    """UTF-8 lines without their line break (a run of \\r and \\n); undecodable bytes are
+    reported by line and byte offset.
 
-    A line is decoded straight from a view of its bytes without the break, and the bytes are
-    dropped before it is handed on: a line of many megabytes is held about once, not three
-    times (bytes, decoded, stripped)."""
-    offset = 0
-    for number, raw in enumerate(_raw_lines(f, corpus), start=1):
-        size = end = len(raw)
-        while end and raw[end - 1] in b"\r\n":
-            end -= 1
+    The corpus is decoded a block of whole lines at a time (`_chunks`), not line by line: one
+    C call per block instead of several Python steps a line. A line of many megabytes is one
+    block: held as bytes and text, about twice."""
+    number = offset = 0  # lines and bytes before the block
+    for chunk in _chunks(f, corpus):
         try:
-            line = str(memoryview(raw)[:end], "utf-8")
+            lines = _split(chunk.decode("utf-8"), number == 0)
         except UnicodeDecodeError as e:
-            raise DataError(
-                f"corpus {corpus} is not valid UTF-8: line {number}, byte offset "
-                f"{offset + e.start}: {e.reason} (byte 0x{raw[e.start]:02x})",
-                hint="re-encode the corpus as UTF-8, e.g. `iconv -f LATIN1 -t UTF-8 in > out`",
-            ) from None
-        del raw
-        if number == 1 and line.startswith("\ufeff"):
-            line = line[1:]  # a UTF-8 byte-order mark is not text
-        offset += size
-        yield line
+            # the lines before the bad one go on as usual (a bad line further on is reported
+            # after their own errors), then the bad line, decoded alone, names the error
+            start = chunk.rfind(b"\n", 0, e.start) + 1
+            yield from _split(chunk[:start].decode("utf-8"), number == 0)
+            end = chunk.find(b"\n", e.start)
+            _decode_line(chunk[start:len(chunk) if end < 0 else end + 1],
+                         number + chunk.count(b"\n", 0, start) + 1, offset + start, corpus)
+            raise  # not reached: the line alone fails to decode as well
+        offset += len(chunk)
+        number += len(lines)
+        del chunk
+        yield from lines
 
 
 def tsv_fields(line: str, number: int) -> list[str]:
@@ -187,43 +228,93 @@ def split_pieces(docs: Iterable[list[str]], limit: int | None = None) -> Iterato
             yield part, True, ends_doc
 
 
-def batches(items: Iterable[Piece]) -> Iterator[list[Piece]]:
+class Batch(NamedTuple):
+    """Pieces to encode in one call, with where sequences (lines) and documents end."""
+
+    texts: list[str]
+    ends_seq: np.ndarray  # (P,) bool: the piece ends its sequence
+    ends_doc: np.ndarray  # (P,) bool: the piece ends its document (and its sequence)
+
+
+def batches(items: Iterable[Piece]) -> Iterator[Batch]:
     """Pieces grouped into batches of about BATCH_LINES pieces / BATCH_CHARS characters."""
-    batch: list[Piece] = []
+    texts: list[str] = []
+    flags: list[tuple[bool, bool]] = []
     chars = 0
-    for item in items:
-        batch.append(item)
-        chars += len(item[0])
-        if len(batch) >= BATCH_LINES or chars >= BATCH_CHARS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
+    for text, ends_seq, ends_doc in items:
+        texts.append(text)
+        flags.append((ends_seq, ends_doc))
+        chars += len(text)
+        if len(texts) >= BATCH_LINES or chars >= BATCH_CHARS:
+            yield _batch(texts, flags)
+            texts, flags, chars = [], [], 0
+    if texts:
+        yield _batch(texts, flags)
+
+
+def _batch(texts: list[str], flags: list[tuple[bool, bool]]) -> Batch:
+    ends = np.array(flags, dtype=bool).reshape(len(texts), 2)
+    return Batch(texts, ends[:, 0], ends[:, 1])
+
+
+def encode(tokenizer: Any, texts: list[str], vocab_size: int,
+           dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The ids of `texts` back to back, as `dtype`, and each text's count of ids.
+
+    Run in the tokenizer's thread: the Python ints live only as long as this batch's lists and
+    the writer gets compact arrays (no per-line conversion in the writing thread)."""
+    ids = tokenizer.encode_batch(texts)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+    del ids
+    check_token_ids(flat, vocab_size)
+    return flat.astype(dtype), lengths
 
 
 class Assembler:
-    """Puts encoded pieces back together into sequences and documents for the writer.
+    """Puts encoded batches back together into sequences and whole documents for the writer.
 
-    A document in progress is held as compact arrays (2-4 bytes a token), not Python ints
-    (~36 bytes each), so a one-line document of millions of tokens costs about its text's size."""
+    Each batch is handled with array operations, not a step per line: the ids of its pieces
+    come back to back, so a sequence's length is the sum of its pieces' and a document's tokens
+    are one slice. A document still in progress at the batch's end is held as compact arrays
+    (2-4 bytes a token), so a one-line document of millions of tokens costs about its text's
+    size."""
 
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
-        self.dtype = writer.dtype
-        self.doc: list[Any] = []  # finished sequences of the document in progress
-        self.seq: list[np.ndarray] = []  # pieces of the sequence in progress
+        self.tokens: list[np.ndarray] = []  # ids of the document in progress
+        self.seqs: list[np.ndarray] = []  # lengths of its finished sequences
+        self.open = 0  # ids of its sequence in progress (a long line's pieces so far)
 
-    def add(self, ids: list[int], ends_seq: bool, ends_doc: bool) -> None:
-        if ends_seq and not self.seq:
-            self.doc.append(ids)  # a whole line: the usual case, no copy
+    def add(self, flat: np.ndarray, lengths: np.ndarray, batch: Batch) -> None:
+        """One encoded batch: `flat` the ids of its pieces back to back, `lengths` (P,) each
+        piece's count of them."""
+        ends = np.cumsum(lengths)  # (P,) where each piece's ids end in `flat`
+        seq_last = np.flatnonzero(batch.ends_seq)  # (S,) the last piece of each sequence
+        seq_lens = np.diff(ends[seq_last], prepend=0)  # (S,) ids of each sequence
+        if seq_last.size:
+            seq_lens[0] += self.open
+            self.open = int(ends[-1] - ends[seq_last[-1]]) if ends.size else 0
         else:
-            self.seq.append(np.asarray(ids, dtype=self.dtype))
-            if ends_seq:
-                self.doc.append(np.concatenate(self.seq))
-                self.seq = []
-        if ends_doc:
-            self.writer.append_document(self.doc)
-            self.doc = []
+            self.open += int(ends[-1]) if ends.size else 0
+        doc_last = np.flatnonzero(batch.ends_doc)  # (D,) the last piece of each document
+        if doc_last.size:
+            n_seqs = np.cumsum(batch.ends_seq)[doc_last]  # (D,) sequences up to each doc's end
+            doc_seqs = np.diff(n_seqs, prepend=0)
+            doc_seqs[0] += sum(len(s) for s in self.seqs)
+            n_tokens, n_seq = int(ends[doc_last[-1]]), int(n_seqs[-1])
+            self.writer.append_documents(_joined(self.tokens, flat[:n_tokens]),
+                                         _joined(self.seqs, seq_lens[:n_seq]), doc_seqs)
+            self.tokens, self.seqs = [], []
+            flat, seq_lens = flat[n_tokens:], seq_lens[n_seq:]
+        if flat.size:
+            self.tokens.append(flat)
+        if seq_lens.size:
+            self.seqs.append(seq_lens)
+
+
+def _joined(parts: list[np.ndarray], last: np.ndarray) -> np.ndarray:
+    return np.concatenate([*parts, last]) if parts else last
 
 
 def _meta(request: PreprocessRequest, recipe: Any, tokenizer: Any, fmt: str) -> dict[str, Any]:
@@ -263,9 +354,8 @@ def _tokenize(request: PreprocessRequest, tokenizer: Any, fmt: str,
         task = progress.add_task("tokenizing", total=None) if progress else None
         assembler = Assembler(writer)
 
-        def write(batch: list[Piece], encoded: Future[list[list[int]]]) -> None:
-            for ids, (_, ends_seq, ends_doc) in zip(encoded.result(), batch):
-                assembler.add(ids, ends_seq, ends_doc)
+        def write(batch: Batch, encoded: Future[tuple[np.ndarray, np.ndarray]]) -> None:
+            assembler.add(*encoded.result(), batch)
             if progress is not None:
                 c = writer.counts
                 progress.update(task, description=f"tokenizing: {c['documents']:,} documents, "
@@ -274,9 +364,10 @@ def _tokenize(request: PreprocessRequest, tokenizer: Any, fmt: str,
         # Double buffering: while `tokenizers` encodes batch k (in Rust, without the GIL), this
         # thread writes batch k-1 and reads batch k+1.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending: tuple[list[Piece], Future[list[list[int]]]] | None = None
+            pending: tuple[Batch, Future[tuple[np.ndarray, np.ndarray]]] | None = None
             for batch in batches(split_pieces(documents(decoded_lines(f, request.corpus), fmt))):
-                encoded = pool.submit(tokenizer.encode_batch, [text for text, _, _ in batch])
+                encoded = pool.submit(encode, tokenizer, batch.texts, writer.vocab_size,
+                                      writer.dtype)
                 if pending is not None:
                     write(*pending)
                 pending = (batch, encoded)
