@@ -362,7 +362,8 @@ def _tokenize(request: PreprocessRequest, tokenizer: Any, fmt: str,
                                 f"{c['tokens']:,} tokens")
 
         # Double buffering: while `tokenizers` encodes batch k (in Rust, without the GIL), this
-        # thread writes batch k-1 and reads batch k+1.
+        # thread writes batch k-1 and reads batch k+1. (Two encoding threads, so that one
+        # batch's ids become arrays while the next is encoded, measured slower on two cores.)
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending: tuple[Batch, Future[tuple[np.ndarray, np.ndarray]]] | None = None
             for batch in batches(split_pieces(documents(decoded_lines(f, request.corpus), fmt))):
