@@ -111,6 +111,8 @@ def _decode_line(raw: bytes, number: int, offset: int, corpus: str) -> str:
 
 def _split(text: str, first: bool) -> list[str]:
     """A block of whole lines as its lines without their breaks (a BOM dropped from the first)."""
+    if not text:
+        return []
     lines = text.split("\n")  # only \n breaks a line, as in a binary file's lines
     if text.endswith("\n"):
         lines.pop()  # the empty string after the last break
