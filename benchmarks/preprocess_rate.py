@@ -16,9 +16,9 @@ the ratio is the median of each round's own ratio. The corpus is the King James 
 
 `--impl NAME=PATH` adds another tp source tree (a folder holding `tpcli/` and
 `plugins/tp-text/`, e.g. `git archive HEAD~3 tpcli plugins | tar -x -C /tmp/old-tp`) to the
-alternation, run with PATH first on PYTHONPATH. `--profile` prints, per corpus size, the top
-functions of tp's main thread by own time (cProfile): the time it waits for the tokenizer
-thread shows as `acquire`, the rest is reading, splitting and writing. `benchmarks/throughput.py`
+alternation, run with PATH first on PYTHONPATH. `--profile` adds one untimed run per corpus
+size and prints the top functions of tp's main thread by own time (cProfile): the time it waits
+for the tokenizer thread shows as `acquire`, the rest is reading, splitting and writing. `benchmarks/throughput.py`
 runs this as its preprocessing section.
 """
 
@@ -169,11 +169,16 @@ def measure(root: Path, sizes: list[int], rounds: int, impls: dict[str, Path | N
                     got[name].append(child(RAW_CHILD, args, None))
                     continue
                 out = root / f"ds-{name}-{size}-{r}"
-                prof = "1" if profile and r == rounds - 1 and name == "tp" else "0"
-                got[name].append(child(TP_CHILD, [str(corpus), str(out), "bert-base", prof],
+                got[name].append(child(TP_CHILD, [str(corpus), str(out), "bert-base", "0"],
                                        impls[name]))
                 subprocess.run(["rm", "-rf", str(out)], check=True)
             loads.append(load())
+        if profile:  # one more run, not timed: the profiler slows the main thread
+            out = root / f"ds-profile-{size}"
+            done = child(TP_CHILD, [str(corpus), str(out), "bert-base", "1"], None)
+            subprocess.run(["rm", "-rf", str(out)], check=True)
+            profiles.append(f"cProfile of tp preprocess's main thread, {size}x corpus (an "
+                            "extra, untimed run):\n" + done["profile"].rstrip())
         raw = [g["tokens"] / g["seconds"] for g in got["raw"]]
         for name in names:
             rates = [g["tokens"] / g["seconds"] for g in got[name]]
@@ -184,9 +189,6 @@ def measure(root: Path, sizes: list[int], rounds: int, impls: dict[str, Path | N
             rows.append(f"| {label} | {size}x | {got[name][0]['tokens']:,} | "
                         f"{spread([x / 1e3 for x in rates], ',.0f')} | {spread(ratios, '.2f')} | "
                         f"{peak:.0f} MiB |")
-            if name == "tp" and got[name][-1].get("profile"):
-                profiles.append(f"cProfile of tp preprocess's main thread, {size}x corpus:\n"
-                                + got[name][-1]["profile"].rstrip())
         corpus.unlink()
     mib = len(text.encode()) / MIB
     head = [
@@ -218,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds per corpus size")
     p.add_argument("--sizes", default="1,10", help="comma list of corpus multiples")
     p.add_argument("--profile", action="store_true",
-                   help="cProfile tp's main thread in the last round: top functions by own time")
+                   help="cProfile tp's main thread in one more, untimed run per corpus size: "
+                   "top functions by own time")
     p.add_argument("--impl", action="append", default=[], metavar="NAME=PATH",
                    help="another tp source tree to alternate with this one")
     args = p.parse_args(argv)
