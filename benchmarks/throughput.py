@@ -38,9 +38,7 @@ import contextlib
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -406,122 +404,12 @@ def profile_table(fn: Callable[[], float], device: torch.device, title: str,
 # ----------------------------------------------------------------------------- preprocessing
 
 
-def corpus_lines() -> tuple[str, list[str]]:
-    """The King James Bible when /usr/bin/bible exists (one chapter a document), else Python's
-    pydoc topics repeated to a similar size."""
-    if os.path.exists("/usr/bin/bible"):
-        out = subprocess.run(["/usr/bin/bible", "-f", "Gen1:1-Rev22:21"], capture_output=True,
-                             text=True, timeout=120).stdout
-        lines: list[str] = []
-        chapter = ""
-        for line in out.splitlines():
-            ref, _, text = line.partition(" ")
-            if not text.strip():
-                continue
-            here = ref.split(":")[0]
-            if chapter and here != chapter:
-                lines.append("")  # a document ends with its chapter
-            chapter = here
-            lines.append(text.strip())
-        return "King James Bible (/usr/bin/bible)", lines
-    import pydoc_data.topics as topics
-
-    base = [s for t in topics.topics.values() for s in t.splitlines() if s.strip()]
-    lines = []
-    while len(lines) < 30000:
-        lines += base + [""]
-    return "pydoc topics, repeated", lines
-
-
-PREPROCESS_CHILD = r"""
-import json, os, sys, time
-from pathlib import Path
-def rss(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
-    return 0
-from tpcli.plugins import get_plugins
-from tpcli.verbs import PreprocessRequest, preprocess
-from tpcli.recipes import load_recipe
-from tpcli.data import build_tokenizer
-plugins = get_plugins()
-build_tokenizer(load_recipe("bert-base", [], plugins), plugins)  # imports and vocabulary warm
-before = rss("VmRSS:")
-out = preprocess(PreprocessRequest(recipe="bert-base", corpus=sys.argv[1], out=Path(sys.argv[2]),
-                                   plugins=plugins))
-out["peak_rss_delta"] = rss("VmHWM:") - before
-print(json.dumps(out))
-"""
-
-
-def raw_rate(tokenizer_json: Path, lines: list[str], batch: int = 8192) -> tuple[float, int]:
-    """Tokens/s of `tokenizers` encode_batch_fast alone on the non-empty lines, best of 2."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer_json))
-    texts = [s for s in lines if s]
-    best, tokens = float("inf"), 0
-    for _ in range(2):
-        start, tokens = time.perf_counter(), 0
-        for i in range(0, len(texts), batch):
-            for enc in tok.encode_batch_fast(texts[i:i + batch], add_special_tokens=False):
-                tokens += len(enc.ids)
-        best = min(best, time.perf_counter() - start)
-    return tokens / best, tokens
-
-
-def run_child(corpus: Path, out: Path) -> dict[str, Any]:
-    import json
-
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-c", PREPROCESS_CHILD, str(corpus), str(out)],
-                          capture_output=True, text=True, env=env, timeout=900)
-    if done.returncode != 0:
-        raise SystemExit(f"preprocess failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def preprocessing_section() -> list[str]:
-    from tpcli.data import build_tokenizer
-    from tpcli.plugins import get_plugins
-    from tpcli.recipes import load_recipe
+    """tp preprocess against the raw `tokenizers` encode_batch rate at 1x and 10x a corpus, with
+    peak memory: `benchmarks/preprocess_rate.py` (run it alone for more rounds or a profile)."""
+    from preprocess_rate import preprocessing_section as section  # beside this script
 
-    source, lines = corpus_lines()
-    plugins = get_plugins()
-    tokenizer = build_tokenizer(load_recipe("bert-base", [], plugins), plugins)
-    with tempfile.TemporaryDirectory(prefix="tp-bench-") as tmp:
-        root = Path(tmp)
-        tokenizer.save_hf(root / "tok")
-        raw, raw_tokens = raw_rate(root / "tok" / "tokenizer.json", lines)
-        small, large = root / "corpus.txt", root / "corpus10.txt"
-        text = "\n".join(lines) + "\n\n"
-        small.write_text(text)
-        large.write_text(text * 10)
-        runs = [run_child(small, root / "ds1"), run_child(small, root / "ds1b"),
-                run_child(large, root / "ds10")]
-    one = max(runs[:2], key=lambda r: r["tokens_per_s"])
-    ten = runs[2]
-    mib = 1024 * 1024
-    out = [
-        f"Preprocessing: recipe bert-base (WordPiece, bert processor), corpus {source}, "
-        f"{len(lines):,} lines, {small_size(text) / mib:.1f} MiB; tokenizers threads = all "
-        f"{os.cpu_count()} cores.",
-        "",
-        "| measurement | corpus | tokens | tokens/s | vs raw encode_batch | peak RSS delta |",
-        "|---|---|---:|---:|---:|---:|",
-        f"| raw `tokenizers` encode_batch_fast | 1x | {raw_tokens:,} | {raw:,.0f} | 1.00 | - |",
-        f"| tp preprocess (read, tokenize, write) | 1x | {one['tokens']:,} | "
-        f"{one['tokens_per_s']:,.0f} | {one['tokens_per_s'] / raw:.2f} | "
-        f"{one['peak_rss_delta'] / mib:.0f} MiB |",
-        f"| tp preprocess | 10x | {ten['tokens']:,} | {ten['tokens_per_s']:,.0f} | "
-        f"{ten['tokens_per_s'] / raw:.2f} | {ten['peak_rss_delta'] / mib:.0f} MiB |",
-    ]
-    return out
-
-
-def small_size(text: str) -> int:
-    return len(text.encode())
+    return section()
 
 
 # ----------------------------------------------------------------------------- report
