@@ -18,8 +18,8 @@ the ratio is the median of each round's own ratio. The corpus is the King James 
 `plugins/tp-text/`, e.g. `git archive HEAD~3 tpcli plugins | tar -x -C /tmp/old-tp`) to the
 alternation, run with PATH first on PYTHONPATH. `--profile` adds one untimed run per corpus
 size and prints the top functions of tp's main thread by own time (cProfile): the time it waits
-for the tokenizer thread shows as `acquire`, the rest is reading, splitting and writing. `benchmarks/throughput.py`
-runs this as its preprocessing section.
+for the tokenizer thread shows as `acquire`, the rest is reading, splitting and writing.
+`benchmarks/throughput.py` runs this as its preprocessing section.
 """
 
 from __future__ import annotations
