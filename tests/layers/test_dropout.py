@@ -173,3 +173,46 @@ def test_multi_head_attention_gqa_trains_through_the_cpu_path() -> None:
     y.float().sum().backward()
     assert y.shape == (2, 6, 32) and torch.isfinite(x.grad).all()
     assert all(p.grad is not None for p in attn.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_dropout_is_bitwise_scale_then_mask(dtype: torch.dtype) -> None:
+    """fp32 / fp64 multiply by a (0 or scale) tensor: exactly the numbers of scaling then
+    masking, forward and backward (bf16 keeps that formula itself)."""
+    torch.manual_seed(3)
+    x = torch.randn(16, 300, dtype=dtype, requires_grad=True)
+    up = torch.randn(16, 300, dtype=dtype)
+    torch.manual_seed(4)
+    y = dropout(x, 0.1)
+    y.backward(up)
+    torch.manual_seed(4)
+    drop, scale = drop_mask(x.shape, 0.1, x.device)
+    ref_x = x.detach().clone().requires_grad_()
+    ref = (ref_x * scale).masked_fill(drop, 0)
+    ref.backward(up)
+    assert drop.any() and torch.equal(y, ref) and torch.equal(x.grad, ref_x.grad)
+
+
+@pytest.mark.parametrize("scale", [None, 1.0])
+def test_attention_reads_views_of_a_fused_projection(scale: float | None) -> None:
+    """q, k, v as the transformer hands them over (views of one (B, T, 3, h, d) projection),
+    with the default scale and with none (T5): output and the fused gradient as the float64
+    reference's."""
+    b, t, h, d, p = 2, 6, 3, 8, 0.2
+    g = torch.Generator().manual_seed(9)
+    fused = torch.randn(b, t, 3, h, d, generator=g, requires_grad=True)
+    up = torch.randn(b, h, t, d, generator=g)
+    q, k, v = (z.transpose(1, 2) for z in fused.unbind(dim=2))
+    assert not q.is_contiguous()
+    torch.manual_seed(12)
+    out = attention(q, k, v, mask=None, dropout_p=p, is_causal=False, scale=scale)
+    out.backward(up)
+    torch.manual_seed(12)
+    drop, keep_scale = drop_mask((b, h, t, t), p, torch.device("cpu"))
+    ref_fused = fused.detach().double().requires_grad_()
+    rq, rk, rv = (z.transpose(1, 2) for z in ref_fused.unbind(dim=2))
+    ref = _reference(rq, rk, rv, None, False, d ** -0.5 if scale is None else scale, drop,
+                     keep_scale)
+    ref.backward(up.double())
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused.grad.double(), ref_fused.grad, atol=1e-5, rtol=1e-5)

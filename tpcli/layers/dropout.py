@@ -77,7 +77,7 @@ class Dropout(nn.Module):
 
 
 class _AttentionDropout(torch.autograd.Function):
-    """o = dropout(softmax(q k^T + mask)) v for q already scaled; the dropped weights are scaled
+    """o = dropout(softmax(q_scale q k^T + mask)) v; the dropped weights are scaled
     through o (B, h, T, d) rather than through the (T, Tk) weights.
 
     Masked-out scores are set to the dtype's lowest finite value, not -inf, so no row turns NaN:
@@ -86,8 +86,19 @@ class _AttentionDropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,  # type: ignore[override]
-                mask: torch.Tensor | None, causal: bool, p: float) -> torch.Tensor:
-        k, v = k.contiguous(), v.contiguous()
+                mask: torch.Tensor | None, causal: bool, p: float, q_scale: float = 1.0
+                ) -> torch.Tensor:
+        # q, k and v are views of the fused projection ((B, T, 3, h, d) read as (B, h, T, d)):
+        # matmul copies such a view each time it reads one (k and v twice more in backward).
+        # Here q is scaled into a contiguous buffer in one pass and k, v copied once, and these
+        # are what the backward reads
+        qs = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        if q_scale != 1.0:
+            torch.mul(q, q_scale, out=qs)
+        else:
+            qs.copy_(q)
+        q, k, v = qs, k.contiguous(), v.contiguous()
+        ctx.q_scale = q_scale
         s = torch.matmul(q, k.transpose(-1, -2))  # (B, h, T, Tk)
         lowest = torch.finfo(s.dtype).min
         if mask is not None:
@@ -102,14 +113,12 @@ class _AttentionDropout(torch.autograd.Function):
         del s
         if p > 0.0:
             drop, scale = drop_mask(prob.shape, p, prob.device)
-            kept = prob.masked_fill(drop, 0)  # the dropped weights, before scaling
+            # the dropped weights, before scaling (one pass; masked_fill would copy, then fill)
+            kept = torch.where(drop, prob.new_zeros(()), prob)
             del drop
         else:  # no dropout (bf16 on CPU without it): no mask, and no random numbers drawn
             kept, scale = prob, 1.0
         o = torch.matmul(kept, v).mul_(scale)
-        # k and v are views of the fused projection ((B, T, 3, h, d) read as (B, h, T, d)):
-        # matmul copies such a view whenever it reads it (twice each in backward); copied once
-        # here, they are saved contiguous
         ctx.save_for_backward(q, k, v, prob, kept, o)
         ctx.scale = scale
         ctx.mask_shape = None
@@ -130,6 +139,8 @@ class _AttentionDropout(torch.autograd.Function):
         # d scores = P * (dP - rows) with dP = keep * (g v^T): = kept * (g v^T) - P * rows
         ds = torch.matmul(g, v.transpose(-1, -2)).mul_(kept).addcmul_(prob, rows, value=-1)
         dq = torch.matmul(ds, k)
+        if ctx.q_scale != 1.0:  # q was scaled inside: its gradient too
+            dq.mul_(ctx.q_scale)
         dk = torch.matmul(ds.transpose(-1, -2), q)
         dmask = None
         if ctx.mask_shape is not None:  # an additive mask with a learned bias (T5)
@@ -138,7 +149,7 @@ class _AttentionDropout(torch.autograd.Function):
             dims = list(range(lead)) + [lead + i for i, n in enumerate(shape)
                                         if n == 1 and ds.shape[lead + i] != 1]
             dmask = ds.sum(dims, keepdim=True).view(shape) if dims else ds
-        return dq, dk, dv, dmask, None, None
+        return dq, dk, dv, dmask, None, None, None
 
 
 # bf16 attention on CPU whose score matrices (batch x heads x queries x keys) hold at most this
@@ -166,8 +177,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.
         if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)
         causal = is_causal and mask is None
-        return _AttentionDropout.apply(q * scale if scale != 1.0 else q, k, v, mask, causal,
-                                       dropout_p)
+        return _AttentionDropout.apply(q, k, v, mask, causal, dropout_p, scale)
     extra = {"enable_gqa": True} if enable_gqa else {}
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                           is_causal=is_causal and mask is None, scale=scale,
