@@ -13,7 +13,8 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from itertools import chain
+from bisect import bisect_left
+from itertools import accumulate, chain
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, NamedTuple
 
@@ -168,19 +169,20 @@ def documents(lines: Iterable[str], corpus_format: str) -> Iterator[list[str]]:
     """Documents as lists of lines: `sentences` ends a document at a blank line, `documents` is
     one document per (non-blank) line, `tsv` one document per (non-blank) line whose sequences
     are its tab-separated fields, the label first."""
+    # `line and not line.isspace()`: what `line.strip()` is true for, without a copy of the line
     if corpus_format == "documents":
         for line in lines:
-            if line.strip():
+            if line and not line.isspace():
                 yield [line]
         return
     if corpus_format == "tsv":
         for number, line in enumerate(lines, start=1):
-            if line.strip():
+            if line and not line.isspace():
                 yield tsv_fields(line, number)
         return
     doc: list[str] = []
     for line in lines:
-        if line.strip():
+        if line and not line.isspace():
             doc.append(line)
         elif doc:
             yield doc
@@ -238,25 +240,50 @@ class Batch(NamedTuple):
     ends_doc: np.ndarray  # (P,) bool: the piece ends its document (and its sequence)
 
 
-def batches(items: Iterable[Piece]) -> Iterator[Batch]:
-    """Pieces grouped into batches of about BATCH_LINES pieces / BATCH_CHARS characters."""
+def batches(docs: Iterable[list[str]], limit: int | None = None) -> Iterator[Batch]:
+    """The documents' lines, those over `limit` (MAX_PIECE_CHARS) characters in pieces
+    (`split_pieces`), in batches that close at the piece that brings them to BATCH_LINES pieces
+    or BATCH_CHARS characters. A document's whole lines are added a run at a time with list
+    operations (the run's end found by bisection), not a Python step a line."""
+    limit = limit or MAX_PIECE_CHARS
     texts: list[str] = []
-    flags: list[tuple[bool, bool]] = []
+    ends_seq: list[bool] = []
+    ends_doc: list[bool] = []
     chars = 0
-    for text, ends_seq, ends_doc in items:
-        texts.append(text)
-        flags.append((ends_seq, ends_doc))
-        chars += len(text)
-        if len(texts) >= BATCH_LINES or chars >= BATCH_CHARS:
-            yield _batch(texts, flags)
-            texts, flags, chars = [], [], 0
+    for doc in docs:
+        sizes = list(map(len, doc))
+        if not sizes:
+            continue
+        if max(sizes) > limit:  # a long line: piece by piece
+            for text, seq_end, doc_end in split_pieces([doc], limit):
+                texts.append(text)
+                ends_seq.append(seq_end)
+                ends_doc.append(doc_end)
+                chars += len(text)
+                if len(texts) >= BATCH_LINES or chars >= BATCH_CHARS:
+                    yield _batch(texts, ends_seq, ends_doc)
+                    texts, ends_seq, ends_doc, chars = [], [], [], 0
+            continue
+        start = 0
+        while start < len(doc):
+            room = BATCH_LINES - len(texts)  # >= 1: a full batch is sent at once
+            total = list(accumulate(sizes[start:start + room], initial=chars))[1:]
+            n = min(bisect_left(total, BATCH_CHARS) + 1, len(total))  # lines up to the full one
+            texts += doc[start:start + n]
+            ends_seq += [True] * n
+            ends_doc += [False] * n
+            start += n
+            ends_doc[-1] = start == len(doc)
+            chars = total[n - 1]
+            if len(texts) >= BATCH_LINES or chars >= BATCH_CHARS:
+                yield _batch(texts, ends_seq, ends_doc)
+                texts, ends_seq, ends_doc, chars = [], [], [], 0
     if texts:
-        yield _batch(texts, flags)
+        yield _batch(texts, ends_seq, ends_doc)
 
 
-def _batch(texts: list[str], flags: list[tuple[bool, bool]]) -> Batch:
-    ends = np.array(flags, dtype=bool).reshape(len(texts), 2)
-    return Batch(texts, ends[:, 0], ends[:, 1])
+def _batch(texts: list[str], ends_seq: list[bool], ends_doc: list[bool]) -> Batch:
+    return Batch(texts, np.array(ends_seq, dtype=bool), np.array(ends_doc, dtype=bool))
 
 
 def encode(tokenizer: Any, texts: list[str], vocab_size: int,
@@ -368,7 +395,7 @@ def _tokenize(request: PreprocessRequest, tokenizer: Any, fmt: str,
         # batch's ids become arrays while the next is encoded, measured slower on two cores.)
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending: tuple[Batch, Future[tuple[np.ndarray, np.ndarray]]] | None = None
-            for batch in batches(split_pieces(documents(decoded_lines(f, request.corpus), fmt))):
+            for batch in batches(documents(decoded_lines(f, request.corpus), fmt)):
                 encoded = pool.submit(encode, tokenizer, batch.texts, writer.vocab_size,
                                       writer.dtype)
                 if pending is not None:
