@@ -290,12 +290,18 @@ def encode(tokenizer: Any, texts: list[str], vocab_size: int,
            dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """The ids of `texts` back to back, as `dtype`, and each text's count of ids.
 
-    Run in the tokenizer's thread: the Python ints live only as long as this batch's lists and
-    the writer gets compact arrays (no per-line conversion in the writing thread)."""
-    ids = tokenizer.encode_batch(texts)
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
-    del ids
+    Run in the tokenizer's thread, so the writing thread gets compact arrays. A tokenizer may
+    offer `encode_batch_arrays(texts) -> (ids, counts)` (tp-text's do): its ids go straight into
+    one array with no list of Python ints for the batch; else `encode_batch`'s lists are
+    flattened."""
+    as_arrays = getattr(tokenizer, "encode_batch_arrays", None)  # optional: (ids, counts)
+    if as_arrays is not None:
+        flat, lengths = as_arrays(texts)
+    else:
+        ids = tokenizer.encode_batch(texts)
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+        del ids
     check_token_ids(flat, vocab_size)
     return flat.astype(dtype), lengths
 

@@ -13,6 +13,7 @@ import json
 import re
 import struct
 from importlib import resources
+from itertools import chain
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -294,6 +295,14 @@ class TokenizerCalls:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Ids of each text, without special tokens; the batch is split over all cores."""
         return [e.ids for e in self._tok.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def encode_batch_arrays(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`encode_batch` as arrays: every text's ids back to back (int64) and each one's count.
+        What `tp preprocess` writes from: no list of Python ints is kept for the batch."""
+        encodings = self._tok.encode_batch_fast(texts, add_special_tokens=False)
+        lengths = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))
+        ids = chain.from_iterable(e.ids for e in encodings)
+        return np.fromiter(ids, dtype=np.int64, count=int(lengths.sum())), lengths
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
