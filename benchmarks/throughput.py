@@ -187,6 +187,15 @@ def _tpre_args(path: Path, layers: int | None, vocab: int) -> argparse.Namespace
     return ns
 
 
+def tencentpretrain_checkout(path: Path) -> Path:
+    """`path` resolved, or exit saying it is not a TencentPretrain checkout and how to get one."""
+    path = path.expanduser().resolve()
+    if not (path / "tencentpretrain" / "model_builder.py").is_file():
+        raise SystemExit(f"--tencentpretrain {path}: not a TencentPretrain checkout (no "
+                         f"tencentpretrain/model_builder.py); get one with `{TPRE_GET}`")
+    return path
+
+
 def tencentpretrain_bert(case: Case, path: Path, layers: int | None) -> None:
     """TencentPretrain's own BERT (its `build_model` on models/bert/base_config.json) with the
     case's weights (tp's state dict through `tp convert --to tencentpretrain`'s key map), added
@@ -197,10 +206,7 @@ def tencentpretrain_bert(case: Case, path: Path, layers: int | None) -> None:
     from tpcli.convert.keymap import convert as apply_rules
     from tpcli.convert.tencentpretrain import key_rules
 
-    path = path.expanduser().resolve()
-    if not (path / "tencentpretrain" / "model_builder.py").is_file():
-        raise SystemExit(f"--tencentpretrain {path}: not a TencentPretrain checkout (no "
-                         f"tencentpretrain/model_builder.py); get one with `{TPRE_GET}`")
+    path = tencentpretrain_checkout(path)
     vocab = int(case.hf.config.vocab_size)
     with _in_checkout(path):
         from tencentpretrain.model_builder import build_model  # type: ignore
@@ -243,7 +249,8 @@ def tencentpretrain_bert(case: Case, path: Path, layers: int | None) -> None:
         return step
 
     case.others[TPRE] = make
-    case.notes.append(f"{TPRE} ({path}): its own BertTrainer step, AdamW and LayerNorm (which "
+    case.notes.append(f"{TPRE} ({path}): fp32 only (its pretrain.py's half precision is apex "
+                      "fp16, not autocast); its own BertTrainer step, AdamW and LayerNorm (which "
                       "divides by the unbiased std + 1e-6: without dropout its loss is tp's "
                       "within ~1e-4, and within 1e-6 with torch's LayerNorm in its place; with "
                       "dropout each implementation draws its own masks)")
@@ -474,6 +481,8 @@ def run_training(args: argparse.Namespace, device: torch.device) -> Iterator[str
         # process on the machine only ever lowers a try, so the best of the run is kept
         return max(old, measure_peak(device, p, budget_s=3.0).flops)
 
+    if args.tencentpretrain is not None:  # before minutes of measuring, not after
+        tencentpretrain_checkout(args.tencentpretrain)
     peaks = {p: best_peak(p) for p in precisions}
     rows: list[tuple[str, str, int, str, str, Timing, float, float | None]] = []
     header = ("| model | batch | precision | impl | step (median, min-max) | tokens/s | "
