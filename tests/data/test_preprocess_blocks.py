@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tpcli.data.format as fmt
-import tpcli.data.preprocess as pp
+import tpcli.data.lines as text_lines
 from tpcli.data.format import Writer
 from tpcli.errors import DataError, PluginError
 
@@ -33,9 +33,9 @@ CORPUS = ("\ufeffFirst line\r\nsecond\r\r\n\n\n\x01 tab\there\n" + "x" * 300 + "
 def test_blocks_decode_as_lines(monkeypatch, block):
     """Every block size, down to one byte (each block then completed to its line's end),
     gives the lines a line-by-line read gives: only \\n breaks a line, a BOM is dropped."""
-    monkeypatch.setattr(pp, "READ_BYTES", block)
+    monkeypatch.setattr(text_lines, "READ_BYTES", block)
     for data in (CORPUS, CORPUS + b"\n", b"", b"\n\n", b"one"):
-        assert list(pp.decoded_lines(io.BytesIO(data), "c.txt")) == line_by_line(data)
+        assert list(text_lines.decoded_lines(io.BytesIO(data), "c.txt")) == line_by_line(data)
 
 
 @pytest.mark.parametrize("block", [7, 1 << 16])
@@ -43,13 +43,13 @@ def test_bad_utf8_named_by_line_and_byte(monkeypatch, block):
     """A bad byte in the middle of a block: the lines before it come out first, then the error
     names its line and its offset in the file, as the line-by-line read did; a multi-byte
     character cut by the line's end is 'unexpected end of data', not the break's byte."""
-    monkeypatch.setattr(pp, "READ_BYTES", block)
+    monkeypatch.setattr(text_lines, "READ_BYTES", block)
     head = b"good one\nand two\r\n"
     for bad, reason in ((b"ab\xffcd\n", "invalid start byte"),
                         (b"ab\xe2\x82\r\n", "unexpected end of data")):
         got: list[str] = []
         with pytest.raises(DataError) as info:
-            for line in pp.decoded_lines(io.BytesIO(head + bad + b"after\n"), "c.txt"):
+            for line in text_lines.decoded_lines(io.BytesIO(head + bad + b"after\n"), "c.txt"):
                 got.append(line)
         assert got == ["good one", "and two"]
         assert info.value.message == (f"corpus c.txt is not valid UTF-8: line 3, byte offset "
