@@ -90,7 +90,9 @@ def tp_register_tokenizers(register: Callable[[str, Any], None]) -> None:
     the vocabulary, stored in every dataset so a mismatch is caught), ``save(dir)`` and the
     classmethod ``from_saved(dir)`` (checkpoints store the tokenizer with ``save`` and rebuild it
     with ``from_saved``). A text tokenizer adds ``encode_batch(texts) -> list[list[int]]`` and
-    ``decode(ids) -> str``; an image tokenizer (BEiT's visual tokens, tp-vision's ``kmeans``)
+    ``decode(ids) -> str``, and may add ``encode_batch_arrays(texts) -> (ids, counts)`` (every
+    text's ids back to back in one int array, and each text's count: ``tp preprocess`` then
+    skips the lists of Python ints); an image tokenizer (BEiT's visual tokens, tp-vision's ``kmeans``)
     adds ``encode_images(pixels (B, C, H, W)) -> (B, N)``.
     """
 
