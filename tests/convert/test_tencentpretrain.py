@@ -16,7 +16,7 @@ import torch
 
 from tpcli.api import load_checkpoint
 from tpcli.cli.main import main
-from tpcli.convert.keymap import (Copies, PermuteRows, PermutedConcat, convert,
+from tpcli.convert.keymap import (Concat, Copies, PermuteRows, convert,
                                   interleaved_to_half)
 from tpcli.recipes import load_recipe
 from tpcli.testing.convert import make_run
@@ -363,7 +363,7 @@ def test_rotary_rows_follow_the_published_unpermute() -> None:
     w = torch.randn(heads * hd, dim)  # HF's (rotate-half) q
     interleaved = w.reshape(heads, 2, hd // 2, dim).transpose(2, 1).reshape(heads * hd, dim)
     order = interleaved_to_half(heads, hd)
-    rule = PermutedConcat(("q", "k", "v"), "qkv", (order, order, None), (8, 8, 8))
+    rule = Concat(("q", "k", "v"), "qkv", sizes=(8, 8, 8), orders=(order, order, None))
     src = {"q": interleaved, "k": interleaved * 2, "v": w * 3}
     fused = convert(src, [rule], "hf_to_tp")["qkv"]
     assert torch.equal(fused, torch.cat([w, w * 2, w * 3]))

@@ -114,13 +114,19 @@ class Concat:
 
     tp -> HF splits into `len(hf)` equal parts, or into `sizes` along `dim` when the parts differ
     (grouped-query attention: q has more rows than k and v); the parts are copies, so the result
-    can be saved without shared storage."""
+    can be saved without shared storage. `orders` (dim 0 only): each HF part's rows are first
+    reordered as in PermuteRows (None: as is), and put back on the way out: TencentPretrain's
+    separate q, k, v with interleaved rotary rows <-> tp's fused qkv."""
 
     hf: tuple[str, ...]
     tp: str
     dim: int = 0
     optional: bool = False
     sizes: tuple[int, ...] | None = None
+    orders: tuple[tuple[int, ...] | None, ...] | None = None
+
+    def _order(self, k: int) -> tuple[int, ...] | None:
+        return None if self.orders is None else self.orders[k]
 
     def apply(self, run: _Run) -> None:
         if run.direction == "hf_to_tp":
@@ -131,7 +137,14 @@ class Concat:
                 if absent:
                     run.missing.extend(absent)
                     continue
-                run.put(self.tp.format(**groups), torch.cat([run.take(n) for n in names], self.dim))
+                parts = []
+                for k, name in enumerate(names):
+                    value, order = run.take(name), self._order(k)
+                    if order is not None:
+                        _check_order(name, value, order)
+                        value = value[list(order)]
+                    parts.append(value)
+                run.put(self.tp.format(**groups), torch.cat(parts, self.dim))
         else:
             found = _matches(self.tp, run.src)
             for key, groups in found:
@@ -145,7 +158,10 @@ class Concat:
                         hint="the checkpoint does not match its config (heads, kv_heads?)")
                 else:
                     parts = value.split(list(self.sizes), dim=self.dim)
-                for pattern, part in zip(self.hf, parts):
+                for k, (pattern, part) in enumerate(zip(self.hf, parts)):
+                    order = self._order(k)
+                    if order is not None:
+                        part = part[_inverse(order)]
                     run.put(pattern.format(**groups), part.clone())
         if not found and not self.optional:
             run.missing.append(self.hf[0] if run.direction == "hf_to_tp" else self.tp)
@@ -344,52 +360,6 @@ def interleaved_to_half(heads: int, head_size: int) -> tuple[int, ...]:
     half = head_size // 2
     return tuple(n * head_size + 2 * p + c
                  for n in range(heads) for c in range(2) for p in range(half))
-
-
-@dataclass(frozen=True)
-class PermutedConcat:
-    """Concat whose parts are first reordered along dim 0 (`orders[k]` as in PermuteRows, None:
-    as is): TencentPretrain's separate q, k, v with interleaved rotary rows <-> tp's fused qkv.
-    `sizes`: the parts' rows in the fused tensor."""
-
-    hf: tuple[str, ...]
-    tp: str
-    orders: tuple[tuple[int, ...] | None, ...]
-    sizes: tuple[int, ...]
-    optional: bool = False
-
-    def apply(self, run: _Run) -> None:
-        if run.direction == "hf_to_tp":
-            found = _matches(self.hf[0], run.src)
-            for _, groups in found:
-                names = [p.format(**groups) for p in self.hf]
-                absent = [n for n in names if n not in run.src]
-                if absent:
-                    run.missing.extend(absent)
-                    continue
-                parts = []
-                for name, order in zip(names, self.orders):
-                    value = run.take(name)
-                    if order is not None:
-                        _check_order(name, value, order)
-                        value = value[list(order)]
-                    parts.append(value)
-                run.put(self.tp.format(**groups), torch.cat(parts, 0))
-        else:
-            found = _matches(self.tp, run.src)
-            for key, groups in found:
-                value = run.take(key)
-                if sum(self.sizes) != value.shape[0]:
-                    raise CheckpointError(
-                        f"{key} has {value.shape[0]} rows, but the config splits it into "
-                        f"{list(self.sizes)}", hint="the checkpoint does not match its config")
-                for pattern, part, order in zip(self.hf, value.split(list(self.sizes), 0),
-                                                self.orders):
-                    if order is not None:
-                        part = part[_inverse(order)]
-                    run.put(pattern.format(**groups), part.clone())
-        if not found and not self.optional:
-            run.missing.append(self.hf[0] if run.direction == "hf_to_tp" else self.tp)
 
 
 @dataclass(frozen=True)

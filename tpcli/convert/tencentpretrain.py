@@ -33,7 +33,7 @@ import torch
 
 from tpcli.convert.common import (WEIGHTS, ConvertResult, describe_model, raise_shapes,
                                   shape_problems, staged)
-from tpcli.convert.keymap import (Concat, Copies, ExtraRows, PermuteRows, PermutedConcat, Rename,
+from tpcli.convert.keymap import (Concat, Copies, ExtraRows, PermuteRows, Rename,
                                   Rule, Tied, convert as apply_rules, interleaved_to_half)
 from tpcli.errors import CheckpointError, TpError
 from tpcli.plugins import Plugins
@@ -87,8 +87,8 @@ def _attention(foreign: str, tp: str, o: Any, hidden: int, cross: bool) -> list[
             rules.append(Concat((f"{lin[1]}.{s}", f"{lin[2]}.{s}"), f"{tp}.kv.{s}"))
         elif o.position == "rotary":
             orders = (interleaved_to_half(o.heads, hd), interleaved_to_half(kv_heads, hd), None)
-            rules.append(PermutedConcat(tuple(f"{x}.{s}" for x in lin), f"{tp}.qkv.{s}",
-                                        orders, sizes))
+            rules.append(Concat(tuple(f"{x}.{s}" for x in lin), f"{tp}.qkv.{s}", sizes=sizes,
+                                orders=orders))
         else:
             rules.append(Concat(tuple(f"{x}.{s}" for x in lin), f"{tp}.qkv.{s}", sizes=sizes))
     return rules + _linear(f"{foreign}.final_linear", f"{tp}.{'out'}", o.bias)

@@ -51,9 +51,9 @@ _MODALITY_HINT = ("tp reads image and speech models from its own recipes (`tp re
 
 _ACTIVATIONS = {"gelu": "gelu", "gelu_fast": "gelu_tanh", "relu": "relu", "silu": "silu",
                 "gelu_new": "gelu_tanh", "quick_gelu": "quick_gelu"}
-_EMBEDDINGS = {"word", "pos", "seg", "sinusoidalpos", "dual"}
+_EMBEDDINGS = {"word", "pos", "seg", "sinusoidalpos"}
 _ENCODERS = {"transformer": "transformer", "lstm": "lstm", "gru": "gru", "bilstm": "bilstm",
-             "bigru": "birnn", "birnn": "birnn", "rnn": "birnn", "dual": "dual"}
+             "bigru": "birnn", "birnn": "birnn", "rnn": "birnn"}
 _TARGETS = {"mlm", "sp", "lm", "bilm", "cls"}
 _MASKS = {"fully_visible": "fully_visible", "causal": "causal", "causal_with_prefix": "prefix",
           "prefix": "prefix"}
@@ -195,7 +195,7 @@ def _embeddings(names: Any, config: dict[str, Any], problems: list[Problem],
         names = [names]
     out: dict[str, Any] = {}
     for name in names:
-        if name not in _EMBEDDINGS - {"dual"}:
+        if name not in _EMBEDDINGS:
             problems.append(Problem(where, f"embedding {name!r}: tp reads TencentPretrain's "
                                     "word, pos, seg and sinusoidalpos embeddings in a text "
                                     f"config; {_MODALITY_HINT}"))
@@ -217,7 +217,7 @@ def _encoder(config: dict[str, Any], problems: list[Problem], where: str, norm: 
     name = config.get("encoder", "transformer")
     if name == "transformer":
         return _transformer(config, problems, where, norm, hidden, decoder=False)
-    if name in _ENCODERS and name != "dual":
+    if name in _ENCODERS:
         tp_name = _ENCODERS[name]
         if tp_name in ("lstm", "gru") and _flag(config, "bidirectional"):
             tp_name = "bilstm" if name == "lstm" else "birnn"
@@ -392,7 +392,7 @@ def _embedding_names(modules: list[Any], where: str, unsupported: list[str],
                      lengths: set[int], notes: list[str]) -> list[str]:
     names = []
     for m in modules:
-        if m.name not in _EMBEDDINGS - {"dual"}:
+        if m.name not in _EMBEDDINGS:
             unsupported.append(f"{where} {m.name!r}")
         elif m.name in ("pos", "sinusoidalpos"):
             lengths.add(int(m.options.max_length))
