@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from throughput import (PRECISIONS, Case, fmt_time, make_step,  # noqa: E402
+from throughput import (PRECISIONS, Case, fmt_time, make_step, step_options,  # noqa: E402
                         measure, start_report, sync)
 
 CLASSES = 1000
@@ -265,18 +265,8 @@ def whatif_table(batch: int, layers: int, precisions: list[str], device: torch.d
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", choices=("cpu", "cuda"),
-                   default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--steps", type=int, default=None,
-                   help="timed steps per implementation (default 3; 1 with --quick)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds (the first counts FLOPs)")
-    p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma list of fp32, bf16")
-    p.add_argument("--batch", type=int, default=8, help="images per step")
+    step_options(p, "images", "2 layers, 1 timed step (unless given)")
     p.add_argument("--layers", type=int, default=None, help="encoder layers (default 12)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 2 layers, 1 timed step (unless given)")
-    p.add_argument("--compile", action="store_true", help="torch.compile both models")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--profile", action="store_true",
                    help="also profile one step of each (per-op tables)")
     p.add_argument("--top", type=int, default=12, help="ops listed per profile")
