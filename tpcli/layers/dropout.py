@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tpcli.layers.unpad import Rows
+
 _LEVELS = 65536  # mask resolution: int16 words
 
 
@@ -42,13 +44,20 @@ def drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     return drop, _LEVELS / (_LEVELS - levels)
 
 
-def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """`F.dropout(x, p, training)`, with a cheaper mask on CPU."""
+def dropout(x: torch.Tensor, p: float, training: bool = True, rows: Rows | None = None
+            ) -> torch.Tensor:
+    """`F.dropout(x, p, training)`, with a cheaper mask on CPU. rows: x (N, ...) holds these
+    real rows of a (rows.total, ...) tensor (`tpcli.layers.unpad`): the mask is drawn for all
+    rows.total and the real rows' part used, so the draws are the same as without unpadding."""
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, training=True)
-    drop, scale = drop_mask(x.shape, p, x.device)
+    if rows is None:
+        drop, scale = drop_mask(x.shape, p, x.device)
+    else:
+        drop, scale = drop_mask((rows.total, *x.shape[1:]), p, x.device)
+        drop = drop.index_select(0, rows.index)  # (N, ...)
     if x.dtype in (torch.float32, torch.float64):
         # one multiply each way by a tensor of (0 or scale), made in one pass from the mask: the
         # same numbers as scaling then masking (scale as the dtype rounds it), without the
@@ -69,8 +78,8 @@ class Dropout(nn.Module):
             raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
         self.p = p
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p, self.training)
+    def forward(self, x: torch.Tensor, rows: Rows | None = None) -> torch.Tensor:
+        return dropout(x, self.p, self.training, rows)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -35,6 +35,7 @@ from tpcli.layers.masks import (attention_mask, block_mask, causal_mask, prefix_
 from tpcli.layers.norms import make_norm
 from tpcli.layers.layer_scale import LayerScale
 from tpcli.layers.positions import RelativePositionBias, RelativePositionBias2D, RotaryEmbedding
+from tpcli.layers.unpad import Rows, on_rows, real_rows
 from tpcli.model.module import BuildContext, ModuleConfig
 
 
@@ -295,17 +296,21 @@ class TransformerLayer(LayerModules):
         self.attn_scale = LayerScale(hidden_size, layer_scale) if layer_scale is not None else None
         self.ffn_scale = LayerScale(hidden_size, layer_scale) if layer_scale is not None else None
 
-    def _branch(self, y: torch.Tensor, scale: LayerScale | None) -> torch.Tensor:
-        """A branch's output as the residual stream adds it: dropout, then the layer scale."""
-        y = self.dropout(y)
+    def _branch(self, y: torch.Tensor, scale: LayerScale | None, rows: Rows | None = None
+                ) -> torch.Tensor:
+        """A branch's output as the residual stream adds it: dropout, then the layer scale;
+        rows: y holds only these rows (`tpcli.layers.unpad`)."""
+        y = self.dropout(y, rows)
         return scale(y) if scale is not None else y
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
                 rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
                 cache: AttentionCache | None = None,
-                queries: torch.Tensor | None = None) -> torch.Tensor:
+                queries: torch.Tensor | None = None,
+                rows: Rows | None = None) -> torch.Tensor:
         """queries (B, n): only these positions' outputs (B, n, H); every position is still a
-        key and a value."""
+        key and a value. rows: the real positions (`real_rows`): the feed-forward block runs on
+        those only, padded positions keep their input."""
         if self.relative_bias is not None:  # the stack refuses causal masks with a layer bias
             mask = with_bias(mask, self.relative_bias(x.shape[1], x.shape[1]))
         attend = dict(is_causal=is_causal, rotary=rotary, cache=cache, queries=queries)
@@ -314,10 +319,16 @@ class TransformerLayer(LayerModules):
         if self.pre_norm:
             x = residual + self._branch(self.attn(self.attn_norm(x), mask, **attend),
                                         self.attn_scale)
-            return x + self._branch(self.ffn(self.ffn_norm(x)), self.ffn_scale)
+            return on_rows(x, rows, self._ffn_pre, residual=True)
         x = self.attn_norm(residual + self._branch(self.attn(x, mask, **attend),
                                                    self.attn_scale))
-        return self.ffn_norm(x + self._branch(self.ffn(x), self.ffn_scale))
+        return on_rows(x, rows, self._ffn_post, residual=False)
+
+    def _ffn_pre(self, x: torch.Tensor, rows: Rows | None) -> torch.Tensor:
+        return self._branch(self.ffn(self.ffn_norm(x)), self.ffn_scale, rows)  # added to x
+
+    def _ffn_post(self, x: torch.Tensor, rows: Rows | None) -> torch.Tensor:
+        return self.ffn_norm(x + self._branch(self.ffn(x), self.ffn_scale, rows))  # x's new value
 
 
 class TransformerEncoder(nn.Module):
@@ -396,6 +407,7 @@ class TransformerEncoder(nn.Module):
         computes no others (its attention output and feed-forward run on n rows, not T)."""
         if cache is not None:
             return self._forward_cached(x, mask, position_ids, cache)
+        key_mask = mask  # (B, T) real tokens, before it becomes a prefix or block mask
         if self.prefix:
             if prefix_lengths is None:
                 raise TpError(
@@ -411,9 +423,12 @@ class TransformerEncoder(nn.Module):
             x, mask, self.causal, self.relative_bias, self.rotary, position_ids)
         # the causal fast path has no mask whose rows could follow the queries: select after
         last = self.config.layers - 1 if not is_causal else -1
+        rows = real_rows(key_mask)  # feed-forward on the real positions of a padded batch
         for i in range(self.config.layers):
             layer = self.layers[0 if self.config.share_layers else i]
-            x = layer(x, attn_mask, is_causal, rotary, queries=queries if i == last else None)
+            selected = i == last and queries is not None  # (B, n, H) out: no flat rows
+            x = layer(x, attn_mask, is_causal, rotary, queries=queries if i == last else None,
+                      rows=None if selected else rows)
         if queries is not None and is_causal:
             x = x.gather(1, queries[..., None].expand(-1, -1, x.shape[-1]))
         return self.final_norm(x) if self.final_norm is not None else x

@@ -31,6 +31,7 @@ from tp_encoders.transformer import (
 from tpcli.layers.attention import AttentionCache, KVCache
 from tpcli.layers.masks import attention_mask
 from tpcli.layers.norms import make_norm
+from tpcli.layers.unpad import Rows, on_rows, real_rows
 from tpcli.model.module import BuildContext
 
 
@@ -42,20 +43,24 @@ class TransformerDecoderLayer(LayerModules):
     def forward(self, y: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
                 memory: torch.Tensor, memory_mask: torch.Tensor | None,
                 rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: tuple[AttentionCache, AttentionCache] | None = None) -> torch.Tensor:
+                cache: tuple[AttentionCache, AttentionCache] | None = None,
+                rows: Rows | None = None) -> torch.Tensor:
         """y (B, T', H); mask: the self-attention SDPA mask; memory (B, T, H); memory_mask: the
-        cross-attention SDPA mask (B, 1, 1, T) or None; cache: (self, cross) caches or None."""
+        cross-attention SDPA mask (B, 1, 1, T) or None; cache: (self, cross) caches or None;
+        rows: the real positions, the only ones the feed-forward block computes (`real_rows`)."""
         drop = self.dropout
         own, cross = cache if cache is not None else (None, None)
         if self.pre_norm:
             y = y + drop(self.attn(self.attn_norm(y), mask, is_causal=is_causal, rotary=rotary,
                                    cache=own))
             y = y + drop(self.cross(self.cross_norm(y), memory_mask, memory=memory, cache=cross))
-            return y + drop(self.ffn(self.ffn_norm(y)))
+            return on_rows(y, rows, lambda v, r: drop(self.ffn(self.ffn_norm(v)), r),
+                           residual=True)
         y = self.attn_norm(y + drop(self.attn(y, mask, is_causal=is_causal, rotary=rotary,
                                               cache=own)))
         y = self.cross_norm(y + drop(self.cross(y, memory_mask, memory=memory, cache=cross)))
-        return self.ffn_norm(y + drop(self.ffn(y)))
+        return on_rows(y, rows, lambda v, r: self.ffn_norm(v + drop(self.ffn(v), r)),
+                       residual=False)
 
 
 class TransformerDecoder(nn.Module):
@@ -95,10 +100,11 @@ class TransformerDecoder(nn.Module):
         if memory_mask is not None and no_padding(memory_mask):
             memory_mask = None  # no source padding: unmasked fast path
         cross_mask = attention_mask(memory_mask) if memory_mask is not None else None
+        rows = real_rows(tmask) if cache is None else None  # feed-forward on real tokens only
         for i in range(self.config.layers):
             layer = self.layers[0 if self.config.share_layers else i]
             caches = (cache.layer(i), cache.cross(i)) if cache is not None else None
-            y = layer(y, self_mask, is_causal, memory, cross_mask, rotary, caches)
+            y = layer(y, self_mask, is_causal, memory, cross_mask, rotary, caches, rows)
         if cache is not None:
             cache.length += y.shape[1]
         return self.final_norm(y) if self.final_norm is not None else y

@@ -69,8 +69,8 @@ def test_logits_match_hf(hf_model: Any, tp_model: TpModel, padded: bool) -> None
     assert ours.shape == ref.shape == (B, T, 1000)
     real = batch["attention_mask"].bool()
     assert (ours - ref)[real].abs().max() <= 1e-5
-    # padding-aware positions: even the padding slots read HF's rows (their outputs are unused)
-    assert (ours - ref).abs().max() <= 1e-4
+    # padded slots are not compared: tp's feed-forward skips them (tpcli.layers.unpad); the
+    # position rows they read are test_positions_follow_hf's
 
 
 def test_positions_follow_hf(tp_model: TpModel) -> None:

@@ -98,12 +98,14 @@ def test_d_kv_apart_from_d_model(v1_1: bool) -> None:
     assert recipe["encoder"]["head_size"] == recipe["decoder"]["head_size"] == 16
     tp = tp_from_hf(CONVERTER, hf)
     assert tp.state_dict()["stack.encoder.layers.0.attn.out.weight"].shape == (32, 48)
-    assert logits_diff(CONVERTER, hf, tp) <= 1e-5
+    # float32 rounding: 5e-6 on an AVX-512 Xeon, 1.2e-5 on an AVX2 EPYC (its kernels sum in
+    # another order), the same with every layer's rows computed
+    assert logits_diff(CONVERTER, hf, tp) <= 2e-5
     assert_round_trip(CONVERTER, hf, tp)
     config = CONVERTER.recipe_to_config(tp.spec, V)
     assert (config["d_kv"], config["num_heads"], config["d_model"]) == (16, 3, 32)
     back = hf_from_tp(CONVERTER, tp, transformers.T5ForConditionalGeneration)
-    assert logits_diff(CONVERTER, back, tp) <= 1e-5
+    assert logits_diff(CONVERTER, back, tp) <= 2e-5
 
 
 def test_d_kv_of_d_model_over_heads_writes_no_head_size() -> None:
