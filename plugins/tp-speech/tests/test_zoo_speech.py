@@ -93,7 +93,8 @@ def fitted(folder: Path) -> Any:
     would hide swapped keys) taught the five recordings by Adam steps on HF's features and the
     SentencePiece ids in `folder`, until its loss is below FIT_LOSS: a random decoder repeats
     one piece up to the length limit, this one ends its transcripts (of different lengths)
-    with eos, as the published model does. Eval mode throughout (no dropout): the same weights on every run."""
+    with eos, as the published model does. Eval mode throughout (no dropout): the same
+    weights on every run of one machine."""
     from tp_speech.audio import read_audio
 
     files = sorted(LIBRIVOX.glob("*.wav"))
