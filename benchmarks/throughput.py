@@ -367,12 +367,13 @@ def run_training(args: argparse.Namespace, device: torch.device) -> Iterator[str
 
     if args.tencentpretrain is not None:  # before minutes of measuring, not after
         tencentpretrain_checkout(args.tencentpretrain)
+    precisions, skipped = runnable(precisions, device)
     peaks = {p: best_peak(p) for p in precisions}
     rows: list[tuple[str, str, int, str, str, Timing, float, float | None]] = []
     header = ("| model | batch | precision | impl | step (median, min-max) | tokens/s | "
               "GFLOP/step | MFU | tp speed-up over this row | loss |\n"
               "|---|---|---|---|---|---:|---:|---:|---:|---:|")
-    notes: list[str] = []
+    notes: list[str] = list(skipped)
     profiles: list[str] | None = [] if args.profile else None
     for name in models:
         tpre = args.tencentpretrain if name == "bert" else None
@@ -423,6 +424,27 @@ def run_training(args: argparse.Namespace, device: torch.device) -> Iterator[str
         yield table
 
 
+def runnable(precisions: list[str], device: torch.device) -> tuple[list[str], list[str]]:
+    """`precisions` without those this CPU runs at under half of fp32's matmul rate (bf16 on
+    a CPU without AVX512-BF16 or AMX: ~100x slower, hours for one table), and a note for each
+    one left out, with both measured rates."""
+    from tpcli.train.perf import measure_peak, precision_note
+
+    keep, notes = [], []
+    fp32 = None
+    for p in precisions:
+        if p != "fp32" and device.type == "cpu":
+            fp32 = fp32 or measure_peak(device, "fp32").flops
+            note = precision_note(p, measure_peak(device, p).flops, fp32)
+            if note is not None:
+                print(f"{p} skipped: {note}", file=sys.stderr, flush=True)
+                rates = note.removeprefix("warning: ").split(":")[0]
+                notes.append(f"{p} not timed: {rates}, no {p} matrix instructions")
+                continue
+        keep.append(p)
+    return keep, notes
+
+
 def step_options(p: argparse.ArgumentParser, unit: str, quick: str) -> None:
     """The options of a one-model step benchmark (s2t_step.py, clip_step.py): device, timed
     and warm-up steps, precisions, batch (`unit`s per step), --quick (`quick` says what it
@@ -449,10 +471,14 @@ def time_case(case: Case, args: argparse.Namespace, device: torch.device
     case.hf_batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
                      for k, v in case.hf_batch.items()}
     rows = []
-    for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
+    wanted = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    for precision in wanted:
         if precision not in PRECISIONS:
             raise SystemExit(f"unknown precision {precision!r}; choose among "
                              f"{', '.join(PRECISIONS)}")
+    wanted, skipped = runnable(wanted, device)
+    case.notes.extend(skipped)
+    for precision in wanted:
         res = measure(case, precision, device, args.steps, args.warmup, args.compile)
         rows.append((precision, res))
         print(f"{precision}: tp {fmt_time(res['tp'].median)}, HF {fmt_time(res['HF'].median)}, "

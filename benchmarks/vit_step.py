@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from throughput import (PRECISIONS, Case, fmt_time, make_step, step_options,  # noqa: E402
-                        measure, start_report, sync)
+                        measure, runnable, start_report, sync)
 
 CLASSES = 1000
 IMAGE = 224
@@ -303,7 +303,9 @@ def run(args: argparse.Namespace, device: torch.device) -> Iterator[str]:
     for p in precisions:
         if p not in PRECISIONS:
             raise SystemExit(f"unknown precision {p!r}; choose among {', '.join(PRECISIONS)}")
+    precisions, skipped = runnable(precisions, device)
     case = vit_case(args.batch, args.layers)
+    case.notes.extend(skipped)
     case.tp.to(device).train()
     case.hf.to(device).train()
     case.tp_batch = {k: v.to(device) for k, v in case.tp_batch.items()}

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from tpcli.errors import TpError
-from tpcli.train.perf import FlopMeter, flop_counter, measure_peak, peak_flops
+from tpcli.train import perf
+from tpcli.train.perf import (FlopMeter, flop_counter, measure_peak, peak_flops,
+                              precision_note)
 
 from .conftest import run_tp
 
@@ -103,3 +105,39 @@ def test_logged_mfu_is_at_most_one_and_losses_ignore_the_peak(
         assert rec["peak_tflops"] >= rec["tflops"] > 0.0
     assert all(rec["peak_tflops"] > 1e-6 for rec in low)  # raised from the 1e6 FLOP/s given
     assert [r["loss"] for r in measured] == [r["loss"] for r in low]
+
+
+def test_half_precision_slower_than_fp32_is_named() -> None:
+    """A bf16 peak under half of fp32's gets one paragraph with both rates and the fix."""
+    note = precision_note("bf16", 0.94e9, 117e9)
+    assert note is not None and note.startswith("warning: bf16 matmuls on this CPU run at 0.9 ")
+    assert "fp32 at 117.0 (124x faster)" in note and "pretrain.precision=fp32" in note
+    assert "\n" not in note
+    assert precision_note("bf16", 2032e9, 308e9) is None  # AMX: bf16 is the fast one
+    assert precision_note("fp16", 60e9, 117e9) is None  # at least half: not worth a word
+
+
+def test_slow_precision_reads_both_measured_peaks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TP_PEAK_FLOPS", raising=False)
+    peaks = {"bf16": 1e9, "fp32": 100e9}
+    monkeypatch.setattr(perf, "_cached_peak",
+                        lambda device, p: perf.Peak(p, {1024: peaks[p]}))
+    assert "100x faster" in perf.slow_precision(torch.device("cpu"), "bf16")
+    assert perf.slow_precision(torch.device("cpu"), "fp32") is None
+    monkeypatch.setenv("TP_PEAK_FLOPS", "1e12")  # nothing measured: nothing to compare
+    assert perf.slow_precision(torch.device("cpu"), "bf16") is None
+
+
+def test_bf16_run_warns_when_this_cpu_measures_it_slow(
+        tmp_path: Path, tiny_recipe: Path, tiny_data: Path) -> None:
+    """`tp pretrain` with bf16 prints the warning exactly when this machine's measured peaks
+    say bf16 is under half of fp32 (AVX2: ~100x slower; AMX: faster), and trains either way."""
+    r = run_tp("pretrain", str(tiny_recipe), "--data", str(tiny_data), "--out",
+               str(tmp_path / "run"), "pretrain.steps=2", "pretrain.precision=bf16",
+               "--no-progress", env={"TP_PEAK_FLOPS": ""})
+    assert r.returncode == 0, r.stderr
+    bf16 = measure_peak(torch.device("cpu"), "bf16").flops
+    fp32 = measure_peak(torch.device("cpu"), "fp32").flops
+    if not 0.3 < bf16 / fp32 < 0.7:  # clearly on one side: the run's measurement agrees
+        assert ("warning: bf16 matmuls" in r.stderr) == (bf16 < fp32 / 2), (r.stderr, bf16, fp32)
+    assert (tmp_path / "run" / "metrics.jsonl").is_file()

@@ -32,7 +32,7 @@ from tpcli.train import checkpoint as ckpt_io
 from tpcli.train import run_folder
 from tpcli.train.batches import Batches, BucketSampler, DataPosition, Sampler
 from tpcli.train.loggers import attached_loggers, with_loggers
-from tpcli.train.perf import FlopMeter, peak_flops
+from tpcli.train.perf import FlopMeter, peak_flops, slow_precision
 from tpcli.train.strategies import make_strategy, resolved_name
 from tpcli.train.strategy import Dist, Strategy
 from tpcli.plugins.requests import PretrainRequest
@@ -129,6 +129,9 @@ def _train(s: Setup) -> dict[str, Any]:
     model = strategy.setup(s.model)
     # measured before the RNG state is restored: it draws random matrices
     meter = FlopMeter(peak_flops(dist.device, opts.precision))
+    note = slow_precision(dist.device, opts.precision)
+    if note is not None and dist.is_main:
+        print(note, file=sys.stderr, flush=True)
     pos = DataPosition()
     if s.resume_from is not None:
         extra = strategy.load_trainer_state(s.resume_from)

@@ -116,6 +116,33 @@ def peak_flops(device: torch.device, precision: str) -> float:
     return _cached_peak(torch.device(device), precision).flops
 
 
+def slow_precision(device: torch.device, precision: str) -> str | None:
+    """A warning when `precision` (bf16, fp16) is much slower than fp32 on this CPU, else None.
+
+    A CPU without bf16 or fp16 matmul instructions (AVX512-BF16, AMX, AVX512-FP16) converts in
+    software: on a 2-core AVX2 EPYC a bf16 matmul ran at 0.9 GFLOP/s against fp32's 117, so a
+    bf16 run would take about 100 times longer and nothing would say why. Both peaks are the
+    cached measurements (`peak_flops`); no check under TP_PEAK_FLOPS (nothing is measured) or
+    on an accelerator."""
+    device = torch.device(device)
+    if precision == "fp32" or device.type != "cpu" or os.environ.get("TP_PEAK_FLOPS"):
+        return None
+    return precision_note(precision, _cached_peak(device, precision).flops,
+                          _cached_peak(device, "fp32").flops)
+
+
+def precision_note(precision: str, peak: float, fp32_peak: float) -> str | None:
+    """The warning of `slow_precision` for measured peaks (FLOP/s): when `precision`'s is below
+    half of fp32's."""
+    if peak >= fp32_peak / 2:
+        return None
+    return (f"warning: {precision} matmuls on this CPU run at {peak / 1e9:,.1f} GFLOP/s, fp32 "
+            f"at {fp32_peak / 1e9:,.1f} ({fp32_peak / peak:,.0f}x faster): the CPU has no "
+            f"{precision} matrix instructions (AVX512-BF16, AMX or AVX512-FP16) and converts in "
+            f"software. Set pretrain.precision=fp32 (finetune.precision=fp32 when fine-tuning) "
+            f"for a faster run on this machine.")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
