@@ -112,7 +112,7 @@ def fitted(folder: Path) -> Any:
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(MAX_STEPS):
         loss = model(**feats, labels=labels).loss
-        if float(loss) < FIT_LOSS:
+        if float(loss.detach()) < FIT_LOSS:
             return model
         opt.zero_grad()
         loss.backward()
