@@ -15,13 +15,25 @@ to the longest of the batch with `pad`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
 from tpcli.errors import PluginError
 
 IGNORE = -100  # the label of a position that is not predicted (torch's cross-entropy default)
+
+
+def next_token_labels(input_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """input_ids (B, T) -> labels (B, T): position t predicts token t+1 when that one is real
+    (`mask` (B, T), nonzero = real; None: all real), else IGNORE; the last position never."""
+    labels = torch.full_like(input_ids, IGNORE)
+    labels[:, :-1] = input_ids[:, 1:]
+    if mask is not None:
+        real_next = torch.zeros_like(labels, dtype=torch.bool)
+        real_next[:, :-1] = mask[:, 1:].bool()
+        labels = labels.masked_fill(~real_next, IGNORE)
+    return labels  # (B, T)
 
 
 @dataclass(frozen=True)

@@ -136,21 +136,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+# IGNORE (-100) labels a position that is not predicted
+from tpcli.data.batch import IGNORE, next_token_labels
 from tpcli.errors import TpError
 from tpcli.model.module import BuildContext, Features, TargetConfig, TargetOutput
-
-IGNORE = -100  # label of a position that is not predicted
-
-
-def next_tokens(input_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """input_ids (B, T) -> labels (B, T): token t + 1 where it is real, else IGNORE."""
-    labels = torch.full_like(input_ids, IGNORE)
-    labels[:, :-1] = input_ids[:, 1:]
-    if mask is not None:
-        real_next = torch.zeros_like(labels, dtype=torch.bool)
-        real_next[:, :-1] = mask[:, 1:].bool()
-        labels = labels.masked_fill(~real_next, IGNORE)
-    return labels
 
 
 class __CLASS__Target(nn.Module):
@@ -178,7 +167,7 @@ class __CLASS__Target(nn.Module):
         if "input_ids" not in batch:
             raise TpError("target __NAME__ needs `input_ids` in the batch",
                           hint="use a data processor that provides token ids")
-        labels = next_tokens(batch["input_ids"], batch.get("attention_mask"))  # (B, T)
+        labels = next_token_labels(batch["input_ids"], batch.get("attention_mask"))  # (B, T)
         logits = self.predict(features, batch)  # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
                                ignore_index=IGNORE, label_smoothing=self.config.label_smoothing)

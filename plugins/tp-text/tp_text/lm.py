@@ -25,22 +25,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from tpcli.data.batch import IGNORE, next_token_labels
 from tpcli.errors import DataError, TpError
 from tpcli.layers.output import TiedOutput
 from tpcli.model.module import BuildContext, Features, TargetConfig, TargetOutput
 
-IGNORE = -100  # label of a position that is not predicted
-
-
-def next_token_labels(input_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """input_ids (B, T) -> labels (B, T): position t predicts token t+1 when that one is real."""
-    labels = torch.full_like(input_ids, IGNORE)
-    labels[:, :-1] = input_ids[:, 1:]
-    if mask is not None:
-        real_next = torch.zeros_like(labels, dtype=torch.bool)
-        real_next[:, :-1] = mask[:, 1:].bool()
-        labels = labels.masked_fill(~real_next, IGNORE)
-    return labels  # (B, T)
 
 
 def drop_prefix(labels: torch.Tensor, prefix_lengths: torch.Tensor) -> torch.Tensor:
