@@ -478,20 +478,17 @@ def runnable(precisions: list[str], device: torch.device) -> tuple[list[str], li
     """`precisions` without those this CPU runs at under half of fp32's matmul rate (bf16 on
     a CPU without AVX512-BF16 or AMX: ~100x slower, hours for one table), and a note for each
     one left out, with both measured rates."""
-    from tpcli.train.perf import measure_peak, precision_note
+    from tpcli.train.perf import slow_precision
 
     keep, notes = [], []
-    fp32 = None
     for p in precisions:
-        if p != "fp32" and device.type == "cpu":
-            fp32 = fp32 or measure_peak(device, "fp32").flops
-            note = precision_note(p, measure_peak(device, p).flops, fp32)
-            if note is not None:
-                print(f"{p} skipped: {note}", file=sys.stderr, flush=True)
-                rates = note.removeprefix("warning: ").split(":")[0]
-                notes.append(f"{p} not timed: {rates}, no {p} matrix instructions")
-                continue
-        keep.append(p)
+        note = slow_precision(device, p)  # the training loop's check, on its cached peaks
+        if note is None:
+            keep.append(p)
+            continue
+        print(f"{p} skipped: {note}", file=sys.stderr, flush=True)
+        rates = note.removeprefix("warning: ").split(":")[0]
+        notes.append(f"{p} not timed: {rates}, no {p} matrix instructions")
     return keep, notes
 
 
