@@ -208,7 +208,7 @@ class MultiHeadAttention(nn.Module):
                 k, v = (z.repeat_interleave(rep, dim=1) for z in (k, v))  # (B, heads, Tk, d)
         y = attention(q, k, v, mask=mask, dropout_p=self.dropout if self.training else 0.0,
                       is_causal=is_causal, scale=None if self.scale else 1.0,
-                      enable_gqa=gqa)  # (B, heads, T, head_dim)
+                      enable_gqa=gqa, queries=queries)  # (B, heads, T or n, head_dim)
         return self.out(y.transpose(1, 2).reshape(b, -1, self.inner))  # (B, T or n, H)
 
 

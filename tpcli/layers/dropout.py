@@ -46,9 +46,10 @@ def drop_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
 
 def dropout(x: torch.Tensor, p: float, training: bool = True, rows: Rows | None = None
             ) -> torch.Tensor:
-    """`F.dropout(x, p, training)`, with a cheaper mask on CPU. rows: x (N, ...) holds these
-    real rows of a (rows.total, ...) tensor (`tpcli.layers.unpad`): the mask is drawn for all
-    rows.total and the real rows' part used, so the draws are the same as without unpadding."""
+    """`F.dropout(x, p, training)`, with a cheaper mask on CPU. rows: x (..., H) holds these
+    N rows of a (rows.total, H) tensor (the real rows of a padded batch, `tpcli.layers.unpad`,
+    or the selected positions of a last layer, `queries`): the mask is drawn for all
+    rows.total and the rows' part used, so the draws are the same as computing every row."""
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu" or p >= 1.0:
@@ -56,8 +57,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True, rows: Rows | None 
     if rows is None:
         drop, scale = drop_mask(x.shape, p, x.device)
     else:
-        drop, scale = drop_mask((rows.total, *x.shape[1:]), p, x.device)
-        drop = drop.index_select(0, rows.index)  # (N, ...)
+        drop, scale = drop_mask((rows.total, x.shape[-1]), p, x.device)
+        drop = drop.index_select(0, rows.index).view(x.shape)  # (N, H) as x is shaped
     if x.dtype in (torch.float32, torch.float64):
         # one multiply each way by a tensor of (0 or scale), made in one pass from the mask: the
         # same numbers as scaling then masking (scale as the dtype rounds it), without the
@@ -95,8 +96,8 @@ class _AttentionDropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,  # type: ignore[override]
-                mask: torch.Tensor | None, causal: bool, p: float, q_scale: float = 1.0
-                ) -> torch.Tensor:
+                mask: torch.Tensor | None, causal: bool, p: float, q_scale: float = 1.0,
+                queries: torch.Tensor | None = None) -> torch.Tensor:
         # q, k and v are views of the fused projection ((B, T, 3, h, d) read as (B, h, T, d)):
         # matmul copies such a view each time it reads one (k and v twice more in backward).
         # Here q is scaled into a contiguous buffer in one pass and k, v copied once, and these
@@ -121,7 +122,13 @@ class _AttentionDropout(torch.autograd.Function):
         prob = torch.softmax(s, dim=-1)
         del s
         if p > 0.0:
-            drop, scale = drop_mask(prob.shape, p, prob.device)
+            if queries is None:
+                drop, scale = drop_mask(prob.shape, p, prob.device)
+            else:  # q holds the rows `queries` (B, n) of a self-attention's Tk queries: the
+                # mask of all Tk rows is drawn and these rows' kept (the draws of every row)
+                b, h, n, tk = prob.shape
+                drop, scale = drop_mask((b, h, tk, tk), p, prob.device)
+                drop = drop.gather(2, queries.view(b, 1, n, 1).expand(b, h, n, tk))
             # the dropped weights, before scaling (one pass; masked_fill would copy, then fill)
             kept = torch.where(drop, prob.new_zeros(()), prob)
             del drop
@@ -158,7 +165,7 @@ class _AttentionDropout(torch.autograd.Function):
             dims = list(range(lead)) + [lead + i for i, n in enumerate(shape)
                                         if n == 1 and ds.shape[lead + i] != 1]
             dmask = ds.sum(dims, keepdim=True).view(shape) if dims else ds
-        return dq, dk, dv, dmask, None, None, None
+        return dq, dk, dv, dmask, None, None, None, None
 
 
 # bf16 attention on CPU whose score matrices (batch x heads x queries x keys) hold at most this
@@ -171,11 +178,13 @@ SCORES_BUDGET = 2 ** 25
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Tensor | None,
               dropout_p: float, is_causal: bool, scale: float | None = None,
-              enable_gqa: bool = False) -> torch.Tensor:
+              enable_gqa: bool = False, queries: torch.Tensor | None = None) -> torch.Tensor:
     """`F.scaled_dot_product_attention` (same arguments and conventions); on CPU with dropout,
     or in bf16 with scores of at most SCORES_BUDGET elements, `_AttentionDropout`: there SDPA's
     CPU flash kernel's backward is the slower (a ViT-B/16 step, 197 keys: 862 ms of attention
-    against 345 ms for the two matmuls, benchmarks/vit_step.py --whatif)."""
+    against 345 ms for the two matmuls, benchmarks/vit_step.py --whatif). queries (B, n): q
+    holds only these rows of a self-attention's queries (`select_queries`); the CPU dropout then
+    draws the mask of every row and keeps theirs, so the random stream is that of all rows."""
     cpu = q.device.type == "cpu"
     scores = q.shape[0] * q.shape[1] * q.shape[-2] * k.shape[-2]
     if cpu and (dropout_p > 0.0 or (q.dtype == torch.bfloat16 and scores <= SCORES_BUDGET)):
@@ -186,7 +195,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.
         if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)
         causal = is_causal and mask is None
-        return _AttentionDropout.apply(q, k, v, mask, causal, dropout_p, scale)
+        return _AttentionDropout.apply(q, k, v, mask, causal, dropout_p, scale, queries)
     extra = {"enable_gqa": True} if enable_gqa else {}
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
                                           is_causal=is_causal and mask is None, scale=scale,

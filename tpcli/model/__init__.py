@@ -124,10 +124,14 @@ class Stack(nn.Module):
         self.selects_queries = pool is None and bool(_accepted(encoder, ("queries",)))
 
     def forward(self, inputs: Batch, first_only: bool = False,
-                after_embedding: nn.Module | None = None) -> Features:
+                after_embedding: nn.Module | None = None,
+                positions: list[torch.Tensor] | None = None) -> Features:
         """first_only (when `selects_queries`): hidden (B, 1, H) = each row's first real token
         only, the rest of the last layer not computed; the mask is then None.
-        after_embedding: a norm for this use of the stack (a tied stream's own), then dropout."""
+        after_embedding: a norm for this use of the stack (a tied stream's own), then dropout.
+        positions (when `selects_queries`): (B, T') bool masks, T' <= T, of the positions the
+        targets read (`read_positions`); the last layer computes those (`wanted_queries`) and
+        hidden is zero at the others."""
         mask = self.embedding.mask(inputs)
         mask = mask.bool() if mask is not None else None
         h = self.embedding(inputs)  # (B, T, H)
@@ -140,9 +144,37 @@ class Stack(nn.Module):
                          else torch.zeros(h.shape[0], dtype=torch.long, device=h.device))
                 return Features(self.encoder(h, mask, queries=first[:, None], **extra), None,
                                 None)
+            queries = (wanted_queries(positions, h.shape[0], h.shape[1], h.device)
+                       if positions is not None and self.selects_queries else None)
+            if queries is not None:
+                out = self.encoder(h, mask, queries=queries, **extra)  # (B, n, H)
+                hidden = out.new_zeros(h.shape[0], h.shape[1], out.shape[-1]).scatter(
+                    1, queries[..., None].expand(-1, -1, out.shape[-1]), out)
+                return Features(hidden, mask, None)
             h = self.encoder(h, mask, **extra)
         pooled = self.pooling(h, mask) if self.pooling is not None else None
         return Features(h, mask, pooled)
+
+
+def wanted_queries(positions: list[torch.Tensor], b: int, t: int, device: torch.device
+                   ) -> torch.Tensor | None:
+    """The targets' positions (each (B, T') bool, T' <= T) -> queries (B, n): each row's wanted
+    positions first, then its first unwanted ones up to the longest row's count n (the extra
+    rows are computed and not read; distinct positions, so the scatter back is a permutation).
+    None (compute every position) under torch.compile, for a mask of another shape, or when
+    fewer than 1/8 of the positions would be skipped."""
+    if torch.compiler.is_compiling():
+        return None
+    wanted = torch.zeros(b, t, dtype=torch.bool, device=device)
+    for m in positions:
+        if m.dim() != 2 or m.shape[0] != b or m.shape[1] > t:
+            return None
+        wanted[:, :m.shape[1]] |= m.to(device=device, dtype=torch.bool)
+    n = max(int(wanted.sum(1).max()), 1)  # reads the count (the MLM target's nonzero does too)
+    if 8 * n > 7 * t:
+        return None
+    order = torch.argsort((~wanted).to(torch.uint8), dim=1, stable=True)  # wanted first
+    return order[:, :n]
 
 
 class TpModel(nn.Module):
@@ -210,6 +242,12 @@ class TpModel(nn.Module):
         self.first_only = (not spec.dual and self.decoder is None and self.stack.selects_queries
                            and all(getattr(t, "reads_first_token", False)
                                    for t in self.targets.values()))
+        # every target names the positions its loss reads (`read_positions(batch)`: MLM its
+        # masked ~15%, NSP/SOP/ITM the first): training computes the last layer at those only
+        self.reads_positions = (not spec.dual and self.decoder is None
+                                and self.stack.selects_queries
+                                and all(callable(getattr(t, "read_positions", None))
+                                        for t in self.targets.values()))
 
     # -- construction helpers
 
@@ -273,9 +311,12 @@ class TpModel(nn.Module):
 
     # -- running
 
-    def features(self, batch: Batch, first_only: bool = False) -> Features:
+    def features(self, batch: Batch, first_only: bool = False,
+                 positions: list[torch.Tensor] | None = None) -> Features:
         """Hidden states for the targets: the encoder's, or the decoder's for seq2seq;
-        `first_only`: only each sequence's first real token's (when `self.first_only` allows)."""
+        `first_only`: only each sequence's first real token's (when `self.first_only` allows);
+        `positions`: only these (B, T') positions' (when `self.reads_positions` allows), the
+        others zero."""
         if self.spec.dual:
             norms = getattr(self, "stream_norms", None)
             f0 = self.stream_0(_view(batch, "stream_0."),
@@ -283,7 +324,8 @@ class TpModel(nn.Module):
             f1 = (self.stream_1 or self.stream_0)(
                 _view(batch, "stream_1."), after_embedding=norms["stream_1"] if norms else None)
             return Features(None, None, None, (f0, f1))
-        enc = self.stack(batch, first_only and self.first_only)
+        enc = self.stack(batch, first_only and self.first_only,
+                         positions=positions if self.reads_positions else None)
         if self.decoder is None or self.tgt_embedding is None:
             return enc
         tgt = _view(batch, "tgt_")
@@ -294,8 +336,15 @@ class TpModel(nn.Module):
         y = self.decoder(y, tmask, enc.hidden, enc.mask, **extra)
         return Features(y, tmask, None, memory=enc.hidden, memory_mask=enc.mask)
 
+    def read_positions(self, batch: Batch) -> list[torch.Tensor] | None:
+        """Each target's (B, T') positions, or None when one of them reads them all."""
+        if not self.reads_positions or self.first_only:
+            return None
+        out = [t.read_positions(batch) for t in self.targets.values()]
+        return None if any(m is None for m in out) else out
+
     def forward(self, batch: Batch) -> ModelOutput:
-        feats = self.features(batch, first_only=True)
+        feats = self.features(batch, first_only=True, positions=self.read_positions(batch))
         total: torch.Tensor | None = None
         losses: dict[str, torch.Tensor] = {}
         metrics: dict[str, torch.Tensor] = {}

@@ -113,3 +113,37 @@ def test_queries_layer_computes_its_selected_rows(monkeypatch: pytest.MonkeyPatc
     assert seen[:2] == [12, 4]
     torch.testing.assert_close(got, full.gather(1, queries[..., None].expand(-1, -1, H)),
                                rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("pre_norm", [False, True], ids=["post_norm", "pre_norm"])
+def test_queries_with_dropout_follow_every_row(pre_norm: bool) -> None:
+    """Training with dropout 0.1 (attention and branches): the selected positions' outputs and
+    every gradient are those of computing every row, and the random stream after is the same
+    (the last layer draws the masks of all rows and keeps the selected ones')."""
+    torch.manual_seed(0)
+    cfg = TransformerEncoder.Config(layers=2, heads=4, ffn_size=64, pre_norm=pre_norm,
+                                    layer_scale=0.5 if pre_norm else None)
+    enc = perturbed(TransformerEncoder(cfg, BuildContext(hidden_size=H, vocab_size=50,
+                                                         dropout=0.1))).train()
+    x = torch.randn(3, 10, H)
+    mask = right_padded([10, 7, 4], 10)
+    queries = torch.tensor([[0, 3, 9], [6, 1, 2], [0, 3, 8]])  # a padded position too
+    real = mask.gather(1, queries)  # (B, n): a padded position's output is nobody's
+    weights = torch.linspace(-1, 1, 3 * 3 * H).view(3, 3, H) * real[..., None]
+
+    def run(select: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        enc.zero_grad(set_to_none=True)
+        torch.manual_seed(7)
+        out = enc(x, mask, queries=queries) if select else enc(x, mask).gather(
+            1, queries[..., None].expand(-1, -1, H))
+        (out * weights).sum().backward()
+        return (out.detach(), {n: p.grad.clone() for n, p in enc.named_parameters()
+                               if p.grad is not None}, torch.get_rng_state())
+
+    out, grads, rng = run(True)
+    full_out, full_grads, full_rng = run(False)
+    torch.testing.assert_close(out[real], full_out[real], rtol=0, atol=2e-6)
+    assert grads.keys() == full_grads.keys()
+    for name, g in grads.items():
+        torch.testing.assert_close(g, full_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert torch.equal(rng, full_rng)

@@ -256,6 +256,13 @@ def check_grid_length(config: "TransformerEncoder.Config", length: int) -> None:
             "patch_size per side")
 
 
+def query_rows(queries: torch.Tensor, length: int) -> Rows:
+    """queries (B, n) positions of sequences of `length` -> their flat rows of (B length, H)."""
+    b = queries.shape[0]
+    offsets = torch.arange(0, b * length, length, device=queries.device)
+    return Rows((queries + offsets[:, None]).reshape(-1), b * length)
+
+
 class LayerModules(nn.Module):
     """The modules of a transformer layer: self-attention, cross-attention to a memory when the
     class sets `cross_attention` (the decoder's), feed-forward, each with its norm."""
@@ -309,19 +316,25 @@ class TransformerLayer(LayerModules):
                 queries: torch.Tensor | None = None,
                 rows: Rows | None = None) -> torch.Tensor:
         """queries (B, n): only these positions' outputs (B, n, H); every position is still a
-        key and a value. rows: the real positions (`real_rows`): the feed-forward block runs on
-        those only, padded positions keep their input."""
+        key and a value, and dropout draws the masks of all positions and keeps theirs (the
+        random stream of computing every row). rows: the real positions (`real_rows`): the
+        feed-forward block runs on those only, padded positions keep their input."""
         if self.relative_bias is not None:  # the stack refuses causal masks with a layer bias
             mask = with_bias(mask, self.relative_bias(x.shape[1], x.shape[1]))
         attend = dict(is_causal=is_causal, rotary=rotary, cache=cache, queries=queries)
+        picked = None if queries is None else query_rows(queries, x.shape[1])
         residual = x if queries is None else x.gather(
             1, queries[..., None].expand(-1, -1, x.shape[-1]))  # (B, n, H)
         if self.pre_norm:
             x = residual + self._branch(self.attn(self.attn_norm(x), mask, **attend),
-                                        self.attn_scale)
+                                        self.attn_scale, picked)
+            if picked is not None:
+                return x + self._ffn_pre(x, picked)
             return on_rows(x, rows, self._ffn_pre, residual=True)
         x = self.attn_norm(residual + self._branch(self.attn(x, mask, **attend),
-                                                   self.attn_scale))
+                                                   self.attn_scale, picked))
+        if picked is not None:
+            return self._ffn_post(x, picked)
         return on_rows(x, rows, self._ffn_post, residual=False)
 
     def _ffn_pre(self, x: torch.Tensor, rows: Rows | None) -> torch.Tensor:

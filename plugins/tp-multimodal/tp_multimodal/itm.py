@@ -49,6 +49,13 @@ class ItmTarget(nn.Module):
     def logits(self, features: Features) -> torch.Tensor:
         return self.classifier(self.pooled(features))  # (B, outputs)
 
+    def read_positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """(B, 1): the first position, the only hidden state the loss reads; None without
+        labels."""
+        labels = batch.get("itm_labels")
+        return None if labels is None else torch.ones(labels.shape[0], 1, dtype=torch.bool,
+                                                      device=labels.device)
+
     def forward(self, features: Features, batch: dict[str, torch.Tensor]) -> TargetOutput:
         labels = batch.get("itm_labels")
         if labels is None:

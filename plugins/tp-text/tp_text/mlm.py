@@ -51,6 +51,12 @@ class MlmTarget(TiedOutput, nn.Module):
         """(..., H) -> (..., V)."""
         return self.project(self.transform(hidden))
 
+    def read_positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """(B, T) True at the masked positions, the only hidden states the loss reads (the
+        model's last layer then computes no others); None without labels."""
+        labels = batch.get("mlm_labels")
+        return None if labels is None else labels != IGNORE
+
     def forward(self, features: Features, batch: dict[str, torch.Tensor]) -> TargetOutput:
         labels = batch.get("mlm_labels")
         if labels is None or features.hidden is None:

@@ -36,6 +36,12 @@ class SpTarget(nn.Module):
             raise TpError("target sp needs hidden states (or a pooling) from the encoder")
         return self.classifier(torch.tanh(self.pooler(first)))  # (B, C)
 
+    def read_positions(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """(B, 1): the first position, the only hidden state the loss reads (without a
+        pooling: a model with one never selects positions); None without labels."""
+        labels = batch.get("sp_labels")
+        return None if labels is None else labels.new_ones(labels.shape[0], 1, dtype=torch.bool)
+
     def forward(self, features: Features, batch: dict[str, torch.Tensor]) -> TargetOutput:
         labels = batch.get("sp_labels")
         if labels is None:
