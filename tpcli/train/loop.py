@@ -32,6 +32,7 @@ from tpcli.train import checkpoint as ckpt_io
 from tpcli.train import run_folder
 from tpcli.train.batches import Batches, BucketSampler, DataPosition, Sampler
 from tpcli.train.loggers import attached_loggers, with_loggers
+from tpcli.train.host_memory import keep_freed_memory
 from tpcli.train.perf import FlopMeter, peak_flops, slow_precision
 from tpcli.train.strategies import make_strategy, resolved_name
 from tpcli.train.strategy import Dist, Strategy
@@ -127,6 +128,8 @@ def _train(s: Setup) -> dict[str, Any]:
     params = sum(p.numel() for p in s.model.parameters())
     strategy = s.strategy or make_strategy(opts, dist)
     model = strategy.setup(s.model)
+    if dist.device.type == "cpu":  # no page faults for the buffers each step frees and re-makes
+        keep_freed_memory()
     # measured before the RNG state is restored: it draws random matrices
     meter = FlopMeter(peak_flops(dist.device, opts.precision))
     note = slow_precision(dist.device, opts.precision)
