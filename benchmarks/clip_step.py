@@ -28,6 +28,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     device = start_report(args, "CLIP ViT-B/16 training step: tp vs Hugging Face")
     case = clip_case(args.batch, args.quick)
+    case.build = functools.partial(clip_case, args.batch, args.quick)
     for line in ratio_table(case, time_case(case, args, device), "pairs/s", digits=1):
         print(line, flush=True)
     print("\nNotes: " + "; ".join(case.notes) + ".\n")

@@ -26,6 +26,7 @@ smoothing off, as HF's loss has none). Run::
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -187,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     device = start_report(args, "S2T-small training step: tp vs Hugging Face")
     case = s2t_case(args.batch, args.quick)
+    case.build = functools.partial(s2t_case, args.batch, args.quick)
     for line in ratio_table(case, time_case(case, args, device), "frames/s"):
         print(line, flush=True)
     print("\nNotes: " + "; ".join(case.notes) + ".\n")

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import platform
 import statistics
@@ -82,6 +83,9 @@ class Case:
     others: dict[str, Callable[[str, torch.device], Callable[[], float] | None]] = field(
         default_factory=dict)
     spec: Any = None  # tp's model spec (tpcli.recipes.config.ModelSpec), for key maps
+    # the same case made again in another process (picklable: a module-level function with its
+    # arguments, functools.partial): tp's step then runs in a process of its own (`TpProcess`)
+    build: Callable[[], "Case"] | None = None
 
 
 def _tp_from_hf(converter: Any, hf: Any) -> torch.nn.Module:
@@ -234,14 +238,17 @@ def build_case(name: str, scale: int, layers: int | None = None,
     """The issue's shapes (batch multiplied by `scale`); `layers` shrinks the stacks (smoke);
     `tencentpretrain` (a checkout) adds its BERT to the BERT case."""
     if name == "bert":
-        return bert_case(8 * scale, 128, layers, tencentpretrain)
-    if name == "gpt2":
-        return gpt2_case(4 * scale, 512, layers)
-    if name == "t5":
-        return t5_case(8 * scale, 512, 114, layers)
-    if name == "bert-padded":
-        return bert_padded_case(32 * scale, 128, layers)
-    raise SystemExit(f"unknown model {name!r}; choose among {', '.join(MODELS)}")
+        case = bert_case(8 * scale, 128, layers, tencentpretrain)
+    elif name == "gpt2":
+        case = gpt2_case(4 * scale, 512, layers)
+    elif name == "t5":
+        case = t5_case(8 * scale, 512, 114, layers)
+    elif name == "bert-padded":
+        case = bert_padded_case(32 * scale, 128, layers)
+    else:
+        raise SystemExit(f"unknown model {name!r}; choose among {', '.join(MODELS)}")
+    case.build = functools.partial(build_case, name, scale, layers)  # tp's rows need no others
+    return case
 
 
 # ----------------------------------------------------------------------------- one step
@@ -287,12 +294,15 @@ class Timing:
 
 
 def measure(case: Case, precision: str, device: torch.device, steps: int, warmup: int,
-            compile_: bool, profile: list[str] | None = None) -> dict[str, Timing]:
+            compile_: bool, profile: list[str] | None = None,
+            tp_process: "TpProcess | None" = None) -> dict[str, Timing]:
     """Every implementation's step (tp, HF, then `case.others` that have one in `precision`),
     alternating; with `profile` (a list), one more step of each under torch.profiler, its
-    table of the top ops by self CPU time appended to the list."""
-    fns = {
-        "tp": make_step(case.tp, case.tp_batch, False, precision, device, compile_),
+    table of the top ops by self CPU time appended to the list. With `tp_process`, tp's step
+    runs there (its FLOPs and profile too)."""
+    fns: dict[str, Callable[[], float]] = {
+        "tp": (tp_process.step(precision, compile_) if tp_process is not None
+               else make_step(case.tp, case.tp_batch, False, precision, device, compile_)),
         "HF": make_step(case.hf, case.hf_batch, True, precision, device, compile_),
     }
     for name, make in case.others.items():
@@ -302,6 +312,9 @@ def measure(case: Case, precision: str, device: torch.device, steps: int, warmup
     flops: dict[str, float] = {}
     loss: dict[str, float] = {}
     for name, fn in fns.items():  # warm-up 1: FLOPs counted (and kernels chosen, caches filled)
+        if isinstance(fn, RemoteStep):
+            flops[name], loss[name] = fn.counted()
+            continue
         counter = flop_counter()
         with counter:
             loss[name] = fn()
@@ -320,7 +333,9 @@ def measure(case: Case, precision: str, device: torch.device, steps: int, warmup
             times[name].append(time.perf_counter() - start)
     if profile is not None:
         for name, fn in fns.items():
-            profile.append(profile_table(fn, device, f"{case.name}, {precision}, {name}"))
+            title = f"{case.name}, {precision}, {name}"
+            profile.append(fn.profile(title) if isinstance(fn, RemoteStep)
+                           else profile_table(fn, device, title))
     return {name: Timing(name, times[name], flops[name], loss[name]) for name in fns}
 
 
@@ -340,6 +355,151 @@ def profile_table(fn: Callable[[], float], device: torch.device, title: str,
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=48)
     return f"### Profile: {title} (one step, top {rows} ops by self time)\n\n```\n{table}```"
+
+
+# ----------------------------------------------------------------------------- tp's process
+
+
+def prepare(case: Case, device: torch.device, hf: bool = True) -> None:
+    """The models on `device` in training mode and the batches there: tp's as the training loop
+    hands it over (an all-real mask dropped on the host); HF's unless `hf` is False."""
+    from tpcli.train.loop import drop_full_masks
+
+    case.tp.to(device).train()
+    case.tp_batch = {k: v.to(device) for k, v in drop_full_masks(case.tp_batch)}
+    if hf:
+        case.hf.to(device).train()
+        case.hf_batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                         for k, v in case.hf_batch.items()}
+
+
+def tp_process_reason(case: Case, device: torch.device, in_process: bool) -> str | None:
+    """Why tp's step runs in this process, or None when it gets a process of its own: on a CPU
+    where `tp pretrain` keeps freed host memory (`tpcli.train.host_memory`), a setting of the
+    whole process that HF's and TencentPretrain's own scripts do not make."""
+    from tpcli.train.host_memory import reason_not_applied
+
+    if in_process:
+        return "--tp-in-process"
+    if device.type != "cpu":
+        return "not a CPU run"
+    if case.build is None:
+        return "this case cannot be rebuilt in another process"
+    return reason_not_applied()
+
+
+class TpProcess:
+    """tp's training step in a spawned process of its own, set up as `tp pretrain` sets up its
+    process (freed host memory kept: `keep_freed_memory`), while HF's and TencentPretrain's
+    steps run in this one under glibc's defaults, as their own scripts do. The case is built
+    again there (`case.build`, the same seeds: the same weights and batch). Steps are driven
+    over a pipe, one at a time, so the processes never run at once."""
+
+    def __init__(self, case: Case, device: torch.device, keep: bool = True) -> None:
+        """keep=False: glibc's default malloc in that process too (benchmarks/host_memory.py)."""
+        import multiprocessing
+
+        assert case.build is not None
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_tp_process_main, daemon=True,
+                                args=(child, case.build, str(device), torch.get_num_threads(),
+                                      keep))
+        self.proc.start()
+        child.close()
+        self.call("ready")
+
+    def call(self, *message: Any) -> Any:
+        self.conn.send(message)
+        ok, value = self.conn.recv()
+        if not ok:
+            raise SystemExit(f"tp's process failed:\n{value}")
+        return value
+
+    def step(self, precision: str, compile_: bool) -> "RemoteStep":
+        self.call("make", precision, compile_)
+        return RemoteStep(self)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, EOFError):
+            self.conn.send(("stop",))
+        self.proc.join(timeout=30)
+
+
+@dataclass
+class RemoteStep:
+    """One step of tp's process: call it (-> the loss), `counted()` (FLOPs, loss) or `profile`."""
+
+    owner: TpProcess
+
+    def __call__(self) -> float:
+        return self.owner.call("step")
+
+    def counted(self) -> tuple[float, float]:
+        return self.owner.call("flops")
+
+    def profile(self, title: str) -> str:
+        return self.owner.call("profile", title)
+
+    def usage(self) -> tuple[int, float]:
+        """The process's minor page faults and system CPU seconds so far (getrusage)."""
+        return self.owner.call("usage")
+
+
+def _tp_process_main(conn: Any, build: Callable[[], Case], device_name: str,
+                     threads: int, keep: bool) -> None:
+    import resource
+    import traceback
+
+    from tpcli.train.host_memory import keep_freed_memory
+
+    torch.set_num_threads(threads)
+    if keep:
+        keep_freed_memory()  # as the training loop does before its first step on a CPU
+    device = torch.device(device_name)
+    case: Case | None = None
+    fn: Callable[[], float] | None = None
+    while True:
+        command, *rest = conn.recv()
+        if command == "stop":
+            return
+        try:
+            out: Any = None
+            if command == "ready":
+                case = build()
+                prepare(case, device, hf=False)
+            elif command == "make":
+                assert case is not None
+                fn = make_step(case.tp, case.tp_batch, False, rest[0], device, rest[1])
+            elif command == "step":
+                assert fn is not None
+                sync(device)
+                out = fn()
+            elif command == "flops":
+                assert fn is not None
+                counter = flop_counter()
+                with counter:
+                    loss = fn()
+                out = (float(counter.get_total_flops()), loss)
+            elif command == "profile":
+                assert fn is not None
+                out = profile_table(fn, device, rest[0])
+            elif command == "usage":
+                now = resource.getrusage(resource.RUSAGE_SELF)
+                out = (now.ru_minflt, now.ru_stime)
+            conn.send((True, out))
+        except Exception:  # reported to the parent, which stops with it
+            conn.send((False, traceback.format_exc()))
+
+
+TP_IN_PROCESS_HELP = ("run tp's step in this process under the default malloc, like the others "
+                      "(default on a CPU: a process of its own set up as `tp pretrain` sets up "
+                      "its own, keeping freed host memory)")
+TP_PROCESS_NOTE = ("tp's step runs in a process of its own that keeps freed host memory, as "
+                   "`tp pretrain` does on a CPU (`tpcli.train.host_memory`: no page faults for "
+                   "the buffers a step frees and makes again); the other implementations run "
+                   "under glibc's default malloc, as their own training scripts do "
+                   "(--tp-in-process: tp under the defaults too)")
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -398,11 +558,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="after the timed steps, one step of each implementation under "
                    "torch.profiler: the top ops by self time, printed after the tables")
+    p.add_argument("--tp-in-process", action="store_true", help=TP_IN_PROCESS_HELP)
     return p.parse_args(argv)
 
 
+def start_tp_process(case: Case, device: torch.device, in_process: bool, notes: list[str]
+                     ) -> TpProcess | None:
+    """tp's own process for `case` where `tp_process_reason` allows one (its note added to
+    `notes` once), else None and a note saying why not."""
+    reason = tp_process_reason(case, device, in_process)
+    if reason is None:
+        if TP_PROCESS_NOTE not in notes:
+            notes.append(TP_PROCESS_NOTE)
+        return TpProcess(case, device)
+    note = f"tp's step runs beside the others under the default malloc ({reason})"
+    if note not in notes:
+        notes.append(note)
+    return None
+
+
 def run_training(args: argparse.Namespace, device: torch.device) -> Iterator[str]:
-    from tpcli.train.loop import drop_full_masks
     from tpcli.train.perf import measure_peak
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -428,14 +603,11 @@ def run_training(args: argparse.Namespace, device: torch.device) -> Iterator[str
     for name in models:
         tpre = args.tencentpretrain if name == "bert" else None
         case = build_case(name, args.batch_scale, args.layers, tpre)
-        case.tp.to(device).train()
-        case.hf.to(device).train()
-        # as the training loop hands it over: an all-real mask dropped on the host
-        case.tp_batch = {k: v.to(device) for k, v in drop_full_masks(case.tp_batch)}
-        case.hf_batch = {k: v.to(device) for k, v in case.hf_batch.items()}
+        prepare(case, device)
+        own = start_tp_process(case, device, args.tp_in_process, notes)
         for precision in precisions:
             res = measure(case, precision, device, args.steps, args.warmup, args.compile,
-                          profiles)
+                          profiles, own)
             model_flops = min(r.flops for r in res.values())
             # as in training: a step faster than the peak shows the peak was measured too low
             fastest = max(model_flops / r.median for r in res.values())
@@ -453,6 +625,8 @@ def run_training(args: argparse.Namespace, device: torch.device) -> Iterator[str
         if name == "bert" and tpre is None:
             notes.append(f"no {TPRE} row: pass --tencentpretrain PATH, a checkout "
                          f"(`{TPRE_GET}`), to time its own BERT step too")
+        if own is not None:
+            own.close()
         del case
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -506,17 +680,15 @@ def step_options(p: argparse.ArgumentParser, unit: str, quick: str) -> None:
     p.add_argument("--quick", action="store_true", help=f"smoke run: {quick}")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--tp-in-process", action="store_true", help=TP_IN_PROCESS_HELP)
 
 
 def time_case(case: Case, args: argparse.Namespace, device: torch.device
               ) -> list[tuple[str, dict[str, Timing]]]:
-    """Both models and batches moved to `device`, then each of --precisions timed
-    (`measure`), a one-line result on stderr as each finishes."""
-    case.tp.to(device).train()
-    case.hf.to(device).train()
-    case.tp_batch = {k: v.to(device) for k, v in case.tp_batch.items()}
-    case.hf_batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
-                     for k, v in case.hf_batch.items()}
+    """Both models and batches moved to `device` (`prepare`), tp's own process started where
+    `tp pretrain` would set its process up differently (`TpProcess`), then each of --precisions
+    timed (`measure`), a one-line result on stderr as each finishes."""
+    prepare(case, device)
     rows = []
     wanted = [p.strip() for p in args.precisions.split(",") if p.strip()]
     for precision in wanted:
@@ -525,11 +697,15 @@ def time_case(case: Case, args: argparse.Namespace, device: torch.device
                              f"{', '.join(PRECISIONS)}")
     wanted, skipped = runnable(wanted, device)
     case.notes.extend(skipped)
+    own = start_tp_process(case, device, args.tp_in_process, case.notes)
     for precision in wanted:
-        res = measure(case, precision, device, args.steps, args.warmup, args.compile)
+        res = measure(case, precision, device, args.steps, args.warmup, args.compile,
+                      tp_process=own)
         rows.append((precision, res))
         print(f"{precision}: tp {fmt_time(res['tp'].median)}, HF {fmt_time(res['HF'].median)}, "
               f"{res['HF'].median / res['tp'].median:.2f}x", file=sys.stderr, flush=True)
+    if own is not None:
+        own.close()
     return rows
 
 

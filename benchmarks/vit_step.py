@@ -23,6 +23,7 @@ each precision's first step show that they compute the same thing. Run::
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from throughput import (PRECISIONS, Case, fmt_time, make_step, step_options,  # noqa: E402
-                        measure, runnable, start_report, sync)
+                        measure, prepare, runnable, start_report, start_tp_process, sync)
 
 CLASSES = 1000
 IMAGE = 224
@@ -305,20 +306,22 @@ def run(args: argparse.Namespace, device: torch.device) -> Iterator[str]:
             raise SystemExit(f"unknown precision {p!r}; choose among {', '.join(PRECISIONS)}")
     precisions, skipped = runnable(precisions, device)
     case = vit_case(args.batch, args.layers)
+    case.build = functools.partial(vit_case, args.batch, args.layers)
     case.notes.extend(skipped)
-    case.tp.to(device).train()
-    case.hf.to(device).train()
-    case.tp_batch = {k: v.to(device) for k, v in case.tp_batch.items()}
-    case.hf_batch = {k: v.to(device) for k, v in case.hf_batch.items()}
+    prepare(case, device)
+    own = start_tp_process(case, device, args.tp_in_process, case.notes)
     rows = []
     for precision in precisions:
-        res = measure(case, precision, device, args.steps, args.warmup, args.compile)
+        res = measure(case, precision, device, args.steps, args.warmup, args.compile,
+                      tp_process=own)
         flops = min(r.flops for r in res.values())
         peak = max(measure_peak(device, precision, budget_s=3.0).flops,
                    *(flops / r.median for r in res.values()))
         rows.append((precision, res, flops, peak))
         print(f"{precision}: tp {fmt_time(res['tp'].median)}, HF {fmt_time(res['HF'].median)}, "
               f"{res['HF'].median / res['tp'].median:.2f}x", file=sys.stderr, flush=True)
+    if own is not None:
+        own.close()
     yield from step_table(case, rows)
     yield ""
     yield "Notes: " + "; ".join(case.notes) + "; MFU over the best matmul peak measured in the " \

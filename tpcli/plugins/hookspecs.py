@@ -72,7 +72,10 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
       label keys it reads, as BatchKeys) and ``contract_labels(batch) -> batch`` (labels with
       structure the contract test cannot draw at random); ``reads_first_token = True`` when it
       reads only each sequence's first real token (first pooling: the last layer may then skip
-      the rest). Its Config derives from
+      the rest), or ``read_positions(batch) -> (B, T') bool`` (T' <= T) naming the positions
+      whose hidden states its loss reads, None for all (MLM: its masked tokens; NSP: the first):
+      when every target names them, training computes the last layer at those only and the
+      others' hidden states are zeros. Its Config derives from
       ``tpcli.model.module.TargetConfig`` (which adds the multi-task ``weight``).
     """
 

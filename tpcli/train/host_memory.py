@@ -37,7 +37,7 @@ USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMA
 _applied: bool | None = None  # the outcome of the first call (the setting is process-wide)
 
 
-def _why_not() -> str | None:
+def reason_not_applied() -> str | None:
     """Why the setting is not applied here, or None when it is."""
     if os.environ.get("TP_KEEP_FREED_MEMORY", "1") == "0":
         return "TP_KEEP_FREED_MEMORY=0"
@@ -59,7 +59,7 @@ def keep_freed_memory() -> bool:
     if _applied is not None:
         return _applied
     _applied = False
-    if _why_not() is not None:
+    if reason_not_applied() is not None:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
