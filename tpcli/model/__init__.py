@@ -122,16 +122,22 @@ class Stack(nn.Module):
         self.encoder_keys = _accepted(encoder, ENCODER_KEYS)
         # the encoder can compute chosen positions' outputs only (`queries`, (B, n))
         self.selects_queries = pool is None and bool(_accepted(encoder, ("queries",)))
+        # ... and the pooling reads one position per row (first, last): a consumer of the
+        # pooled vector alone needs the last layer there only
+        self.pools_one = (pool is not None and callable(getattr(pool, "read_position", None))
+                          and bool(_accepted(encoder, ("queries",))))
 
     def forward(self, inputs: Batch, first_only: bool = False,
                 after_embedding: nn.Module | None = None,
-                positions: list[torch.Tensor] | None = None) -> Features:
+                positions: list[torch.Tensor] | None = None,
+                pooled_only: bool = False) -> Features:
         """first_only (when `selects_queries`): hidden (B, 1, H) = each row's first real token
         only, the rest of the last layer not computed; the mask is then None.
         after_embedding: a norm for this use of the stack (a tied stream's own), then dropout.
         positions (when `selects_queries`): (B, T') bool masks, T' <= T, of the positions the
         targets read (`read_positions`); the last layer computes those (`wanted_queries`) and
-        hidden is zero at the others."""
+        hidden is zero at the others. pooled_only (when `pools_one`): the same for the one
+        position per row that the pooling reads."""
         mask = self.embedding.mask(inputs)
         mask = mask.bool() if mask is not None else None
         h = self.embedding(inputs)  # (B, T, H)
@@ -146,11 +152,15 @@ class Stack(nn.Module):
                                 None)
             queries = (wanted_queries(positions, h.shape[0], h.shape[1], h.device)
                        if positions is not None and self.selects_queries else None)
+            if pooled_only and self.pools_one and self.pooling is not None:
+                read = self.pooling.read_position(mask, h.shape[0], h.shape[1])  # (B,)
+                queries = read.to(h.device)[:, None]
             if queries is not None:
                 out = self.encoder(h, mask, queries=queries, **extra)  # (B, n, H)
                 hidden = out.new_zeros(h.shape[0], h.shape[1], out.shape[-1]).scatter(
                     1, queries[..., None].expand(-1, -1, out.shape[-1]), out)
-                return Features(hidden, mask, None)
+                pooled = self.pooling(hidden, mask) if self.pooling is not None else None
+                return Features(hidden, mask, pooled)
             h = self.encoder(h, mask, **extra)
         pooled = self.pooling(h, mask) if self.pooling is not None else None
         return Features(h, mask, pooled)
@@ -244,6 +254,10 @@ class TpModel(nn.Module):
                                    for t in self.targets.values()))
         # every target names the positions its loss reads (`read_positions(batch)`: MLM its
         # masked ~15%, NSP/SOP/ITM the first): training computes the last layer at those only
+        # dual streams whose targets read each stream's pooled vector alone (CLIP's clr): each
+        # stream's last layer computes the position its pooling reads only
+        self.pooled_only = (spec.dual and all(getattr(t, "reads_pooled_only", False)
+                                              for t in self.targets.values()))
         self.reads_positions = (not spec.dual and self.decoder is None
                                 and self.stack.selects_queries
                                 and all(callable(getattr(t, "read_positions", None))
@@ -312,17 +326,23 @@ class TpModel(nn.Module):
     # -- running
 
     def features(self, batch: Batch, first_only: bool = False,
-                 positions: list[torch.Tensor] | None = None) -> Features:
+                 positions: list[torch.Tensor] | None = None,
+                 pooled_only: bool = False) -> Features:
         """Hidden states for the targets: the encoder's, or the decoder's for seq2seq;
         `first_only`: only each sequence's first real token's (when `self.first_only` allows);
         `positions`: only these (B, T') positions' (when `self.reads_positions` allows), the
-        others zero."""
+        others zero; `pooled_only`: dual streams compute each last layer at the position their
+        pooling reads only (when `self.pooled_only` allows; training: `predict` and conversion
+        checks compute every position, as HF does)."""
         if self.spec.dual:
             norms = getattr(self, "stream_norms", None)
+            one = pooled_only and self.pooled_only
             f0 = self.stream_0(_view(batch, "stream_0."),
-                               after_embedding=norms["stream_0"] if norms else None)
+                               after_embedding=norms["stream_0"] if norms else None,
+                               pooled_only=one)
             f1 = (self.stream_1 or self.stream_0)(
-                _view(batch, "stream_1."), after_embedding=norms["stream_1"] if norms else None)
+                _view(batch, "stream_1."), after_embedding=norms["stream_1"] if norms else None,
+                pooled_only=one)
             return Features(None, None, None, (f0, f1))
         enc = self.stack(batch, first_only and self.first_only,
                          positions=positions if self.reads_positions else None)
@@ -344,7 +364,8 @@ class TpModel(nn.Module):
         return None if any(m is None for m in out) else out
 
     def forward(self, batch: Batch) -> ModelOutput:
-        feats = self.features(batch, first_only=True, positions=self.read_positions(batch))
+        feats = self.features(batch, first_only=True, positions=self.read_positions(batch),
+                              pooled_only=True)
         total: torch.Tensor | None = None
         losses: dict[str, torch.Tensor] = {}
         metrics: dict[str, torch.Tensor] = {}

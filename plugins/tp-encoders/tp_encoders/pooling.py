@@ -35,6 +35,12 @@ class FirstPooling(_Pooling):
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return first_pool(hidden, mask)  # (B, H)
 
+    def read_position(self, mask: torch.Tensor | None, b: int, t: int) -> torch.Tensor:
+        """(B,) the position `forward` reads: the model may compute the last layer there only."""
+        if mask is None:
+            return torch.zeros(b, dtype=torch.long)
+        return mask.int().argmax(dim=1)
+
 
 class LastPooling(_Pooling):
     """The last real token's hidden state (GPT-style), wherever the padding is."""
@@ -44,6 +50,13 @@ class LastPooling(_Pooling):
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return last_pool(hidden, mask)  # (B, H)
+
+    def read_position(self, mask: torch.Tensor | None, b: int, t: int) -> torch.Tensor:
+        """(B,) the position `forward` reads: the model may compute the last layer there only."""
+        if mask is None:
+            return torch.full((b,), t - 1, dtype=torch.long)
+        positions = torch.arange(1, t + 1, device=mask.device)  # 1-based: 0 = padding
+        return (mask.long() * positions).argmax(dim=1)
 
 
 class MeanPooling(_Pooling):

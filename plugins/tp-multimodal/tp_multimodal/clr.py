@@ -125,6 +125,10 @@ class ClrTarget(nn.Module):
     The two streams may hold different numbers of examples there (class prompts against images);
     `embed_text` / `embed_image` embed one stream alone."""
 
+    # reads each stream's pooled vector only: the model may compute each stream's last layer
+    # at the position its pooling reads alone (`TpModel.pooled_only`)
+    reads_pooled_only = True
+
     Config = ClrConfig
 
     def __init__(self, config: ClrConfig, ctx: BuildContext) -> None:
