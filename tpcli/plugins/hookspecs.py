@@ -75,8 +75,11 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
       the rest), or ``read_positions(batch) -> (B, T') bool`` (T' <= T) naming the positions
       whose hidden states its loss reads, None for all (MLM: its masked tokens; NSP: the first):
       when every target names them, training computes the last layer at those only and the
-      others' hidden states are zeros. Its Config derives from
-      ``tpcli.model.module.TargetConfig`` (which adds the multi-task ``weight``).
+      others' hidden states are zeros; ``reads_pooled_only = True`` when it reads each stream's
+      pooled vector alone (CLIP's clr: a pooling with ``read_position(mask, B, T) -> (B,)``,
+      first or last, then lets training compute each stream's last layer there only). Its
+      Config derives from ``tpcli.model.module.TargetConfig`` (which adds the multi-task
+      ``weight``).
     """
 
 
