@@ -252,12 +252,12 @@ class TpModel(nn.Module):
         self.first_only = (not spec.dual and self.decoder is None and self.stack.selects_queries
                            and all(getattr(t, "reads_first_token", False)
                                    for t in self.targets.values()))
-        # every target names the positions its loss reads (`read_positions(batch)`: MLM its
-        # masked ~15%, NSP/SOP/ITM the first): training computes the last layer at those only
         # dual streams whose targets read each stream's pooled vector alone (CLIP's clr): each
-        # stream's last layer computes the position its pooling reads only
+        # stream's last layer computes the position its pooling reads only (training)
         self.pooled_only = (spec.dual and all(getattr(t, "reads_pooled_only", False)
                                               for t in self.targets.values()))
+        # every target names the positions its loss reads (`read_positions(batch)`: MLM its
+        # masked ~15%, NSP/SOP/ITM the first): training computes the last layer at those only
         self.reads_positions = (not spec.dual and self.decoder is None
                                 and self.stack.selects_queries
                                 and all(callable(getattr(t, "read_positions", None))
