@@ -188,3 +188,26 @@ def test_listing_imports_neither_torch_nor_matplotlib(runs: Runs) -> None:
     r = subprocess.run([sys.executable, "-c", code, str(runs.root)], capture_output=True,
                        text=True, env=tp_env(), timeout=60)
     assert r.stdout.splitlines()[-1] == "0 False False", r.stderr
+
+
+def test_a_run_killed_before_its_first_last_link_resumes_from_its_newest_checkpoint(
+        runs: Runs, tmp_path: Path) -> None:
+    """Killed between the first checkpoint's rename and the `last` link: the newest complete
+    checkpoint is the run's last, for `tp runs`, `--resume RUN` and a checkpoint reader alike;
+    a damaged `last` is not second-guessed (the command names the intact checkpoint)."""
+    from tpcli.train.checkpoint import find_checkpoint
+    from tpcli.train.run_folder import checkpoints, resolve_resume
+
+    copy = tmp_path / "killed"
+    shutil.copytree(runs.killed, copy, symlinks=True)
+    newest = checkpoints(copy)[-1]
+    (copy / "last").unlink()
+    r = read_run(copy)
+    step = int(newest.name.split("-")[-1])
+    assert r.checkpoint == step
+    assert r.resume == f"tp pretrain --resume {copy}"  # its own recipe says 80 steps
+    assert resolve_resume(copy) == (copy, newest) and find_checkpoint(copy) == newest
+    (copy / "last").symlink_to("checkpoints/step-99999999")  # a link to nothing: damaged
+    r = read_run(copy)
+    assert r.resume == f"tp pretrain --resume {newest}"
+    assert r.detail.endswith(f"resume from step {step}: {r.resume}")

@@ -217,8 +217,13 @@ def _resume_command(run: Path, checkpoint: int | None, total: int | None,
     A resume trains the checkpoint's recipe: a segment that was extending the run (`--resume
     RUN pretrain.steps=N`) and stopped before its first save needs its pretrain.steps again."""
     if checkpoint is not None:
-        words = ["tp", "pretrain", "--resume", str(run)]
-        saved = _section(recipe_of(run / rf.LAST), "pretrain").get("steps")
+        ckpt = rf.last_checkpoint(run)
+        if ckpt is None:  # `last` damaged: the newest intact checkpoint, named
+            ckpt = rf.checkpoints(run)[-1]
+            words = ["tp", "pretrain", "--resume", str(ckpt)]
+        else:
+            words = ["tp", "pretrain", "--resume", str(run)]
+        saved = _section(recipe_of(ckpt), "pretrain").get("steps")
         if total is not None and saved != total:
             words.append(f"pretrain.steps={total}")
         return " ".join(shlex.quote(w) for w in words)

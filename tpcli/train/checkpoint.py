@@ -38,7 +38,8 @@ from torch import nn
 from tpcli.errors import CheckpointError, TpError
 from tpcli.files import save_weights
 from tpcli.train.run_folder import (CHECKPOINTS, INFO, LAST, WEIGHTS, checkpoints,
-                                    earlier_hint, point, write_recipe)
+                                    earlier_hint, last_checkpoint, point,
+                                    write_recipe)
 
 if TYPE_CHECKING:
     from tpcli.plugins import Plugins
@@ -177,6 +178,9 @@ def find_checkpoint(path: Path) -> Path:
         return path.resolve()
     if (path / LAST / WEIGHTS).is_file():
         return (path / LAST).resolve()
+    newest = last_checkpoint(path) if path.is_dir() else None
+    if newest is not None:  # `last` never made: killed right after the first save's rename
+        return newest
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist",
                               hint="pass a run folder made by `tp pretrain` or one of its "

@@ -53,6 +53,20 @@ def checkpoints(run: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if p.is_dir() and is_checkpoint(p))
 
 
+def last_checkpoint(run: Path) -> Path | None:
+    """The checkpoint a run continues from: the one `last` points at; where `last` was never
+    made (a run killed between its first checkpoint's rename and the link), the newest complete
+    one. None when there is none, or when `last` exists but is damaged (the caller names the
+    earlier checkpoints rather than choose one)."""
+    link = Path(run) / LAST
+    if is_checkpoint(link):
+        return link.resolve()
+    if link.is_symlink() or link.exists():
+        return None
+    found = checkpoints(run)
+    return found[-1] if found else None
+
+
 def _listing(found: list[Path]) -> str:
     names = [p.name for p in found]
     return ", ".join(names[-5:]) + (f" (+{len(names) - 5} older)" if len(names) > 5 else "")
@@ -217,8 +231,9 @@ def resolve_resume(path: Path) -> tuple[Path, Path]:
     if not (path / RUN_INFO).is_file() or not (path / RECIPE).is_file():
         raise TpError(f"{path} is not a tp run folder (no {RECIPE}/{RUN_INFO})",
                       hint="pass the --out folder of an earlier `tp pretrain`")
-    if is_checkpoint(path / LAST):
-        return path, (path / LAST).resolve()
+    ckpt = last_checkpoint(path)
+    if ckpt is not None:
+        return path, ckpt
     found = checkpoints(path)
     if found:
         raise CheckpointError(
