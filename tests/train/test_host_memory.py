@@ -50,9 +50,12 @@ def test_a_freed_buffer_is_reused_without_page_faults() -> None:
     kept = run()
     assert kept["applied"] and kept["again"]
     # the first step maps its buffers, the second may map some again (glibc's aligned
-    # allocation need not fit a freed chunk at once); from the third on they are reused
+    # allocation need not fit a freed chunk at once); from the third on they are reused. In
+    # about one run of six (the heap's addresses differ from run to run) one gradient is mapped
+    # once more, at the fifth step: steps 3-6 then fault one gradient's pages, against at least
+    # 7.6 gradients' under the defaults
     assert kept["faults"][0] >= PAGES * 1.9
-    assert sum(kept["faults"][2:]) < PAGES * 0.5, kept
+    assert sum(kept["faults"][2:]) < PAGES * 1.5, kept
     # glibc's own behaviour: a gradient this large is an mmap, faulted in page by page each time
     default = run(TP_KEEP_FREED_MEMORY="0")
     assert not default["applied"]
