@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 18's GPU measurement in one call of a lent device machine: BERT-base and GPT-2 small
 # bf16 training steps, tp against HF, by `benchmarks/throughput.py --device cuda`, eager and
-# then under torch.compile; MFU is over the bf16 matmul peak measured in the same run.
+# then under torch.compile; MFU is over the bf16 matmul peak measured in the same run, and
+# the eager run ends with a profile of one step of each implementation.
 #
 #   bash benchmarks/gpu_check.sh prepare    # here (the package index reachable): fills .whl/
 #   bash benchmarks/gpu_check.sh run        # there: the device command, with .whl carried
@@ -66,8 +67,9 @@ print('converters bert, gpt2:', r.has('converter', 'bert'), r.has('converter', '
                   --batch-scale "$scale" --warmup 3 --no-preprocess)
     # shellcheck disable=SC2206
     local extra=(${EXTRA:-})
+    # eager, with one profiled step of each (top ops by self CUDA time: where MFU is lost)
     timeout "${EAGER_S:-120}" "$python3" benchmarks/throughput.py "${common[@]}" --steps 20 \
-        "${extra[@]}" 2>&1 | tee "$OUT/eager.md"
+        --profile "${extra[@]}" 2>&1 | tee "$OUT/eager.md"
     local model
     for model in bert gpt2; do  # one model a command: a compile that overruns loses only itself
         timeout "${COMPILED_S:-100}" "$python3" benchmarks/throughput.py "${common[@]}" \
