@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from throughput import (Case, ratio_table, start_report, step_options,  # noqa: E402
-                        time_case)
+from cases import Case  # noqa: E402
+from throughput import ratio_table, start_report, step_options, time_case  # noqa: E402
 
 CONTEXT = 77  # CLIP's text length
 IMAGE = 224

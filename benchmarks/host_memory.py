@@ -1,7 +1,7 @@
 """tp's training step with freed host memory kept (as `tp pretrain` runs on a CPU) against the
 same step under glibc's default malloc: two processes of their own, alternating.
 
-Each process builds the same tp model and batch (`throughput.build_case`: the same seeds) and
+Each process builds the same tp model and batch (`cases.build_case`: the same seeds) and
 runs its step when told to; only one runs at a time. One keeps freed memory
 (`tpcli.train.host_memory.keep_freed_memory`, what the training loop calls before its first
 step on a CPU), the other leaves glibc's malloc as it is, where buffers above its mmap threshold
@@ -26,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from throughput import MODELS, TpProcess, build_case, fmt_time, machine  # noqa: E402
+from cases import MODELS, build_case  # noqa: E402
+from throughput import fmt_time, machine  # noqa: E402
+from tp_process import TpProcess  # noqa: E402
 
 
 def compare(name: str, rounds: int, layers: int | None) -> str:

@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from throughput import (Case, ratio_table, start_report, step_options,  # noqa: E402
-                        time_case)
+from cases import Case  # noqa: E402
+from throughput import ratio_table, start_report, step_options, time_case  # noqa: E402
 
 VOCAB = 10_000
 FEATURES = 80

@@ -1,6 +1,6 @@
 """TencentPretrain's own BERT-base training step, the third implementation of
 `benchmarks/throughput.py`'s BERT case (`--tencentpretrain PATH`, a checkout: its code is run
-from there, not copied). `case` is a `throughput.Case`: tp's model, spec and batch, HF's model.
+from there, not copied). `case` is a `cases.Case`: tp's model, spec and batch, HF's model.
 """
 
 from __future__ import annotations

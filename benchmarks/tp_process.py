@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 if TYPE_CHECKING:
-    from throughput import Case
+    from cases import Case
 
 
 def start_tp_process(case: Case, device: torch.device, in_process: bool, notes: list[str]

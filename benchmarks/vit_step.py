@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from throughput import (PRECISIONS, Case, fmt_time, make_step, step_options,  # noqa: E402
+from cases import Case  # noqa: E402
+from throughput import (PRECISIONS, fmt_time, make_step, step_options,  # noqa: E402
                         measure, paired, prepare, runnable, start_report, start_tp_process, sync)
 
 CLASSES = 1000
