@@ -157,11 +157,11 @@ class Stack(nn.Module):
                 queries = read.to(h.device)[:, None]
             if queries is not None:
                 out = self.encoder(h, mask, queries=queries, **extra)  # (B, n, H)
-                hidden = out.new_zeros(h.shape[0], h.shape[1], out.shape[-1]).scatter(
+                # the computed rows in place, zeros at the positions nothing reads
+                h = out.new_zeros(h.shape[0], h.shape[1], out.shape[-1]).scatter(
                     1, queries[..., None].expand(-1, -1, out.shape[-1]), out)
-                pooled = self.pooling(hidden, mask) if self.pooling is not None else None
-                return Features(hidden, mask, pooled)
-            h = self.encoder(h, mask, **extra)
+            else:
+                h = self.encoder(h, mask, **extra)
         pooled = self.pooling(h, mask) if self.pooling is not None else None
         return Features(h, mask, pooled)
 
