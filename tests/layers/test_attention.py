@@ -196,3 +196,47 @@ def test_default_head_dim_is_unchanged() -> None:
         MultiHeadAttention(H, 3)  # without head_dim, heads must still divide hidden_size
     with pytest.raises(ValueError, match="head_dim"):
         MultiHeadAttention(H, HEADS, head_dim=0)
+
+
+@pytest.mark.parametrize("kv_heads", [HD_HEADS, 1])
+@pytest.mark.parametrize("qkv_bias", ["all", "qv", "none"])
+def test_selected_queries_equal_the_whole_layers_rows(kv_heads: int, qkv_bias: str) -> None:
+    """`queries` projects q at those rows alone: the outputs and every gradient are the whole
+    layer's at those rows, and the projection's FLOPs drop by the other rows' q."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    m = MultiHeadAttention(H, HD_HEADS, head_dim=HD, kv_heads=kv_heads,
+                           qkv_bias=qkv_bias).eval()  # type: ignore[arg-type]
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.3)
+    x = torch.randn(3, 7, H)
+    mask = torch.ones(3, 1, 1, 7, dtype=torch.bool)
+    mask[1, ..., 4:] = False  # a padded row
+    queries = torch.tensor([[0, 3], [2, 0], [6, 5]])  # (B, n)
+    grad = torch.randn(3, 2, H)
+
+    def run(select: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, int]:
+        m.zero_grad(set_to_none=True)
+        xs = x.clone().requires_grad_()
+        with FlopCounterMode(display=False) as flops:  # forward
+            if select:
+                y = m(xs, mask, queries=queries)
+            else:
+                y = m(xs, mask).gather(1, queries[..., None].expand(-1, -1, H))
+        (y * grad).sum().backward()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        return y.detach(), grads, xs.grad, flops.get_total_flops()
+
+    y, grads, dx, flops = run(True)
+    ref_y, ref_grads, ref_dx, ref_flops = run(False)
+    torch.testing.assert_close(y, ref_y, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dx, ref_dx, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-5, msg=name)
+    # the forward's matmuls (the counter has no formula for the CPU attention kernel): the
+    # other 7 - 2 rows of each sequence have neither a q projection nor an output projection
+    # (selecting q after projecting every row saves the second alone)
+    assert ref_flops - flops == 2 * (2 * 3 * (7 - 2) * H * HD_HEADS * HD)

@@ -169,6 +169,25 @@ class MultiHeadAttention(nn.Module):
         return (self._heads(q, self.heads), self._heads(k, self.kv_heads),
                 self._heads(v, self.kv_heads))
 
+    def _project_at(self, x: torch.Tensor, queries: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The fused projection split in two: q (B, heads, n, d) of the rows `queries` (B, n)
+        alone, k and v (B, kv_heads, T, d) of every row. The other rows' q (a third of the
+        projection, in forward and backward) is not computed. The weight and bias are split
+        views, so their gradients are joined by one concatenation."""
+        w_q, w_kv = self.qkv.weight.split([self.inner, 2 * self.kv_size])
+        b_q: torch.Tensor | None = None
+        b_kv: torch.Tensor | None = None
+        if self.q_bias is not None and self.v_bias is not None:
+            b_q, b_kv = self.q_bias, torch.cat((torch.zeros_like(self.v_bias), self.v_bias))
+        elif self.qkv.bias is not None:
+            b_q, b_kv = self.qkv.bias.split([self.inner, 2 * self.kv_size])
+        b, _, width = x.shape
+        rows = x.gather(1, queries[..., None].expand(b, queries.shape[1], width))  # (B, n, H)
+        k, v = F.linear(x, w_kv, b_kv).split(self.kv_size, dim=-1)
+        return (self._heads(F.linear(rows, w_q, b_q), self.heads), self._heads(k, self.kv_heads),
+                self._heads(v, self.kv_heads))
+
     def forward(
         self,
         x: torch.Tensor,
@@ -186,8 +205,12 @@ class MultiHeadAttention(nn.Module):
         queries (B, n): the positions whose outputs are wanted -> (B, n, H), the others' are not
         computed (a fully visible self-attention's last layer under first-token pooling)."""
         b = x.shape[0]
+        selected = False  # q projected at `queries` only
         if cache is not None and self.cross and cache.k is not None and cache.v is not None:
             q, k, v = self._heads(self.q(x), self.heads), cache.k, cache.v  # memory done once
+        elif queries is not None and not self.cross and rotary is None and cache is None:
+            q, k, v = self._project_at(x, queries)
+            selected = True
         else:
             q, k, v = self._project(x, memory)  # (B, heads, T, d), (B, kv_heads, Tk, d) x2
         if rotary is not None:
@@ -197,7 +220,9 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.append(k, v)  # self: past + new (B, kv_heads, Tk, d); cross: stored
         if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
             mask = mask.to(q.dtype)  # SDPA wants an additive mask in the query's dtype
-        if queries is not None:
+        if queries is not None and selected:
+            mask = select_mask_rows(mask, queries, x.shape[1])
+        elif queries is not None:
             q, mask = select_queries(q, mask, queries)
         gqa = False
         if self.kv_heads != self.heads:
@@ -218,8 +243,16 @@ def select_queries(q: torch.Tensor, mask: torch.Tensor | None, queries: torch.Te
     b, heads, t, d = q.shape
     n = queries.shape[1]
     q = q.gather(2, queries.view(b, 1, n, 1).expand(b, heads, n, d))
+    return q, select_mask_rows(mask, queries, t)
+
+
+def select_mask_rows(mask: torch.Tensor | None, queries: torch.Tensor, t: int
+                     ) -> torch.Tensor | None:
+    """A mask's query rows at `queries` (B, n), when it has a row for each of the T queries; a
+    mask that broadcasts over the queries as it is."""
     if mask is not None and mask.dim() == 4 and mask.shape[-2] == t and t > 1:
+        b, n = queries.shape
         rows = mask.expand(b, -1, -1, -1)
         index = queries.view(b, 1, n, 1).expand(b, rows.shape[1], n, rows.shape[-1])
         mask = rows.gather(2, index)
-    return q, mask
+    return mask
