@@ -50,14 +50,27 @@ def hf_vit_config(layers: int | None = None) -> Any:
     return transformers.ViTConfig(num_labels=CLASSES, **extra)
 
 
-def vit_converter() -> Any:
+def hf_beit_config(layers: int | None = None) -> Any:
+    """BEiT-B/16 pre-training at 224 (microsoft/beit-base-patch16-224-pt22k's shapes: q and v
+    biases, layer scale 0.1, one relative position table shared by all layers, a mask token,
+    8,192 visual tokens). Stochastic depth off: tp has none, and the two then compute the same
+    thing (the first losses agree)."""
+    import transformers
+
+    extra = {} if layers is None else {"num_hidden_layers": layers}
+    return transformers.BeitConfig(use_mask_token=True, use_shared_relative_position_bias=True,
+                                   use_relative_position_bias=False, use_mean_pooling=False,
+                                   layer_scale_init_value=0.1, drop_path_rate=0.0, **extra)
+
+
+def vit_converter(name: str = "vit") -> Any:
     from tpcli.plugins import get_plugins
 
     registry = get_plugins().registry
-    if not registry.has("converter", "vit"):
-        raise SystemExit("no `vit` converter is registered: install tp-vision (pip install -e "
-                         "plugins/tp-vision) and leave it in TP_LOAD_PLUGINS")
-    return registry.get("converter", "vit")
+    if not registry.has("converter", name):
+        raise SystemExit(f"no `{name}` converter is registered: install tp-vision (pip install "
+                         "-e plugins/tp-vision) and leave it in TP_LOAD_PLUGINS")
+    return registry.get("converter", name)
 
 
 def vit_b16_recipe(layers: int | None = None) -> dict[str, Any]:
@@ -69,14 +82,15 @@ def vit_b16_recipe(layers: int | None = None) -> dict[str, Any]:
             "pretrain": {"batch_size": 8}}
 
 
-def tp_from_hf(hf: Any) -> torch.nn.Module:
-    """tp's model of `hf`'s config holding `hf`'s weights, by the `vit` converter (strict)."""
+def tp_from_hf(hf: Any, converter_name: str = "vit") -> torch.nn.Module:
+    """tp's model of `hf`'s config holding `hf`'s weights, by the `vit` (or `beit`) converter
+    (strict)."""
     from tpcli.model import build_model
     from tpcli.plugins import get_plugins
     from tpcli.recipes.config import build_recipe
 
     config = {**hf.config.to_dict(), "architectures": [type(hf).__name__]}
-    converter, registry = vit_converter(), get_plugins().registry
+    converter, registry = vit_converter(converter_name), get_plugins().registry
     raw = {"model": converter.config_to_recipe(config),
            "data": {"processor": {"name": "image", "size": IMAGE}}, "pretrain": {}}
     tp = build_model(build_recipe(raw, registry).model, registry, 0)
@@ -102,6 +116,35 @@ def vit_case(batch: int, layers: int | None = None) -> Case:
     case.notes.append("tp model and weights from HF's by the registered `vit` converter")
     case.notes.append(f"HF attention implementation `{hf.config._attn_implementation}`")
     return case
+
+
+def beit_case(batch: int, layers: int | None = None) -> Case:
+    """BEiT-B/16 masked image modelling: `batch` random normalised images, 75 of the 196
+    patches of each masked in blocks (BEiT's masking, tp's `blockwise_mask`), a random visual
+    token for each masked patch. HF's labels are the masked patches' tokens only."""
+    import transformers
+    from tp_vision.masking import blockwise_mask
+
+    torch.manual_seed(0)
+    hf = transformers.BeitForMaskedImageModeling(hf_beit_config(layers))
+    tp = tp_from_hf(hf, "beit")
+    g = torch.Generator().manual_seed(4)
+    grid = IMAGE // 16
+    pixels = torch.randn(batch, 3, IMAGE, IMAGE, generator=g)  # (B, 3, 224, 224)
+    masked = torch.stack([blockwise_mask((grid, grid), 75, g) for _ in range(batch)])  # (B, N)
+    tokens = torch.randint(0, hf.config.vocab_size, masked.shape, generator=g)  # (B, N)
+    labels = tokens.masked_fill(~masked, -100)  # tp: -100 on the visible patches
+    case = Case(f"BEiT-B/16 MIM{'' if layers is None else f' ({layers} layers)'}",
+                f"{batch}x3x{IMAGE}x{IMAGE}, {int(masked.sum())} masked", batch, tp, hf,
+                {"pixel_values": pixels, "mim_mask": masked, "mim_labels": labels},
+                {"pixel_values": pixels, "bool_masked_pos": masked, "labels": tokens[masked]})
+    case.notes.append("BEiT: tp model and weights from HF's by the registered `beit` "
+                      "converter; stochastic depth off in both (tp has none)")
+    case.notes.append(f"BEiT: HF attention implementation `{hf.config._attn_implementation}`")
+    return case
+
+
+CASES = {"vit": vit_case, "beit": beit_case}
 
 
 # ----------------------------------------------------------------------------- profile
@@ -268,6 +311,9 @@ def whatif_table(batch: int, layers: int, precisions: list[str], device: torch.d
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     step_options(p, "images", "2 layers, 1 timed step (unless given)")
+    p.add_argument("--models", default="vit,beit",
+                   help="comma list of vit (ViT-B/16 classification), beit (BEiT-B/16 masked "
+                        "image modelling)")
     p.add_argument("--layers", type=int, default=None, help="encoder layers (default 12)")
     p.add_argument("--profile", action="store_true",
                    help="also profile one step of each (per-op tables)")
@@ -306,32 +352,39 @@ def run(args: argparse.Namespace, device: torch.device) -> Iterator[str]:
     for p in precisions:
         if p not in PRECISIONS:
             raise SystemExit(f"unknown precision {p!r}; choose among {', '.join(PRECISIONS)}")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in models:
+        if m not in CASES:
+            raise SystemExit(f"unknown model {m!r}; choose among {', '.join(CASES)}")
     precisions, skipped = runnable(precisions, device)
-    case = vit_case(args.batch, args.layers)
-    case.build = functools.partial(vit_case, args.batch, args.layers)
-    case.notes.extend(skipped)
-    prepare(case, device)
-    own = start_tp_process(case, device, args.tp_in_process, case.notes)
-    rows = []
-    for precision in precisions:
-        res = measure(case, precision, device, args.steps, args.warmup, args.compile,
-                      tp_process=own)
-        flops = min(r.flops for r in res.values())
-        peak = max(measure_peak(device, precision, budget_s=3.0).flops,
-                   *(flops / r.median for r in res.values()))
-        rows.append((precision, res, flops, peak))
-        print(f"{precision}: tp {fmt_time(res['tp'].median)}, HF {fmt_time(res['HF'].median)}, "
-              f"{res['HF'].median / res['tp'].median:.2f}x", file=sys.stderr, flush=True)
-    if own is not None:
-        own.close()
-    yield from step_table(case, rows)
-    yield ""
-    yield "Notes: " + "; ".join(case.notes) + "; MFU over the best matmul peak measured in the " \
-          "run (`tpcli.train.perf.measure_peak`)."
-    yield ""
-    if args.profile:
+    for model in models:
+        case = CASES[model](args.batch, args.layers)
+        case.build = functools.partial(CASES[model], args.batch, args.layers)
+        case.notes.extend(skipped)
+        prepare(case, device)
+        own = start_tp_process(case, device, args.tp_in_process, case.notes)
+        rows = []
         for precision in precisions:
-            yield from profile_tables(case, precision, device, args.top)
+            res = measure(case, precision, device, args.steps, args.warmup, args.compile,
+                          tp_process=own)
+            flops = min(r.flops for r in res.values())
+            peak = max(measure_peak(device, precision, budget_s=3.0).flops,
+                       *(flops / r.median for r in res.values()))
+            rows.append((precision, res, flops, peak))
+            print(f"{case.name} {precision}: tp {fmt_time(res['tp'].median)}, HF "
+                  f"{fmt_time(res['HF'].median)}, {res['HF'].median / res['tp'].median:.2f}x",
+                  file=sys.stderr, flush=True)
+        if own is not None:
+            own.close()
+        yield from step_table(case, rows)
+        yield ""
+        yield "Notes: " + "; ".join(case.notes) + "; GFLOP/step and both MFUs count the " \
+              "smaller of the two steps' FLOPs; MFU over the best matmul peak measured in the " \
+              "run (`tpcli.train.perf.measure_peak`)."
+        yield ""
+        if args.profile:
+            for precision in precisions:
+                yield from profile_tables(case, precision, device, args.top)
     if args.whatif:
         yield from whatif_table(args.batch, args.layers or 12, precisions, device,
                                 max(args.steps, 3))
@@ -340,7 +393,7 @@ def run(args: argparse.Namespace, device: torch.device) -> Iterator[str]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
-    device = start_report(args, "ViT-B/16 training step: tp vs Hugging Face")
+    device = start_report(args, "ViT-B/16 and BEiT-B/16 training steps: tp vs Hugging Face")
     for line in run(args, device):
         print(line, flush=True)
     print(f"(total {time.perf_counter() - start:.0f} s)")

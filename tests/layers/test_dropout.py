@@ -164,6 +164,42 @@ def test_bf16_without_dropout_over_few_keys_takes_two_matmuls_and_matches_sdpa()
     assert calls == [1]  # the short one only
 
 
+def test_a_learned_additive_mask_takes_two_matmuls_with_sdpas_gradients() -> None:
+    """fp32 on CPU with a mask that requires a gradient (BEiT's relative position bias,
+    broadcast over the batch): the matmul path, not SDPA's math fallback, with SDPA's outputs
+    and gradients, the bias's summed over the batch; a mask without a gradient, or no autograd,
+    stays with SDPA."""
+    from tpcli.layers import dropout as module
+
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(3, 4, 11, 8, generator=g) for _ in range(3))
+    bias = torch.randn(1, 4, 11, 11, generator=g)
+
+    def run(fn):
+        leaves = [z.clone().requires_grad_() for z in (q, k, v, bias)]
+        out = fn(*leaves)
+        out.mul(torch.linspace(-1, 1, 8)).sum().backward()
+        return [out, *(z.grad for z in leaves)]
+
+    calls = []
+    real = module._AttentionDropout.apply
+    module._AttentionDropout.apply = lambda *a: calls.append(1) or real(*a)  # type: ignore
+    try:
+        ours = run(lambda a, b, c, m: attention(a, b, c, mask=m, dropout_p=0.0, is_causal=False))
+        assert calls == [1]
+        attention(q, k, v, mask=bias, dropout_p=0.0, is_causal=False)  # no gradient: SDPA
+        with torch.no_grad():
+            attention(q, k, v, mask=bias.clone().requires_grad_(), dropout_p=0.0,
+                      is_causal=False)
+        assert calls == [1]
+    finally:
+        module._AttentionDropout.apply = real  # type: ignore
+    ref = run(lambda a, b, c, m: F.scaled_dot_product_attention(a, b, c, attn_mask=m))
+    assert ours[4].shape == (1, 4, 11, 11)
+    for mine, theirs in zip(ours, ref):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+
+
 def test_multi_head_attention_gqa_trains_through_the_cpu_path() -> None:
     torch.manual_seed(0)
     attn = MultiHeadAttention(32, 4, kv_heads=2, dropout=0.2).train()

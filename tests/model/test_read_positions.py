@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tpcli.model import wanted_queries
+from tpcli.model.module import LastPositions
 from tpcli.testing.convert import tp_model_for
 
 IGNORE = -100
@@ -93,6 +94,11 @@ def test_wanted_queries() -> None:
     assert q.tolist() == [[0, 1, 4], [0, 6, 1]]
     # a longer sequence than the labels (ViLT: text, then patches): the rest is never wanted
     assert wanted_queries([mlm], 2, 20, torch.device("cpu")).tolist() == [[1, 4], [6, 0]]
+    # the last positions (MIM: the patches after a class token), counted from the end
+    patches = LastPositions(torch.tensor([[False, True, True], [True, False, False]]))
+    assert wanted_queries([patches], 2, 8, torch.device("cpu")).tolist() == [[6, 7], [5, 0]]
+    assert wanted_queries([patches, first], 2, 8, torch.device("cpu")).tolist() == [
+        [0, 6, 7], [0, 5, 1]]
     busy = torch.ones(2, 8, dtype=torch.bool)
     busy[0, 0] = False
     assert wanted_queries([busy], 2, 8, torch.device("cpu")) is None  # 1/16 skipped: no gain

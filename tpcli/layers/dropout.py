@@ -180,14 +180,20 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.
               dropout_p: float, is_causal: bool, scale: float | None = None,
               enable_gqa: bool = False, queries: torch.Tensor | None = None) -> torch.Tensor:
     """`F.scaled_dot_product_attention` (same arguments and conventions); on CPU with dropout,
-    or in bf16 with scores of at most SCORES_BUDGET elements, `_AttentionDropout`: there SDPA's
+    with a mask that requires a gradient, or in bf16 with scores of at most SCORES_BUDGET
+    elements, `_AttentionDropout`: there SDPA's
     CPU flash kernel's backward is the slower (a ViT-B/16 step, 197 keys: 862 ms of attention
     against 345 ms for the two matmuls, benchmarks/vit_step.py --whatif). queries (B, n): q
     holds only these rows of a self-attention's queries (`select_queries`); the CPU dropout then
     draws the mask of every row and keeps theirs, so the random stream is that of all rows."""
     cpu = q.device.type == "cpu"
     scores = q.shape[0] * q.shape[1] * q.shape[-2] * k.shape[-2]
-    if cpu and (dropout_p > 0.0 or (q.dtype == torch.bfloat16 and scores <= SCORES_BUDGET)):
+    # a learned additive mask (BEiT's relative position bias, T5's) sends SDPA on CPU to its
+    # math path, which holds the scores too and checks every row for -inf: the two matmuls
+    # here are faster (BEiT-B/16, 8 images: 470 against 576 ms a step, fwd+bwd)
+    learned = mask is not None and mask.requires_grad and torch.is_grad_enabled()
+    if cpu and (dropout_p > 0.0 or learned
+                or (q.dtype == torch.bfloat16 and scores <= SCORES_BUDGET)):
         if enable_gqa:  # one k/v head per query head
             rep = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)

@@ -22,7 +22,7 @@ from tpcli.recipes.config import ModelSpec, ModuleSpec, StackSpec
 from tpcli.errors import TpError
 from tpcli.layers.dropout import Dropout
 from tpcli.layers.norms import make_norm
-from tpcli.model.module import BuildContext, Features
+from tpcli.model.module import BuildContext, Features, LastPositions
 from tpcli.plugins.registry import Registry
 
 Batch = dict[str, torch.Tensor]
@@ -129,13 +129,14 @@ class Stack(nn.Module):
 
     def forward(self, inputs: Batch, first_only: bool = False,
                 after_embedding: nn.Module | None = None,
-                positions: list[torch.Tensor] | None = None,
+                positions: list[torch.Tensor | LastPositions] | None = None,
                 pooled_only: bool = False) -> Features:
         """first_only (when `selects_queries`): hidden (B, 1, H) = each row's first real token
         only, the rest of the last layer not computed; the mask is then None.
         after_embedding: a norm for this use of the stack (a tied stream's own), then dropout.
         positions (when `selects_queries`): (B, T') bool masks, T' <= T, of the positions the
-        targets read (`read_positions`); the last layer computes those (`wanted_queries`) and
+        targets read (`read_positions`: the first T', or the last as `LastPositions`); the last
+        layer computes those (`wanted_queries`) and
         hidden is zero at the others. pooled_only (when `pools_one`): the same for the one
         position per row that the pooling reads."""
         mask = self.embedding.mask(inputs)
@@ -166,9 +167,10 @@ class Stack(nn.Module):
         return Features(h, mask, pooled)
 
 
-def wanted_queries(positions: list[torch.Tensor], b: int, t: int, device: torch.device
-                   ) -> torch.Tensor | None:
-    """The targets' positions (each (B, T') bool, T' <= T) -> queries (B, n): each row's wanted
+def wanted_queries(positions: list[torch.Tensor | LastPositions], b: int, t: int,
+                   device: torch.device) -> torch.Tensor | None:
+    """The targets' positions (each (B, T') bool, T' <= T, of the first T' positions, or of the
+    last as `LastPositions`) -> queries (B, n): each row's wanted
     positions first, then its first unwanted ones up to the longest row's count n (the extra
     rows are computed and not read; distinct positions, so the scatter back is a permutation).
     None (compute every position) under torch.compile, for a mask of another shape, or when
@@ -176,10 +178,12 @@ def wanted_queries(positions: list[torch.Tensor], b: int, t: int, device: torch.
     if torch.compiler.is_compiling():
         return None
     wanted = torch.zeros(b, t, dtype=torch.bool, device=device)
-    for m in positions:
+    for p in positions:
+        m = p.mask if isinstance(p, LastPositions) else p
         if m.dim() != 2 or m.shape[0] != b or m.shape[1] > t:
             return None
-        wanted[:, :m.shape[1]] |= m.to(device=device, dtype=torch.bool)
+        start = t - m.shape[1] if isinstance(p, LastPositions) else 0
+        wanted[:, start:start + m.shape[1]] |= m.to(device=device, dtype=torch.bool)
     n = max(int(wanted.sum(1).max()), 1)  # reads the count (the MLM target's nonzero does too)
     if 8 * n > 7 * t:
         return None
@@ -356,7 +360,7 @@ class TpModel(nn.Module):
         y = self.decoder(y, tmask, enc.hidden, enc.mask, **extra)
         return Features(y, tmask, None, memory=enc.hidden, memory_mask=enc.mask)
 
-    def read_positions(self, batch: Batch) -> list[torch.Tensor] | None:
+    def read_positions(self, batch: Batch) -> list[torch.Tensor | LastPositions] | None:
         """Each target's (B, T') positions, or None when one of them reads them all."""
         if not self.reads_positions or self.first_only:
             return None

@@ -69,6 +69,15 @@ class Features:
     memory_mask: "torch.Tensor | None" = None
 
 
+@dataclass(frozen=True)
+class LastPositions:
+    """A target's `read_positions` counted from the end of the sequence: `mask` (B, T') bool
+    marks which of the LAST T' positions its loss reads (MIM: the masked patches, whatever an
+    embedding puts in front of them). A plain (B, T') mask marks the first T'."""
+
+    mask: "torch.Tensor"
+
+
 @dataclass
 class TargetOutput:
     """A target's result: the scalar `loss` and `metrics` (scalar tensors, e.g. `acc`, and the

@@ -72,8 +72,9 @@ def tp_register_modules(register: Callable[[str, str, Any], None]) -> None:
       label keys it reads, as BatchKeys) and ``contract_labels(batch) -> batch`` (labels with
       structure the contract test cannot draw at random); ``reads_first_token = True`` when it
       reads only each sequence's first real token (first pooling: the last layer may then skip
-      the rest), or ``read_positions(batch) -> (B, T') bool`` (T' <= T) naming the positions
-      whose hidden states its loss reads, None for all (MLM: its masked tokens; NSP: the first):
+      the rest), or ``read_positions(batch) -> (B, T') bool`` (T' <= T) naming which of the
+      first T' positions its loss reads, None for all (MLM: its masked tokens; NSP: the first),
+      or ``tpcli.model.module.LastPositions((B, T'))`` for the last T' (MIM: masked patches):
       when every target names them, training computes the last layer at those only and the
       others' hidden states are zeros; ``reads_pooled_only = True`` when it reads each stream's
       pooled vector alone (CLIP's clr: a pooling with ``read_position(mask, B, T) -> (B,)``,

@@ -166,3 +166,66 @@ def test_pixel_objective_passes_the_module_contract() -> None:
     out.loss.backward()
     assert torch.isfinite(out.loss) and m.head.weight.grad is not None
     assert m.predict(feats, batch).shape == (contract.B, contract.T - 1, 16 * 16 * 3)
+
+
+def beit_section(objective: str, dropout: float) -> dict:
+    """A tiny BEiT as recipes/beit-base lays it out: 24x24 images in 6x6 patches (16 of them),
+    q/v biases, layer scale, one relative position table shared by the layers, a final norm."""
+    target = ({"mim": {"norm": False, "vocab_size": V}} if objective == "tokens" else
+              {"mim": {"objective": "pixels", "patch_size": 6, "norm_pixels": True}})
+    return {"hidden_size": H, "dropout": dropout, "norm_eps": 1e-12, "embedding_norm": "none",
+            "embedding": [{"name": "masked_patch", "image_size": 24, "patch_size": 6}],
+            "encoder": {"name": "transformer", "layers": 2, "heads": 4, "ffn_size": 48,
+                        "pre_norm": True, "qkv_bias": "qv", "layer_scale": 0.1,
+                        "position": "relative_2d", "grid": [4, 4], "share_position_bias": True,
+                        "final_norm": True},
+            "target": target}
+
+
+@pytest.mark.parametrize("objective,dropout", [("tokens", 0.0), ("tokens", 0.1),
+                                               ("pixels", 0.0)])
+def test_training_computes_the_last_layer_at_the_masked_patches_only(objective: str,
+                                                                      dropout: float) -> None:
+    """`read_positions` names the masked patches from the end of the sequence (the class token
+    in front is not read): the last layer runs on the widest image's masked count, and the
+    loss, every gradient and the random stream after are those of the whole layer."""
+    from tpcli.model.module import LastPositions
+    from tpcli.testing.convert import tp_model_for
+
+    torch.manual_seed(0)
+    model = tp_model_for(beit_section(objective, dropout), 0,
+                         {"processor": {"name": "image", "size": 24}}).train()
+    assert model.reads_positions
+    g = torch.Generator().manual_seed(3)
+    masked = torch.zeros(B, N, dtype=torch.bool)
+    for row, cols in enumerate([[0, 5, 6, 15], [3], [1, 2, 9]]):
+        masked[row, cols] = True
+    batch = {"pixel_values": torch.randn(B, 3, 24, 24, generator=g), "mim_mask": masked}
+    if objective == "tokens":
+        batch["mim_labels"] = torch.randint(0, V, (B, N), generator=g).masked_fill(~masked,
+                                                                                  IGNORE)
+    positions = model.read_positions(batch)
+    assert isinstance(positions[0], LastPositions) and torch.equal(positions[0].mask, masked)
+
+    def step(select: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, int]:
+        model.reads_positions = select
+        rows: list[int] = []
+        hook = model.stack.encoder.layers[-1].ffn.register_forward_hook(
+            lambda _m, args, _out: rows.append(args[0].numel() // H))
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(11)
+        out = model(batch)
+        out.loss.backward()
+        hook.remove()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out.loss.detach(), grads, torch.get_rng_state(), rows[-1]
+
+    loss, grads, rng, rows = step(True)
+    ref_loss, ref_grads, ref_rng, ref_rows = step(False)
+    assert (rows, ref_rows) == (B * 4, B * (1 + N))  # 4 masked in the widest image
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6,
+                                   msg=name)
+    assert torch.equal(rng, ref_rng)

@@ -8,7 +8,8 @@
 The patch positions are the LAST N positions of the hidden states, N being the width of the
 labels (or mask): the class token (and anything else an embedding puts in front) is skipped
 without the target knowing the image size. Only ~40% of the patches are masked (BEiT masks 75
-of 196), so the head runs on the masked rows only.
+of 196), so the head runs on the masked rows only, and in training the encoder's last layer
+too (`read_positions`: the masked patches, counted from the end).
 
 Weights line up with Hugging Face `BeitForMaskedImageModeling`: `norm` is its `layernorm`,
 `head` its `lm_head`.
@@ -27,7 +28,8 @@ from tp_vision.masking import patchify
 from tpcli.data.batch import IGNORE, BatchKey
 from tpcli.errors import TpError
 from tpcli.layers import output
-from tpcli.model.module import BuildContext, Features, TargetConfig, TargetOutput
+from tpcli.model.module import (BuildContext, Features, LastPositions, TargetConfig,
+                                TargetOutput)
 
 PIX_EPS = 1e-6  # MAE's epsilon in the per-patch pixel normalisation
 
@@ -80,6 +82,16 @@ class MimTarget(nn.Module):
                           f"has only {hidden.shape[1]} positions",
                           hint="the processor's patch grid must match the patch embedding's")
         return hidden[:, hidden.shape[1] - n:]  # (B, N, H)
+
+    def read_positions(self, batch: dict[str, torch.Tensor]) -> LastPositions | None:
+        """The masked patches, the only hidden states the loss reads, counted from the end of
+        the sequence (the class token in front is not read): the model's last layer then
+        computes no others. None without labels (or mask)."""
+        if self.config.objective == "pixels":
+            mask = batch.get("mim_mask")
+            return None if mask is None else LastPositions(mask.bool())
+        labels = batch.get("mim_labels")
+        return None if labels is None else LastPositions(labels != IGNORE)
 
     def forward(self, features: Features, batch: dict[str, torch.Tensor]) -> TargetOutput:
         if self.config.objective == "pixels":
