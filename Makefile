@@ -92,6 +92,9 @@ bench: install
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/bert_step.py
 	$(PY) benchmarks/vit_step.py
+	$(PY) benchmarks/clip_step.py
+	$(PY) benchmarks/vilt_step.py
+	$(PY) benchmarks/s2t_step.py
 	$(PY) benchmarks/image_loader.py
 	$(PY) benchmarks/table2_lines.py
 	$(PY) benchmarks/zoo_pull.py --big
