@@ -203,7 +203,9 @@ class MultiHeadAttention(nn.Module):
         without a mask (fast path); rotary: cos, sin (B, 1, T, head_dim) applied to q and k;
         cache: keys/values of earlier steps (incremental decoding), updated in place;
         queries (B, n): the positions whose outputs are wanted -> (B, n, H), the others' are not
-        computed (a fully visible self-attention's last layer under first-token pooling)."""
+        computed (a fully visible self-attention's last layer under first-token pooling, or at
+        the positions a loss reads): without rotary or a cache, q is projected at those rows
+        alone (`_project_at`)."""
         b = x.shape[0]
         selected = False  # q projected at `queries` only
         if cache is not None and self.cross and cache.k is not None and cache.v is not None:

@@ -181,9 +181,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.
               enable_gqa: bool = False, queries: torch.Tensor | None = None) -> torch.Tensor:
     """`F.scaled_dot_product_attention` (same arguments and conventions); on CPU with dropout,
     with a mask that requires a gradient, or in bf16 with scores of at most SCORES_BUDGET
-    elements, `_AttentionDropout`: there SDPA's
-    CPU flash kernel's backward is the slower (a ViT-B/16 step, 197 keys: 862 ms of attention
-    against 345 ms for the two matmuls, benchmarks/vit_step.py --whatif). queries (B, n): q
+    elements, `_AttentionDropout`: there SDPA's CPU kernels are the slower (bf16, a ViT-B/16
+    step, 197 keys: 862 ms of attention against 345 ms for the two matmuls,
+    benchmarks/vit_step.py --whatif; a learned mask: SDPA's math fallback). queries (B, n): q
     holds only these rows of a self-attention's queries (`select_queries`); the CPU dropout then
     draws the mask of every row and keeps theirs, so the random stream is that of all rows."""
     cpu = q.device.type == "cpu"

@@ -135,10 +135,10 @@ class Stack(nn.Module):
         only, the rest of the last layer not computed; the mask is then None.
         after_embedding: a norm for this use of the stack (a tied stream's own), then dropout.
         positions (when `selects_queries`): (B, T') bool masks, T' <= T, of the positions the
-        targets read (`read_positions`: the first T', or the last as `LastPositions`); the last
-        layer computes those (`wanted_queries`) and
-        hidden is zero at the others. pooled_only (when `pools_one`): the same for the one
-        position per row that the pooling reads."""
+        targets read (`read_positions`: of the first T', or of the last as `LastPositions`); the
+        last layer computes those (`wanted_queries`) and hidden is zero at the others.
+        pooled_only (when `pools_one`): the same for the one position per row that the pooling
+        reads."""
         mask = self.embedding.mask(inputs)
         mask = mask.bool() if mask is not None else None
         h = self.embedding(inputs)  # (B, T, H)
@@ -170,9 +170,9 @@ class Stack(nn.Module):
 def wanted_queries(positions: list[torch.Tensor | LastPositions], b: int, t: int,
                    device: torch.device) -> torch.Tensor | None:
     """The targets' positions (each (B, T') bool, T' <= T, of the first T' positions, or of the
-    last as `LastPositions`) -> queries (B, n): each row's wanted
-    positions first, then its first unwanted ones up to the longest row's count n (the extra
-    rows are computed and not read; distinct positions, so the scatter back is a permutation).
+    last as `LastPositions`) -> queries (B, n): each row's wanted positions first, then its
+    first unwanted ones up to the longest row's count n (the extra rows are computed and not
+    read; distinct positions, so the scatter back is a permutation).
     None (compute every position) under torch.compile, for a mask of another shape, or when
     fewer than 1/8 of the positions would be skipped."""
     if torch.compiler.is_compiling():
