@@ -166,8 +166,8 @@ def test_two_streams_are_classified_from_u_v_their_difference_and_product() -> N
     by_hand = torch.cat([u, v, (u - v).abs(), u * v], dim=-1) @ w.T + b
     assert torch.allclose(target.predict(features, {}), by_hand, atol=1e-6)
     out = target(features, {"labels": torch.tensor([0, 2])})
-    assert math.isclose(float(out.loss), float(torch.nn.functional.cross_entropy(
-        by_hand, torch.tensor([0, 2]))), rel_tol=1e-6)
+    assert math.isclose(out.loss.item(), torch.nn.functional.cross_entropy(
+        by_hand, torch.tensor([0, 2])).item(), rel_tol=1e-6)
     with pytest.raises(TpError, match="equally wide"):
         ClsTarget(ClsTarget.Config(), BuildContext(hidden_size=4, vocab_size=10,
                                                    stream_sizes={"stream_0": 4, "stream_1": 6}))
