@@ -95,6 +95,7 @@ bench: install
 	$(PY) benchmarks/clip_step.py
 	$(PY) benchmarks/vilt_step.py
 	$(PY) benchmarks/s2t_step.py
+	$(PY) benchmarks/families.py
 	$(PY) benchmarks/image_loader.py
 	$(PY) benchmarks/table2_lines.py
 	$(PY) benchmarks/zoo_pull.py --big
