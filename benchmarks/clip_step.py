@@ -28,7 +28,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import subprocess
 import sys
@@ -41,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from cases import Case  # noqa: E402
-from throughput import ratio_table, start_report, step_options, time_case  # noqa: E402
+from throughput import case_report, start_report, step_options  # noqa: E402
 
 CONTEXT = 77  # CLIP's text length
 IMAGE = 224
@@ -197,11 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
     device = start_report(args, "CLIP ViT-B/16 training step: tp vs Hugging Face")
-    case = clip_case(args.batch, args.quick)
-    case.build = functools.partial(clip_case, args.batch, args.quick)
-    for line in ratio_table(case, time_case(case, args, device), "pairs/s", digits=1):
-        print(line, flush=True)
-    print("\nNotes: " + "; ".join(case.notes) + ".\n")
+    case_report(args, device, clip_case, args.batch, args.quick, rate="pairs/s", digits=1)
     sizes = [int(s) for s in args.memory.split(",") if s.strip()]
     if sizes:
         print("## Memory of the contrastive loss as the global batch grows\n")

@@ -26,7 +26,6 @@ smoothing off, as HF's loss has none). Run::
 from __future__ import annotations
 
 import argparse
-import functools
 import statistics
 import sys
 import time
@@ -39,7 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cases import Case  # noqa: E402
-from throughput import ratio_table, start_report, step_options, time_case  # noqa: E402
+from throughput import case_report, start_report, step_options  # noqa: E402
 
 VOCAB = 10_000
 FEATURES = 80
@@ -187,11 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
     device = start_report(args, "S2T-small training step: tp vs Hugging Face")
-    case = s2t_case(args.batch, args.quick)
-    case.build = functools.partial(s2t_case, args.batch, args.quick)
-    for line in ratio_table(case, time_case(case, args, device), "frames/s"):
-        print(line, flush=True)
-    print("\nNotes: " + "; ".join(case.notes) + ".\n")
+    case_report(args, device, s2t_case, args.batch, args.quick, rate="frames/s")
     if not args.no_padding:
         print("## Padding waste of frame-bucketed batches\n")
         for line in padding_table([10_000, 20_000, 40_000], 2_000 if args.quick else 20_000):

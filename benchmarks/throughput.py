@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import platform
 import statistics
@@ -336,17 +337,18 @@ def runnable(precisions: list[str], device: torch.device) -> tuple[list[str], li
     return keep, notes
 
 
-def step_options(p: argparse.ArgumentParser, unit: str, quick: str) -> None:
-    """The options of a one-model step benchmark (s2t_step.py, clip_step.py): device, timed
-    and warm-up steps, precisions, batch (`unit`s per step), --quick (`quick` says what it
-    shrinks), --compile, --threads."""
+def step_options(p: argparse.ArgumentParser, unit: str | None, quick: str) -> None:
+    """The options of a step benchmark (s2t_step.py, clip_step.py, families.py): device, timed
+    and warm-up steps, precisions, batch (`unit`s per step; none where `unit` is None), --quick
+    (`quick` says what it shrinks), --compile, --threads."""
     p.add_argument("--device", choices=("cpu", "cuda"),
                    default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=None,
                    help="timed steps per implementation (default 3; 1 with --quick)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds (the first counts FLOPs)")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma list of fp32, bf16")
-    p.add_argument("--batch", type=int, default=8, help=f"{unit} per step")
+    if unit is not None:
+        p.add_argument("--batch", type=int, default=8, help=f"{unit} per step")
     p.add_argument("--quick", action="store_true", help=f"smoke run: {quick}")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -377,6 +379,17 @@ def time_case(case: Case, args: argparse.Namespace, device: torch.device
     if own is not None:
         own.close()
     return rows
+
+
+def case_report(args: argparse.Namespace, device: torch.device, make: Callable[..., Case],
+                *make_args: Any, rate: str, digits: int = 0) -> None:
+    """Print the ratio table and notes of the case `make(*make_args)`, timed by `time_case`
+    (tp's own process makes it again by the same call)."""
+    case = make(*make_args)
+    case.build = functools.partial(make, *make_args)
+    for line in ratio_table(case, time_case(case, args, device), rate, digits=digits):
+        print(line, flush=True)
+    print("\nNotes: " + "; ".join(case.notes) + ".\n")
 
 
 def ratio_table(case: Case, rows: list[tuple[str, dict[str, Timing]]], rate: str,

@@ -21,7 +21,6 @@ thing. Run::
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from cases import IGNORE, Case  # noqa: E402
-from throughput import ratio_table, start_report, step_options, time_case  # noqa: E402
+from throughput import case_report, start_report, step_options  # noqa: E402
 
 TEXT = 40  # ViLT's text length (max_position_embeddings)
 IMAGE = 384
@@ -119,11 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
     device = start_report(args, "ViLT-B/32 pre-training step: tp vs Hugging Face")
-    case = vilt_case(args.batch, args.quick)
-    case.build = functools.partial(vilt_case, args.batch, args.quick)
-    for line in ratio_table(case, time_case(case, args, device), "pairs/s", digits=1):
-        print(line, flush=True)
-    print("\nNotes: " + "; ".join(case.notes) + ".\n")
+    case_report(args, device, vilt_case, args.batch, args.quick, rate="pairs/s", digits=1)
     print(f"(total {time.perf_counter() - start:.0f} s)")
 
 
