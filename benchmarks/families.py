@@ -18,8 +18,8 @@ The steps are those benchmarks' own (the same weights in both, HF's converted by
 converter; zero_grad + forward + backward + fused AdamW; tp and HF alternating; tp's step in a
 process of its own set up as `tp pretrain` sets itself up). The first losses agree where the
 model has no dropout; BERT, GPT-2 and T5 train with dropout 0.1, drawn differently by the two.
-bf16 is left out, with the reason,
-on a CPU without bf16 matrix instructions (there it runs in software at a few GFLOP/s). Run::
+bf16 is left out, with the reason, on a CPU without bf16 matrix instructions (there it runs in
+software at a few GFLOP/s). Run::
 
     python benchmarks/families.py --precisions fp32 --steps 5    # ~12 min on 2 cores
     python benchmarks/families.py --quick                         # 2 layers, 1 step each
@@ -30,6 +30,7 @@ on a CPU without bf16 matrix instructions (there it runs in software at a few GF
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import sys
 import time
@@ -37,8 +38,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import torch  # noqa: E402
 
 from cases import Case, build_case  # noqa: E402
 from throughput import (Timing, paired, start_report, step_options,  # noqa: E402
@@ -93,14 +92,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def summary(results: list[tuple[str, Case, list[tuple[str, dict[str, Timing]]]]],
+def make_case(family: str, quick: bool) -> Case:
+    """The family's case (module-level, so that tp's own process can make it again)."""
+    return FAMILIES[family](quick)
+
+
+def summary(results: list[tuple[str, str, str, list[tuple[str, dict[str, Timing]]]]],
             precisions: list[str]) -> Iterator[str]:
     """One row per family: each precision's HF / tp (medians; paired) against its goal, and
     the first step's losses (the two compute the same thing)."""
     head = " | ".join(f"{p}: HF/tp (paired), goal >= {GOALS[p]}x" for p in precisions)
     yield f"| family | model | batch | {head} | tp s/step | first loss tp / HF |"
     yield "|---|---|---|" + "---:|" * len(precisions) + "---:|---:|"
-    for family, case, rows in results:
+    for family, name, shape, rows in results:
         by = dict(rows)
         cells, steps, losses = [], [], []
         for p in precisions:
@@ -114,7 +118,7 @@ def summary(results: list[tuple[str, Case, list[tuple[str, dict[str, Timing]]]]]
             cells.append(f"{ratio:.2f}x ({paired(hf, tp):.2f}x) {mark}")
             steps.append(f"{p} {tp.median:.2f}")
             losses.append(f"{tp.loss:.4f} / {hf.loss:.4f}")
-        yield (f"| {family} | {case.name} | {case.shape} | {' | '.join(cells)} | "
+        yield (f"| {family} | {name} | {shape} | {' | '.join(cells)} | "
                f"{'; '.join(steps) or '-'} | {'; '.join(losses) or '-'} |")
 
 
@@ -127,16 +131,14 @@ def main(argv: list[str] | None = None) -> None:
     notes: list[str] = []
     for family in args.families:
         print(f"{family} ...", file=sys.stderr, flush=True)
-        make = FAMILIES[family]
-        case = make(args.quick)
+        case = make_case(family, args.quick)
         if args.quick and "layers" not in case.name:
             case.name += " (2 layers a stack)"
-        case.build = _Rebuild(family, args.quick)
+        case.build = functools.partial(make_case, family, args.quick)
         rows = time_case(case, args, device)
         notes.extend(n for n in case.notes if n.startswith(("bf16", "fp32")) and n not in notes)
-        results.append((family, case, rows))
-        case.tp = case.hf = torch.nn.Module()  # the weights go; the names and shapes stay
-        case.tp_batch, case.hf_batch = {}, {}
+        results.append((family, case.name, case.shape, rows))
+        del case  # both models go before the next family's are built
         gc.collect()
     for line in summary(results, [p for p in precisions if p in GOALS]):
         print(line, flush=True)
@@ -144,16 +146,6 @@ def main(argv: list[str] | None = None) -> None:
     if notes:
         print("Notes: " + "; ".join(notes) + ".\n")
     print(f"(total {time.perf_counter() - start:.0f} s)")
-
-
-class _Rebuild:
-    """`Case.build` for tp's own process: the family's case made again there (picklable)."""
-
-    def __init__(self, family: str, quick: bool) -> None:
-        self.family, self.quick = family, quick
-
-    def __call__(self) -> Case:
-        return FAMILIES[self.family](self.quick)
 
 
 if __name__ == "__main__":

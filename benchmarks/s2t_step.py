@@ -37,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cases import Case  # noqa: E402
+from cases import Case, registered_converter  # noqa: E402
 from throughput import case_report, start_report, step_options  # noqa: E402
+from tpcli.testing.convert import tp_from_hf  # noqa: E402
 
 VOCAB = 10_000
 FEATURES = 80
@@ -59,34 +60,11 @@ def hf_s2t_config(quick: bool) -> Any:
         scale_embedding=True, activation_function="relu")
 
 
-def converter() -> Any:
-    from tpcli.plugins import get_plugins
-
-    registry = get_plugins().registry
-    if not registry.has("converter", "speech_to_text"):
-        raise SystemExit("no `speech_to_text` converter is registered: install tp-speech (pip "
-                         "install -e plugins/tp-speech) and leave it in TP_LOAD_PLUGINS")
-    return registry.get("converter", "speech_to_text")
-
-
-def tp_from_hf(hf: Any) -> torch.nn.Module:
-    """tp's model of `hf`'s config holding `hf`'s weights, by the `speech_to_text` converter
-    (strict); label smoothing off, as HF's loss."""
-    from tpcli.model import build_model
-    from tpcli.plugins import get_plugins
-    from tpcli.recipes.config import build_recipe
-
-    config = {**hf.config.to_dict(), "architectures": [type(hf).__name__]}
-    conv, registry = converter(), get_plugins().registry
-    model = conv.config_to_recipe(config)
-    for options in model.get("target", {}).values():
+def no_label_smoothing(section: dict[str, Any]) -> None:
+    """The translated model section's label smoothing off, as HF's loss has none."""
+    for options in section.get("target", {}).values():
         if isinstance(options, dict) and "label_smoothing" in options:
             options["label_smoothing"] = 0.0
-    raw = {"model": model, "data": {"processor": {"name": "speech"}}, "pretrain": {}}
-    tp = build_model(build_recipe(raw, registry).model, registry, VOCAB)
-    tp.load_state_dict(conv.hf_to_tp(hf.state_dict(), expected=tp.state_dict().keys(),
-                                     hf_config=config), strict=True)
-    return tp
 
 
 def s2t_case(batch: int, quick: bool) -> Case:
@@ -96,7 +74,8 @@ def s2t_case(batch: int, quick: bool) -> Case:
 
     torch.manual_seed(0)
     hf = transformers.Speech2TextForConditionalGeneration(hf_s2t_config(quick))
-    tp = tp_from_hf(hf)
+    tp = tp_from_hf(registered_converter("speech_to_text", "tp-speech"), hf,
+                    {"processor": {"name": "speech"}}, VOCAB, edit=no_label_smoothing)
     g = torch.Generator().manual_seed(4)
     longest, tokens = (300, 12) if quick else (1200, 40)
     frames = [longest - (longest // 4) * i // max(batch - 1, 1) for i in range(batch)]

@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from cases import IGNORE, Case  # noqa: E402
+from cases import IGNORE, Case, registered_converter  # noqa: E402
 from throughput import case_report, start_report, step_options  # noqa: E402
+from tpcli.testing.convert import tp_from_hf  # noqa: E402
 
 TEXT = 40  # ViLT's text length (max_position_embeddings)
 IMAGE = 384
@@ -46,30 +47,10 @@ def hf_vilt_config(quick: bool) -> Any:
     return transformers.ViltConfig(num_hidden_layers=2 if quick else 12)
 
 
-def tp_from_hf(hf: Any) -> torch.nn.Module:
-    """tp's model of `hf`'s config, the `mlm` target alone, holding `hf`'s weights by the
-    `vilt` converter (strict)."""
-    from tpcli.model import build_model
-    from tpcli.plugins import get_plugins
-    from tpcli.recipes.config import build_recipe
-
-    registry = get_plugins().registry
-    if not registry.has("converter", "vilt"):
-        raise SystemExit("no `vilt` converter is registered: install tp-multimodal (pip install "
-                         "-e plugins/tp-multimodal) and leave it in TP_LOAD_PLUGINS")
-    conv = registry.get("converter", "vilt")
-    config = {**hf.config.to_dict(), "architectures": [type(hf).__name__]}
-    section = conv.config_to_recipe(config)
-    section["target"] = {"mlm": section["target"]["mlm"]}  # HF's MaskedLM has no ITM head
-    raw = {"model": section,
-           "data": {"processor": {"name": "image_text", "size": IMAGE}},
-           "pretrain": {}}
-    tp = build_model(build_recipe(raw, registry).model, registry, VOCAB)
-    # HF's pooler becomes the itm target's, which this model leaves out
-    sd = {k: v for k, v in conv.hf_to_tp(hf.state_dict(), hf_config=config).items()
-          if not k.startswith("targets.itm.")}
-    tp.load_state_dict(sd, strict=True)
-    return tp
+def mlm_alone(section: dict[str, Any]) -> None:
+    """The translated model section with its `mlm` target alone: HF's ViltForMaskedLM has no
+    image-text matching head (HF's pooler, which the converter gives to `itm`, is left out)."""
+    section["target"] = {"mlm": section["target"]["mlm"]}
 
 
 def vilt_case(batch: int, quick: bool) -> Case:
@@ -79,7 +60,9 @@ def vilt_case(batch: int, quick: bool) -> Case:
 
     torch.manual_seed(0)
     hf = transformers.ViltForMaskedLM(hf_vilt_config(quick))
-    tp = tp_from_hf(hf)
+    tp = tp_from_hf(registered_converter("vilt", "tp-multimodal"), hf,
+                    {"processor": {"name": "image_text", "size": IMAGE}}, VOCAB,
+                    edit=mlm_alone, drop=("targets.itm.",))
     g = torch.Generator().manual_seed(4)
     pixels = torch.randn(batch, 3, IMAGE, IMAGE, generator=g)  # (B, 3, 384, 384)
     pixel_mask = torch.ones(batch, IMAGE, IMAGE, dtype=torch.long)

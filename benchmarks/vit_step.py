@@ -34,12 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from cases import Case  # noqa: E402
+from cases import Case, registered_converter  # noqa: E402
 from throughput import (PRECISIONS, fmt_time, make_step, step_options,  # noqa: E402
                         measure, paired, prepare, runnable, start_report, start_tp_process, sync)
+from tpcli.testing.convert import tp_from_hf  # noqa: E402
 
 CLASSES = 1000
 IMAGE = 224
+DATA = {"processor": {"name": "image", "size": IMAGE}}  # the recipes' data section
 
 
 def hf_vit_config(layers: int | None = None) -> Any:
@@ -63,40 +65,12 @@ def hf_beit_config(layers: int | None = None) -> Any:
                                    layer_scale_init_value=0.1, drop_path_rate=0.0, **extra)
 
 
-def vit_converter(name: str = "vit") -> Any:
-    from tpcli.plugins import get_plugins
-
-    registry = get_plugins().registry
-    if not registry.has("converter", name):
-        raise SystemExit(f"no `{name}` converter is registered: install tp-vision (pip install "
-                         "-e plugins/tp-vision) and leave it in TP_LOAD_PLUGINS")
-    return registry.get("converter", name)
-
-
 def vit_b16_recipe(layers: int | None = None) -> dict[str, Any]:
     """tp's ViT-B/16 recipe (model section by the `vit` converter from HF's config; `layers`
     shrinks the encoder), images stored and cropped at 224, batch 8."""
     config = {**hf_vit_config(layers).to_dict(), "architectures": ["ViTForImageClassification"]}
-    return {"model": vit_converter().config_to_recipe(config),
-            "data": {"processor": {"name": "image", "size": IMAGE}},
-            "pretrain": {"batch_size": 8}}
-
-
-def tp_from_hf(hf: Any, converter_name: str = "vit") -> torch.nn.Module:
-    """tp's model of `hf`'s config holding `hf`'s weights, by the `vit` (or `beit`) converter
-    (strict)."""
-    from tpcli.model import build_model
-    from tpcli.plugins import get_plugins
-    from tpcli.recipes.config import build_recipe
-
-    config = {**hf.config.to_dict(), "architectures": [type(hf).__name__]}
-    converter, registry = vit_converter(converter_name), get_plugins().registry
-    raw = {"model": converter.config_to_recipe(config),
-           "data": {"processor": {"name": "image", "size": IMAGE}}, "pretrain": {}}
-    tp = build_model(build_recipe(raw, registry).model, registry, 0)
-    tp.load_state_dict(converter.hf_to_tp(hf.state_dict(), expected=tp.state_dict().keys(),
-                                          hf_config=config), strict=True)
-    return tp
+    return {"model": registered_converter("vit", "tp-vision").config_to_recipe(config),
+            "data": DATA, "pretrain": {"batch_size": 8}}
 
 
 def vit_case(batch: int, layers: int | None = None) -> Case:
@@ -105,7 +79,7 @@ def vit_case(batch: int, layers: int | None = None) -> Case:
 
     torch.manual_seed(0)
     hf = transformers.ViTForImageClassification(hf_vit_config(layers))
-    tp = tp_from_hf(hf)
+    tp = tp_from_hf(registered_converter("vit", "tp-vision"), hf, DATA)
     g = torch.Generator().manual_seed(4)
     pixels = torch.randn(batch, 3, IMAGE, IMAGE, generator=g)  # (B, 3, 224, 224)
     labels = torch.randint(0, CLASSES, (batch,), generator=g)  # (B,)
@@ -127,7 +101,7 @@ def beit_case(batch: int, layers: int | None = None) -> Case:
 
     torch.manual_seed(0)
     hf = transformers.BeitForMaskedImageModeling(hf_beit_config(layers))
-    tp = tp_from_hf(hf, "beit")
+    tp = tp_from_hf(registered_converter("beit", "tp-vision"), hf, DATA)
     g = torch.Generator().manual_seed(4)
     grid = IMAGE // 16
     pixels = torch.randn(batch, 3, IMAGE, IMAGE, generator=g)  # (B, 3, 224, 224)

@@ -13,7 +13,7 @@ Used by the plugins' tests; needs `transformers`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -79,12 +79,27 @@ def copy_weights(tp: Any, hf: Any, key_map: dict[str, list[str]]) -> None:
     tp.load_state_dict(new, strict=True)
 
 
-def tp_from_hf(conv: Converter, hf_model: Any) -> TpModel:
-    """The tp model of `hf_model`'s translated config, loaded (strictly) with its weights."""
+def tp_from_hf(conv: Converter, hf_model: Any, data: dict[str, Any] | None = None,
+               vocab_size: int | None = None,
+               edit: Callable[[dict[str, Any]], None] | None = None,
+               drop: tuple[str, ...] = ()) -> TpModel:
+    """The tp model of `hf_model`'s translated config, loaded (strictly) with its weights.
+    data: the recipe's data section (a text one by default); vocab_size: the model's (the
+    config's `vocab_size` by default); edit(section): changes the translated model section
+    before the build (a target left out, an option off); drop: prefixes of converted keys that
+    the edited model has no place for (a left-out target's), dropped before the strict load."""
     config = hf_config_dict(hf_model)
-    model = tp_model_for(conv.config_to_recipe(config), config["vocab_size"])
-    sd = conv.hf_to_tp(hf_model.state_dict(), expected=model.state_dict().keys(),
-                       hf_config=config)
+    section = conv.config_to_recipe(config)
+    if edit is not None:
+        edit(section)
+    model = tp_model_for(section, config.get("vocab_size", 0) if vocab_size is None
+                         else vocab_size, data)
+    if drop:
+        sd = {k: v for k, v in conv.hf_to_tp(hf_model.state_dict(), hf_config=config).items()
+              if not k.startswith(drop)}
+    else:
+        sd = conv.hf_to_tp(hf_model.state_dict(), expected=model.state_dict().keys(),
+                           hf_config=config)
     model.load_state_dict(sd, strict=True)
     return model
 
