@@ -295,6 +295,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--whatif", action="store_true",
                    help="also time alternatives for pieces of the step (attention, qkv, patchify)")
     args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in args.models:
+        if m not in CASES:
+            raise SystemExit(f"unknown model {m!r}; choose among {', '.join(CASES)}")
     if args.quick:
         args.layers = args.layers or 2
     args.steps = args.steps or (1 if args.quick else 3)
@@ -326,12 +330,8 @@ def run(args: argparse.Namespace, device: torch.device) -> Iterator[str]:
     for p in precisions:
         if p not in PRECISIONS:
             raise SystemExit(f"unknown precision {p!r}; choose among {', '.join(PRECISIONS)}")
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    for m in models:
-        if m not in CASES:
-            raise SystemExit(f"unknown model {m!r}; choose among {', '.join(CASES)}")
     precisions, skipped = runnable(precisions, device)
-    for model in models:
+    for model in args.models:
         case = CASES[model](args.batch, args.layers)
         case.build = functools.partial(CASES[model], args.batch, args.layers)
         case.notes.extend(skipped)
